@@ -1,0 +1,111 @@
+"""Admin for users: consumers and staff, their balance and their keys."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+
+from accounts.models import User
+from aethergate.lib.admin import GatewayAdmin
+from keys.models import APIKey
+
+
+def _non_negative_balance(form):
+    balance = form.cleaned_data.get("balance")
+    # A balance may fall below zero through usage; staff may not set one there.
+    if balance is not None and balance < 0 and balance != form.initial.get("balance"):
+        raise forms.ValidationError("A balance cannot be set below zero.")
+    return balance
+
+
+class UserCreateForm(AdminUserCreationForm):
+    class Meta(AdminUserCreationForm.Meta):
+        model = User
+        fields = ("username", "email", "organization", "balance")
+
+    clean_balance = _non_negative_balance
+
+
+class UserEditForm(UserChangeForm):
+    class Meta(UserChangeForm.Meta):
+        model = User
+
+    clean_balance = _non_negative_balance
+
+
+class APIKeyInline(admin.TabularInline):
+    model = APIKey
+    fk_name = "owner"
+    fields = ("name", "prefix", "is_active", "rate_limit", "expires_at", "last_used_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    verbose_name_plural = "API keys (create keys under API keys)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(User)
+class UserAdmin(GatewayAdmin, DjangoUserAdmin):
+    form = UserEditForm
+    add_form = UserCreateForm
+    inlines = [APIKeyInline]
+    list_display = (
+        "username",
+        "email",
+        "organization",
+        "balance",
+        "is_staff",
+        "is_active",
+        "date_joined",
+    )
+    list_editable = ("is_active",)
+    list_filter = ("is_active", "is_staff", "is_superuser", "organization")
+    search_fields = ("username", "email", "organization", "first_name", "last_name")
+    ordering = ("username",)
+    fieldsets = (
+        (None, {"fields": ("username", "password")}),
+        ("Gateway", {"fields": ("organization", "balance")}),
+        ("Personal info", {"fields": ("first_name", "last_name", "email")}),
+        (
+            "Permissions",
+            {
+                "fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions"),
+                "classes": ("collapse",),
+            },
+        ),
+        ("Important dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = (
+        (
+            None,
+            {
+                "classes": ("wide",),
+                "fields": (
+                    "username",
+                    "email",
+                    "organization",
+                    "balance",
+                    "usable_password",
+                    "password1",
+                    "password2",
+                ),
+            },
+        ),
+    )
+
+    def delete_notes(self, objs):
+        logs = sum(user.request_logs.count() for user in objs)
+        return [
+            "Their API keys are deleted with them (listed below).",
+            f"{logs} request log(s) are kept: their user link is cleared, "
+            "and each row keeps the username and key prefix.",
+        ]
+
+    def _set_active(self, request, queryset, *, active):
+        if not active and queryset.filter(pk=request.user.pk).exists():
+            self.message_user(request, "You cannot deactivate your own account.", messages.ERROR)
+            queryset = queryset.exclude(pk=request.user.pk)
+        super()._set_active(request, queryset, active=active)

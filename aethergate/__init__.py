@@ -1,0 +1,1 @@
+"""AetherGate: a self-hosted, OpenAI-compatible LLM gateway."""

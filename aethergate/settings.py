@@ -1,0 +1,156 @@
+"""Django settings, read from the environment (and an optional `.env` file).
+
+Every variable is listed, with its default, in `.env.example`.
+"""
+
+import sys
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# Variables already in the environment win over the file.
+environ.Env.read_env(BASE_DIR / ".env")
+
+DEBUG = env.bool("DEBUG", default=False)
+
+# A placeholder must never sign sessions in production: refuse to start instead.
+PLACEHOLDER_SECRET_KEYS = {"", "change-me", "changeme", "secret", "django-insecure"}
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not DEBUG and (SECRET_KEY in PLACEHOLDER_SECRET_KEYS or len(SECRET_KEY) < 32):
+    sys.exit(
+        "AetherGate: set SECRET_KEY to a random string of at least 32 characters "
+        "(or DEBUG=true for local development); `make run` writes one into .env."
+    )
+if not SECRET_KEY:
+    # Only reachable with DEBUG on (refused above otherwise); constant so that
+    # encrypted credentials stay readable across restarts of a dev server.
+    SECRET_KEY = "django-insecure-debug-only-key-never-used-in-production"  # noqa: S105
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "accounts",
+    "endpoints",
+    "models_registry",
+    "keys",
+    "logs",
+    "proxy",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "aethergate.urls"
+ASGI_APPLICATION = "aethergate.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "aethergate" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db(
+        "DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'data' / 'aethergate.sqlite3'}"
+    ),
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("AETHERGATE_DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the admin read while the log writer writes; a busy timeout
+    # turns brief lock contention into a wait instead of "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+
+REDIS_URL = env.str("REDIS_URL", default="")
+
+AUTH_USER_MODEL = "accounts.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("AETHERGATE_TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Behind a TLS-terminating proxy, AETHERGATE_HTTPS turns on every transport
+# protection `check --deploy` asks for. It is off for `make run` on plain http.
+AETHERGATE_HTTPS = env.bool("AETHERGATE_HTTPS", default=False)
+if AETHERGATE_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("AETHERGATE_HSTS_SECONDS", default=31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env.bool("AETHERGATE_HSTS_PRELOAD", default=False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# Optional master key for the management API (compared in constant time).
+MASTER_API_KEY = env.str("MASTER_API_KEY", default="")
+
+# Dedicated keys for upstream credentials at rest (comma-separated; the first
+# encrypts, all decrypt). Empty: a key derived from SECRET_KEY.
+AETHERGATE_ENCRYPTION_KEYS = env.list("AETHERGATE_ENCRYPTION_KEY", default=[])
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("AETHERGATE_LOG_LEVEL", default="INFO")},
+    "loggers": {"django": {"level": "WARNING"}},
+}
+
+# First admin account, created by `manage.py ensure_admin` when none exists.
+AETHERGATE_ADMIN_USERNAME = env.str("AETHERGATE_ADMIN_USERNAME", default="admin")
+AETHERGATE_ADMIN_EMAIL = env.str("AETHERGATE_ADMIN_EMAIL", default="")
+AETHERGATE_ADMIN_PASSWORD = env.str("AETHERGATE_ADMIN_PASSWORD", default="")

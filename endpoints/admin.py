@@ -1,0 +1,107 @@
+"""Admin for upstream endpoints; the credential is write-only."""
+
+from django import forms
+from django.contrib import admin
+
+from aethergate.lib.admin import GatewayAdmin
+from endpoints.models import Endpoint
+
+
+class EndpointForm(forms.ModelForm):
+    """Sets, replaces or clears the credential without ever displaying it."""
+
+    new_api_key = forms.CharField(
+        label="Set or replace credential",
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="The upstream's API key. Leave empty to keep the current one.",
+    )
+    clear_api_key = forms.BooleanField(label="Clear credential", required=False)
+    # Upstreams on a LAN or loopback are usually plain http; a URL typed
+    # without a scheme is taken as http, as it is written.
+    base_url = forms.URLField(
+        max_length=500,
+        assume_scheme="http",
+        help_text=Endpoint._meta.get_field("base_url").help_text,
+    )
+
+    class Meta:
+        model = Endpoint
+        fields = (
+            "name",
+            "base_url",
+            "is_active",
+            "rpm_limit",
+            "day_limit",
+            "connect_timeout",
+            "first_byte_timeout",
+            "idle_timeout",
+            "total_timeout",
+        )
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("new_api_key") and cleaned.get("clear_api_key"):
+            raise forms.ValidationError("Either set a new credential or clear it, not both.")
+        return cleaned
+
+    def save(self, commit=True):
+        endpoint = super().save(commit=False)
+        if self.cleaned_data.get("new_api_key"):
+            endpoint.set_api_key(self.cleaned_data["new_api_key"])
+        elif self.cleaned_data.get("clear_api_key"):
+            endpoint.set_api_key("")
+        if commit:
+            endpoint.save()
+        return endpoint
+
+
+@admin.register(Endpoint)
+class EndpointAdmin(GatewayAdmin):
+    form = EndpointForm
+    list_display = (
+        "name",
+        "base_url",
+        "credential",
+        "rpm_limit",
+        "day_limit",
+        "is_active",
+        "updated_at",
+    )
+    list_editable = ("is_active",)
+    list_filter = ("is_active",)
+    search_fields = ("name", "base_url")
+    readonly_fields = ("credential_status", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "base_url", "is_active")}),
+        ("Credential", {"fields": ("credential_status", "new_api_key", "clear_api_key")}),
+        ("Limits", {"fields": ("rpm_limit", "day_limit")}),
+        (
+            "Timeouts (seconds)",
+            {
+                "fields": (
+                    "connect_timeout",
+                    "first_byte_timeout",
+                    "idle_timeout",
+                    "total_timeout",
+                )
+            },
+        ),
+        ("History", {"fields": ("created_at", "updated_at")}),
+    )
+
+    @admin.display(boolean=True, description="credential")
+    def credential(self, obj):
+        return obj.has_credential
+
+    @admin.display(description="credential")
+    def credential_status(self, obj):
+        return "set" if obj and obj.has_credential else "not set"
+
+    def delete_notes(self, objs):
+        models = sum(endpoint.models.count() for endpoint in objs)
+        return [
+            f"{models} model(s) are unlinked, not deleted: they stay in the catalog "
+            "without an endpoint (and cannot be served) until one is assigned.",
+            "Request logs are kept; they record the endpoint by name.",
+        ]

@@ -1,0 +1,129 @@
+"""Admin for API keys: create (secret shown once), edit without rotating, rotate."""
+
+from django.contrib import admin
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils.decorators import method_decorator
+from django.views.decorators.cache import never_cache
+
+from aethergate.lib.admin import GatewayAdmin
+from keys import services
+from keys.models import SECRET_PREFIX, APIKey, digest
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(GatewayAdmin):
+    actions = [*GatewayAdmin.actions, "rotate_selected"]
+    list_display = (
+        "name",
+        "prefix",
+        "owner",
+        "is_active",
+        "rate_limit",
+        "log_content",
+        "expires_at",
+        "last_used_at",
+        "created_at",
+    )
+    list_editable = ("is_active",)
+    list_filter = (
+        "is_active",
+        "log_content",
+        ("owner", admin.RelatedOnlyFieldListFilter),
+        ("expires_at", admin.EmptyFieldListFilter),
+    )
+    list_select_related = ("owner",)
+    search_fields = ("name", "prefix", "owner__username", "owner__email")
+    search_help_text = "Name, prefix, owner — or paste a whole key to find it."
+    autocomplete_fields = ("owner",)
+    filter_horizontal = ("allowed_models",)
+    readonly_fields = ("prefix", "created_at", "rotated_at", "last_used_at")
+    fieldsets = (
+        (None, {"fields": ("name", "owner", "prefix", "is_active", "expires_at")}),
+        ("Limits", {"fields": ("rate_limit", "allowed_capabilities", "allowed_models")}),
+        ("Privacy", {"fields": ("log_content",)}),
+        ("History", {"fields": ("created_at", "rotated_at", "last_used_at")}),
+    )
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if term.startswith(SECRET_PREFIX) and len(term) > 20:
+            # A pasted secret is looked up by digest; it is never stored or echoed.
+            return queryset.filter(digest=digest(term)), False
+        return super().get_search_results(request, queryset, search_term)
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.issued_secret = obj.new_secret()
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # Rendered straight into this response, never put in the session or a
+        # message cookie, so the secret is stored nowhere.
+        return self._secret_page(request, [(obj, obj.issued_secret)], created=True)
+
+    def get_urls(self):
+        rotate = self.admin_site.admin_view(self.rotate_view)
+        return [
+            path("<path:object_id>/rotate/", rotate, name="keys_apikey_rotate"),
+            *super().get_urls(),
+        ]
+
+    @method_decorator(never_cache)
+    def rotate_view(self, request, object_id):
+        key = self.get_object(request, unquote(object_id))
+        if key is None:
+            raise Http404("No such API key.")
+        if not self.has_change_permission(request, key):
+            raise PermissionDenied
+        if request.method == "POST":
+            return self._rotate(request, [key])
+        return self._rotate_confirmation(request, [key], action_form=False)
+
+    @admin.action(description="Rotate selected API keys…", permissions=["change"])
+    def rotate_selected(self, request, queryset):
+        keys = list(queryset)
+        if request.POST.get("post") == "yes":
+            return self._rotate(request, keys)
+        return self._rotate_confirmation(request, keys, action_form=True)
+
+    def _rotate(self, request, keys):
+        issued = []
+        for key in keys:
+            secret = services.rotate_key(key=key)
+            self.log_change(request, key, "Rotated the secret")
+            issued.append((key, secret))
+        return self._secret_page(request, issued, created=False)
+
+    def _rotate_confirmation(self, request, keys, *, action_form):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Rotate API keys?" if len(keys) > 1 else "Rotate API key?",
+            "keys": keys,
+            "action_form": action_form,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/keys/apikey/rotate_confirmation.html", context)
+
+    def _secret_page(self, request, issued, *, created):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "API key created" if created else "API key rotated",
+            "issued": issued,
+            "created": created,
+        }
+        response = TemplateResponse(request, "admin/keys/apikey/secret.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    def delete_notes(self, objs):
+        logs = sum(key.request_logs.count() for key in objs)
+        return [
+            f"{logs} request log(s) are kept: their key link is cleared, "
+            "and each row keeps the key prefix and username.",
+        ]

@@ -1,0 +1,117 @@
+"""Consumer API keys: stored only as a SHA-256 digest and a display prefix."""
+
+import hashlib
+import secrets
+
+from django import forms
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from aethergate.lib.capabilities import Capability
+from aethergate.lib.ratelimit import validate_spec
+
+SECRET_PREFIX = "ag-"  # noqa: S105 -- the public marker of a key, not a secret
+DISPLAY_PREFIX_LENGTH = len(SECRET_PREFIX) + 8
+
+
+def digest(secret: str) -> str:
+    """SHA-256 hex of the whole secret: the only form in which a key is stored."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def validate_capabilities(value):
+    if not isinstance(value, list) or not all(v in Capability.values for v in value):
+        raise ValidationError(
+            "Must be a list of capabilities among: %(allowed)s.",
+            params={"allowed": ", ".join(Capability.values)},
+            code="invalid_capabilities",
+        )
+
+
+class CapabilityListField(models.JSONField):
+    """A list of capabilities, edited as checkboxes in forms."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("default", list)
+        kwargs.setdefault("blank", True)
+        kwargs.setdefault("validators", [validate_capabilities])
+        super().__init__(*args, **kwargs)
+
+    def formfield(self, **kwargs):
+        return models.Field.formfield(
+            self,
+            form_class=forms.MultipleChoiceField,
+            choices=Capability.choices,
+            widget=forms.CheckboxSelectMultiple,
+            **kwargs,
+        )
+
+
+class APIKeyQuerySet(models.QuerySet):
+    def usable(self):
+        """Keys that may authenticate now: active, owner active, not expired."""
+        return self.filter(is_active=True, owner__is_active=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+        )
+
+
+class APIKey(models.Model):
+    """A gateway-issued key a consumer presents as `Authorization: Bearer …`.
+
+    The secret exists in clear only in the response that issues it; the row
+    keeps its SHA-256 `digest` and a short `prefix` for people to recognise it.
+    """
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, editable=False, db_index=True)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    is_active = models.BooleanField(default=True)
+    log_content = models.BooleanField(
+        default=False, help_text="Record prompt and completion text in request logs."
+    )
+    rate_limit = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_spec],
+        help_text='Requests per window, e.g. "60/m" or "60/m,1000/h,5000/d". Empty: unlimited.',
+    )
+    allowed_capabilities = CapabilityListField(
+        help_text="What this key may call. None ticked: every capability."
+    )
+    allowed_models = models.ManyToManyField(
+        "models_registry.Model",
+        blank=True,
+        related_name="+",
+        help_text="Models this key may use. None chosen: every model its capabilities allow.",
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = APIKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    def new_secret(self) -> str:
+        """Give this key a fresh secret (not saved) and return it: its only clear copy."""
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)  # 256 bits
+        self.digest = digest(secret)
+        self.prefix = secret[:DISPLAY_PREFIX_LENGTH]
+        return secret
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()

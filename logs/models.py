@@ -1,0 +1,77 @@
+"""Request logs: one row per authenticated `/v1` request, kept when users or keys go."""
+
+from django.conf import settings
+from django.db import models
+
+from accounts.models import MONEY
+
+
+class Outcome(models.TextChoices):
+    OK = "ok", "OK"
+    INVALID_REQUEST = "invalid_request", "Invalid request"
+    FORBIDDEN = "forbidden", "Forbidden"
+    MODEL_NOT_FOUND = "model_not_found", "Model not found"
+    RATE_LIMITED = "rate_limited", "Rate limited"
+    INSUFFICIENT_BALANCE = "insufficient_balance", "Insufficient balance"
+    UPSTREAM_ERROR = "upstream_error", "Upstream error"
+    UPSTREAM_TIMEOUT = "upstream_timeout", "Upstream timeout"
+    CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
+
+
+class RequestLog(models.Model):
+    """What one request did and cost.
+
+    `user` and `api_key` are set to NULL when those rows are deleted; the
+    `username` and `key_prefix` snapshots keep the history readable. Model and
+    endpoint are stored by name for the same reason. Prompt and completion
+    text are present only when the key had `log_content` on.
+    """
+
+    created_at = models.DateTimeField(db_index=True)
+    request_id = models.CharField(max_length=64, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="request_logs",
+    )
+    username = models.CharField(max_length=150)
+    api_key = models.ForeignKey(
+        "keys.APIKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="request_logs",
+        verbose_name="API key",
+    )
+    key_prefix = models.CharField(max_length=16)
+    model = models.CharField(max_length=200, blank=True, help_text="Public model name requested.")
+    endpoint = models.CharField(max_length=100, blank=True)
+    path = models.CharField(max_length=100, blank=True)
+    status = models.PositiveSmallIntegerField()
+    outcome = models.CharField(max_length=32, choices=Outcome.choices)
+    stream = models.BooleanField(default=False)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    ttft_ms = models.PositiveIntegerField(
+        null=True, blank=True, verbose_name="time to first token (ms)"
+    )
+    input_units = models.PositiveIntegerField(default=0)
+    output_units = models.PositiveIntegerField(default=0)
+    usage_estimated = models.BooleanField(default=False)
+    cost = models.DecimalField(**MONEY, default=0)
+    prompt_text = models.TextField(blank=True)
+    completion_text = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="Why the request failed, if it did.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="log_user_time"),
+            models.Index(fields=["api_key", "created_at"], name="log_key_time"),
+            models.Index(fields=["model", "created_at"], name="log_model_time"),
+            models.Index(fields=["outcome", "created_at"], name="log_outcome_time"),
+        ]
+
+    def __str__(self):
+        return f"{self.request_id} {self.model} {self.status}"

@@ -1,0 +1,109 @@
+"""The model catalog: public names clients send, mapped to upstream models."""
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from accounts.models import MONEY
+from aethergate.lib.capabilities import Capability
+from endpoints.models import Endpoint
+
+MAX_FALLBACK_DEPTH = 5
+
+
+class BillingUnit(models.TextChoices):
+    TOKEN = "TOKEN", "Token"
+    IMAGE = "IMAGE", "Image"
+    MINUTE = "MINUTE", "Minute of audio"
+    REQUEST = "REQUEST", "Request"
+
+
+class ModelQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(is_active=True)
+
+
+class Model(models.Model):
+    """A public model name, served by `upstream_name` on `endpoint`.
+
+    `fallback` is tried when the upstream fails before the first byte reaches
+    the client. Prices are per billing unit, in the same currency as balances.
+    """
+
+    name = models.CharField(
+        max_length=200, unique=True, help_text="Public name clients send, e.g. llama3."
+    )
+    upstream_name = models.CharField(
+        max_length=200, help_text="Model name the upstream expects, e.g. llama3:8b."
+    )
+    endpoint = models.ForeignKey(
+        Endpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="models"
+    )
+    capability = models.CharField(
+        max_length=20, choices=Capability.choices, default=Capability.TEXT
+    )
+    billing_unit = models.CharField(
+        max_length=20, choices=BillingUnit.choices, default=BillingUnit.TOKEN
+    )
+    price_in = models.DecimalField(
+        **MONEY,
+        default=0,
+        validators=[MinValueValidator(0)],
+        verbose_name="input price",
+        help_text="Per input unit (e.g. per prompt token).",
+    )
+    price_out = models.DecimalField(
+        **MONEY,
+        default=0,
+        validators=[MinValueValidator(0)],
+        verbose_name="output price",
+        help_text="Per output unit (e.g. per completion token).",
+    )
+    rpm_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="requests per minute",
+        help_text="Across all keys. Empty: unlimited.",
+    )
+    day_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="requests per day",
+        help_text="Across all keys. Empty: unlimited.",
+    )
+    fallback = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="fallback_for",
+        help_text="Tried when this model's upstream fails before answering.",
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ModelQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        """Refuse a fallback chain that loops back or is deeper than the proxy follows."""
+        seen = {self.pk} if self.pk else set()
+        current, depth = self.fallback, 0
+        while current is not None:
+            if current.pk in seen or current is self:
+                raise ValidationError({"fallback": "This fallback chain loops back on itself."})
+            depth += 1
+            if depth > MAX_FALLBACK_DEPTH:
+                raise ValidationError(
+                    {"fallback": f"A fallback chain may be at most {MAX_FALLBACK_DEPTH} deep."}
+                )
+            seen.add(current.pk)
+            current = current.fallback
