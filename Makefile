@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# The suite runs with DEBUG off, like production, so it needs a SECRET_KEY.
-TEST_ENV := DEBUG=false SECRET_KEY=$${SECRET_KEY:-test-only-secret-key-not-for-any-deployment}
+# The suite runs with DEBUG off, like production, so it needs a SECRET_KEY;
+# it ignores .env so that a local configuration cannot leak into tests.
+TEST_ENV := AETHERGATE_ENV_FILE= DEBUG=false \
+	SECRET_KEY=$${SECRET_KEY:-test-only-secret-key-not-for-any-deployment}
 
 .PHONY: run test lint format clean
 

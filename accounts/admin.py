@@ -51,7 +51,6 @@ class APIKeyInline(admin.TabularInline):
 class UserAdmin(GatewayAdmin, DjangoUserAdmin):
     form = UserEditForm
     add_form = UserCreateForm
-    inlines = [APIKeyInline]
     list_display = (
         "username",
         "email",
@@ -95,6 +94,9 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
             },
         ),
     )
+
+    def get_inlines(self, request, obj):
+        return [APIKeyInline] if obj else []
 
     def delete_notes(self, objs):
         logs = sum(user.request_logs.count() for user in objs)

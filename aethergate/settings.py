@@ -11,8 +11,11 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-# Variables already in the environment win over the file.
-environ.Env.read_env(BASE_DIR / ".env")
+# Variables already in the environment win over the file. An empty
+# AETHERGATE_ENV_FILE reads no file (the test suite runs that way).
+ENV_FILE = env.str("AETHERGATE_ENV_FILE", default=str(BASE_DIR / ".env"))
+if ENV_FILE:
+    environ.Env.read_env(ENV_FILE)
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -130,7 +133,8 @@ if AETHERGATE_HTTPS:
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.int("AETHERGATE_HSTS_SECONDS", default=31_536_000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = env.bool("AETHERGATE_HSTS_PRELOAD", default=False)
+    # "preload" only permits submitting the domain to browsers' preload list.
+    SECURE_HSTS_PRELOAD = env.bool("AETHERGATE_HSTS_PRELOAD", default=True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 

@@ -17,13 +17,6 @@ class EndpointForm(forms.ModelForm):
         help_text="The upstream's API key. Leave empty to keep the current one.",
     )
     clear_api_key = forms.BooleanField(label="Clear credential", required=False)
-    # Upstreams on a LAN or loopback are usually plain http; a URL typed
-    # without a scheme is taken as http, as it is written.
-    base_url = forms.URLField(
-        max_length=500,
-        assume_scheme="http",
-        help_text=Endpoint._meta.get_field("base_url").help_text,
-    )
 
     class Meta:
         model = Endpoint

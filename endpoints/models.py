@@ -11,6 +11,16 @@ class EndpointQuerySet(models.QuerySet):
         return self.filter(is_active=True)
 
 
+class UpstreamURLField(models.URLField):
+    """A URL that forms read as http when typed without a scheme.
+
+    Upstreams on a LAN or loopback are usually plain http (Ollama, llama.cpp).
+    """
+
+    def formfield(self, **kwargs):
+        return super().formfield(**{"assume_scheme": "http", **kwargs})
+
+
 class Endpoint(models.Model):
     """An OpenAI-compatible upstream server (Ollama, vLLM, llama.cpp, OpenAI, …).
 
@@ -19,7 +29,7 @@ class Endpoint(models.Model):
     """
 
     name = models.CharField(max_length=100, unique=True)
-    base_url = models.URLField(
+    base_url = UpstreamURLField(
         max_length=500,
         help_text="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1",
     )

@@ -6,8 +6,6 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path
-from django.utils.decorators import method_decorator
-from django.views.decorators.cache import never_cache
 
 from aethergate.lib.admin import GatewayAdmin
 from keys import services
@@ -72,7 +70,6 @@ class APIKeyAdmin(GatewayAdmin):
             *super().get_urls(),
         ]
 
-    @method_decorator(never_cache)
     def rotate_view(self, request, object_id):
         key = self.get_object(request, unquote(object_id))
         if key is None:
@@ -117,9 +114,8 @@ class APIKeyAdmin(GatewayAdmin):
             "issued": issued,
             "created": created,
         }
-        response = TemplateResponse(request, "admin/keys/apikey/secret.html", context)
-        response["Cache-Control"] = "no-store"
-        return response
+        # Every admin view is already sent with Cache-Control: no-store.
+        return TemplateResponse(request, "admin/keys/apikey/secret.html", context)
 
     def delete_notes(self, objs):
         logs = sum(key.request_logs.count() for key in objs)

@@ -1,0 +1,109 @@
+"""Staff flows for users in Django admin."""
+
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+
+from keys import services
+from keys.models import APIKey
+
+pytestmark = pytest.mark.django_db
+
+
+def change_form(user, **overrides):
+    return {
+        "username": user.username,
+        "email": user.email,
+        "organization": user.organization,
+        "balance": "" if user.balance is None else str(user.balance),
+        "is_active": "on",
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        "api_keys-TOTAL_FORMS": "0",
+        "api_keys-INITIAL_FORMS": "0",
+        **overrides,
+    }
+
+
+def test_staff_create_a_consumer_without_a_password(admin_client, django_user_model):
+    response = admin_client.post(
+        reverse("admin:accounts_user_add"),
+        {
+            "username": "carol",
+            "email": "carol@example.com",
+            "organization": "Acme",
+            "balance": "12.50",
+            "usable_password": "false",
+        },
+    )
+
+    assert response.status_code == 302
+    carol = django_user_model.objects.get(username="carol")
+    assert (carol.organization, carol.balance) == ("Acme", Decimal("12.50"))
+    assert not carol.has_usable_password()
+    assert not carol.is_staff
+
+
+def test_a_negative_balance_cannot_be_set(admin_client, django_user_model):
+    response = admin_client.post(
+        reverse("admin:accounts_user_add"),
+        {"username": "dave", "balance": "-1", "usable_password": "false"},
+    )
+
+    assert response.status_code == 200
+    assert "cannot be set below zero" in response.content.decode()
+    assert not django_user_model.objects.filter(username="dave").exists()
+
+
+def test_a_balance_spent_below_zero_does_not_block_other_edits(admin_client, django_user_model):
+    user = django_user_model.objects.create_user("erin", balance=Decimal("-0.25"))
+
+    response = admin_client.post(
+        reverse("admin:accounts_user_change", args=[user.pk]),
+        change_form(user, organization="Initech"),
+    )
+
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert (user.organization, user.balance) == ("Initech", Decimal("-0.25"))
+
+
+def test_users_are_deactivated_from_the_list_but_not_oneself(admin_client, django_user_model):
+    staff = django_user_model.objects.get(username="admin")
+    user = django_user_model.objects.create_user("frank")
+
+    admin_client.post(
+        reverse("admin:accounts_user_changelist"),
+        {"action": "deactivate_selected", "_selected_action": [user.pk, staff.pk]},
+    )
+
+    user.refresh_from_db()
+    staff.refresh_from_db()
+    assert not user.is_active
+    assert staff.is_active
+
+
+def test_the_user_page_lists_keys_without_secrets(admin_client, django_user_model):
+    user = django_user_model.objects.create_user("gina")
+    key, secret = services.create_key(owner=user, name="gina-laptop")
+
+    page = admin_client.get(reverse("admin:accounts_user_change", args=[user.pk])).content.decode()
+
+    assert "gina-laptop" in page
+    assert key.prefix in page
+    assert secret not in page
+
+
+def test_deleting_a_user_lists_their_keys_and_says_logs_are_kept(admin_client, django_user_model):
+    user = django_user_model.objects.create_user("hank")
+    services.create_key(owner=user, name="hank-ci")
+    url = reverse("admin:accounts_user_delete", args=[user.pk])
+
+    page = admin_client.get(url).content.decode()
+    assert "hank-ci" in page
+    assert "request log(s) are kept" in page
+
+    admin_client.post(url, {"post": "yes"})
+    assert not django_user_model.objects.filter(username="hank").exists()
+    assert not APIKey.objects.exists()

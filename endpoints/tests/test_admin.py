@@ -1,0 +1,116 @@
+"""Endpoints in admin: the upstream credential is write-only."""
+
+import pytest
+from django.urls import reverse
+
+from endpoints.models import Endpoint
+from models_registry.models import Model
+
+pytestmark = pytest.mark.django_db
+
+CREDENTIAL = "sk-upstream-0123456789abcdef"
+
+
+def form(**overrides):
+    return {
+        "name": "local-vllm",
+        "base_url": "http://127.0.0.1:8001/v1",
+        "is_active": "on",
+        "connect_timeout": "5",
+        "first_byte_timeout": "120",
+        "idle_timeout": "60",
+        "total_timeout": "600",
+        **overrides,
+    }
+
+
+def test_a_credential_is_set_encrypted_and_never_displayed(admin_client):
+    response = admin_client.post(
+        reverse("admin:endpoints_endpoint_add"), form(new_api_key=CREDENTIAL)
+    )
+
+    assert response.status_code == 302
+    endpoint = Endpoint.objects.get()
+    assert endpoint.api_key == CREDENTIAL
+    assert CREDENTIAL not in endpoint.api_key_encrypted
+    for url in (
+        reverse("admin:endpoints_endpoint_change", args=[endpoint.pk]),
+        reverse("admin:endpoints_endpoint_changelist"),
+    ):
+        page = admin_client.get(url).content.decode()
+        assert CREDENTIAL not in page
+        assert endpoint.api_key_encrypted not in page
+    change = admin_client.get(reverse("admin:endpoints_endpoint_change", args=[endpoint.pk]))
+    assert ">set<" in change.content.decode()
+
+
+def test_saving_without_a_new_credential_keeps_the_old_one(admin_client):
+    endpoint = Endpoint(name="local-vllm", base_url="http://127.0.0.1:8001/v1")
+    endpoint.set_api_key(CREDENTIAL)
+    endpoint.save()
+
+    admin_client.post(
+        reverse("admin:endpoints_endpoint_change", args=[endpoint.pk]), form(rpm_limit="30")
+    )
+
+    endpoint.refresh_from_db()
+    assert endpoint.rpm_limit == 30
+    assert endpoint.api_key == CREDENTIAL
+
+
+def test_a_credential_is_replaced_or_cleared(admin_client):
+    endpoint = Endpoint(name="local-vllm", base_url="http://127.0.0.1:8001/v1")
+    endpoint.set_api_key(CREDENTIAL)
+    endpoint.save()
+    url = reverse("admin:endpoints_endpoint_change", args=[endpoint.pk])
+
+    admin_client.post(url, form(new_api_key="sk-new"))
+    endpoint.refresh_from_db()
+    assert endpoint.api_key == "sk-new"
+
+    admin_client.post(url, form(clear_api_key="on"))
+    endpoint.refresh_from_db()
+    assert endpoint.api_key == ""
+    assert not endpoint.has_credential
+    page = admin_client.get(url).content.decode()
+    assert "not set" in page
+
+
+def test_it_refuses_a_bad_url_or_limit_without_echoing_the_credential(admin_client):
+    response = admin_client.post(
+        reverse("admin:endpoints_endpoint_add"),
+        form(base_url="not a url", rpm_limit="0", new_api_key=CREDENTIAL),
+    )
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "Enter a valid URL." in page
+    assert "greater than or equal to 1" in page
+    assert CREDENTIAL not in page
+    assert not Endpoint.objects.exists()
+
+
+def test_deleting_an_endpoint_unlinks_its_models(admin_client):
+    endpoint = Endpoint.objects.create(name="ollama", base_url="http://127.0.0.1:11434/v1")
+    model = Model.objects.create(name="llama3", upstream_name="llama3:8b", endpoint=endpoint)
+    url = reverse("admin:endpoints_endpoint_delete", args=[endpoint.pk])
+
+    page = admin_client.get(url).content.decode()
+    assert "1 model(s) are unlinked, not deleted" in page
+
+    admin_client.post(url, {"post": "yes"})
+    model.refresh_from_db()
+    assert model.endpoint is None
+    assert not Endpoint.objects.exists()
+
+
+def test_endpoints_are_deactivated_from_the_list(admin_client):
+    endpoint = Endpoint.objects.create(name="ollama", base_url="http://127.0.0.1:11434/v1")
+
+    admin_client.post(
+        reverse("admin:endpoints_endpoint_changelist"),
+        {"action": "deactivate_selected", "_selected_action": [endpoint.pk]},
+    )
+
+    endpoint.refresh_from_db()
+    assert not endpoint.is_active

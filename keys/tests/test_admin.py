@@ -1,0 +1,193 @@
+"""Staff flows for API keys in Django admin."""
+
+import re
+
+import pytest
+from django.urls import reverse
+
+from keys import services
+from keys.models import APIKey, digest
+from models_registry.models import Model
+
+pytestmark = pytest.mark.django_db
+
+SECRET = re.compile(r'<code class="api-key-secret">(ag-[A-Za-z0-9_-]+)</code>')
+
+
+@pytest.fixture
+def owner(django_user_model):
+    return django_user_model.objects.create_user("alice")
+
+
+@pytest.fixture
+def key(owner):
+    key, _ = services.create_key(owner=owner, name="ci", rate_limit="60/m")
+    return key
+
+
+def add_form(owner, **overrides):
+    return {
+        "name": "laptop",
+        "owner": owner.pk,
+        "is_active": "on",
+        "rate_limit": "60/m",
+        "allowed_capabilities": ["TEXT"],
+        **overrides,
+    }
+
+
+def test_it_shows_a_new_secret_once_and_stores_only_its_digest(admin_client, owner):
+    response = admin_client.post(reverse("admin:keys_apikey_add"), add_form(owner))
+
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    secret = SECRET.search(response.content.decode())[1]
+    assert "will not be shown again" in response.content.decode()
+    key = APIKey.objects.get()
+    assert key.digest == digest(secret)
+    assert key.allowed_capabilities == ["TEXT"]
+    for url in (
+        reverse("admin:keys_apikey_change", args=[key.pk]),
+        reverse("admin:keys_apikey_changelist"),
+        reverse("admin:accounts_user_change", args=[owner.pk]),
+    ):
+        page = admin_client.get(url).content.decode()
+        assert key.prefix in page
+        assert secret not in page
+        assert key.digest not in page
+
+
+def test_the_change_page_offers_rotation_and_hides_the_digest(admin_client, key):
+    page = admin_client.get(reverse("admin:keys_apikey_change", args=[key.pk])).content.decode()
+    assert reverse("admin:keys_apikey_rotate", args=[key.pk]) in page
+    assert key.digest not in page
+    assert 'name="digest"' not in page
+
+
+def test_rotation_asks_for_confirmation_first(admin_client, key):
+    url = reverse("admin:keys_apikey_rotate", args=[key.pk])
+    response = admin_client.get(url)
+
+    assert response.status_code == 200
+    assert "Yes, rotate" in response.content.decode()
+    old_digest = key.digest
+    key.refresh_from_db()
+    assert key.digest == old_digest
+
+
+def test_confirmed_rotation_shows_the_new_secret_once_and_keeps_the_row(admin_client, key):
+    old_digest = key.digest
+    response = admin_client.post(
+        reverse("admin:keys_apikey_rotate", args=[key.pk]), {"post": "yes"}
+    )
+
+    secret = SECRET.search(response.content.decode())[1]
+    assert "no-store" in response["Cache-Control"]
+    key.refresh_from_db()
+    assert key.digest == digest(secret) != old_digest
+    assert (key.name, key.rate_limit) == ("ci", "60/m")
+    assert APIKey.objects.count() == 1
+    assert "previous secret no longer works" in response.content.decode()
+
+
+def test_the_rotate_action_rotates_every_selected_key(admin_client, owner, key):
+    other, _ = services.create_key(owner=owner, name="other")
+    before = {key.pk: key.digest, other.pk: other.digest}
+    changelist = reverse("admin:keys_apikey_changelist")
+    form = {"action": "rotate_selected", "_selected_action": [key.pk, other.pk]}
+
+    confirm = admin_client.post(changelist, form)
+    assert "Yes, rotate" in confirm.content.decode()
+    assert {k.pk: k.digest for k in APIKey.objects.all()} == before
+
+    done = admin_client.post(changelist, {**form, "post": "yes"})
+    secrets = SECRET.findall(done.content.decode())
+    assert len(secrets) == 2
+    assert {k.digest for k in APIKey.objects.all()} == {digest(s) for s in secrets}
+
+
+def test_editing_limits_and_settings_does_not_rotate(admin_client, key):
+    model = Model.objects.create(name="llama3", upstream_name="llama3:8b")
+    old_digest, old_prefix = key.digest, key.prefix
+    response = admin_client.post(
+        reverse("admin:keys_apikey_change", args=[key.pk]),
+        {
+            "name": "renamed",
+            "owner": key.owner.pk,
+            "is_active": "on",
+            "rate_limit": "120/m,1000/d",
+            "allowed_capabilities": ["TEXT", "EMBEDDING"],
+            "allowed_models": [model.pk],
+            "log_content": "on",
+            "expires_at_0": "2030-01-01",
+            "expires_at_1": "00:00:00",
+        },
+    )
+
+    assert response.status_code == 302
+    key.refresh_from_db()
+    assert (key.digest, key.prefix) == (old_digest, old_prefix)
+    assert key.name == "renamed"
+    assert key.rate_limit == "120/m,1000/d"
+    assert key.allowed_capabilities == ["TEXT", "EMBEDDING"]
+    assert list(key.allowed_models.all()) == [model]
+    assert key.log_content
+    assert key.expires_at.year == 2030
+
+
+def test_an_invalid_rate_limit_is_refused_with_a_clear_message(admin_client, owner):
+    response = admin_client.post(
+        reverse("admin:keys_apikey_add"), add_form(owner, rate_limit="60 per minute")
+    )
+
+    assert response.status_code == 200
+    assert "COUNT/UNIT" in response.content.decode()
+    assert not APIKey.objects.exists()
+
+
+def test_keys_are_deactivated_and_activated_from_the_list(admin_client, key):
+    changelist = reverse("admin:keys_apikey_changelist")
+    admin_client.post(changelist, {"action": "deactivate_selected", "_selected_action": [key.pk]})
+    key.refresh_from_db()
+    assert not key.is_active
+
+    admin_client.post(changelist, {"action": "activate_selected", "_selected_action": [key.pk]})
+    key.refresh_from_db()
+    assert key.is_active
+
+
+def test_the_list_checkbox_deactivates_a_key(admin_client, key):
+    response = admin_client.post(
+        reverse("admin:keys_apikey_changelist"),
+        {
+            "form-TOTAL_FORMS": "1",
+            "form-INITIAL_FORMS": "1",
+            "form-0-id": key.pk,
+            "_save": "Save",
+        },
+    )
+
+    assert response.status_code == 302
+    key.refresh_from_db()
+    assert not key.is_active
+
+
+def test_a_pasted_secret_finds_its_key(admin_client, owner):
+    key, secret = services.create_key(owner=owner, name="findme")
+    services.create_key(owner=owner, name="other")
+
+    page = admin_client.get(reverse("admin:keys_apikey_changelist"), {"q": secret})
+
+    assert "findme" in page.content.decode()
+    assert "other" not in page.content.decode()
+    assert list(page.context["cl"].result_list) == [key]
+
+
+def test_the_delete_page_says_request_logs_are_kept(admin_client, key):
+    url = reverse("admin:keys_apikey_delete", args=[key.pk])
+    page = admin_client.get(url).content.decode()
+    assert 'id="delete-notes"' in page
+    assert "request log(s) are kept" in page
+
+    admin_client.post(url, {"post": "yes"})
+    assert not APIKey.objects.exists()
