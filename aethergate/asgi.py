@@ -1,4 +1,9 @@
-"""ASGI entry point: `aethergate.asgi:application` serves admin, `/api/v1/` and `/v1/`."""
+"""ASGI entry point: `aethergate.asgi:application` serves admin, `/api/v1/` and `/v1/`.
+
+`/v1/*` goes to the proxy's own ASGI app, which does not pay for Django's
+request cycle and middleware; everything else goes to Django. Lifespan
+events start and stop the proxy's runtime (log writer, upstream pool).
+"""
 
 import os
 import warnings
@@ -15,4 +20,14 @@ warnings.filterwarnings(
     module="django.core.handlers.asgi",
 )
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from proxy.app import proxy  # noqa: E402 -- needs the apps loaded by the line above
+
+
+async def application(scope, receive, send):
+    path = scope.get("path", "")
+    if scope["type"] == "lifespan" or path == "/v1" or path.startswith("/v1/"):
+        await proxy(scope, receive, send)
+    else:
+        await django_application(scope, receive, send)

@@ -158,3 +158,15 @@ LOGGING = {
 AETHERGATE_ADMIN_USERNAME = env.str("AETHERGATE_ADMIN_USERNAME", default="admin")
 AETHERGATE_ADMIN_EMAIL = env.str("AETHERGATE_ADMIN_EMAIL", default="")
 AETHERGATE_ADMIN_PASSWORD = env.str("AETHERGATE_ADMIN_PASSWORD", default="")
+
+# The /v1 proxy ---------------------------------------------------------------
+# Largest request body accepted (bytes); larger ones get 413.
+AETHERGATE_MAX_BODY_BYTES = env.int("AETHERGATE_MAX_BODY_BYTES", default=20 * 1024 * 1024)
+# How often each process checks the database for catalog changes made elsewhere.
+AETHERGATE_CATALOG_POLL_SECONDS = env.float("AETHERGATE_CATALOG_POLL_SECONDS", default=1.0)
+# A ": keep-alive" comment is sent when an upstream stream is silent this long.
+AETHERGATE_SSE_KEEPALIVE_SECONDS = env.float("AETHERGATE_SSE_KEEPALIVE_SECONDS", default=15.0)
+# The log writer: records per batch, seconds between flushes, bounded buffer.
+AETHERGATE_LOG_BATCH_SIZE = env.int("AETHERGATE_LOG_BATCH_SIZE", default=500)
+AETHERGATE_LOG_FLUSH_SECONDS = env.float("AETHERGATE_LOG_FLUSH_SECONDS", default=0.2)
+AETHERGATE_LOG_BUFFER_MAX = env.int("AETHERGATE_LOG_BUFFER_MAX", default=100_000)

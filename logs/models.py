@@ -63,6 +63,11 @@ class RequestLog(models.Model):
     prompt_text = models.TextField(blank=True)
     completion_text = models.TextField(blank=True)
     error = models.TextField(blank=True, help_text="Why the request failed, if it did.")
+    attempts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Each upstream try, in order: model, endpoint, and what came back.",
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,6 +1,8 @@
-"""Rate-limit specs: `"60/m"`, `"1000/h"`, `"5000/d"`, several comma-separated."""
+"""Rate limits: specs (`"60/m"`, `"1000/h"`, `"5000/d"`, comma-separated) and limiters."""
 
 import re
+import time
+from collections import deque
 from typing import NamedTuple
 
 from django.core.exceptions import ValidationError
@@ -49,3 +51,70 @@ def validate_spec(spec: str) -> None:
         parse_spec(spec)
     except ValueError as exc:
         raise ValidationError(str(exc), code="invalid_rate_limit") from None
+
+
+class Decision(NamedTuple):
+    """The outcome of one admission across every tier of a request.
+
+    `limit`, `remaining` and `reset` (seconds) describe the tightest tier, for
+    the `x-ratelimit-*` headers; `retry_after` is set when refused.
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: float
+    retry_after: float = 0.0
+    scope: str = ""
+
+
+class LocalLimiter:
+    """Sliding-log limiter in this process: exact "at most N in any window".
+
+    `hit` is all-or-nothing across tiers: a request refused by one tier is
+    counted by none. The event loop runs it without awaiting, so it is atomic.
+    `clock` is swappable for tests.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self._logs: dict[tuple[str, int], deque] = {}
+        self._hits = 0
+
+    async def hit(self, checks: list[tuple[str, Rate]]) -> Decision:
+        return self._hit(checks)
+
+    def _hit(self, checks: list[tuple[str, Rate]]) -> Decision:
+        now = self.clock()
+        tightest = Decision(True, 0, 2**31, 0.0)
+        refused = None
+        logs = []
+        for scope, rate in checks:
+            log = self._logs.get((scope, rate.seconds))
+            if log is None:
+                log = self._logs[(scope, rate.seconds)] = deque()
+            horizon = now - rate.seconds
+            while log and log[0] <= horizon:
+                log.popleft()
+            logs.append(log)
+            remaining = rate.limit - len(log)
+            reset = (log[0] + rate.seconds - now) if log else float(rate.seconds)
+            if remaining <= 0:
+                retry = log[len(log) - rate.limit] + rate.seconds - now
+                if refused is None or retry > refused.retry_after:
+                    refused = Decision(False, rate.limit, 0, reset, retry, scope)
+            elif remaining - 1 < tightest.remaining:
+                tightest = Decision(True, rate.limit, remaining - 1, reset, 0.0, scope)
+        if refused is not None:
+            return refused
+        for log in logs:
+            log.append(now)
+        self._hits += 1
+        if self._hits % 10_000 == 0:
+            self._sweep(now)
+        return tightest
+
+    def _sweep(self, now: float) -> None:
+        """Forget windows with no request left in them, so memory tracks activity."""
+        for key in [k for k, log in self._logs.items() if not log or log[-1] <= now - k[1]]:
+            del self._logs[key]

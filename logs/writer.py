@@ -1,0 +1,93 @@
+"""The background log writer: batches request records into the database off the request path."""
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from logs.services import write_batch
+
+log = logging.getLogger(__name__)
+
+
+class LogWriter:
+    """Collects records with `submit` (never blocks) and writes them in batches.
+
+    A failed batch goes back to the front of the queue and is retried with
+    backoff; `close` flushes what is left. The buffer is bounded: past
+    AETHERGATE_LOG_BUFFER_MAX records the oldest are dropped and counted.
+    `on_settled(charges)` is told what each stored batch charged per user.
+    """
+
+    def __init__(self, on_settled: Callable[[dict], None] | None = None):
+        self.on_settled = on_settled
+        self.pending: deque[dict] = deque()
+        self.written = 0
+        self.failed_batches = 0
+        self.dropped = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def submit(self, record: dict) -> None:
+        if len(self.pending) >= settings.AETHERGATE_LOG_BUFFER_MAX:
+            self.pending.popleft()
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("Log buffer full: %d records dropped so far", self.dropped)
+        self.pending.append(record)
+        if len(self.pending) >= settings.AETHERGATE_LOG_BATCH_SIZE:
+            self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), settings.AETHERGATE_LOG_FLUSH_SECONDS)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            while self.pending:
+                if await self._write_one_batch():
+                    failures = 0
+                else:
+                    failures += 1
+                    await asyncio.sleep(min(0.5 * 2**failures, 10.0))
+                    break
+
+    async def _write_one_batch(self) -> bool:
+        size = settings.AETHERGATE_LOG_BATCH_SIZE
+        batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
+        try:
+            charges = await sync_to_async(write_batch)(batch)
+        except Exception:
+            self.failed_batches += 1
+            log.exception("Writing %d request logs failed; will retry", len(batch))
+            self.pending.extendleft(reversed(batch))
+            return False
+        self.written += len(batch)
+        if self.on_settled:
+            self.on_settled(charges)
+        return True
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop the loop and write everything still pending (retrying for `grace` seconds)."""
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.pending and loop.time() < deadline:
+            if not await self._write_one_batch():
+                await asyncio.sleep(0.5)
+        if self.pending:
+            log.error("Shutting down with %d request logs unwritten", len(self.pending))

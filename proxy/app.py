@@ -1,0 +1,703 @@
+"""The `/v1` ASGI application: a plain ASGI callable, without Django's request cycle.
+
+Per request: authenticate → admit (model, capability, limits, balance) →
+forward with fallback → relay → hand one record to the log writer. Django is
+used only off the request path (settings, and the ORM in the catalog and the
+log writer, each in a worker thread).
+"""
+
+import asyncio
+import base64
+import json
+import logging
+import secrets
+import struct
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from django.conf import settings
+from django.utils import timezone
+
+from aethergate.lib.ratelimit import Decision, LocalLimiter
+from keys.models import digest
+from logs.writer import LogWriter
+from models_registry.models import MAX_FALLBACK_DEPTH
+from proxy import errors, upstream, usage
+from proxy.catalog import Catalog, KeyInfo, ModelInfo
+from proxy.errors import APIError
+from proxy.streaming import KEEPALIVE, UpstreamStreamError, sse_events
+
+log = logging.getLogger(__name__)
+
+# Fields that would let a client choose where or how the gateway calls out.
+# They are removed at any depth, except inside what is data for the model.
+ROUTING_FIELDS = frozenset(
+    {"api_base", "base_url", "api_key", "api_version", "headers", "extra_headers"}
+)
+MODEL_DATA_FIELDS = frozenset(
+    {"messages", "tools", "functions", "tool_choice", "response_format", "prompt", "input"}
+)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request did, accumulated for its log record."""
+
+    request_id: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    created_at: object = field(default_factory=timezone.now)
+    key: KeyInfo | None = None
+    model_name: str = ""
+    model: ModelInfo | None = None
+    endpoint: str = ""
+    status: int = 200
+    outcome: str = "ok"
+    stream: bool = False
+    ttft: float | None = None
+    input_units: int = 0
+    output_units: int = 0
+    estimated: bool = False
+    prompt: str = ""
+    completion: list = field(default_factory=list)
+    error: str = ""
+    attempts: list = field(default_factory=list)
+
+
+class ProxyApp:
+    """Holds the per-process runtime: catalog, limiter, log writer, upstream session."""
+
+    def __init__(self):
+        self.catalog = Catalog()
+        self.limiter = LocalLimiter()
+        self.writer: LogWriter | None = None
+        self._watcher: asyncio.Task | None = None
+
+    def invalidate(self, **_signal) -> None:
+        """Signal receiver: a key, user, model or endpoint changed in this process."""
+        self.catalog.invalidate()
+
+    # Lifespan -----------------------------------------------------------------
+    async def startup(self) -> None:
+        if self.writer is not None:
+            return
+        # Loop-bound state is made here, so a new server (or test) starts clean.
+        self.catalog = Catalog()
+        self.limiter = LocalLimiter()
+        self.writer = LogWriter(on_settled=self.catalog.settled)
+        self.writer.start()
+        await upstream.start()
+        await self.catalog.refresh()
+        self._watcher = asyncio.get_running_loop().create_task(self.catalog.watch())
+
+    async def shutdown(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+            self._watcher = None
+        if self.writer is not None:
+            await self.writer.close()
+            self.writer = None
+        await upstream.close()
+
+    async def lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("AetherGate failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # HTTP -----------------------------------------------------------------------
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        await self.startup()
+        ex = Exchange(request_id="req_" + secrets.token_hex(12), path=scope["path"])
+        try:
+            handler = self._route(scope["method"], scope["path"].rstrip("/"))
+            ex.key = await self._authenticate(scope)
+            await handler(ex, scope, receive, send)
+        except APIError as error:
+            ex.status, ex.outcome, ex.error = error.status, error.outcome, error.message
+            await send_json(send, error.status, error.body(), ex.request_id, error.headers)
+        except Exception:
+            log.exception("Unhandled error in %s %s [%s]", scope["method"], ex.path, ex.request_id)
+            ex.status, ex.outcome, ex.error = 500, "upstream_error", "internal error"
+            error = APIError(500, "The gateway failed to handle this request.", type="api_error")
+            await send_json(send, 500, error.body(), ex.request_id)
+        finally:
+            if ex.key is not None:
+                self._record(ex)
+
+    def _route(self, method: str, path: str):
+        routes = {
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/completions"): self.completions,
+            ("POST", "/v1/embeddings"): self.embeddings,
+            ("GET", "/v1/models"): self.list_models,
+        }
+        handler = routes.get((method, path))
+        if handler is None and method == "GET" and path.startswith("/v1/models/"):
+            handler = self.retrieve_model
+        if handler is None:
+            raise APIError(
+                404, f"Unknown request URL: {method} {path}.", code="unknown_url", outcome=""
+            )
+        return handler
+
+    async def _authenticate(self, scope) -> KeyInfo:
+        token = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                token = value
+                break
+        scheme, _, secret = token.decode("latin-1").partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            raise errors.invalid_key()
+        try:
+            snapshot = await self.catalog.get()
+        except RuntimeError:
+            raise APIError(
+                503,
+                "The gateway cannot verify keys right now; retry shortly.",
+                type="api_error",
+                code="service_unavailable",
+                outcome="",
+            ) from None
+        key = snapshot.keys.get(digest(secret))
+        if key is None:
+            raise errors.invalid_key()
+        if not key.is_active:
+            raise errors.forbidden("This API key has been deactivated.", "key_inactive")
+        if key.expires_at is not None and key.expires_at <= timezone.now():
+            raise errors.forbidden("This API key has expired.", "key_expired")
+        if not key.user_active:
+            raise errors.forbidden(
+                "The account this API key belongs to is inactive.", "user_inactive"
+            )
+        return key
+
+    # Models ---------------------------------------------------------------------
+    def _visible_models(self, key: KeyInfo) -> list[ModelInfo]:
+        return [
+            m
+            for m in self.catalog.snapshot.models.values()
+            if (not key.models or m.name in key.models)
+            and (not key.capabilities or m.capability in key.capabilities)
+        ]
+
+    @staticmethod
+    def _model_object(model: ModelInfo) -> dict:
+        return {
+            "id": model.name,
+            "object": "model",
+            "created": model.created,
+            "owned_by": "aethergate",
+        }
+
+    async def list_models(self, ex, scope, receive, send) -> None:
+        data = [self._model_object(m) for m in self._visible_models(ex.key)]
+        await send_json(send, 200, dumps({"object": "list", "data": data}), ex.request_id)
+
+    async def retrieve_model(self, ex, scope, receive, send) -> None:
+        ex.model_name = scope["path"].rstrip("/")[len("/v1/models/") :]
+        for model in self._visible_models(ex.key):
+            if model.name == ex.model_name:
+                await send_json(send, 200, dumps(self._model_object(model)), ex.request_id)
+                return
+        raise errors.model_not_found(ex.model_name)
+
+    # Inference ------------------------------------------------------------------
+    async def chat_completions(self, ex, scope, receive, send) -> None:
+        await self._infer(ex, scope, receive, send, "/chat/completions", "TEXT")
+
+    async def completions(self, ex, scope, receive, send) -> None:
+        await self._infer(ex, scope, receive, send, "/completions", "TEXT")
+
+    async def embeddings(self, ex, scope, receive, send) -> None:
+        await self._infer(ex, scope, receive, send, "/embeddings", "EMBEDDING")
+
+    async def _infer(self, ex, scope, receive, send, path, capability) -> None:
+        payload = await read_json(scope, receive)
+        name = payload.get("model")
+        if not isinstance(name, str) or not name:
+            raise errors.bad_request(
+                "You must provide a model parameter.", code="missing_model", param="model"
+            )
+        ex.model_name = name
+        ex.stream = path != "/embeddings" and payload.get("stream") is True
+        if ex.key.log_content:
+            ex.prompt = json.dumps(
+                payload.get("messages", payload.get("prompt", payload.get("input")))
+            )
+        model = self._admit(ex, name, capability)
+        decision = await self._limit(ex.key, model)
+        balance = self.catalog.balance(ex.key.user_id)
+        if balance is not None and balance <= 0:
+            raise APIError(
+                402,
+                "Your balance is exhausted; add credit to continue.",
+                type="insufficient_quota",
+                code="insufficient_balance",
+                outcome="insufficient_balance",
+            )
+        strip_routing_fields(payload)
+        headers = ratelimit_headers(decision)
+        work = asyncio.ensure_future(self._forward(ex, payload, model, path, send, headers))
+        watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                # The client went away: stop the upstream call now.
+                work.cancel()
+                ex.outcome, ex.status = "client_disconnected", 499
+            watcher.cancel()
+        try:
+            await work
+        except asyncio.CancelledError:
+            if ex.outcome != "client_disconnected":
+                raise
+
+    def _admit(self, ex, name: str, capability: str) -> ModelInfo:
+        key = ex.key
+        model = self.catalog.snapshot.models.get(name)
+        if model is None:
+            raise errors.model_not_found(name)
+        ex.model = model
+        if key.models and name not in key.models:
+            raise errors.forbidden(
+                f"This API key is not allowed to use the model '{name}'.", "model_not_allowed"
+            )
+        if model.capability != capability:
+            raise errors.bad_request(
+                f"The model '{name}' does not support this endpoint "
+                f"(its capability is {model.capability}).",
+                code="unsupported_capability",
+                param="model",
+            )
+        if key.capabilities and capability not in key.capabilities:
+            raise errors.forbidden(
+                f"This API key is not allowed the {capability} capability.",
+                "capability_not_allowed",
+            )
+        return model
+
+    async def _limit(self, key: KeyInfo | None, model: ModelInfo) -> Decision:
+        checks = [(f"k{key.id}", r) for r in key.rates] if key else []
+        checks += [(f"m{model.id}", r) for r in model.rates]
+        if model.endpoint:
+            checks += [(f"e{model.endpoint.id}", r) for r in model.endpoint.rates]
+        decision = await self.limiter.hit(checks)
+        if not decision.allowed:
+            tier = {"k": "this API key", "m": "this model", "e": "this model's endpoint"}
+            retry = min(120, max(1, int(decision.retry_after + 0.999)))
+            raise APIError(
+                429,
+                f"Rate limit reached for {tier[decision.scope[0]]}: {decision.limit} requests "
+                f"per window. Retry in {retry} s.",
+                type="requests",
+                code="rate_limit_exceeded",
+                outcome="rate_limited",
+                headers={"retry-after": str(retry), **ratelimit_headers(decision)},
+            )
+        return decision
+
+    async def _forward(self, ex, payload, model, path, send, headers) -> None:
+        """Try the model, then its fallbacks, until one answers; relay that answer."""
+        tried = set()
+        candidate: ModelInfo | None = model
+        last_error = None
+        while candidate is not None and len(tried) <= MAX_FALLBACK_DEPTH:
+            tried.add(candidate.name)
+            attempt = {"model": candidate.name, "endpoint": ""}
+            ex.attempts.append(attempt)
+            if candidate is not model:
+                try:
+                    await self._limit(None, candidate)
+                except APIError as limited:
+                    attempt["error"] = "rate_limited"
+                    last_error = limited
+                    candidate = self._fallback(candidate, tried)
+                    continue
+            try:
+                await self._attempt(ex, payload, candidate, path, send, headers, attempt)
+                return
+            except Retryable as failure:
+                attempt["error"] = failure.reason
+                last_error = failure.error
+                candidate = self._fallback(candidate, tried)
+        raise last_error
+
+    def _fallback(self, model: ModelInfo, tried: set) -> ModelInfo | None:
+        if model.fallback is None or model.fallback in tried:
+            return None
+        return self.catalog.snapshot.models.get(model.fallback)
+
+    async def _attempt(self, ex, payload, model, path, send, headers, attempt) -> None:
+        endpoint = model.endpoint
+        if endpoint is None or not endpoint.usable:
+            raise Retryable(
+                "no endpoint",
+                errors.upstream_error(
+                    503,
+                    f"The model '{ex.model_name}' has no usable upstream endpoint.",
+                    code="model_unavailable",
+                ),
+            )
+        attempt["endpoint"] = ex.endpoint = endpoint.name
+        body = upstream_body(payload, model, path, ex.stream)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + endpoint.first_byte_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await upstream.post(
+                    endpoint, path, body, stream=ex.stream, request_id=ex.request_id
+                )
+        except TimeoutError:
+            raise Retryable("timeout", timeout_error(ex)) from None
+        except aiohttp.ClientError as exc:
+            log.warning("Upstream %s unreachable: %s", endpoint.name, type(exc).__name__)
+            raise Retryable(
+                "connection failed",
+                errors.upstream_error(
+                    503,
+                    f"The upstream for model '{ex.model_name}' could not be reached.",
+                    code="upstream_unavailable",
+                ),
+            ) from None
+        async with response:
+            attempt["status"] = response.status
+            if response.status >= 400:
+                await self._upstream_failure(ex, endpoint, response)
+            if ex.stream:
+                await self._relay_stream(ex, payload, model, response, deadline, send, headers)
+            else:
+                await self._relay_json(ex, payload, model, response, deadline, send, headers)
+
+    async def _upstream_failure(self, ex, endpoint, response) -> None:
+        status = response.status
+        if status == 429 or status >= 500:
+            code = "upstream_rate_limited" if status == 429 else "upstream_error"
+            raise Retryable(
+                f"HTTP {status}",
+                errors.upstream_error(
+                    503 if status == 429 else 502,
+                    f"The upstream for model '{ex.model_name}' failed (HTTP {status}).",
+                    code=code,
+                ),
+            )
+        if status in (401, 403):
+            raise errors.upstream_error(
+                502,
+                f"The upstream for model '{ex.model_name}' refused the gateway's credentials.",
+                code="upstream_auth_failed",
+            )
+        try:
+            async with asyncio.timeout(5):
+                detail = (await response.json(content_type=None))["error"]["message"]
+        except Exception:
+            detail = f"HTTP {status}"
+        raise APIError(
+            400,
+            f"The upstream rejected the request: {upstream.scrub(str(detail), endpoint)}",
+            code="upstream_rejected",
+            outcome="invalid_request",
+        )
+
+    async def _relay_json(self, ex, payload, model, response, deadline, send, headers) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                data = json.loads(await response.read())
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except TimeoutError:
+            raise Retryable("timeout", timeout_error(ex)) from None
+        except (ValueError, aiohttp.ClientError):
+            raise Retryable("invalid response", invalid_response(ex)) from None
+        data["model"] = ex.model_name
+        counted = usage.from_upstream(data.get("usage"))
+        text = completion_text(data)
+        if ex.key.log_content:
+            ex.completion.append(text)
+        if counted:
+            ex.input_units, ex.output_units = counted
+        else:
+            ex.estimated = True
+            ex.input_units = usage.estimate_tokens(usage.prompt_text(payload))
+            ex.output_units = usage.estimate_tokens(text)
+        if payload.get("encoding_format") == "base64":
+            encode_embeddings(data)
+        ex.ttft = time.perf_counter() - ex.started
+        await send_json(send, 200, dumps(data), ex.request_id, headers)
+
+    async def _relay_stream(self, ex, payload, model, response, deadline, send, headers) -> None:
+        options = payload.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        events = sse_events(
+            response,
+            first_deadline=deadline,
+            idle=model.endpoint.idle_timeout,
+            keepalive=settings.AETHERGATE_SSE_KEEPALIVE_SECONDS,
+        )
+        started = False
+        done = False
+        counted = None
+        try:
+            async for event in events:
+                if event is KEEPALIVE:
+                    if not started:
+                        await start_sse(send, ex.request_id, headers)
+                        started = True
+                    await send_body(send, b": keep-alive\n\n")
+                    continue
+                if event == b"[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(event)
+                if not isinstance(chunk, dict):
+                    raise UpstreamStreamError("invalid chunk")
+                if "error" in chunk:
+                    raise UpstreamStreamError("the upstream reported an error")
+                counted = usage.from_upstream(chunk.get("usage")) or counted
+                if not wants_usage and "usage" in chunk:
+                    if not chunk.get("choices"):
+                        continue
+                    del chunk["usage"]
+                chunk["model"] = ex.model_name
+                for choice in chunk.get("choices") or ():
+                    piece = (choice.get("delta") or {}).get("content") or choice.get("text")
+                    if piece:
+                        ex.completion.append(piece)
+                        if ex.ttft is None:
+                            ex.ttft = time.perf_counter() - ex.started
+                if not started:
+                    await start_sse(send, ex.request_id, headers)
+                    started = True
+                await send_body(send, b"data: " + dumps(chunk) + b"\n\n")
+            if not done:
+                raise UpstreamStreamError("the upstream ended the stream early")
+        except (UpstreamStreamError, ValueError, aiohttp.ClientError, TimeoutError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            error = timeout_error(ex) if timed_out else invalid_response(ex, mid_stream=started)
+            if not started:
+                raise Retryable("timeout" if timed_out else "stream failed", error) from None
+            # Headers are out: the failure becomes an SSE error event, never a fake [DONE].
+            ex.status, ex.outcome, ex.error = error.status, error.outcome, error.message
+            await send_body(send, b"data: " + error.body() + b"\n\n")
+        else:
+            if not started:
+                await start_sse(send, ex.request_id, headers)
+            await send_body(send, b"data: [DONE]\n\n")
+        finally:
+            await events.aclose()
+            text = "".join(ex.completion)
+            if counted:
+                ex.input_units, ex.output_units = counted
+            else:
+                ex.estimated = True
+                ex.input_units = usage.estimate_tokens(usage.prompt_text(payload))
+                ex.output_units = usage.estimate_tokens(text)
+            if not ex.key.log_content:
+                ex.completion.clear()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # Logging --------------------------------------------------------------------
+    def _record(self, ex: Exchange) -> None:
+        key, model = ex.key, ex.model
+        charge = usage.cost(model, ex.input_units, ex.output_units) if model else 0
+        if not (ex.input_units or ex.output_units) and ex.outcome != "ok":
+            charge = 0
+        elapsed = time.perf_counter() - ex.started
+        self.catalog.charge(key.user_id, charge)
+        self.writer.submit(
+            {
+                "created_at": ex.created_at,
+                "request_id": ex.request_id,
+                "user_id": key.user_id,
+                "username": key.username,
+                "api_key_id": key.id,
+                "key_prefix": key.prefix,
+                "model": ex.model_name,
+                "endpoint": ex.endpoint,
+                "path": ex.path[:100],
+                "status": ex.status,
+                "outcome": ex.outcome or "invalid_request",
+                "stream": ex.stream,
+                "latency_ms": int(elapsed * 1000),
+                "ttft_ms": None if ex.ttft is None else int(ex.ttft * 1000),
+                "input_units": ex.input_units,
+                "output_units": ex.output_units,
+                "usage_estimated": ex.estimated,
+                "cost": charge,
+                "prompt_text": ex.prompt if key.log_content else "",
+                "completion_text": "".join(ex.completion) if key.log_content else "",
+                "error": ex.error,
+                "attempts": ex.attempts,
+            }
+        )
+
+
+class Retryable(Exception):
+    """An attempt failed before any byte reached the client: a fallback may be tried."""
+
+    def __init__(self, reason: str, error: APIError):
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+def timeout_error(ex) -> APIError:
+    return errors.upstream_error(
+        504,
+        f"The upstream for model '{ex.model_name}' did not answer in time.",
+        code="upstream_timeout",
+        outcome="upstream_timeout",
+    )
+
+
+def invalid_response(ex, *, mid_stream=False) -> APIError:
+    where = "broke off mid-stream" if mid_stream else "returned an invalid response"
+    return errors.upstream_error(
+        502, f"The upstream for model '{ex.model_name}' {where}.", code="upstream_error"
+    )
+
+
+# Request and response helpers ---------------------------------------------------
+def dumps(data) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def read_json(scope, receive) -> dict:
+    limit = settings.AETHERGATE_MAX_BODY_BYTES
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise too_large(limit)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    try:
+        payload = json.loads(b"".join(chunks))
+    except ValueError:
+        raise errors.bad_request(
+            "The request body is not valid JSON.", code="invalid_json"
+        ) from None
+    if not isinstance(payload, dict):
+        raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
+    return payload
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(
+        413, f"The request body is larger than {limit} bytes.", code="request_too_large"
+    )
+
+
+def strip_routing_fields(value) -> None:
+    """Remove fields that could redirect the upstream call, at any depth outside model data."""
+    if isinstance(value, dict):
+        for name in ROUTING_FIELDS.intersection(value):
+            del value[name]
+        for name, child in value.items():
+            if name not in MODEL_DATA_FIELDS:
+                strip_routing_fields(child)
+    elif isinstance(value, list):
+        for child in value:
+            strip_routing_fields(child)
+
+
+def upstream_body(payload: dict, model: ModelInfo, path: str, stream: bool) -> bytes:
+    """The client's body with what the gateway owns set: model, usage reporting, encoding."""
+    body = dict(payload)
+    body["model"] = model.upstream_name
+    if stream:
+        options = body.get("stream_options")
+        body["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
+    if path == "/embeddings":
+        # Floats are what every upstream speaks; base64 is made here if asked for.
+        body["encoding_format"] = "float"
+    return dumps(body)
+
+
+def completion_text(data: dict) -> str:
+    parts = []
+    for choice in data.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message") or {}
+            parts.append(message.get("content") or choice.get("text") or "")
+    return "".join(p for p in parts if isinstance(p, str))
+
+
+def encode_embeddings(data: dict) -> None:
+    """Turn float vectors into base64 of little-endian float32, as OpenAI sends them."""
+    for item in data.get("data") or ():
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(vector, list):
+            packed = struct.pack(f"<{len(vector)}f", *vector)
+            item["embedding"] = base64.b64encode(packed).decode()
+
+
+def ratelimit_headers(decision: Decision) -> dict[str, str]:
+    if not decision.limit:
+        return {}
+    return {
+        "x-ratelimit-limit-requests": str(decision.limit),
+        "x-ratelimit-remaining-requests": str(decision.remaining),
+        "x-ratelimit-reset-requests": f"{max(decision.reset, 0):.3f}s",
+    }
+
+
+async def wait_for_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _headers(request_id: str, content_type: bytes, extra: dict) -> list:
+    headers = [(b"content-type", content_type), (b"x-request-id", request_id.encode())]
+    headers += [(k.encode(), v.encode()) for k, v in extra.items()]
+    return headers
+
+
+async def send_json(send, status: int, body: bytes, request_id: str, extra=None) -> None:
+    headers = _headers(request_id, b"application/json", extra or {})
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def start_sse(send, request_id: str, extra: dict) -> None:
+    headers = _headers(request_id, b"text/event-stream; charset=utf-8", extra)
+    headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+
+async def send_body(send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+proxy = ProxyApp()

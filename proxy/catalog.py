@@ -1,0 +1,235 @@
+"""The in-process snapshot of keys, users, models and endpoints that `/v1` reads.
+
+No request queries the database: the snapshot is rebuilt when a change is
+signalled in this process (Django signals) or seen by polling a cheap change
+marker (other processes, e.g. admin on another worker). If a rebuild fails the
+previous snapshot keeps serving.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db.models import Count, Max
+
+from aethergate.lib.ratelimit import Rate, parse_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    prefix: str
+    user_id: int
+    username: str
+    is_active: bool
+    user_active: bool
+    expires_at: datetime | None
+    log_content: bool
+    rates: tuple[Rate, ...]
+    capabilities: frozenset[str]
+    models: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    id: int
+    name: str
+    base_url: str
+    api_key: str
+    usable: bool
+    rates: tuple[Rate, ...]
+    connect_timeout: float
+    first_byte_timeout: float
+    idle_timeout: float
+    total_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: int
+    name: str
+    upstream_name: str
+    capability: str
+    billing_unit: str
+    price_in: Decimal
+    price_out: Decimal
+    rates: tuple[Rate, ...]
+    fallback: str | None
+    endpoint: EndpointInfo | None
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    keys: dict[str, KeyInfo]
+    models: dict[str, ModelInfo]
+    balances: dict[int, Decimal | None]
+
+
+def _rates(rpm: int | None, per_day: int | None) -> tuple[Rate, ...]:
+    return tuple(r for r in (rpm and Rate(rpm, 60), per_day and Rate(per_day, 86400)) if r)
+
+
+def load_snapshot() -> Snapshot:
+    """Read everything `/v1` needs in a few queries (sync; run in a thread)."""
+    from accounts.models import User
+    from endpoints.models import Endpoint
+    from keys.models import APIKey
+    from models_registry.models import Model
+
+    endpoints = {}
+    for e in Endpoint.objects.filter(is_active=True):
+        try:
+            credential, usable = e.api_key, True
+        except Exception:
+            log.exception("Endpoint %s: its credential cannot be decrypted; not serving it", e.name)
+            credential, usable = "", False
+        endpoints[e.pk] = EndpointInfo(
+            e.pk,
+            e.name,
+            e.base_url.rstrip("/"),
+            credential,
+            usable,
+            _rates(e.rpm_limit, e.day_limit),
+            e.connect_timeout,
+            e.first_byte_timeout,
+            e.idle_timeout,
+            e.total_timeout,
+        )
+    models = {
+        m.name: ModelInfo(
+            m.pk,
+            m.name,
+            m.upstream_name,
+            m.capability,
+            m.billing_unit,
+            m.price_in,
+            m.price_out,
+            _rates(m.rpm_limit, m.day_limit),
+            m.fallback.name if m.fallback and m.fallback.is_active else None,
+            endpoints.get(m.endpoint_id),
+            int(m.created_at.timestamp()),
+        )
+        for m in Model.objects.filter(is_active=True).select_related("fallback")
+    }
+    allowed: dict[int, set[str]] = {}
+    through = APIKey.allowed_models.through.objects.values_list("apikey_id", "model__name")
+    for key_id, name in through:
+        allowed.setdefault(key_id, set()).add(name)
+    keys = {}
+    for k in APIKey.objects.select_related("owner"):
+        try:
+            rates = parse_spec(k.rate_limit)
+        except ValueError:
+            # Validated on save; a bad row (e.g. a raw SQL edit) fails closed.
+            log.error(
+                "API key %s has an invalid rate limit %r; refusing it", k.prefix, k.rate_limit
+            )
+            continue
+        keys[k.digest] = KeyInfo(
+            k.pk,
+            k.prefix,
+            k.owner_id,
+            k.owner.username,
+            k.is_active,
+            k.owner.is_active,
+            k.expires_at,
+            k.log_content,
+            rates,
+            frozenset(k.allowed_capabilities or ()),
+            frozenset(allowed.get(k.pk, ())),
+        )
+    balances = dict(User.objects.values_list("pk", "balance"))
+    return Snapshot(keys, models, balances)
+
+
+def change_marker() -> tuple:
+    """A cheap value that changes whenever a row `/v1` depends on is saved or deleted."""
+    from accounts.models import User
+    from endpoints.models import Endpoint
+    from keys.models import APIKey
+    from models_registry.models import Model
+
+    return tuple(
+        tuple(model.objects.aggregate(n=Count("pk"), t=Max("updated_at")).values())
+        for model in (APIKey, User, Model, Endpoint)
+    )
+
+
+class Catalog:
+    """Holds the current snapshot and the balance charges not yet in it."""
+
+    def __init__(self):
+        self.snapshot: Snapshot | None = None
+        self._stale = True
+        self._marker = None
+        self._lock = asyncio.Lock()
+        self._unsettled: dict[int, Decimal] = {}
+        self._settled: dict[int, Decimal] = {}
+
+    def invalidate(self, **_signal_kwargs) -> None:
+        """Mark the snapshot stale (safe from any thread: it only sets a flag)."""
+        self._stale = True
+
+    async def get(self) -> Snapshot:
+        """The current snapshot, rebuilt first if a change was signalled."""
+        if self._stale or self.snapshot is None:
+            await self.refresh()
+        if self.snapshot is None:
+            raise RuntimeError("no snapshot")
+        return self.snapshot
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            if not self._stale and self.snapshot is not None:
+                return
+            self._stale = False
+            try:
+                marker, snapshot = await sync_to_async(self._load)()
+            except Exception:
+                self._stale = True
+                log.exception("Could not reload the catalog; serving the previous snapshot")
+                return
+            self._marker, self.snapshot = marker, snapshot
+            self._settled = {}
+
+    @staticmethod
+    def _load():
+        return change_marker(), load_snapshot()
+
+    async def watch(self) -> None:
+        """Poll the change marker so edits made by other processes arrive here too."""
+        while True:
+            await asyncio.sleep(settings.AETHERGATE_CATALOG_POLL_SECONDS)
+            try:
+                marker = await sync_to_async(change_marker)()
+            except Exception:
+                log.warning("Catalog change check failed (database unreachable?)")
+                continue
+            if marker != self._marker:
+                self._stale = True
+                await self.refresh()
+
+    # Balances: the snapshot's value, less charges made since it was read.
+    def balance(self, user_id: int) -> Decimal | None:
+        base = self.snapshot.balances.get(user_id) if self.snapshot else None
+        if base is None:
+            return None
+        return base - self._unsettled.get(user_id, 0) - self._settled.get(user_id, 0)
+
+    def charge(self, user_id: int, cost: Decimal) -> None:
+        """A request's cost, counted until the log writer has stored it."""
+        if cost:
+            self._unsettled[user_id] = self._unsettled.get(user_id, 0) + cost
+
+    def settled(self, charges: dict[int, Decimal]) -> None:
+        """The writer stored these charges: they are in the database, not yet in the snapshot."""
+        for user_id, cost in charges.items():
+            self._unsettled[user_id] = self._unsettled.get(user_id, 0) - cost
+            self._settled[user_id] = self._settled.get(user_id, 0) + cost
