@@ -16,6 +16,7 @@ class Outcome(models.TextChoices):
     UPSTREAM_ERROR = "upstream_error", "Upstream error"
     UPSTREAM_TIMEOUT = "upstream_timeout", "Upstream timeout"
     CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
+    GATEWAY_ERROR = "gateway_error", "Gateway error"
 
 
 class RequestLog(models.Model):

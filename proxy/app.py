@@ -132,9 +132,11 @@ class ProxyApp:
         except APIError as error:
             ex.status, ex.outcome, ex.error = error.status, error.outcome, error.message
             await send_json(send, error.status, error.body(), ex.request_id, error.headers)
+        except ClientGone:
+            ex.status, ex.outcome = 499, "client_disconnected"
         except Exception:
             log.exception("Unhandled error in %s %s [%s]", scope["method"], ex.path, ex.request_id)
-            ex.status, ex.outcome, ex.error = 500, "upstream_error", "internal error"
+            ex.status, ex.outcome, ex.error = 500, "gateway_error", "internal error"
             error = APIError(500, "The gateway failed to handle this request.", type="api_error")
             await send_json(send, 500, error.body(), ex.request_id)
         finally:
@@ -195,7 +197,8 @@ class ProxyApp:
         return [
             m
             for m in self.catalog.snapshot.models.values()
-            if (not key.models or m.name in key.models)
+            if m.endpoint is not None
+            and (not key.models or m.name in key.models)
             and (not key.capabilities or m.capability in key.capabilities)
         ]
 
@@ -551,6 +554,10 @@ class ProxyApp:
         )
 
 
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
 class Retryable(Exception):
     """An attempt failed before any byte reached the client: a fallback may be tried."""
 
@@ -590,7 +597,7 @@ async def read_json(scope, receive) -> dict:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -1,0 +1,205 @@
+"""Fixtures for gateway tests: the upstream stand-in, a live gateway, data factories, clients."""
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import openai
+import pytest
+
+from proxy.tests.upstream import Upstream
+
+GATEWAY_START_SECONDS = 10.0
+GATEWAY_STOP_SECONDS = 10.0
+CLIENT_TIMEOUT_SECONDS = 10.0
+UPSTREAM_API_KEY = "sk-upstream-secret"
+
+
+@pytest.fixture(scope="session")
+def _upstream_session():
+    """One stand-in for the whole run: behaviour is chosen per request, by model name."""
+    with Upstream() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream(_upstream_session):
+    """The running stand-in with `received` and overrides cleared for this test."""
+    _upstream_session.reset()
+    yield _upstream_session
+    _upstream_session.reset()
+
+
+@dataclass
+class Gateway:
+    """A live AetherGate served by uvicorn: `base_url` is its root, `v1` the OpenAI base URL."""
+
+    base_url: str
+    v1: str
+    server: object
+    thread: threading.Thread
+
+
+@pytest.fixture
+def gateway(transactional_db):
+    """AetherGate's ASGI app served by uvicorn on 127.0.0.1 in a thread, for one test.
+
+    `transactional_db` commits what the test writes, so the server's threads see it.
+    """
+    import uvicorn
+
+    from aethergate.asgi import application
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app=application,
+        host="127.0.0.1",
+        port=port,
+        # The proxy starts its log writer and upstream pool on lifespan startup.
+        lifespan="on",
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="gateway", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + GATEWAY_START_SECONDS
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if not server.started:
+        server.should_exit = True
+        thread.join(GATEWAY_STOP_SECONDS)
+        sock.close()
+        pytest.fail("the gateway did not start", pytrace=False)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        yield Gateway(base_url=base_url, v1=f"{base_url}/v1", server=server, thread=thread)
+    finally:
+        server.should_exit = True
+        thread.join(GATEWAY_STOP_SECONDS)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(GATEWAY_STOP_SECONDS)
+        sock.close()
+
+
+# --------------------------------------------------------------------------- factories
+
+
+@pytest.fixture
+def make_user(db):
+    """`make_user(username="alice", balance=None, is_active=True, **fields)` → a saved User."""
+    from accounts.models import User
+
+    def make(username="alice", balance=None, is_active=True, **fields):
+        return User.objects.create_user(
+            username=username, balance=balance, is_active=is_active, **fields
+        )
+
+    return make
+
+
+@pytest.fixture
+def make_endpoint(db, upstream):
+    """`make_endpoint(name="stand-in", base_url=None, api_key=..., **fields)` → a saved Endpoint.
+
+    `base_url` defaults to the stand-in's; the credential is stored encrypted.
+    """
+    from endpoints.models import Endpoint
+
+    def make(name="stand-in", base_url=None, api_key=UPSTREAM_API_KEY, **fields):
+        endpoint = Endpoint(name=name, base_url=base_url or upstream.base_url, **fields)
+        endpoint.set_api_key(api_key)
+        endpoint.save()
+        return endpoint
+
+    return make
+
+
+@pytest.fixture
+def make_model(db, make_endpoint):
+    """`make_model(name="gpt-test", upstream_name="echo", endpoint=None, **fields)` → a Model.
+
+    Without `endpoint`, one endpoint on the stand-in is made (by the first call) and shared.
+    """
+    from models_registry.models import Model
+
+    shared = []
+
+    def make(name="gpt-test", upstream_name="echo", endpoint=None, **fields):
+        if endpoint is None:
+            if not shared:
+                shared.append(make_endpoint())
+            endpoint = shared[0]
+        return Model.objects.create(
+            name=name, upstream_name=upstream_name, endpoint=endpoint, **fields
+        )
+
+    return make
+
+
+@pytest.fixture
+def make_key(db, make_user):
+    """`make_key(owner=None, name="test", **fields)` → `(APIKey, secret)` via `create_key`.
+
+    Without `owner`, one user ("alice") is made (by the first call) and shared.
+    """
+    from keys.services import create_key
+
+    shared = []
+
+    def make(owner=None, name="test", **fields):
+        if owner is None:
+            if not shared:
+                shared.append(make_user())
+            owner = shared[0]
+        return create_key(owner=owner, name=name, **fields)
+
+    return make
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@pytest.fixture
+def client_for(gateway):
+    """`client_for(secret)` → an `openai.OpenAI` on the gateway: no retries, 10 s timeout."""
+    clients = []
+
+    def make(secret, **options):
+        client = openai.OpenAI(
+            base_url=gateway.v1,
+            api_key=secret,
+            **{"max_retries": 0, "timeout": CLIENT_TIMEOUT_SECONDS, **options},
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def async_client_for(gateway):
+    """`async_client_for(secret)` → an `openai.AsyncOpenAI` on the gateway, like `client_for`.
+
+    Close it in the event loop that used it (`async with async_client_for(secret) as c:`).
+    """
+
+    def make(secret, **options):
+        return openai.AsyncOpenAI(
+            base_url=gateway.v1,
+            api_key=secret,
+            **{"max_retries": 0, "timeout": CLIENT_TIMEOUT_SECONDS, **options},
+        )
+
+    return make

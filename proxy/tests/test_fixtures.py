@@ -1,0 +1,67 @@
+"""The gateway fixture serves the real ASGI app, and the factories build usable data."""
+
+from decimal import Decimal
+
+import httpx
+
+
+def test_gateway_fixture_serves_the_admin_login(gateway):
+    response = httpx.get(f"{gateway.base_url}/admin/login/")
+
+    assert response.status_code == 200
+    assert gateway.v1 == f"{gateway.base_url}/v1"
+
+
+def test_the_gateway_sees_data_the_test_committed(gateway, make_user):
+    make_user(username="root", is_staff=True, is_superuser=True, password="pw-root-123")
+
+    with httpx.Client(base_url=gateway.base_url) as browser:
+        browser.get("/admin/login/")
+        response = browser.post(
+            "/admin/login/",
+            data={
+                "username": "root",
+                "password": "pw-root-123",
+                "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+                "next": "/admin/",
+            },
+        )
+
+    assert response.status_code == 302
+    assert response.headers["location"] == "/admin/"
+
+
+def test_factories_build_a_key_for_a_model_on_the_stand_in(
+    upstream, make_endpoint, make_model, make_key
+):
+    model = make_model(price_in=Decimal("0.001"), rpm_limit=10)
+    other = make_model(name="gpt-other", upstream_name="echo+nousage")
+    embed = make_model(
+        name="embed",
+        upstream_name="echo",
+        endpoint=make_endpoint(name="second"),
+        capability="EMBEDDING",
+    )
+    key, secret = make_key(allowed_models=[model, embed], rate_limit="60/m")
+    _, other_secret = make_key(name="second")
+
+    assert model.endpoint == other.endpoint
+    assert model.endpoint.base_url == upstream.base_url
+    assert model.endpoint.api_key == "sk-upstream-secret"
+    assert "sk-upstream-secret" not in model.endpoint.api_key_encrypted
+    assert embed.endpoint.name == "second"
+    assert secret.startswith("ag-") and secret != other_secret
+    assert set(key.allowed_models.all()) == {model, embed}
+    assert key.owner.username == "alice"
+
+
+def test_client_factories_point_the_sdk_at_the_gateway_without_retries(
+    gateway, client_for, async_client_for
+):
+    client = client_for("ag-secret")
+    async_client = async_client_for("ag-secret", timeout=3)
+
+    assert str(client.base_url).rstrip("/") == gateway.v1
+    assert str(async_client.base_url).rstrip("/") == gateway.v1
+    assert (client.api_key, client.max_retries, client.timeout) == ("ag-secret", 0, 10)
+    assert (async_client.max_retries, async_client.timeout) == (0, 3)
