@@ -19,11 +19,13 @@ class LogWriter:
     A failed batch goes back to the front of the queue and is retried with
     backoff; `close` flushes what is left. The buffer is bounded: past
     AETHERGATE_LOG_BUFFER_MAX records the oldest are dropped and counted.
-    `on_settled(charges)` is told what each stored batch charged per user.
+    `on_settled(charges)` is told what each stored batch charged per user;
+    `write` is the storage seam (tests pass a failing one).
     """
 
-    def __init__(self, on_settled: Callable[[dict], None] | None = None):
+    def __init__(self, on_settled: Callable[[dict], None] | None = None, write=write_batch):
         self.on_settled = on_settled
+        self.write = write
         self.pending: deque[dict] = deque()
         self.written = 0
         self.failed_batches = 0
@@ -64,7 +66,7 @@ class LogWriter:
         size = settings.AETHERGATE_LOG_BATCH_SIZE
         batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
         try:
-            charges = await sync_to_async(write_batch)(batch)
+            charges = await sync_to_async(self.write)(batch)
         except Exception:
             self.failed_batches += 1
             log.exception("Writing %d request logs failed; will retry", len(batch))

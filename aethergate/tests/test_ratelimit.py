@@ -3,7 +3,7 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from aethergate.lib.ratelimit import Rate, parse_spec, validate_spec
+from aethergate.lib.ratelimit import LocalLimiter, Rate, parse_spec, validate_spec
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,68 @@ def test_it_rejects_malformed_specs_with_the_expected_form(spec):
 def test_it_rejects_a_zero_count():
     with pytest.raises(ValidationError, match="at least 1"):
         validate_spec("0/m")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def hit(limiter, *checks):
+    return limiter._hit(list(checks))
+
+
+def test_it_admits_exactly_the_limit_in_any_window():
+    clock = FakeClock()
+    limiter = LocalLimiter(clock)
+    rate = Rate(3, 60)
+
+    admitted = [hit(limiter, ("k1", rate)).allowed for _ in range(5)]
+
+    assert admitted == [True, True, True, False, False]
+
+
+def test_the_window_slides_instead_of_resetting_at_a_boundary():
+    clock = FakeClock()
+    limiter = LocalLimiter(clock)
+    rate = Rate(2, 60)
+    hit(limiter, ("k", rate))
+    clock.now += 50
+    hit(limiter, ("k", rate))
+
+    clock.now += 15  # 65 s after the first, 15 s after the second
+    assert hit(limiter, ("k", rate)).allowed
+    refused = hit(limiter, ("k", rate))
+
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(45)  # when the request at +50 s expires
+
+
+def test_a_refusal_by_one_tier_is_counted_by_none():
+    limiter = LocalLimiter(FakeClock())
+    key, model = ("k", Rate(5, 60)), ("m", Rate(1, 60))
+
+    assert hit(limiter, key, model).allowed
+    refused = hit(limiter, key, model)
+    assert not refused.allowed
+    assert refused.scope == "m"
+
+    remaining = [hit(limiter, key).remaining for _ in range(4)]
+    assert remaining == [3, 2, 1, 0]
+    assert not hit(limiter, key).allowed
+
+
+def test_it_reports_the_tightest_tier_for_headers():
+    limiter = LocalLimiter(FakeClock())
+
+    decision = hit(limiter, ("k", Rate(100, 60)), ("m", Rate(3, 60)))
+
+    assert (decision.limit, decision.remaining) == (3, 2)
+
+
+def test_no_tier_means_no_limit():
+    limiter = LocalLimiter(FakeClock())
+    assert all(hit(limiter).allowed for _ in range(1000))
