@@ -6,7 +6,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 
 from accounts.models import User
-from aethergate.lib.admin import GatewayAdmin
+from aethergate.lib.admin import GatewayAdmin, count
 from keys.models import APIKey
 
 
@@ -102,8 +102,8 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         logs = sum(user.request_logs.count() for user in objs)
         return [
             "Their API keys are deleted with them (listed below).",
-            f"{logs} request log(s) are kept: their user link is cleared, "
-            "and each row keeps the username and key prefix.",
+            f"{count(logs, 'request log is', 'request logs are')} kept: their user link "
+            "is cleared, and each row keeps the username and key prefix.",
         ]
 
     def _set_active(self, request, queryset, *, active):

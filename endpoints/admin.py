@@ -3,7 +3,7 @@
 from django import forms
 from django.contrib import admin
 
-from aethergate.lib.admin import GatewayAdmin
+from aethergate.lib.admin import GatewayAdmin, count
 from endpoints.models import Endpoint
 
 
@@ -94,7 +94,7 @@ class EndpointAdmin(GatewayAdmin):
     def delete_notes(self, objs):
         models = sum(endpoint.models.count() for endpoint in objs)
         return [
-            f"{models} model(s) are unlinked, not deleted: they stay in the catalog "
-            "without an endpoint (and cannot be served) until one is assigned.",
+            f"{count(models, 'model is', 'models are')} unlinked, not deleted: they stay "
+            "in the catalog without an endpoint (and cannot be served) until one is assigned.",
             "Request logs are kept; they record the endpoint by name.",
         ]

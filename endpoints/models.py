@@ -30,6 +30,7 @@ class Endpoint(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     base_url = UpstreamURLField(
+        "base URL",
         max_length=500,
         help_text="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1",
     )
@@ -67,7 +68,7 @@ class Endpoint(models.Model):
         validators=[MinValueValidator(0.1)],
         help_text="Seconds a whole request may take.",
     )
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField("active", default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

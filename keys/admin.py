@@ -3,13 +3,32 @@
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import Http404
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
-from aethergate.lib.admin import GatewayAdmin
+from aethergate.lib.admin import GatewayAdmin, count
 from keys import services
 from keys.models import SECRET_PREFIX, APIKey, digest
+
+
+class ExpiryFilter(admin.SimpleListFilter):
+    title = "expiry"
+    parameter_name = "expiry"
+
+    def lookups(self, request, model_admin):
+        return [("never", "Never expires"), ("future", "Expires later"), ("past", "Expired")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        return {
+            "never": queryset.filter(expires_at__isnull=True),
+            "future": queryset.filter(expires_at__gt=now),
+            "past": queryset.filter(Q(expires_at__lte=now)),
+        }.get(self.value(), queryset)
 
 
 @admin.register(APIKey)
@@ -17,21 +36,19 @@ class APIKeyAdmin(GatewayAdmin):
     actions = [*GatewayAdmin.actions, "rotate_selected"]
     list_display = (
         "name",
-        "prefix",
+        "display_prefix",
         "owner",
         "is_active",
         "rate_limit",
-        "log_content",
         "expires_at",
         "last_used_at",
-        "created_at",
     )
     list_editable = ("is_active",)
     list_filter = (
         "is_active",
         "log_content",
         ("owner", admin.RelatedOnlyFieldListFilter),
-        ("expires_at", admin.EmptyFieldListFilter),
+        ExpiryFilter,
     )
     list_select_related = ("owner",)
     search_fields = ("name", "prefix", "owner__username", "owner__email")
@@ -45,6 +62,10 @@ class APIKeyAdmin(GatewayAdmin):
         ("Privacy", {"fields": ("log_content",)}),
         ("History", {"fields": ("created_at", "rotated_at", "last_used_at")}),
     )
+
+    @admin.display(description="prefix", ordering="prefix")
+    def display_prefix(self, obj):
+        return format_html('<code style="white-space: nowrap">{}…</code>', obj.prefix)
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
@@ -78,14 +99,16 @@ class APIKeyAdmin(GatewayAdmin):
             raise PermissionDenied
         if request.method == "POST":
             return self._rotate(request, [key])
-        return self._rotate_confirmation(request, [key], action_form=False)
+        cancel = reverse("admin:keys_apikey_change", args=[key.pk])
+        return self._rotate_confirmation(request, [key], action_form=False, cancel_url=cancel)
 
     @admin.action(description="Rotate selected API keys…", permissions=["change"])
     def rotate_selected(self, request, queryset):
         keys = list(queryset)
         if request.POST.get("post") == "yes":
             return self._rotate(request, keys)
-        return self._rotate_confirmation(request, keys, action_form=True)
+        cancel = reverse("admin:keys_apikey_changelist")
+        return self._rotate_confirmation(request, keys, action_form=True, cancel_url=cancel)
 
     def _rotate(self, request, keys):
         issued = []
@@ -95,7 +118,7 @@ class APIKeyAdmin(GatewayAdmin):
             issued.append((key, secret))
         return self._secret_page(request, issued, created=False)
 
-    def _rotate_confirmation(self, request, keys, *, action_form):
+    def _rotate_confirmation(self, request, keys, *, action_form, cancel_url):
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -103,6 +126,7 @@ class APIKeyAdmin(GatewayAdmin):
             "keys": keys,
             "action_form": action_form,
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "cancel_url": cancel_url,
         }
         return TemplateResponse(request, "admin/keys/apikey/rotate_confirmation.html", context)
 
@@ -120,6 +144,6 @@ class APIKeyAdmin(GatewayAdmin):
     def delete_notes(self, objs):
         logs = sum(key.request_logs.count() for key in objs)
         return [
-            f"{logs} request log(s) are kept: their key link is cleared, "
-            "and each row keeps the key prefix and username.",
+            f"{count(logs, 'request log is', 'request logs are')} kept: their key link is "
+            "cleared, and each row keeps the key prefix and username.",
         ]

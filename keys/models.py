@@ -71,7 +71,7 @@ class APIKey(models.Model):
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, editable=False, db_index=True)
     digest = models.CharField(max_length=64, unique=True, editable=False)
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField("active", default=True)
     log_content = models.BooleanField(
         default=False, help_text="Record prompt and completion text in request logs."
     )

@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from aethergate.lib.admin import GatewayAdmin
+from aethergate.lib.admin import GatewayAdmin, count
 from models_registry.models import Model
 
 
@@ -35,7 +35,8 @@ class ModelAdmin(GatewayAdmin):
     def delete_notes(self, objs):
         fallbacks = sum(model.fallback_for.count() for model in objs)
         return [
-            f"{fallbacks} other model(s) that fall back to this one lose their fallback.",
+            f"{count(fallbacks, 'other model falls', 'other models fall')} back to this "
+            "one and will lose that fallback.",
             "Keys that were limited to it lose it from their allowed models.",
             "Request logs are kept; they record the model by name.",
         ]

@@ -81,7 +81,7 @@ class Model(models.Model):
         related_name="fallback_for",
         help_text="Tried when this model's upstream fails before answering.",
     )
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField("active", default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,6 +1,13 @@
 """The base every AetherGate ModelAdmin shares: activate/deactivate and delete notes."""
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import model_ngettext
+from django.utils.translation import ngettext
+
+
+def count(n: int, singular: str, plural: str) -> str:
+    """`count(2, "request log is", "request logs are")` → "2 request logs are"."""
+    return f"{n} {ngettext(singular, plural, n)}"
 
 
 class GatewayAdmin(admin.ModelAdmin):
@@ -16,7 +23,7 @@ class GatewayAdmin(admin.ModelAdmin):
     list_per_page = 50
 
     def delete_notes(self, objs) -> list[str]:
-        """Sentences about what deleting `objs` keeps or unlinks."""
+        """Sentences about what deleting `objs` also does, keeps or unlinks."""
         return []
 
     def get_deleted_objects(self, objs, request):
@@ -43,8 +50,5 @@ class GatewayAdmin(admin.ModelAdmin):
             self.log_change(request, obj, "Activated" if active else "Deactivated")
             changed += 1
         verb = "activated" if active else "deactivated"
-        self.message_user(
-            request,
-            f"{changed} {self.opts.verbose_name_plural} {verb}.",
-            messages.SUCCESS,
-        )
+        noun = model_ngettext(self.opts, changed)
+        self.message_user(request, f"{changed} {noun} {verb}.", messages.SUCCESS)

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def manage(*args, **env):
     base = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+    base["AETHERGATE_ENV_FILE"] = ""  # a developer's .env must not change the outcome
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,

@@ -96,7 +96,7 @@ def test_deleting_an_endpoint_unlinks_its_models(admin_client):
     url = reverse("admin:endpoints_endpoint_delete", args=[endpoint.pk])
 
     page = admin_client.get(url).content.decode()
-    assert "1 model(s) are unlinked, not deleted" in page
+    assert "1 model is unlinked, not deleted" in page
 
     admin_client.post(url, {"post": "yes"})
     model.refresh_from_db()
