@@ -31,6 +31,8 @@ class LogWriter:
         self.failed_batches = 0
         self.dropped = 0
         self._wake = asyncio.Event()
+        self._closing = False
+        self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     def submit(self, record: dict) -> None:
@@ -48,19 +50,23 @@ class LogWriter:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._wake.wait(), settings.AETHERGATE_LOG_FLUSH_SECONDS)
             except TimeoutError:
                 pass
             self._wake.clear()
-            while self.pending:
+            while self.pending and not self._closing:
                 if await self._write_one_batch():
                     failures = 0
-                else:
-                    failures += 1
-                    await asyncio.sleep(min(0.5 * 2**failures, 10.0))
-                    break
+                    continue
+                failures += 1
+                # Back off, but let close() interrupt the wait.
+                try:
+                    await asyncio.wait_for(self._stop.wait(), min(0.5 * 2**failures, 10.0))
+                except TimeoutError:
+                    pass
+                break
 
     async def _write_one_batch(self) -> bool:
         size = settings.AETHERGATE_LOG_BATCH_SIZE
@@ -78,16 +84,21 @@ class LogWriter:
         return True
 
     async def close(self, grace: float = 10.0) -> None:
-        """Stop the loop and write everything still pending (retrying for `grace` seconds)."""
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        """Stop the loop and write everything still pending (retrying for `grace` seconds).
+
+        A batch being written is not cancelled (its thread would carry on, and
+        a failure there would lose it): the loop is asked to stop after it.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        self._closing = True
+        self._wake.set()
+        self._stop.set()
+        if self._task:
+            done, _ = await asyncio.wait((self._task,), timeout=grace)
+            if not done:
+                log.error("The log writer did not stop within %s s", grace)
+            self._task = None
         while self.pending and loop.time() < deadline:
             if not await self._write_one_batch():
                 await asyncio.sleep(0.5)

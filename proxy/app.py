@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connections
 from django.utils import timezone
 
 from aethergate.lib.ratelimit import Decision, LocalLimiter
@@ -50,7 +52,7 @@ class Exchange:
     created_at: object = field(default_factory=timezone.now)
     key: KeyInfo | None = None
     model_name: str = ""
-    model: ModelInfo | None = None
+    model: ModelInfo | None = None  # the model that answered (a fallback, maybe)
     endpoint: str = ""
     status: int = 200
     outcome: str = "ok"
@@ -99,6 +101,8 @@ class ProxyApp:
             await self.writer.close()
             self.writer = None
         await upstream.close()
+        # The worker thread's database connection would otherwise outlive us.
+        await sync_to_async(connections.close_all)()
 
     async def lifespan(self, receive, send) -> None:
         while True:
@@ -362,6 +366,7 @@ class ProxyApp:
                 ),
             )
         attempt["endpoint"] = ex.endpoint = endpoint.name
+        ex.model = model
         body = upstream_body(payload, model, path, ex.stream)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + endpoint.first_byte_timeout
@@ -436,12 +441,7 @@ class ProxyApp:
         text = completion_text(data)
         if ex.key.log_content:
             ex.completion.append(text)
-        if counted:
-            ex.input_units, ex.output_units = counted
-        else:
-            ex.estimated = True
-            ex.input_units = usage.estimate_tokens(usage.prompt_text(payload))
-            ex.output_units = usage.estimate_tokens(text)
+        ex.input_units, ex.output_units, ex.estimated = count_usage(counted, payload, text)
         if payload.get("encoding_format") == "base64":
             encode_embeddings(data)
         ex.ttft = time.perf_counter() - ex.started
@@ -508,12 +508,7 @@ class ProxyApp:
         finally:
             await events.aclose()
             text = "".join(ex.completion)
-            if counted:
-                ex.input_units, ex.output_units = counted
-            else:
-                ex.estimated = True
-                ex.input_units = usage.estimate_tokens(usage.prompt_text(payload))
-                ex.output_units = usage.estimate_tokens(text)
+            ex.input_units, ex.output_units, ex.estimated = count_usage(counted, payload, text)
             if not ex.key.log_content:
                 ex.completion.clear()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -584,6 +579,14 @@ def invalid_response(ex, *, mid_stream=False) -> APIError:
 
 
 # Request and response helpers ---------------------------------------------------
+def count_usage(counted, payload: dict, completion: str) -> tuple[int, int, bool]:
+    """(input, output, estimated): the upstream's counts, or estimates from the text."""
+    if counted:
+        return *counted, False
+    prompt = usage.estimate_tokens(usage.prompt_text(payload))
+    return prompt, usage.estimate_tokens(completion), True
+
+
 def dumps(data) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -622,17 +625,20 @@ def too_large(limit: int) -> APIError:
     )
 
 
-def strip_routing_fields(value) -> None:
-    """Remove fields that could redirect the upstream call, at any depth outside model data."""
+def strip_routing_fields(value, *, top: bool = True) -> None:
+    """Remove fields that could redirect the upstream call, at any depth.
+
+    The request's own model data (messages, tools, schemas, …) is left as sent.
+    """
     if isinstance(value, dict):
         for name in ROUTING_FIELDS.intersection(value):
             del value[name]
         for name, child in value.items():
-            if name not in MODEL_DATA_FIELDS:
-                strip_routing_fields(child)
+            if not (top and name in MODEL_DATA_FIELDS):
+                strip_routing_fields(child, top=False)
     elif isinstance(value, list):
         for child in value:
-            strip_routing_fields(child)
+            strip_routing_fields(child, top=False)
 
 
 def upstream_body(payload: dict, model: ModelInfo, path: str, stream: bool) -> bytes:

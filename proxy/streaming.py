@@ -20,25 +20,31 @@ async def sse_events(response, *, first_deadline: float, idle: float, keepalive:
     loop = asyncio.get_running_loop()
     deadline = first_deadline
     content = response.content
+    buffer = b""
     while True:
         wait = min(keepalive, deadline - loop.time())
         if wait <= 0:
             raise TimeoutError
+        # readany() takes bytes only once they are there, so a keep-alive tick
+        # that cancels it loses nothing; lines are split here, not by aiohttp.
         timer = asyncio.timeout(wait)
         try:
             async with timer:
-                line = await content.readline()
+                chunk = await content.readany()
         except TimeoutError:
             if not timer.expired():
                 raise  # the upstream session's own timeout, not ours
-            line = None
-        if line is None:
             if loop.time() >= deadline:
-                raise TimeoutError
+                raise
             yield KEEPALIVE
             continue
-        if not line:
+        if not chunk:
+            if buffer.startswith(b"data:"):
+                yield buffer[5:].strip()
             return
         deadline = loop.time() + idle
-        if line.startswith(b"data:"):
-            yield line[5:].strip()
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()

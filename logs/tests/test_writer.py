@@ -1,6 +1,8 @@
 """The batching log writer and the settlement it performs."""
 
 import asyncio
+import threading
+import time
 from decimal import Decimal
 
 import pytest
@@ -132,3 +134,24 @@ def test_the_buffer_is_bounded_and_counts_drops(key, settings):
 
     assert writer.dropped == 2
     assert [r["request_id"] for r in writer.pending] == ["r2", "r3", "r4"]
+
+
+def test_close_waits_for_a_batch_already_being_written(key, settings):
+    settings.AETHERGATE_LOG_FLUSH_SECONDS = 0.01
+    started = threading.Event()
+
+    def slow(batch):
+        started.set()
+        time.sleep(0.3)  # a slow database, not a test timer
+        return write_batch(batch)
+
+    async def scenario():
+        writer = LogWriter(write=slow)
+        writer.start()
+        writer.submit(record(key, request_id="in-flight"))
+        assert await asyncio.to_thread(started.wait, 5)
+        await writer.close()
+
+    asyncio.run(scenario())
+
+    assert RequestLog.objects.filter(request_id="in-flight").exists()
