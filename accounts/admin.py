@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 
+from accounts import services
 from accounts.models import User
 from aethergate.lib.admin import GatewayAdmin, count
 from keys.models import APIKey
@@ -29,6 +30,16 @@ class UserCreateForm(AdminUserCreationForm):
 class UserEditForm(UserChangeForm):
     class Meta(UserChangeForm.Meta):
         model = User
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Submit the balance the page showed, so a save applies the staff's
+        # change to the current balance instead of overwriting new charges.
+        self.fields["balance"].show_hidden_initial = True
+
+    def balance_seen(self):
+        field = self.fields["balance"]
+        return field.to_python(self.data.get(self.add_initial_prefix("balance")))
 
     clean_balance = _non_negative_balance
 
@@ -94,6 +105,16 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
             },
         ),
     )
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        if "balance" in form.changed_data:
+            services.edit_balance(user=obj, seen=form.balance_seen(), new=obj.balance)
+        columns = {f.name for f in obj._meta.concrete_fields} - {"balance", "id"}
+        obj.save(update_fields=[*columns.intersection(form.changed_data), "updated_at"])
+        obj.refresh_from_db(fields=["balance"])
 
     def get_inlines(self, request, obj):
         return [APIKeyInline] if obj else []

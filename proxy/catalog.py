@@ -167,19 +167,26 @@ class Catalog:
 
     def __init__(self):
         self.snapshot: Snapshot | None = None
-        self._stale = True
+        # Every change bumps `_wanted`; a snapshot is current when it was read
+        # after the latest change, i.e. `_loaded == _wanted`.
+        self._wanted = 1
+        self._loaded = 0
         self._marker = None
         self._lock = asyncio.Lock()
         self._unsettled: dict[int, Decimal] = {}
         self._settled: dict[int, Decimal] = {}
 
     def invalidate(self, **_signal_kwargs) -> None:
-        """Mark the snapshot stale (safe from any thread: it only sets a flag)."""
-        self._stale = True
+        """Mark the snapshot stale (safe from any thread: it only bumps a counter)."""
+        self._wanted += 1
 
     async def get(self) -> Snapshot:
-        """The current snapshot, rebuilt first if a change was signalled."""
-        if self._stale or self.snapshot is None:
+        """The current snapshot, rebuilt first if anything changed since it was read.
+
+        A request that arrives while a rebuild started before the latest change
+        is running waits for a newer one: it never sees data older than itself.
+        """
+        if self._loaded != self._wanted:
             await self.refresh()
         if self.snapshot is None:
             raise RuntimeError("no snapshot")
@@ -187,16 +194,15 @@ class Catalog:
 
     async def refresh(self) -> None:
         async with self._lock:
-            if not self._stale and self.snapshot is not None:
+            wanted = self._wanted
+            if self._loaded == wanted and self.snapshot is not None:
                 return
-            self._stale = False
             try:
                 marker, snapshot = await sync_to_async(self._load)()
             except Exception:
-                self._stale = True
                 log.exception("Could not reload the catalog; serving the previous snapshot")
                 return
-            self._marker, self.snapshot = marker, snapshot
+            self._marker, self.snapshot, self._loaded = marker, snapshot, wanted
             self._settled = {}
 
     @staticmethod
@@ -213,7 +219,7 @@ class Catalog:
                 log.warning("Catalog change check failed (database unreachable?)")
                 continue
             if marker != self._marker:
-                self._stale = True
+                self.invalidate()
                 await self.refresh()
 
     # Balances: the snapshot's value, less charges made since it was read.

@@ -3,6 +3,7 @@
 from decimal import Decimal
 
 import pytest
+from django.db.models import F
 from django.urls import reverse
 
 from keys import services
@@ -17,6 +18,7 @@ def change_form(user, **overrides):
         "email": user.email,
         "organization": user.organization,
         "balance": "" if user.balance is None else str(user.balance),
+        "initial-balance": "" if user.balance is None else str(user.balance),
         "is_active": "on",
         "date_joined_0": "2026-01-01",
         "date_joined_1": "00:00:00",
@@ -67,6 +69,43 @@ def test_a_balance_spent_below_zero_does_not_block_other_edits(admin_client, dja
     assert response.status_code == 302
     user.refresh_from_db()
     assert (user.organization, user.balance) == ("Initech", Decimal("-0.25"))
+
+
+def test_saving_a_user_keeps_charges_settled_while_the_form_was_open(
+    admin_client, django_user_model
+):
+    user = django_user_model.objects.create_user("ivy", balance=Decimal("10"))
+    shown = change_form(user, organization="Umbrella")
+    django_user_model.objects.filter(pk=user.pk).update(balance=F("balance") - Decimal("0.5"))
+
+    admin_client.post(reverse("admin:accounts_user_change", args=[user.pk]), shown)
+
+    user.refresh_from_db()
+    assert (user.organization, user.balance) == ("Umbrella", Decimal("9.5"))
+
+
+def test_a_top_up_is_added_to_the_current_balance(admin_client, django_user_model):
+    user = django_user_model.objects.create_user("jack", balance=Decimal("10"))
+    form = change_form(user, balance="110")
+    django_user_model.objects.filter(pk=user.pk).update(balance=F("balance") - Decimal("0.5"))
+
+    admin_client.post(reverse("admin:accounts_user_change", args=[user.pk]), form)
+
+    user.refresh_from_db()
+    assert user.balance == Decimal("109.5")
+
+
+def test_prepaid_billing_is_switched_on_and_off(admin_client, django_user_model):
+    user = django_user_model.objects.create_user("kim")
+    url = reverse("admin:accounts_user_change", args=[user.pk])
+
+    admin_client.post(url, change_form(user, balance="5"))
+    user.refresh_from_db()
+    assert user.balance == Decimal("5")
+
+    admin_client.post(url, change_form(user, balance=""))
+    user.refresh_from_db()
+    assert user.balance is None
 
 
 def test_users_are_deactivated_from_the_list_but_not_oneself(admin_client, django_user_model):
