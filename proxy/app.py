@@ -75,6 +75,12 @@ class ProxyApp:
         self.limiter = LocalLimiter()
         self.writer: LogWriter | None = None
         self._watcher: asyncio.Task | None = None
+        self._routes = {
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/completions"): self.completions,
+            ("POST", "/v1/embeddings"): self.embeddings,
+            ("GET", "/v1/models"): self.list_models,
+        }
 
     def invalidate(self, **_signal) -> None:
         """Signal receiver: a key, user, model or endpoint changed in this process."""
@@ -148,13 +154,7 @@ class ProxyApp:
                 self._record(ex)
 
     def _route(self, method: str, path: str):
-        routes = {
-            ("POST", "/v1/chat/completions"): self.chat_completions,
-            ("POST", "/v1/completions"): self.completions,
-            ("POST", "/v1/embeddings"): self.embeddings,
-            ("GET", "/v1/models"): self.list_models,
-        }
-        handler = routes.get((method, path))
+        handler = self._routes.get((method, path))
         if handler is None and method == "GET" and path.startswith("/v1/models/"):
             handler = self.retrieve_model
         if handler is None:
@@ -430,15 +430,14 @@ class ProxyApp:
         try:
             async with asyncio.timeout_at(deadline):
                 data = json.loads(await response.read())
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
+            data["model"] = ex.model_name
+            counted = usage.from_upstream(data.get("usage"))
+            text = completion_text(data)
         except TimeoutError:
             raise Retryable("timeout", timeout_error(ex)) from None
-        except (ValueError, aiohttp.ClientError):
+        except (ValueError, TypeError, AttributeError, aiohttp.ClientError):
+            # Not JSON, or not shaped like an OpenAI answer.
             raise Retryable("invalid response", invalid_response(ex)) from None
-        data["model"] = ex.model_name
-        counted = usage.from_upstream(data.get("usage"))
-        text = completion_text(data)
         if ex.key.log_content:
             ex.completion.append(text)
         ex.input_units, ex.output_units, ex.estimated = count_usage(counted, payload, text)
@@ -493,7 +492,7 @@ class ProxyApp:
                 await send_body(send, b"data: " + dumps(chunk) + b"\n\n")
             if not done:
                 raise UpstreamStreamError("the upstream ended the stream early")
-        except (UpstreamStreamError, ValueError, aiohttp.ClientError, TimeoutError) as exc:
+        except Exception as exc:  # a broken stream or a chunk not shaped like OpenAI's
             timed_out = isinstance(exc, TimeoutError)
             error = timeout_error(ex) if timed_out else invalid_response(ex, mid_stream=started)
             if not started:

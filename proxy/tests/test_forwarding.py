@@ -1170,3 +1170,81 @@ def test_it_closes_the_upstream_request_when_a_waiting_client_leaves(
     assert record.closed_at - left < 1.0
     row = only_log()
     assert (row.outcome, row.status, row.stream) == ("client_disconnected", 499, False)
+
+
+# ------------------------------------------------------------- answers not shaped like OpenAI's
+
+
+class FixedUpstream:
+    """A raw HTTP upstream that answers every request with the same status, type and body."""
+
+    def __init__(self, body: bytes, content_type: bytes = b"application/json"):
+        self.response = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+        )
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                conn.sendall(self.response)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[1, 2]", b'{"choices": [{"message": "not an object"}]}', b'"just a string"'],
+)
+def test_it_answers_502_to_json_that_is_not_an_openai_answer(
+    gateway, make_endpoint, make_model, secret, body
+):
+    fixed = FixedUpstream(body)
+    try:
+        make_model(upstream_name="odd", endpoint=make_endpoint(name="odd", base_url=fixed.base_url))
+        response = post(
+            gateway, secret, "/chat/completions", {"model": "gpt-test", "messages": HELLO}
+        )
+    finally:
+        fixed.close()
+
+    assert response.status_code == 502
+    assert_openai_error(response.json(), "upstream_error")
+    assert wait_for_logs()[0].outcome == "upstream_error"
+
+
+def test_it_ends_a_stream_whose_chunk_is_not_shaped_like_openais_with_an_error_event(
+    gateway, make_endpoint, make_model, secret
+):
+    good = {"id": "c", "object": "chat.completion.chunk", "choices": [{"delta": {"content": "hi"}}]}
+    bad = {"id": "c", "object": "chat.completion.chunk", "choices": [{"delta": "oops"}]}
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in (good, bad))
+    fixed = FixedUpstream(body + b"data: [DONE]\n\n", b"text/event-stream")
+    try:
+        make_model(upstream_name="odd", endpoint=make_endpoint(name="odd", base_url=fixed.base_url))
+        response, lines = stream_lines(
+            gateway, secret, {"model": "gpt-test", "messages": HELLO, "stream": True}
+        )
+    finally:
+        fixed.close()
+
+    events = data_events(lines)
+    assert response.status_code == 200
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "hi"
+    assert "error" in json.loads(events[-1])
+    assert "[DONE]" not in events
+    assert wait_for_logs()[0].outcome == "upstream_error"
