@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class AetherGateConfig(AppConfig):
+    """The project package as an app: cross-app operations (backup) and shared templates."""
+
+    name = "aethergate"
+    verbose_name = "AetherGate"
