@@ -4,9 +4,11 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _plain_static_storage(settings):
+def _plain_static_storage(settings, tmp_path_factory):
     # The manifest storage used in production needs `collectstatic` first;
-    # tests render admin pages without it.
+    # tests render admin pages without it (and WhiteNoise wants STATIC_ROOT
+    # to exist, which it does not in a fresh clone).
+    settings.STATIC_ROOT = tmp_path_factory.getbasetemp()
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
