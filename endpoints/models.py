@@ -1,5 +1,11 @@
 """Upstream endpoints: where requests are forwarded, with which credential."""
 
+import ipaddress
+import re
+from urllib.parse import urlsplit
+
+from django import forms
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
@@ -11,14 +17,61 @@ class EndpointQuerySet(models.QuerySet):
         return self.filter(is_active=True)
 
 
-class UpstreamURLField(models.URLField):
-    """A URL that forms read as http when typed without a scheme.
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
-    Upstreams on a LAN or loopback are usually plain http (Ollama, llama.cpp).
+
+def _valid_host(host: str) -> bool:
+    if ":" in host:  # an IPv6 literal, brackets already removed by urlsplit
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return all(_LABEL.match(label) for label in host.split("."))
+
+
+def validate_upstream_url(value: str) -> None:
+    """An http(s) URL with a host, which may be a single label (`http://ollama:11434/v1`).
+
+    Django's URLValidator wants a dotted domain, which rejects Docker
+    Compose and Kubernetes service names. Credentials in the URL are refused:
+    they belong in the encrypted credential field.
     """
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        raise ValidationError("Enter a valid URL.", code="invalid") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter an http:// or https:// URL.", code="invalid")
+    if not _valid_host(parts.hostname):
+        raise ValidationError("Enter a valid URL.", code="invalid")
+    if parts.username or parts.password:
+        raise ValidationError(
+            "Put the upstream's credential in the credential field, not in the URL.",
+            code="credentials_in_url",
+        )
+    if parts.query or parts.fragment:
+        raise ValidationError("A base URL has no query or fragment.", code="invalid")
+
+
+class UpstreamURLFormField(forms.CharField):
+    """Reads a URL typed without a scheme as http: LAN and loopback upstreams usually are."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value and "://" not in value:
+            value = "http://" + value
+        return value
+
+
+class UpstreamURLField(models.CharField):
+    """An upstream's base URL (see validate_upstream_url)."""
+
+    default_validators = [validate_upstream_url]
 
     def formfield(self, **kwargs):
-        return super().formfield(**{"assume_scheme": "http", **kwargs})
+        return super().formfield(**{"form_class": UpstreamURLFormField, **kwargs})
 
 
 class Endpoint(models.Model):

@@ -1,5 +1,14 @@
 from django.apps import AppConfig
+from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
+
+
+def _invalidate_on_commit(**_signal):
+    from proxy.app import proxy
+
+    # After the commit, not at save(): a rebuild started inside the writing
+    # transaction would read the old rows and be taken as current.
+    transaction.on_commit(proxy.invalidate)
 
 
 class ProxyConfig(AppConfig):
@@ -11,10 +20,9 @@ class ProxyConfig(AppConfig):
         from endpoints.models import Endpoint
         from keys.models import APIKey
         from models_registry.models import Model
-        from proxy.app import proxy
 
         # Any change to what /v1 reads marks this process's catalog stale.
         for model in (User, APIKey, Model, Endpoint):
-            post_save.connect(proxy.invalidate, sender=model, weak=False)
-            post_delete.connect(proxy.invalidate, sender=model, weak=False)
-        m2m_changed.connect(proxy.invalidate, sender=APIKey.allowed_models.through, weak=False)
+            post_save.connect(_invalidate_on_commit, sender=model)
+            post_delete.connect(_invalidate_on_commit, sender=model)
+        m2m_changed.connect(_invalidate_on_commit, sender=APIKey.allowed_models.through)
