@@ -1,12 +1,14 @@
-"""Admin for users: consumers and staff, their balance and their keys."""
+"""Admin for users (consumers and staff, their balance and keys) and staff API tokens."""
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
 
 from accounts import services
-from accounts.models import User
+from accounts.models import APIToken, User
 from aethergate.lib.admin import GatewayAdmin, count
 from keys.models import APIKey
 
@@ -132,3 +134,70 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
             self.message_user(request, "You cannot deactivate your own account.", messages.ERROR)
             queryset = queryset.exclude(pk=request.user.pk)
         super()._set_active(request, queryset, active=active)
+
+
+@admin.register(APIToken)
+class APITokenAdmin(admin.ModelAdmin):
+    """Staff tokens for the management API: issue (shown once), revoke, delete."""
+
+    actions = ["revoke_selected"]
+    list_display = (
+        "name",
+        "display_prefix",
+        "user",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    )
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    list_select_related = ("user",)
+    search_fields = ("name", "prefix", "user__username")
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    list_per_page = 50
+
+    @admin.display(description="prefix", ordering="prefix")
+    def display_prefix(self, obj):
+        return format_html('<code style="white-space: nowrap">{}…</code>', obj.prefix)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("user", "name", "expires_at")
+        return ("user", "name", "prefix", "expires_at", "created_at", "last_used_at", "revoked_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        # A token stays with the user it was issued to.
+        return (*self.readonly_fields, "user") if obj else self.readonly_fields
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user":
+            kwargs["queryset"] = User.objects.filter(is_staff=True, is_active=True)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.issued_token = obj.new_token()
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # Rendered straight into this response, never put in the session or a
+        # message cookie, so the token is stored nowhere.
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "API token created",
+            "token": obj,
+            "secret": obj.issued_token,
+        }
+        return TemplateResponse(request, "admin/accounts/apitoken/issued.html", context)
+
+    @admin.action(description="Revoke selected API tokens", permissions=["change"])
+    def revoke_selected(self, request, queryset):
+        revoked = 0
+        for token in queryset:
+            if services.revoke_api_token(token=token):
+                self.log_change(request, token, "Revoked")
+                revoked += 1
+        self.message_user(
+            request, f"{count(revoked, 'API token', 'API tokens')} revoked.", messages.SUCCESS
+        )

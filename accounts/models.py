@@ -1,7 +1,14 @@
-"""Users: API consumers and staff, with an optional prepaid balance."""
+"""Users (API consumers and staff, with an optional prepaid balance) and staff API tokens."""
 
+import hashlib
+import secrets
+
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
 
 MONEY = {"max_digits": 20, "decimal_places": 10}
 
@@ -25,3 +32,71 @@ class User(AbstractUser):
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
         ordering = ["username"]
+
+
+TOKEN_PREFIX = "agt-"  # noqa: S105 -- the public marker of a token, not a secret
+TOKEN_DISPLAY_LENGTH = len(TOKEN_PREFIX) + 8
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 hex of the whole token: the only form in which a token is stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class APITokenQuerySet(models.QuerySet):
+    def usable(self, at=None):
+        """Tokens that may authenticate at `at` (default: now): live, unexpired, user active."""
+        at = at or timezone.now()
+        return self.filter(revoked_at__isnull=True, user__is_active=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=at)
+        )
+
+
+class APIToken(models.Model):
+    """A staff member's token for the management API (`Authorization: Token …` or `Bearer …`).
+
+    The token exists in clear only in the response that issues it; the row
+    keeps its SHA-256 `digest` and a short `prefix` for people to recognise it.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, help_text="What uses it, e.g. “CI” or “billing”.")
+    prefix = models.CharField(max_length=16, editable=False, db_index=True)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = APITokenQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API token"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    def clean(self):
+        # Only staff may call the management API, so a token for anyone else
+        # would be refused on every request; say so when it is issued.
+        if self._state.adding and self.user_id is not None:
+            if not (self.user.is_staff and self.user.is_active):
+                raise ValidationError({"user": "API tokens can only be issued to active staff."})
+
+    def new_token(self) -> str:
+        """Give this row a fresh token (not saved) and return it: its only clear copy."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)  # 256 bits
+        self.digest = token_digest(token)
+        self.prefix = token[:TOKEN_DISPLAY_LENGTH]
+        return token
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()

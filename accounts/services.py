@@ -1,10 +1,19 @@
-"""Account changes reached from more than one place (admin now, the API later)."""
+"""Account changes reached from more than one place: admin, the management API, commands."""
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import F
+from django.db.models import F, Q
+from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import APIToken, User, token_digest
+
+# A token's last use is written at most this often, not on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class NoPrepaidBalance(Exception):
+    """The user is not on prepaid billing (balance is null): there is nothing to credit."""
 
 
 def edit_balance(*, user: User, seen: Decimal | None, new: Decimal | None) -> None:
@@ -19,3 +28,64 @@ def edit_balance(*, user: User, seen: Decimal | None, new: Decimal | None) -> No
         users.update(balance=new)
     else:
         users.update(balance=F("balance") + (new - seen))
+
+
+def credit_balance(*, user: User, amount: Decimal) -> Decimal:
+    """Add `amount` (negative: take it away) to `user`'s prepaid balance; return the new one.
+
+    One atomic UPDATE, so usage charges settling at the same moment are kept.
+    Raises NoPrepaidBalance if the user has no balance to add to.
+    """
+    credited = User.objects.filter(pk=user.pk, balance__isnull=False).update(
+        balance=F("balance") + amount
+    )
+    if not credited:
+        raise NoPrepaidBalance(f"{user.username} has no prepaid balance; set one first.")
+    # Saving only `updated_at` fires post_save, so /v1 sees the new balance at
+    # once in this process and through the change marker in the others.
+    user.save(update_fields=["updated_at"])
+    user.refresh_from_db(fields=["balance"])
+    return user.balance
+
+
+def create_api_token(
+    *, user: User, name: str, expires_at: datetime | None = None
+) -> tuple[APIToken, str]:
+    """Validate and save a new management API token; return it with its clear text (shown once)."""
+    token = APIToken(user=user, name=name, expires_at=expires_at)
+    secret = token.new_token()
+    token.full_clean()
+    token.save()
+    return token, secret
+
+
+def revoke_api_token(*, token: APIToken) -> bool:
+    """Revoke `token` from now on; return False if it was revoked already."""
+    now = timezone.now()
+    revoked = APIToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now)
+    token.refresh_from_db(fields=["revoked_at"])
+    return bool(revoked)
+
+
+def authenticate_api_token(presented: str, *, now: datetime | None = None) -> APIToken | None:
+    """The usable token whose digest matches `presented`, or None; records its last use.
+
+    The last use is written at most once per LAST_USED_RESOLUTION, so a busy
+    script does not turn every read into a write.
+    """
+    now = now or timezone.now()
+    token = (
+        APIToken.objects.usable(at=now)
+        .select_related("user")
+        .filter(digest=token_digest(presented))
+        .first()
+    )
+    if token is None:
+        return None
+    stale = now - LAST_USED_RESOLUTION
+    if token.last_used_at is None or token.last_used_at <= stale:
+        APIToken.objects.filter(pk=token.pk).filter(
+            Q(last_used_at__isnull=True) | Q(last_used_at__lte=stale)
+        ).update(last_used_at=now)
+        token.last_used_at = now
+    return token

@@ -174,3 +174,38 @@ AETHERGATE_SSE_KEEPALIVE_SECONDS = env.float("AETHERGATE_SSE_KEEPALIVE_SECONDS",
 AETHERGATE_LOG_BATCH_SIZE = env.int("AETHERGATE_LOG_BATCH_SIZE", default=500)
 AETHERGATE_LOG_FLUSH_SECONDS = env.float("AETHERGATE_LOG_FLUSH_SECONDS", default=0.2)
 AETHERGATE_LOG_BUFFER_MAX = env.int("AETHERGATE_LOG_BUFFER_MAX", default=100_000)
+
+# The management API (/api/v1/) -----------------------------------------------
+# Staff only: an API token (first, so anonymous requests get a 401 challenge),
+# the MASTER_API_KEY as X-Admin-Key, or an admin session (with CSRF checks).
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.api.authentication.TokenAuthentication",
+        "accounts.api.authentication.MasterKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["accounts.api.authentication.IsActiveStaff"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.SearchFilter",
+        "accounts.api.filters.StableOrderingFilter",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "accounts.api.views.exception_handler",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AetherGate management API",
+    "DESCRIPTION": "Users, consumer keys, endpoints, models, request logs and usage, for staff.",
+    "VERSION": "1",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and docs page are staff-only, like the API they describe.
+    "SERVE_PERMISSIONS": ["accounts.api.authentication.IsActiveStaff"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Models and keys share one capability list: one enum in the schema.
+    "ENUM_NAME_OVERRIDES": {"CapabilityEnum": "aethergate.lib.capabilities.Capability"},
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}

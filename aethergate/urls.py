@@ -1,15 +1,32 @@
-"""Root URLs: Django admin; the consumer `/v1/` API will be routed in asgi.py."""
+"""Root URLs: Django admin and the management API; the consumer `/v1/` API is routed in asgi.py."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.routers import APIRootView
+
+from accounts.api.views import DocsView
 
 admin.site.site_header = "AetherGate"
 admin.site.site_title = "AetherGate admin"
 admin.site.index_title = "Gateway administration"
 admin.site.site_url = None  # no public site: hide "View site"
 
+api_root = {name: f"{name[:-1]}-list" for name in ("users", "keys", "endpoints", "models", "logs")}
+api = [
+    path("", APIRootView.as_view(api_root_dict={**api_root, "stats": "stats"}), name="root"),
+    path("", include("accounts.api.urls")),
+    path("", include("keys.api.urls")),
+    path("", include("endpoints.api.urls")),
+    path("", include("models_registry.api.urls")),
+    path("", include("logs.api.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", DocsView.as_view(url_name="api:schema"), name="docs"),
+]
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
+    path("api/v1/", include((api, "api"))),
 ]

@@ -1,0 +1,16 @@
+"""Management API views for endpoints."""
+
+from accounts.api.views import ManagementViewSet
+from endpoints.api.serializers import EndpointSerializer
+from endpoints.models import Endpoint
+
+
+class EndpointViewSet(ManagementViewSet):
+    """Upstream servers. Deleting one unlinks its models (they stay, unserved); logs are kept."""
+
+    queryset = Endpoint.objects.all()
+    serializer_class = EndpointSerializer
+    filterset_fields = ("is_active",)
+    search_fields = ("name", "base_url")
+    ordering_fields = ("id", "name", "created_at", "updated_at")
+    ordering = ("name",)

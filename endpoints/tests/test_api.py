@@ -1,0 +1,183 @@
+"""The management API for endpoints: a write-only credential, unique names, unlinking models."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts import services
+from endpoints.models import Endpoint
+from models_registry.models import Model
+
+pytestmark = pytest.mark.django_db
+
+CREDENTIAL = "sk-upstream-credential-0123456789"
+
+
+@pytest.fixture
+def api(django_user_model):
+    staff = django_user_model.objects.create_user("ops", is_staff=True)
+    _, secret = services.create_api_token(user=staff, name="tests")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+@pytest.fixture
+def endpoint(db):
+    endpoint = Endpoint(name="openai", base_url="https://api.openai.com/v1")
+    endpoint.set_api_key(CREDENTIAL)
+    endpoint.save()
+    return endpoint
+
+
+def assert_credential_hidden(response, endpoint):
+    body = response.content.decode()
+    assert CREDENTIAL not in body
+    assert not endpoint.api_key_encrypted or endpoint.api_key_encrypted not in body
+    assert "api_key" not in response.json()
+
+
+def test_it_creates_an_endpoint_with_an_encrypted_credential_it_never_returns(api):
+    response = api.post(
+        "/api/v1/endpoints/",
+        {"name": "vllm", "base_url": "http://10.0.0.5:8000/v1", "api_key": CREDENTIAL},
+    )
+
+    assert response.status_code == 201
+    endpoint = Endpoint.objects.get()
+    assert endpoint.api_key == CREDENTIAL
+    assert endpoint.api_key_encrypted != CREDENTIAL
+    assert response.json()["has_credential"] is True
+    assert_credential_hidden(response, endpoint)
+    assert_credential_hidden(api.get(f"/api/v1/endpoints/{endpoint.pk}/"), endpoint)
+    listed = api.get("/api/v1/endpoints/")
+    assert CREDENTIAL not in listed.content.decode()
+    assert endpoint.api_key_encrypted not in listed.content.decode()
+
+
+def test_it_creates_an_endpoint_without_a_credential(api):
+    response = api.post(
+        "/api/v1/endpoints/", {"name": "ollama", "base_url": "http://localhost:11434/v1"}
+    )
+
+    assert response.status_code == 201
+    data = response.json()
+    assert data["has_credential"] is False
+    assert (data["connect_timeout"], data["total_timeout"]) == (5.0, 600.0)
+
+
+def test_omitting_the_credential_keeps_it(api, endpoint):
+    response = api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"rpm_limit": 60})
+
+    assert response.status_code == 200
+    endpoint.refresh_from_db()
+    assert (endpoint.api_key, endpoint.rpm_limit) == (CREDENTIAL, 60)
+    assert_credential_hidden(response, endpoint)
+
+
+def test_a_new_credential_replaces_the_old_one(api, endpoint):
+    response = api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"api_key": "sk-new"})
+
+    endpoint.refresh_from_db()
+    assert endpoint.api_key == "sk-new"
+    assert response.json()["has_credential"] is True
+    assert "sk-new" not in response.content.decode()
+
+
+@pytest.mark.parametrize("cleared", ["", None])
+def test_an_empty_or_null_credential_clears_it(api, endpoint, cleared):
+    response = api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"api_key": cleared})
+
+    assert response.json()["has_credential"] is False
+    endpoint.refresh_from_db()
+    assert endpoint.api_key_encrypted == ""
+
+
+def test_put_replaces_the_settings_and_keeps_an_unsent_credential(api, endpoint):
+    response = api.put(
+        f"/api/v1/endpoints/{endpoint.pk}/",
+        {"name": "openai-eu", "base_url": "https://eu.api.openai.com/v1", "idle_timeout": 30},
+    )
+
+    assert response.status_code == 200
+    endpoint.refresh_from_db()
+    assert (endpoint.name, endpoint.idle_timeout, endpoint.api_key) == (
+        "openai-eu",
+        30.0,
+        CREDENTIAL,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"base_url": "not a url"}, "base_url"),
+        ({"base_url": ""}, "base_url"),
+        ({"name": ""}, "name"),
+        ({"rpm_limit": 0}, "rpm_limit"),
+        ({"day_limit": -1}, "day_limit"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+        ({"total_timeout": "soon"}, "total_timeout"),
+    ],
+)
+def test_it_answers_bad_input_with_field_errors(api, body, field):
+    response = api.post(
+        "/api/v1/endpoints/", {"name": "x", "base_url": "http://x.example/v1", **body}
+    )
+
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not Endpoint.objects.exists()
+
+
+def test_a_duplicate_name_is_a_conflict(api, endpoint):
+    response = api.post("/api/v1/endpoints/", {"name": "openai", "base_url": "http://x.example/v1"})
+    other = Endpoint.objects.create(name="other", base_url="http://y.example/v1")
+    renamed = api.patch(f"/api/v1/endpoints/{other.pk}/", {"name": "openai"})
+
+    assert response.status_code == 409
+    assert response.json() == {"name": ["Endpoint with this Name already exists."]}
+    assert renamed.status_code == 409
+    assert Endpoint.objects.count() == 2
+
+
+def test_it_lists_filters_searches_and_orders_endpoints(api, endpoint):
+    Endpoint.objects.create(name="ollama", base_url="http://127.0.0.1:11434/v1", is_active=False)
+    Endpoint.objects.create(name="vllm", base_url="http://10.0.0.5:8000/v1")
+
+    def names(**params):
+        return [e["name"] for e in api.get("/api/v1/endpoints/", params).json()["results"]]
+
+    assert names() == ["ollama", "openai", "vllm"]
+    assert names(is_active="true") == ["openai", "vllm"]
+    assert names(search="11434") == ["ollama"]
+    assert names(ordering="-name") == ["vllm", "openai", "ollama"]
+    assert names(page_size=1, page=3) == ["vllm"]
+
+
+def test_it_retrieves_an_endpoint_and_404s_an_unknown_one(api, endpoint):
+    data = api.get(f"/api/v1/endpoints/{endpoint.pk}/").json()
+
+    assert (data["name"], data["has_credential"]) == ("openai", True)
+    assert api.get("/api/v1/endpoints/999999/").status_code == 404
+    assert api.patch("/api/v1/endpoints/999999/", {"rpm_limit": 1}).status_code == 404
+
+
+def test_deleting_an_endpoint_unlinks_its_models(api, endpoint):
+    model = Model.objects.create(name="gpt-4o", upstream_name="gpt-4o", endpoint=endpoint)
+
+    assert api.delete(f"/api/v1/endpoints/{endpoint.pk}/").status_code == 204
+
+    model.refresh_from_db()
+    assert model.endpoint is None
+    assert not Endpoint.objects.exists()
+
+
+def test_a_duplicate_saved_by_a_concurrent_request_is_a_conflict(api, endpoint, monkeypatch):
+    # Both requests passed full_clean(); the database's unique index decides.
+    monkeypatch.setattr(Endpoint, "validate_unique", lambda self, exclude=None: None)
+
+    response = api.post("/api/v1/endpoints/", {"name": "openai", "base_url": "http://x.example/v1"})
+
+    assert response.status_code == 409
+    assert "retry" in response.json()["detail"]
+    assert Endpoint.objects.count() == 1

@@ -1,0 +1,279 @@
+"""The management API for consumer keys: secrets once, edits without rotation, rotation."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts import services as account_services
+from keys import services
+from keys.models import APIKey, digest
+from logs.models import RequestLog
+from models_registry.models import Model
+
+pytestmark = pytest.mark.django_db
+
+
+class RecordingClient(APIClient):
+    """Keeps every response body, to check afterwards that no secret leaked."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bodies = []
+
+    def request(self, **kwargs):
+        response = super().request(**kwargs)
+        self.bodies.append(response.content.decode())
+        return response
+
+
+@pytest.fixture
+def api(django_user_model):
+    staff = django_user_model.objects.create_user("ops", is_staff=True)
+    _, secret = account_services.create_api_token(user=staff, name="tests")
+    client = RecordingClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob")
+
+
+@pytest.fixture
+def llama(db):
+    return Model.objects.create(name="llama3", upstream_name="llama3:8b")
+
+
+@pytest.fixture
+def key(alice):
+    key, _ = services.create_key(owner=alice, name="laptop", rate_limit="60/m")
+    return key
+
+
+def test_it_issues_a_key_and_shows_its_secret_once(api, alice, llama):
+    response = api.post(
+        "/api/v1/keys/",
+        {
+            "owner": alice.pk,
+            "name": "ci",
+            "rate_limit": "60/m,1000/h",
+            "allowed_capabilities": ["TEXT", "EMBEDDING"],
+            "allowed_models": ["llama3"],
+            "log_content": True,
+        },
+    )
+
+    assert response.status_code == 201
+    data = response.json()
+    secret = data["secret"]
+    key = APIKey.objects.get()
+    assert key.digest == digest(secret)
+    assert data["prefix"] == key.prefix == secret[:11]
+    assert (data["owner"], data["owner_username"]) == (alice.pk, "alice")
+    assert data["allowed_models"] == ["llama3"]
+    assert (key.name, key.rate_limit, key.log_content) == ("ci", "60/m,1000/h", True)
+    assert key.allowed_capabilities == ["TEXT", "EMBEDDING"]
+    assert list(key.allowed_models.all()) == [llama]
+    assert "no-store" in response["Cache-Control"]
+    for url in ("/api/v1/keys/", f"/api/v1/keys/{key.pk}/"):
+        body = api.get(url).content.decode()
+        assert key.prefix in body
+        assert secret not in body
+        assert key.digest not in body
+        assert '"secret"' not in body
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"owner": None}, "owner"),
+        ({"owner": 999999, "name": "x"}, "owner"),
+        ({"name": ""}, "name"),
+        ({"rate_limit": "lots"}, "rate_limit"),
+        ({"rate_limit": "60/fortnight"}, "rate_limit"),
+        ({"allowed_capabilities": ["TELEPATHY"]}, "allowed_capabilities"),
+        ({"allowed_capabilities": "TEXT"}, "allowed_capabilities"),
+        ({"allowed_models": ["no-such-model"]}, "allowed_models"),
+        ({"expires_at": "next tuesday"}, "expires_at"),
+    ],
+)
+def test_it_answers_bad_input_with_field_errors(api, alice, body, field):
+    response = api.post("/api/v1/keys/", {"owner": alice.pk, "name": "x", **body})
+
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not APIKey.objects.exists()
+
+
+def test_patch_edits_a_key_without_rotating_it(api, key, llama):
+    before = APIKey.objects.get(pk=key.pk)
+    expiry = timezone.now() + timedelta(days=30)
+
+    response = api.patch(
+        f"/api/v1/keys/{key.pk}/",
+        {
+            "name": "renamed",
+            "rate_limit": "10/m",
+            "allowed_capabilities": ["EMBEDDING"],
+            "allowed_models": ["llama3"],
+            "log_content": True,
+            "expires_at": expiry.isoformat(),
+            "is_active": False,
+        },
+    )
+
+    assert response.status_code == 200
+    assert "secret" not in response.json()
+    key.refresh_from_db()
+    assert (key.digest, key.prefix, key.rotated_at) == (before.digest, before.prefix, None)
+    assert (key.name, key.rate_limit, key.log_content, key.is_active) == (
+        "renamed",
+        "10/m",
+        True,
+        False,
+    )
+    assert key.allowed_capabilities == ["EMBEDDING"]
+    assert key.expires_at == expiry
+    assert response.json()["allowed_models"] == ["llama3"]
+    assert list(key.allowed_models.all()) == [llama]
+
+
+def test_patch_clears_allowed_models_and_expiry(api, key, llama):
+    key.allowed_models.set([llama])
+    key.expires_at = timezone.now()
+    key.save()
+
+    response = api.patch(f"/api/v1/keys/{key.pk}/", {"allowed_models": [], "expires_at": None})
+
+    assert response.json()["allowed_models"] == []
+    key.refresh_from_db()
+    assert key.expires_at is None
+    assert not key.allowed_models.exists()
+
+
+def test_patch_keeps_the_last_use_recorded_meanwhile(api, key):
+    used = timezone.now()
+    APIKey.objects.filter(pk=key.pk).update(last_used_at=used)
+
+    api.patch(f"/api/v1/keys/{key.pk}/", {"name": "renamed"})
+
+    key.refresh_from_db()
+    assert key.last_used_at == used
+
+
+def test_put_replaces_a_key_and_keeps_its_secret(api, key, alice):
+    before = key.digest
+
+    response = api.put(
+        f"/api/v1/keys/{key.pk}/", {"owner": alice.pk, "name": "desk", "rate_limit": ""}
+    )
+
+    assert response.status_code == 200
+    key.refresh_from_db()
+    assert (key.name, key.rate_limit, key.digest) == ("desk", "", before)
+
+
+def test_a_key_cannot_change_owner(api, key, bob):
+    response = api.patch(f"/api/v1/keys/{key.pk}/", {"owner": bob.pk})
+
+    assert response.status_code == 400
+    assert "owner" in response.json()
+    key.refresh_from_db()
+    assert key.owner.username == "alice"
+
+
+def test_rotation_returns_a_new_secret_once_and_the_old_one_stops_matching(api, key):
+    old_digest = key.digest
+
+    response = api.post(f"/api/v1/keys/{key.pk}/rotate/")
+
+    assert response.status_code == 200
+    secret = response.json()["secret"]
+    key.refresh_from_db()
+    assert key.digest == digest(secret) != old_digest
+    assert key.rotated_at is not None
+    assert response.json()["prefix"] == key.prefix
+    assert secret not in api.get(f"/api/v1/keys/{key.pk}/").content.decode()
+
+
+def test_rotating_an_unknown_key_is_404(api):
+    assert api.post("/api/v1/keys/999999/rotate/").status_code == 404
+
+
+def test_it_lists_filters_searches_and_orders_keys(api, alice, bob):
+    services.create_key(owner=alice, name="laptop")
+    services.create_key(owner=alice, name="server", is_active=False, log_content=True)
+    bob_key, _ = services.create_key(owner=bob, name="phone")
+
+    def names(**params):
+        response = api.get("/api/v1/keys/", params)
+        assert response.status_code == 200
+        return [k["name"] for k in response.json()["results"]]
+
+    assert names() == ["phone", "server", "laptop"]  # newest first
+    assert names(owner=alice.pk, ordering="name") == ["laptop", "server"]
+    assert names(owner__username="bob") == ["phone"]
+    assert names(is_active="false") == ["server"]
+    assert names(log_content="true") == ["server"]
+    assert names(search=bob_key.prefix) == ["phone"]
+    assert names(search="alice", ordering="-name") == ["server", "laptop"]
+    assert api.get("/api/v1/keys/", {"page_size": 1}).json()["count"] == 3
+    assert api.get("/api/v1/keys/", {"owner": "x"}).status_code == 400
+
+
+def test_it_retrieves_a_key_and_404s_an_unknown_one(api, key):
+    data = api.get(f"/api/v1/keys/{key.pk}/").json()
+
+    assert (data["id"], data["name"], data["rate_limit"]) == (key.pk, "laptop", "60/m")
+    assert "digest" not in data and "secret" not in data
+    assert api.get("/api/v1/keys/999999/").status_code == 404
+
+
+def test_deleting_a_key_keeps_its_logs(api, key):
+    RequestLog.objects.create(
+        created_at=timezone.now(),
+        request_id="req_1",
+        user=key.owner,
+        username="alice",
+        api_key=key,
+        key_prefix=key.prefix,
+        status=200,
+        outcome="ok",
+    )
+
+    assert api.delete(f"/api/v1/keys/{key.pk}/").status_code == 204
+
+    assert not APIKey.objects.exists()
+    log = RequestLog.objects.get()
+    assert (log.api_key, log.key_prefix) == (None, key.prefix)
+
+
+def test_no_response_ever_contains_a_digest_or_a_secret_except_its_issuing_one(api, alice):
+    created = api.post("/api/v1/keys/", {"owner": alice.pk, "name": "ci"}).json()
+    key_id = created["id"]
+    rotated = api.post(f"/api/v1/keys/{key_id}/rotate/").json()
+    api.patch(f"/api/v1/keys/{key_id}/", {"name": "renamed"})
+    api.put(f"/api/v1/keys/{key_id}/", {"owner": alice.pk, "name": "again"})
+    api.get("/api/v1/keys/")
+    api.get(f"/api/v1/keys/{key_id}/")
+    api.get("/api/v1/users/")
+    api.get("/api/v1/schema/")
+    key = APIKey.objects.get()
+
+    secrets = (created["secret"], rotated["secret"])
+    assert key.digest == digest(rotated["secret"])
+    for body in api.bodies:
+        assert key.digest not in body
+        assert digest(created["secret"]) not in body
+        shown = [secret for secret in secrets if secret in body]
+        assert len(shown) <= 1
+    assert sum(created["secret"] in body for body in api.bodies) == 1
+    assert sum(rotated["secret"] in body for body in api.bodies) == 1

@@ -1,0 +1,1 @@
+"""The management API for request logs and usage statistics (read-only)."""

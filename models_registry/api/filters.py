@@ -1,0 +1,20 @@
+"""Filters for the model catalog in the management API."""
+
+import django_filters
+from django.db.models import Q
+
+from models_registry.models import Model
+
+
+class ModelFilter(django_filters.FilterSet):
+    endpoint = django_filters.CharFilter(method="filter_endpoint", label="Endpoint id or name")
+
+    class Meta:
+        model = Model
+        fields = ("is_active", "capability", "billing_unit", "endpoint")
+
+    def filter_endpoint(self, queryset, name, value):
+        match = Q(endpoint__name=value)
+        if value.isdigit():
+            match |= Q(endpoint_id=int(value))
+        return queryset.filter(match)
