@@ -1,9 +1,9 @@
-"""Issuing and rotating consumer keys: the one place secrets are created."""
+"""Issuing, rotating, finding and (de)activating consumer keys; secrets are made only here."""
 
 from django.db import transaction
 from django.utils import timezone
 
-from keys.models import APIKey
+from keys.models import APIKey, digest
 
 
 def create_key(*, owner, name: str, **fields) -> tuple[APIKey, str]:
@@ -31,3 +31,50 @@ def rotate_key(*, key: APIKey) -> str:
         locked.save(update_fields=["digest", "prefix", "rotated_at", "updated_at"])
     key.refresh_from_db()
     return secret
+
+
+class KeyNotFound(LookupError):
+    """No key, or more than one, answers to a reference; the message says which."""
+
+
+def find_key(reference: str) -> APIKey:
+    """The key an operator means by `reference`: its id, its display prefix or a pasted secret.
+
+    A prefix may be shortened as long as it names one key. A whole secret is
+    looked up by digest, so it is never compared or echoed in clear.
+    """
+    reference = reference.strip()
+    keys = APIKey.objects.select_related("owner")
+    if reference.isdigit():
+        found = keys.filter(pk=int(reference)).first()
+        if found is None:
+            raise KeyNotFound(f"There is no API key with id {reference}.")
+        return found
+    if len(reference) > APIKey._meta.get_field("prefix").max_length:
+        found = keys.filter(digest=digest(reference)).first()
+        if found is None:
+            raise KeyNotFound("No API key has that secret.")
+        return found
+    # SQLite's LIKE ignores case; prefixes are case-sensitive, so filter again here.
+    candidates = keys.filter(prefix__startswith=reference) if reference else keys.none()
+    matches = [key for key in candidates if key.prefix.startswith(reference)]
+    if not matches:
+        raise KeyNotFound(f'There is no API key with id or prefix "{reference}".')
+    if len(matches) > 1:
+        raise KeyNotFound(
+            f'{len(matches)} API keys have a prefix starting with "{reference}"; '
+            "give a longer prefix or the key's id (see list_keys)."
+        )
+    return matches[0]
+
+
+def set_active(*, key: APIKey, active: bool) -> bool:
+    """Activate or deactivate `key`; return False when it already was.
+
+    Saved (not `.update()`d) so post_save reaches the proxy's key cache.
+    """
+    if key.is_active == active:
+        return False
+    key.is_active = active
+    key.save(update_fields=["is_active", "updated_at"])
+    return True

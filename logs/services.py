@@ -1,17 +1,20 @@
-"""Settling request logs: rows, balance charges and key last-use, in one transaction."""
+"""Request logs: settling rows, charges and key last-use in one transaction; pruning old rows."""
 
 from collections import defaultdict
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db import transaction
 from django.db.models import F, Q
+from django.utils import timezone
 
 from accounts.models import User
 from keys.models import APIKey
 from logs.models import RequestLog
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+PRUNE_BATCH_SIZE = 5000
 
 
 def write_batch(records: list[dict]) -> dict[int, Decimal]:
@@ -53,3 +56,36 @@ def write_batch(records: list[dict]) -> dict[int, Decimal]:
                 Q(last_used_at__isnull=True) | Q(last_used_at__lt=used - LAST_USED_RESOLUTION)
             ).update(last_used_at=used)
     return dict(charges)
+
+
+def prune_logs(
+    *,
+    older_than: timedelta,
+    batch_size: int = PRUNE_BATCH_SIZE,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete request logs created more than `older_than` ago; return how many.
+
+    Rows go in batches of `batch_size` (select their pks, delete by pk), each
+    batch committed on its own (autocommit), so a huge table is never locked by one
+    statement and the log writer keeps inserting meanwhile. `dry_run` only
+    counts. `progress` is called with the running total after each batch.
+    """
+    if older_than <= timedelta(0):
+        raise ValueError("older_than must be positive")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    cutoff = (now or timezone.now()) - older_than
+    old = RequestLog.objects.filter(created_at__lt=cutoff).order_by()
+    if dry_run:
+        return old.count()
+    deleted = 0
+    while True:
+        pks = list(old.values_list("pk", flat=True)[:batch_size])
+        if not pks:
+            return deleted
+        deleted += RequestLog.objects.filter(pk__in=pks).delete()[0]
+        if progress is not None:
+            progress(deleted)

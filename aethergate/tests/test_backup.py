@@ -1,0 +1,552 @@
+"""AetherGate's own backup: export, round trip, idempotent and all-or-nothing import, commands."""
+
+import io
+import json
+import os
+import stat
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.db.models.signals import post_save
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from accounts.models import User
+from aethergate import backup
+from endpoints.models import Endpoint
+from keys.models import APIKey, digest
+from keys.services import create_key, rotate_key
+from models_registry.models import Model
+
+pytestmark = pytest.mark.django_db
+
+CREDENTIAL = "sk-upstream-credential-0123456789"
+ROOT_PASSWORD = "pw-root-for-backups-123"
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # PBKDF2's deliberate slowness would dominate these tests' runtime.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def data():
+    """A small but complete configuration; returns the consumer secrets by key name."""
+    local = Endpoint.objects.create(name="local", base_url="http://127.0.0.1:11434/v1")
+    openai = Endpoint(
+        name="openai",
+        base_url="https://api.openai.com/v1",
+        rpm_limit=100,
+        day_limit=5000,
+        connect_timeout=3.5,
+        total_timeout=300.0,
+    )
+    openai.set_api_key(CREDENTIAL)
+    openai.save()
+    gpt = Model.objects.create(
+        name="gpt-4o",
+        upstream_name="gpt-4o-2024-08-06",
+        endpoint=openai,
+        price_in=Decimal("0.0000025"),
+        price_out=Decimal("0.00001"),
+    )
+    llama = Model.objects.create(
+        name="llama3", upstream_name="llama3:8b", endpoint=local, fallback=gpt, rpm_limit=10
+    )
+    Model.objects.create(
+        name="embed",
+        upstream_name="nomic-embed-text",
+        capability="EMBEDDING",
+        billing_unit="REQUEST",
+        is_active=False,
+    )
+    alice = User.objects.create_user(
+        "alice",
+        email="alice@example.com",
+        first_name="Alice",
+        organization="Acme",
+        balance=Decimal("10.5"),
+    )
+    bob = User.objects.create_user("bob", is_active=False)
+    User.objects.create_superuser("root", "root@example.com", ROOT_PASSWORD)
+    _, ci = create_key(
+        owner=alice,
+        name="ci",
+        rate_limit="60/m,1000/d",
+        allowed_capabilities=["TEXT", "EMBEDDING"],
+        allowed_models=[llama, gpt],
+        log_content=True,
+        expires_at=timezone.now() + timedelta(days=30),
+    )
+    old, _ = create_key(owner=alice, name="old", is_active=False)
+    rotated = rotate_key(key=old)
+    _, bobs = create_key(owner=bob, name="bob's")
+    return {"ci": ci, "old": rotated, "bob's": bobs}
+
+
+@pytest.fixture
+def saves():
+    """The model classes post_save was sent for, in order, while the test runs."""
+    sent = []
+
+    def receiver(sender, **kwargs):
+        sent.append(sender.__name__)
+
+    post_save.connect(receiver, weak=False, dispatch_uid="test-backup-saves")
+    yield sent
+    post_save.disconnect(dispatch_uid="test-backup-saves")
+
+
+def without_time(document: dict) -> dict:
+    return {k: v for k, v in document.items() if k != "exported_at"}
+
+
+def wipe() -> None:
+    User.objects.all().delete()  # and their keys
+    Model.objects.all().delete()
+    Endpoint.objects.all().delete()
+
+
+def export(**options) -> dict:
+    return json.loads(backup.dumps(backup.export_backup(**options)))
+
+
+def import_(document, **options) -> backup.ImportReport:
+    return backup.import_backup(json.loads(json.dumps(document)), **options)
+
+
+def counts(report) -> dict:
+    return {kind: (t.created, t.updated, t.unchanged) for kind, t in sorted(report.tallies.items())}
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
+    document = export()
+
+    assert document["format"] == "aethergate-backup" and document["version"] == 1
+    assert [u["username"] for u in document["users"]] == ["alice", "bob", "root"]
+    assert [e["name"] for e in document["endpoints"]] == ["local", "openai"]
+    assert [m["name"] for m in document["models"]] == ["embed", "gpt-4o", "llama3"]
+    digests = [k["digest"] for k in document["api_keys"]]
+    assert digests == sorted(digests) and len(digests) == 3
+    assert document["users"][0] == {
+        "username": "alice",
+        "email": "alice@example.com",
+        "first_name": "Alice",
+        "last_name": "",
+        "organization": "Acme",
+        "balance": "10.5",
+        "is_active": True,
+        "is_staff": False,
+        "is_superuser": False,
+        "date_joined": User.objects.get(username="alice").date_joined.isoformat(),
+    }
+    assert document["endpoints"][1] == {
+        "name": "openai",
+        "base_url": "https://api.openai.com/v1",
+        "rpm_limit": 100,
+        "day_limit": 5000,
+        "connect_timeout": 3.5,
+        "first_byte_timeout": 120.0,
+        "idle_timeout": 60.0,
+        "total_timeout": 300.0,
+        "is_active": True,
+        "has_credential": True,
+    }
+    assert document["endpoints"][0]["has_credential"] is False
+    assert document["models"][2] == {
+        "name": "llama3",
+        "upstream_name": "llama3:8b",
+        "endpoint": "local",
+        "capability": "TEXT",
+        "billing_unit": "TOKEN",
+        "price_in": "0",
+        "price_out": "0",
+        "rpm_limit": 10,
+        "day_limit": None,
+        "fallback": "gpt-4o",
+        "is_active": True,
+    }
+    assert document["models"][1]["price_in"] == "0.0000025"
+    ci = next(k for k in document["api_keys"] if k["name"] == "ci")
+    key = APIKey.objects.get(name="ci")
+    assert ci == {
+        "digest": digest(data["ci"]),
+        "prefix": data["ci"][:11],
+        "owner": "alice",
+        "name": "ci",
+        "is_active": True,
+        "log_content": True,
+        "rate_limit": "60/m,1000/d",
+        "allowed_capabilities": ["TEXT", "EMBEDDING"],
+        "allowed_models": ["gpt-4o", "llama3"],
+        "expires_at": key.expires_at.isoformat(),
+        "created_at": key.created_at.isoformat(),
+        "rotated_at": None,
+    }
+    text = backup.dumps(backup.export_backup())
+    assert CREDENTIAL not in text and '"password"' not in text and '"api_key"' not in text
+    assert all(secret not in text for secret in data.values())
+
+
+def test_it_exports_credentials_and_password_hashes_only_with_include_secrets(data):
+    document = export(include_secrets=True)
+
+    endpoints = {e["name"]: e for e in document["endpoints"]}
+    assert endpoints["openai"]["api_key"] == CREDENTIAL
+    assert endpoints["local"]["api_key"] == ""
+    assert "has_credential" not in endpoints["openai"]
+    users = {u["username"]: u for u in document["users"]}
+    assert users["root"]["password"] == User.objects.get(username="root").password
+    assert all(secret not in backup.dumps(document) for secret in data.values())
+
+
+def test_two_exports_are_identical_but_for_their_time(data):
+    assert without_time(export()) == without_time(export())
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_it_round_trips_through_an_empty_database(data):
+    before = export(include_secrets=True)
+    wipe()
+
+    report = import_(before)
+
+    assert counts(report) == {
+        "api_keys": (3, 0, 0),
+        "endpoints": (2, 0, 0),
+        "models": (3, 0, 0),
+        "users": (3, 0, 0),
+    }
+    assert report.warnings == []
+    assert without_time(export(include_secrets=True)) == without_time(before)
+    # The restored rows work: keys by digest, the admin's password, the credential.
+    assert set(APIKey.objects.values_list("digest", flat=True)) == {
+        digest(s) for s in data.values()
+    }
+    assert User.objects.get(username="root").check_password(ROOT_PASSWORD)
+    assert Endpoint.objects.get(name="openai").api_key == CREDENTIAL
+
+
+def test_without_secrets_the_round_trip_loses_only_credentials_and_passwords(data):
+    before = export()
+    wipe()
+
+    report = import_(before)
+
+    after = export()
+    assert after["endpoints"][1]["has_credential"] is False
+    after["endpoints"][1]["has_credential"] = True
+    assert without_time(after) == without_time(before)
+    assert not User.objects.get(username="root").has_usable_password()
+    assert report.warnings == [
+        'endpoints[1] ("openai"): created without its upstream credential (the backup was made '
+        "without --include-secrets): set it in the admin.",
+        'users[2] ("root"): created without a password (the backup has none): set one with '
+        "`manage.py changepassword root`.",
+    ]
+
+
+def test_a_second_import_changes_nothing_and_says_so(data, saves):
+    document = export(include_secrets=True)
+    wipe()
+    import_(document)
+    stamps = {
+        model: dict(model.objects.values_list("pk", "updated_at"))
+        for model in (User, Endpoint, Model, APIKey)
+    }
+    saves.clear()
+
+    with CaptureQueriesContext(connection) as queries:
+        report = import_(document)
+
+    assert counts(report) == {
+        "api_keys": (0, 0, 3),
+        "endpoints": (0, 0, 2),
+        "models": (0, 0, 3),
+        "users": (0, 0, 3),
+    }
+    writes = [
+        q["sql"] for q in queries if q["sql"].split()[0].upper() in ("INSERT", "UPDATE", "DELETE")
+    ]
+    assert writes == [] and saves == []
+    assert stamps == {
+        model: dict(model.objects.values_list("pk", "updated_at"))
+        for model in (User, Endpoint, Model, APIKey)
+    }
+
+
+def test_importing_an_export_into_its_own_database_changes_nothing(data):
+    report = import_(export())
+
+    assert all(t.created == t.updated == 0 for t in report.tallies.values())
+
+
+def test_it_updates_what_differs_with_save_and_keeps_credentials_the_file_leaves_out(data, saves):
+    document = export()
+    document["models"][1]["price_in"] = "0.000003"
+    document["endpoints"][1]["base_url"] = "https://eu.api.openai.com/v1"
+    ci = next(k for k in document["api_keys"] if k["name"] == "ci")
+    ci["allowed_models"] = ["gpt-4o"]
+    document["users"][0]["balance"] = None
+    endpoint_stamp = Endpoint.objects.get(name="openai").updated_at
+    saves.clear()
+
+    report = import_(document)
+
+    assert counts(report) == {
+        "api_keys": (0, 1, 2),
+        "endpoints": (0, 1, 1),
+        "models": (0, 1, 2),
+        "users": (0, 1, 2),
+    }
+    openai = Endpoint.objects.get(name="openai")
+    assert openai.base_url == "https://eu.api.openai.com/v1"
+    assert openai.api_key == CREDENTIAL
+    assert openai.updated_at > endpoint_stamp
+    assert Model.objects.get(name="gpt-4o").price_in == Decimal("0.000003")
+    assert list(APIKey.objects.get(name="ci").allowed_models.values_list("name", flat=True)) == [
+        "gpt-4o"
+    ]
+    assert User.objects.get(username="alice").balance is None
+    assert saves == ["Endpoint", "Model", "User"]
+
+
+def test_it_sets_or_clears_a_credential_the_file_gives(data):
+    document = export(include_secrets=True)
+    document["endpoints"][0]["api_key"] = "sk-new-local-credential"
+    document["endpoints"][1]["api_key"] = ""
+
+    report = import_(document)
+
+    assert report.tallies["endpoints"].updated == 2
+    assert Endpoint.objects.get(name="local").api_key == "sk-new-local-credential"
+    assert not Endpoint.objects.get(name="openai").has_credential
+
+
+def test_a_dry_run_reports_but_saves_nothing(data):
+    document = export(include_secrets=True)
+    wipe()
+
+    report = import_(document, dry_run=True)
+
+    assert report.dry_run and report.tallies["api_keys"].created == 3
+    assert not User.objects.exists() and not Endpoint.objects.exists()
+    assert not Model.objects.exists() and not APIKey.objects.exists()
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "Not valid JSON: Expecting property name enclosed in double quotes"),
+        ("[1, 2]", "A backup is a JSON object; this file holds a list."),
+        ('{"format": "other", "version": 1}', 'Unknown backup format "other".'),
+        (
+            '{"format": "aethergate-backup", "version": 2}',
+            "This is a version 2 AetherGate backup; this AetherGate reads version 1.",
+        ),
+        ('{"hello": 1}', "Not a backup"),
+        ('{"format": "aethergate-backup", "version": 1, "users": {}}', '"users" must be a list'),
+        ('{"format": "aethergate-backup", "version": 1, "models": [3]}', "models[0]: expected"),
+        (
+            '{"format": "aethergate-backup", "version": 1, "users": [{"email": "x@y.z"}]}',
+            "users[0]: username is missing or not a text.",
+        ),
+        (
+            '{"format": "aethergate-backup", "version": 1, "users": [{"username": "x", "pw": 1}]}',
+            'users[0] ("x"): unknown field(s): pw.',
+        ),
+        (
+            '{"format": "aethergate-backup", "version": 1, '
+            '"endpoints": [{"name": "a"}, {"name": "a"}]}',
+            'endpoints[1] ("a"): the same name as endpoints[0].',
+        ),
+        (
+            '{"format": "aethergate-backup", "version": 1, '
+            '"api_keys": [{"digest": "abc", "name": "k", "prefix": "ag-x"}]}',
+            'api_keys[0] ("k", ag-x…): digest: must be the 64 lowercase hex digits',
+        ),
+    ],
+)
+def test_it_refuses_a_malformed_file_and_changes_nothing(data, text, message):
+    before = export(include_secrets=True)
+
+    with pytest.raises(backup.BackupError) as error:
+        backup.import_backup(backup.loads(text))
+
+    assert message in str(error.value)
+    assert without_time(export(include_secrets=True)) == without_time(before)
+
+
+def test_one_invalid_row_rejects_the_whole_file_and_is_named(data):
+    before = export(include_secrets=True)
+    document = export(include_secrets=True)
+    document["endpoints"][0]["base_url"] = "http://127.0.0.1:8080/v1"  # valid, earlier row
+    document["users"].append({"username": "carol", "balance": "5"})  # valid, new
+    document["models"][1]["price_in"] = "-1"
+
+    with pytest.raises(backup.BackupError) as error:
+        import_(document)
+
+    assert str(error.value) == (
+        'models[1] ("gpt-4o"): price_in: Ensure this value is greater than or equal to 0.'
+    )
+    assert without_time(export(include_secrets=True)) == without_time(before)
+
+
+@pytest.mark.parametrize(
+    ("kind", "index", "change", "message"),
+    [
+        ("models", 2, {"endpoint": "nope"}, 'models[2] ("llama3"): endpoint: no endpoint named'),
+        ("models", 2, {"fallback": "nope"}, 'models[2] ("llama3"): fallback: no model named'),
+        ("api_keys", 0, {"owner": "nobody"}, 'owner: no user named "nobody" in the backup'),
+        ("api_keys", 0, {"allowed_models": ["nope"]}, 'allowed_models: no model named "nope"'),
+        ("users", 0, {"email": "not-an-email"}, 'users[0] ("alice"): email: Enter a valid'),
+        ("api_keys", 0, {"rate_limit": "lots"}, 'rate_limit: "lots" is not a rate'),
+        ("endpoints", 0, {"day_limit": 0}, "day_limit: Ensure this value is greater than or"),
+    ],
+)
+def test_a_bad_row_or_unknown_reference_is_named_and_nothing_changes(
+    data, kind, index, change, message
+):
+    before = export(include_secrets=True)
+    document = export(include_secrets=True)
+    document[kind][index].update(change)
+
+    with pytest.raises(backup.BackupError) as error:
+        import_(document)
+
+    assert message in str(error.value)
+    assert without_time(export(include_secrets=True)) == without_time(before)
+
+
+def test_it_refuses_fallbacks_that_loop(data):
+    document = export()
+    document["models"][1]["fallback"] = "llama3"  # gpt-4o → llama3 → gpt-4o
+
+    with pytest.raises(backup.BackupError) as error:
+        import_(document)
+
+    assert "fallback: This fallback chain loops back on itself." in str(error.value)
+    assert Model.objects.get(name="gpt-4o").fallback is None
+
+
+def test_it_resolves_fallbacks_to_models_later_in_the_file():
+    document = {
+        "format": "aethergate-backup",
+        "version": 1,
+        "models": [
+            {"name": "a", "upstream_name": "a", "fallback": "b"},
+            {"name": "b", "upstream_name": "b", "fallback": "c"},
+            {"name": "c", "upstream_name": "c"},
+        ],
+    }
+
+    import_(document)
+    report = import_(document)
+
+    assert Model.objects.get(name="a").fallback.name == "b"
+    assert Model.objects.get(name="b").fallback.name == "c"
+    assert report.tallies["models"].unchanged == 3
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_export_backup_writes_the_document_to_stdout(data, capsys):
+    call_command("export_backup")
+
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert without_time(document) == without_time(export())
+    assert CREDENTIAL not in captured.out + captured.err
+
+
+def test_export_backup_creates_the_output_file_readable_only_by_its_owner(data, tmp_path, capsys):
+    path = tmp_path / "backup.json"
+
+    call_command("export_backup", "--output", str(path), "--include-secrets")
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["endpoints"][1]["api_key"] == CREDENTIAL
+    out = capsys.readouterr().out
+    assert "Wrote" in out and "3 users, 2 endpoints, 3 models, 3 API keys" in out
+    assert "in clear" in out and CREDENTIAL not in out
+
+
+def test_export_backup_refuses_to_overwrite_a_file_unless_forced(data, tmp_path):
+    path = tmp_path / "backup.json"
+    path.write_text("keep me")
+    os.chmod(path, 0o644)  # a wider mode, which --force must not inherit
+
+    with pytest.raises(CommandError, match="exists; pass --force"):
+        call_command("export_backup", "--output", str(path))
+    assert path.read_text() == "keep me"
+
+    call_command("export_backup", "--output", str(path), "--force")
+    assert json.loads(path.read_text())["format"] == "aethergate-backup"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["backup.json"]
+
+
+def test_import_backup_prints_a_summary_per_kind(data, tmp_path, capsys):
+    path = tmp_path / "backup.json"
+    path.write_text(backup.dumps(backup.export_backup(include_secrets=True)))
+    wipe()
+
+    call_command("import_backup", str(path))
+    call_command("import_backup", str(path))
+
+    out = capsys.readouterr().out
+    first, second = out.split("Imported an AetherGate backup:")[1:]
+    assert "endpoints  2 created, 0 updated, 0 unchanged" in first
+    assert "API keys   3 created, 0 updated, 0 unchanged" in first
+    assert "users      0 created, 0 updated, 3 unchanged" in second
+    assert CREDENTIAL not in out and "sha" not in out
+    assert all(digest(secret) not in out for secret in data.values())
+
+
+def test_import_backup_reads_stdin_and_dry_runs(data, capsys):
+    text = backup.dumps(backup.export_backup())
+    wipe()
+
+    call_command("import_backup", "-", "--dry-run", stdin=io.StringIO(text))
+
+    out = capsys.readouterr().out
+    assert "Dry run of an AetherGate backup: nothing was saved." in out
+    assert "models     3 created" in out
+    assert "Warnings (2):" in out
+    assert not User.objects.exists()
+
+
+def test_import_backup_fails_with_the_row_and_a_non_zero_exit(data, tmp_path):
+    document = export()
+    document["models"][1]["price_in"] = "-1"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(document))
+
+    with pytest.raises(CommandError) as error:
+        call_command("import_backup", str(path))
+
+    assert str(error.value) == (
+        'Nothing was imported. models[1] ("gpt-4o"): price_in: '
+        "Ensure this value is greater than or equal to 0."
+    )
+    assert Model.objects.get(name="gpt-4o").price_in == Decimal("0.0000025")
+
+
+def test_import_backup_names_a_missing_file(tmp_path):
+    with pytest.raises(CommandError, match="No such file"):
+        call_command("import_backup", str(tmp_path / "missing.json"))

@@ -1,0 +1,103 @@
+"""Issue a consumer API key and print its secret, once."""
+
+from datetime import datetime, time
+
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from accounts.models import User
+from keys import services
+from models_registry.models import Model
+
+
+def describe(error: ValidationError) -> str:
+    """A ValidationError as "field: message; field: message"."""
+    if not hasattr(error, "error_dict"):
+        return " ".join(error.messages)
+    return "; ".join(
+        " ".join(messages) if field == NON_FIELD_ERRORS else f"{field}: {' '.join(messages)}"
+        for field, messages in error.message_dict.items()
+    )
+
+
+def split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def parse_expiry(value: str):
+    """An ISO date or datetime; a date means its midnight, naive values the server's zone."""
+    try:
+        moment = parse_datetime(value)
+        if moment is None and (day := parse_date(value)) is not None:
+            moment = datetime.combine(day, time.min)
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise CommandError(
+            f'--expires "{value}" is not an ISO date or datetime (e.g. 2026-01-31 or '
+            "2026-01-31T18:00:00+00:00)."
+        )
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment)
+    if moment <= timezone.now():
+        raise CommandError(f"--expires {moment.isoformat()} is in the past.")
+    return moment
+
+
+class Command(BaseCommand):
+    help = (
+        "Issue an API key for a user and print its secret. The secret is shown only "
+        "now: AetherGate stores its SHA-256 digest, never the key itself."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--user", required=True, help="Username of the key's owner.")
+        parser.add_argument("--name", required=True, help='What the key is for, e.g. "ci".')
+        parser.add_argument(
+            "--rate-limit", default="", help='e.g. "60/m" or "60/m,1000/h,5000/d". Default: none.'
+        )
+        parser.add_argument(
+            "--capabilities",
+            help="Comma-separated, e.g. TEXT,EMBEDDING. Default: every capability.",
+        )
+        parser.add_argument(
+            "--models", help="Comma-separated public model names. Default: every model."
+        )
+        parser.add_argument(
+            "--log-content",
+            action="store_true",
+            help="Record prompt and completion text of this key's requests.",
+        )
+        parser.add_argument("--expires", help="ISO date or datetime. Default: never.")
+
+    def handle(self, *args, **options):
+        owner = User.objects.filter(username=options["user"]).first()
+        if owner is None:
+            raise CommandError(f'There is no user "{options["user"]}" (see list_users).')
+        names = split(options["models"])
+        models = list(Model.objects.filter(name__in=names))
+        unknown = sorted(set(names) - {m.name for m in models})
+        if unknown:
+            raise CommandError(f"Unknown model(s): {', '.join(unknown)}.")
+        fields = {
+            "rate_limit": options["rate_limit"].strip(),
+            "allowed_capabilities": [c.upper() for c in split(options["capabilities"])],
+            "allowed_models": models,
+            "log_content": options["log_content"],
+        }
+        if options["expires"]:
+            fields["expires_at"] = parse_expiry(options["expires"])
+        try:
+            key, secret = services.create_key(owner=owner, name=options["name"], **fields)
+        except ValidationError as error:
+            raise CommandError(describe(error)) from None
+        self.stdout.write(
+            self.style.SUCCESS(
+                f'Created API key {key.pk} ({key.prefix}…) "{key.name}" for {owner.username}.'
+            )
+        )
+        self.stdout.write(
+            "Secret (shown only now; store it safely, it cannot be shown again):\n" + secret
+        )

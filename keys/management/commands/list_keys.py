@@ -1,0 +1,59 @@
+"""List consumer API keys: prefix, owner, state and limits (never a secret or digest)."""
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from accounts.models import User
+from keys.models import APIKey
+
+HEADERS = ("id", "prefix", "name", "owner", "active", "rate limit", "expires", "last used")
+
+
+def when(moment) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def table(headers, rows) -> str:
+    """Rows as left-aligned columns under a header line."""
+    widths = [max(len(str(v)) for v in column) for column in zip(headers, *rows, strict=True)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+class Command(BaseCommand):
+    help = "List API keys (active ones unless --inactive), newest first."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--user", help="Only this user's keys.")
+        parser.add_argument(
+            "--inactive", action="store_true", help="Include deactivated keys as well."
+        )
+
+    def handle(self, *args, **options):
+        keys = APIKey.objects.select_related("owner").order_by("-created_at", "-pk")
+        if options["user"]:
+            if not User.objects.filter(username=options["user"]).exists():
+                raise CommandError(f'There is no user "{options["user"]}" (see list_users).')
+            keys = keys.filter(owner__username=options["user"])
+        if not options["inactive"]:
+            keys = keys.filter(is_active=True)
+        rows = [
+            (
+                key.pk,
+                f"{key.prefix}…",
+                key.name,
+                key.owner.username,
+                "yes" if key.is_active else "no",
+                key.rate_limit or "-",
+                when(key.expires_at) + (" (expired)" if key.is_expired else ""),
+                when(key.last_used_at),
+            )
+            for key in keys
+        ]
+        if not rows:
+            self.stdout.write("No API keys." if options["inactive"] else "No active API keys.")
+            return
+        self.stdout.write(table(HEADERS, rows))
