@@ -1,17 +1,27 @@
 """Root URLs: Django admin and the management API; the consumer `/v1/` API is routed in asgi.py."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.contrib.auth.views import redirect_to_login
+from django.urls import include, path, reverse
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.exceptions import NotAuthenticated
 from rest_framework.routers import APIRootView
-
-from accounts.api.views import DocsView
 
 admin.site.site_header = "AetherGate"
 admin.site.site_title = "AetherGate admin"
 admin.site.index_title = "Gateway administration"
 admin.site.site_url = None  # no public site: hide "View site"
+
+
+class DocsView(SpectacularSwaggerView):
+    """The Swagger UI page; a browser without credentials is sent to the admin login first."""
+
+    def handle_exception(self, exc):
+        if isinstance(exc, NotAuthenticated):
+            return redirect_to_login(self.request.get_full_path(), reverse("admin:login"))
+        return super().handle_exception(exc)
+
 
 api_root = {name: f"{name[:-1]}-list" for name in ("users", "keys", "endpoints", "models", "logs")}
 api = [

@@ -1,6 +1,6 @@
 """Management API views for endpoints."""
 
-from accounts.api.views import ManagementViewSet
+from aethergate.lib.api import ManagementViewSet
 from endpoints.api.serializers import EndpointSerializer
 from endpoints.models import Endpoint
 

@@ -2,8 +2,8 @@
 
 from rest_framework import serializers
 
-from accounts.api.serializers import CleanModelSerializer
 from accounts.models import User
+from aethergate.lib.api import CleanModelSerializer
 from aethergate.lib.capabilities import Capability
 from keys import services
 from keys.models import APIKey

@@ -5,7 +5,7 @@ from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from accounts.api.views import ManagementViewSet
+from aethergate.lib.api import ManagementViewSet
 from keys import services
 from keys.api.serializers import IssuedKeySerializer, KeySerializer
 from keys.models import APIKey

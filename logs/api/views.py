@@ -10,7 +10,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
-from accounts.api.views import ManagementMixin, ManagementReadOnlyViewSet
+from aethergate.lib.api import ManagementMixin, ManagementReadOnlyViewSet
 from logs.api.filters import LogFilter
 from logs.api.serializers import LogDetailSerializer, LogSerializer, StatsSerializer
 from logs.models import Outcome, RequestLog

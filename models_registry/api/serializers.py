@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from accounts.api.serializers import CleanModelSerializer
+from aethergate.lib.api import CleanModelSerializer
 from endpoints.models import Endpoint
 from models_registry.models import Model
 

@@ -1,6 +1,6 @@
 """Management API views for the model catalog."""
 
-from accounts.api.views import ManagementViewSet
+from aethergate.lib.api import ManagementViewSet
 from models_registry.api.filters import ModelFilter
 from models_registry.api.serializers import CatalogModelSerializer
 from models_registry.models import Model

@@ -1,4 +1,8 @@
-"""Filter backends the management API shares (set in settings.REST_FRAMEWORK)."""
+"""The management API's `?ordering=` filter (named in settings.REST_FRAMEWORK).
+
+A module of its own: DRF's generic views read the filter setting when they
+are imported, so this must not import them.
+"""
 
 from rest_framework import filters
 
