@@ -19,3 +19,38 @@ def _plain_static_storage(settings, tmp_path_factory):
 def staff(django_user_model):
     """A superuser logged in nowhere yet; use `admin_client` for a logged-in client."""
     return django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+
+
+@pytest.fixture
+def ops(django_user_model):
+    """A staff user (not a superuser) who holds management API tokens."""
+    return django_user_model.objects.create_user("ops", is_staff=True)
+
+
+@pytest.fixture
+def api_client_class():
+    """The client class `bearer` and `api` build; a test module may override it."""
+    from rest_framework.test import APIClient
+
+    return APIClient
+
+
+@pytest.fixture
+def bearer(api_client_class):
+    """`bearer(token, scheme="Bearer")`: a management API client that presents `token`."""
+
+    def client_with(token: str, scheme: str = "Bearer"):
+        client = api_client_class()
+        client.credentials(HTTP_AUTHORIZATION=f"{scheme} {token}")
+        return client
+
+    return client_with
+
+
+@pytest.fixture
+def api(ops, bearer):
+    """A management API client authenticated with a staff API token of `ops`."""
+    from accounts import services
+
+    _, secret = services.create_api_token(user=ops, name="tests")
+    return bearer(secret)

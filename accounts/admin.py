@@ -4,12 +4,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
-from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
 from accounts import services
 from accounts.models import APIToken, User
-from aethergate.lib.admin import GatewayAdmin, count
+from aethergate.lib.admin import GatewayAdmin, count, secret_once_page
 from keys.models import APIKey
 
 
@@ -180,16 +179,20 @@ class APITokenAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
     def response_add(self, request, obj, post_url_continue=None):
-        # Rendered straight into this response, never put in the session or a
-        # message cookie, so the token is stored nowhere.
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": "API token created",
-            "token": obj,
-            "secret": obj.issued_token,
-        }
-        return TemplateResponse(request, "admin/accounts/apitoken/issued.html", context)
+        return secret_once_page(
+            self,
+            request,
+            title="API token created",
+            kind="token",
+            columns=("Token", "User"),
+            issued=[(obj, obj.user, obj.issued_token)],
+            what="this token",
+            usage=format_html(
+                "Send it as <code>Authorization: Bearer {}…</code> (or <code>Token …</code>) "
+                "to <code>/api/v1/</code>.",
+                obj.prefix,
+            ),
+        )
 
     @admin.action(description="Revoke selected API tokens", permissions=["change"])
     def revoke_selected(self, request, queryset):

@@ -1,14 +1,13 @@
 """Users (API consumers and staff, with an optional prepaid balance) and staff API tokens."""
 
-import hashlib
-import secrets
-
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+from aethergate.lib import hashed_secrets
 
 MONEY = {"max_digits": 20, "decimal_places": 10}
 
@@ -37,10 +36,8 @@ class User(AbstractUser):
 TOKEN_PREFIX = "agt-"  # noqa: S105 -- the public marker of a token, not a secret
 TOKEN_DISPLAY_LENGTH = len(TOKEN_PREFIX) + 8
 
-
-def token_digest(token: str) -> str:
-    """SHA-256 hex of the whole token: the only form in which a token is stored."""
-    return hashlib.sha256(token.encode()).hexdigest()
+# How a presented token is hashed to be looked up: the only form in which a token is stored.
+token_digest = hashed_secrets.digest
 
 
 class APITokenQuerySet(models.QuerySet):
@@ -88,9 +85,7 @@ class APIToken(models.Model):
 
     def new_token(self) -> str:
         """Give this row a fresh token (not saved) and return it: its only clear copy."""
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)  # 256 bits
-        self.digest = token_digest(token)
-        self.prefix = token[:TOKEN_DISPLAY_LENGTH]
+        token, self.digest, self.prefix = hashed_secrets.issue(TOKEN_PREFIX, TOKEN_DISPLAY_LENGTH)
         return token
 
     @property

@@ -12,6 +12,18 @@ from accounts.models import APIToken, User, token_digest
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
+class UserNotFound(LookupError):
+    """No user has the username an operator gave; the message says so."""
+
+
+def find_user(username: str) -> User:
+    """The user named `username`, or UserNotFound."""
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        raise UserNotFound(f'There is no user "{username}" (see list_users).')
+    return user
+
+
 class NoPrepaidBalance(Exception):
     """The user is not on prepaid billing (balance is null): there is nothing to credit."""
 

@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
-from django.core.exceptions import NON_FIELD_ERRORS, ImproperlyConfigured, ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import models as db_models
 from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import User
+from aethergate.lib.commands import describe
 from endpoints.models import Endpoint
 from keys.models import APIKey
 from models_registry.models import Model
@@ -572,15 +573,6 @@ class ImportReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def _describe(error: ValidationError) -> str:
-    if not hasattr(error, "error_dict"):
-        return " ".join(error.messages)
-    return "; ".join(
-        " ".join(messages) if name == NON_FIELD_ERRORS else f"{name}: {' '.join(messages)}"
-        for name, messages in error.message_dict.items()
-    )
-
-
 def _state(obj: db_models.Model) -> dict:
     """The row's stored values, to tell whether an import changes it (updated_at aside)."""
     return {
@@ -624,7 +616,7 @@ class _Importer:
         try:
             obj.full_clean()
         except ValidationError as error:
-            raise row.error(_describe(error)) from None
+            raise row.error(describe(error)) from None
         for f in obj._meta.concrete_fields:
             value = getattr(obj, f.attname)
             if isinstance(value, datetime) and timezone.is_naive(value):

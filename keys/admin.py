@@ -10,7 +10,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from aethergate.lib.admin import GatewayAdmin, count
+from aethergate.lib.admin import GatewayAdmin, count, secret_once_page
 from keys import services
 from keys.models import SECRET_PREFIX, APIKey, digest
 
@@ -131,15 +131,16 @@ class APIKeyAdmin(GatewayAdmin):
         return TemplateResponse(request, "admin/keys/apikey/rotate_confirmation.html", context)
 
     def _secret_page(self, request, issued, *, created):
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": "API key created" if created else "API key rotated",
-            "issued": issued,
-            "created": created,
-        }
-        # Every admin view is already sent with Cache-Control: no-store.
-        return TemplateResponse(request, "admin/keys/apikey/secret.html", context)
+        return secret_once_page(
+            self,
+            request,
+            title="API key created" if created else "API key rotated",
+            kind="key",
+            columns=("Key", "Owner"),
+            issued=[(key, key.owner, secret) for key, secret in issued],
+            what="this secret" if len(issued) == 1 else "these secrets",
+            note="" if created else "The previous secret no longer works.",
+        )
 
     def delete_notes(self, objs):
         logs = sum(key.request_logs.count() for key in objs)

@@ -1,8 +1,5 @@
 """Consumer API keys: stored only as a SHA-256 digest and a display prefix."""
 
-import hashlib
-import secrets
-
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -10,16 +7,15 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from aethergate.lib import hashed_secrets
 from aethergate.lib.capabilities import Capability
 from aethergate.lib.ratelimit import validate_spec
 
 SECRET_PREFIX = "ag-"  # noqa: S105 -- the public marker of a key, not a secret
 DISPLAY_PREFIX_LENGTH = len(SECRET_PREFIX) + 8
 
-
-def digest(secret: str) -> str:
-    """SHA-256 hex of the whole secret: the only form in which a key is stored."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+# How a presented key is hashed to be looked up: the only form in which a key is stored.
+digest = hashed_secrets.digest
 
 
 def validate_capabilities(value):
@@ -107,9 +103,9 @@ class APIKey(models.Model):
 
     def new_secret(self) -> str:
         """Give this key a fresh secret (not saved) and return it: its only clear copy."""
-        secret = SECRET_PREFIX + secrets.token_urlsafe(32)  # 256 bits
-        self.digest = digest(secret)
-        self.prefix = secret[:DISPLAY_PREFIX_LENGTH]
+        secret, self.digest, self.prefix = hashed_secrets.issue(
+            SECRET_PREFIX, DISPLAY_PREFIX_LENGTH
+        )
         return secret
 
     @property

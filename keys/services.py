@@ -1,4 +1,4 @@
-"""Issuing, rotating, finding and (de)activating consumer keys; secrets are made only here."""
+"""Issuing, rotating and finding consumer keys; secrets are made only here."""
 
 from django.db import transaction
 from django.utils import timezone
@@ -66,15 +66,3 @@ def find_key(reference: str) -> APIKey:
             "give a longer prefix or the key's id (see list_keys)."
         )
     return matches[0]
-
-
-def set_active(*, key: APIKey, active: bool) -> bool:
-    """Activate or deactivate `key`; return False when it already was.
-
-    Saved (not `.update()`d) so post_save reaches the proxy's key cache.
-    """
-    if key.is_active == active:
-        return False
-    key.is_active = active
-    key.save(update_fields=["is_active", "updated_at"])
-    return True

@@ -23,20 +23,6 @@ MASTER = "master-key-for-tests-0123456789abcdef"
 
 
 @pytest.fixture
-def ops(django_user_model):
-    return django_user_model.objects.create_user("ops", is_staff=True)
-
-
-@pytest.fixture
-def api(ops):
-    """A client authenticated with a staff API token."""
-    _, secret = services.create_api_token(user=ops, name="tests")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
-
-
-@pytest.fixture
 def alice(django_user_model):
     return django_user_model.objects.create_user(
         "alice", email="alice@example.com", organization="Acme", balance=Decimal("10")
@@ -126,12 +112,10 @@ def test_consumers_get_403_everywhere(world, alice):
     assert Endpoint.objects.exists()
 
 
-def test_a_consumer_key_is_not_a_management_token(world):
+def test_a_consumer_key_is_not_a_management_token(world, bearer):
     _, secret = key_services.create_key(owner=world["user"], name="sdk")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
 
-    assert client.get("/api/v1/users/").status_code == 401
+    assert bearer(secret).get("/api/v1/users/").status_code == 401
 
 
 def test_a_staff_token_may_call_everything(world, api):

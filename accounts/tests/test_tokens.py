@@ -21,19 +21,8 @@ USERS_URL = "/api/v1/users/"
 
 
 @pytest.fixture
-def ops(django_user_model):
-    return django_user_model.objects.create_user("ops", is_staff=True)
-
-
-@pytest.fixture
 def issued(ops):
     return services.create_api_token(user=ops, name="ci")
-
-
-def client_with(token: str, scheme: str = "Bearer") -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"{scheme} {token}")
-    return client
 
 
 def test_it_stores_only_a_digest_and_a_display_prefix(issued):
@@ -58,8 +47,8 @@ def test_it_refuses_to_issue_a_token_to_a_consumer(django_user_model):
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "Token", "bearer"])
-def test_it_authenticates_with_either_scheme(issued, scheme):
-    response = client_with(issued[1], scheme).get(USERS_URL)
+def test_it_authenticates_with_either_scheme(issued, scheme, bearer):
+    response = bearer(issued[1], scheme).get(USERS_URL)
 
     assert response.status_code == 200
 
@@ -78,36 +67,36 @@ def test_it_refuses_unknown_or_malformed_tokens_with_a_challenge(issued, header)
     assert response["WWW-Authenticate"] == 'Bearer realm="api"'
 
 
-def test_it_refuses_a_revoked_token(issued):
+def test_it_refuses_a_revoked_token(issued, bearer):
     token, secret = issued
 
     assert services.revoke_api_token(token=token) is True
     assert services.revoke_api_token(token=token) is False
 
     assert token.revoked_at is not None
-    assert client_with(secret).get(USERS_URL).status_code == 401
+    assert bearer(secret).get(USERS_URL).status_code == 401
 
 
-def test_it_refuses_an_expired_token(ops):
+def test_it_refuses_an_expired_token(ops, bearer):
     _, secret = services.create_api_token(
         user=ops, name="old", expires_at=timezone.now() - timedelta(seconds=1)
     )
 
-    assert client_with(secret).get(USERS_URL).status_code == 401
+    assert bearer(secret).get(USERS_URL).status_code == 401
 
 
-def test_it_refuses_the_token_of_a_deactivated_user(ops, issued):
+def test_it_refuses_the_token_of_a_deactivated_user(ops, issued, bearer):
     ops.is_active = False
     ops.save()
 
-    assert client_with(issued[1]).get(USERS_URL).status_code == 401
+    assert bearer(issued[1]).get(USERS_URL).status_code == 401
 
 
-def test_it_forbids_the_token_of_a_user_no_longer_staff(ops, issued):
+def test_it_forbids_the_token_of_a_user_no_longer_staff(ops, issued, bearer):
     ops.is_staff = False
     ops.save()
 
-    assert client_with(issued[1]).get(USERS_URL).status_code == 403
+    assert bearer(issued[1]).get(USERS_URL).status_code == 403
 
 
 def test_it_deletes_tokens_with_their_user(ops, issued):
@@ -134,9 +123,9 @@ def test_it_records_the_last_use_at_most_once_a_minute(issued):
     assert token.last_used_at == later
 
 
-def test_a_request_records_the_last_use_and_the_next_one_does_not_rewrite_it(issued):
+def test_a_request_records_the_last_use_and_the_next_one_does_not_rewrite_it(issued, bearer):
     token, secret = issued
-    client = client_with(secret)
+    client = bearer(secret)
 
     client.get(USERS_URL)
     token.refresh_from_db()
@@ -149,7 +138,7 @@ def test_a_request_records_the_last_use_and_the_next_one_does_not_rewrite_it(iss
 
 
 # Commands ---------------------------------------------------------------------
-def test_create_api_token_prints_the_token_alone_on_stdout(ops, capsys):
+def test_create_api_token_prints_the_token_alone_on_stdout(ops, capsys, bearer):
     call_command("create_api_token", "--user", "ops", "--name", "deploy")
 
     out, err = capsys.readouterr()
@@ -158,7 +147,7 @@ def test_create_api_token_prints_the_token_alone_on_stdout(ops, capsys):
     assert token.digest == token_digest(secret)
     assert (token.user, token.name, token.expires_at) == (ops, "deploy", None)
     assert "will not be shown again" in err
-    assert client_with(secret).get(USERS_URL).status_code == 200
+    assert bearer(secret).get(USERS_URL).status_code == 200
 
 
 def test_create_api_token_can_set_an_expiry(ops, capsys):
@@ -195,7 +184,7 @@ def test_create_api_token_errors_exit_with_status_1(ops):
 
 
 @pytest.mark.parametrize("by", ["id", "prefix", "prefix…", "token"])
-def test_revoke_api_token_finds_a_token_by_id_prefix_or_the_token(issued, capsys, by):
+def test_revoke_api_token_finds_a_token_by_id_prefix_or_the_token(issued, capsys, by, bearer):
     token, secret = issued
     reference = {
         "id": str(token.pk),
@@ -209,7 +198,7 @@ def test_revoke_api_token_finds_a_token_by_id_prefix_or_the_token(issued, capsys
     token.refresh_from_db()
     assert token.is_revoked
     assert f"Revoked API token {token.prefix}… (ci) of ops." in capsys.readouterr().out
-    assert client_with(secret).get(USERS_URL).status_code == 401
+    assert bearer(secret).get(USERS_URL).status_code == 401
 
 
 def test_revoke_api_token_says_when_a_token_was_revoked_already(issued, capsys):
@@ -238,7 +227,7 @@ def test_revoke_api_token_refuses_an_ambiguous_prefix(ops, issued):
 
 
 # Admin ------------------------------------------------------------------------
-def test_admin_shows_a_new_token_once_and_stores_only_its_digest(admin_client, ops):
+def test_admin_shows_a_new_token_once_and_stores_only_its_digest(admin_client, ops, bearer):
     response = admin_client.post(
         reverse("admin:accounts_apitoken_add"), {"user": ops.pk, "name": "billing"}
     )
@@ -258,7 +247,7 @@ def test_admin_shows_a_new_token_once_and_stores_only_its_digest(admin_client, o
         assert token.prefix in shown
         assert secret not in shown
         assert token.digest not in shown
-    assert client_with(secret).get(USERS_URL).status_code == 200
+    assert bearer(secret).get(USERS_URL).status_code == 200
 
 
 def test_admin_offers_only_active_staff_as_token_owners(admin_client, ops, django_user_model):
@@ -274,7 +263,7 @@ def test_admin_offers_only_active_staff_as_token_owners(admin_client, ops, djang
     assert not APIToken.objects.exists()
 
 
-def test_admin_revokes_selected_tokens(admin_client, issued):
+def test_admin_revokes_selected_tokens(admin_client, issued, bearer):
     token, secret = issued
 
     response = admin_client.post(
@@ -286,4 +275,4 @@ def test_admin_revokes_selected_tokens(admin_client, issued):
     assert "1 API token revoked." in response.content.decode()
     token.refresh_from_db()
     assert token.is_revoked
-    assert client_with(secret).get(USERS_URL).status_code == 401
+    assert bearer(secret).get(USERS_URL).status_code == 401

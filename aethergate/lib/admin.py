@@ -2,12 +2,38 @@
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import model_ngettext
+from django.template.response import TemplateResponse
 from django.utils.translation import ngettext
+
+from aethergate.lib.activation import set_active
 
 
 def count(n: int, singular: str, plural: str) -> str:
     """`count(2, "request log is", "request logs are")` → "2 request logs are"."""
     return f"{n} {ngettext(singular, plural, n)}"
+
+
+def secret_once_page(
+    model_admin, request, *, title, kind, columns, issued, what, note="", usage=""
+) -> TemplateResponse:
+    """The page that shows newly issued secrets: `issued` is (object, owner, secret) rows.
+
+    Rendered straight into this response, never put in the session or a
+    message cookie, so a secret is stored nowhere; every admin view is sent
+    with Cache-Control: no-store. The template lists the other arguments.
+    """
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": title,
+        "kind": kind,
+        "columns": columns,
+        "issued": issued,
+        "what": what,
+        "note": note,
+        "usage": usage,
+    }
+    return TemplateResponse(request, "admin/aethergate/secret_once.html", context)
 
 
 class GatewayAdmin(admin.ModelAdmin):
@@ -42,11 +68,9 @@ class GatewayAdmin(admin.ModelAdmin):
 
     def _set_active(self, request, queryset, *, active: bool):
         changed = 0
-        # Saved one by one, not with .update(): post_save signals must fire so
-        # that caches of keys, users, models and endpoints see the change.
+        # One save each, not one .update(): see set_active.
         for obj in queryset.exclude(is_active=active):
-            obj.is_active = active
-            obj.save(update_fields=["is_active", "updated_at"])
+            set_active(obj, active=active)
             self.log_change(request, obj, "Activated" if active else "Deactivated")
             changed += 1
         verb = "activated" if active else "deactivated"

@@ -1,24 +1,13 @@
 """The management API for endpoints: a write-only credential, unique names, unlinking models."""
 
 import pytest
-from rest_framework.test import APIClient
 
-from accounts import services
 from endpoints.models import Endpoint
 from models_registry.models import Model
 
 pytestmark = pytest.mark.django_db
 
 CREDENTIAL = "sk-upstream-credential-0123456789"
-
-
-@pytest.fixture
-def api(django_user_model):
-    staff = django_user_model.objects.create_user("ops", is_staff=True)
-    _, secret = services.create_api_token(user=staff, name="tests")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts import services as account_services
 from keys import services
 from keys.models import APIKey, digest
 from logs.models import RequestLog
@@ -29,12 +28,9 @@ class RecordingClient(APIClient):
 
 
 @pytest.fixture
-def api(django_user_model):
-    staff = django_user_model.objects.create_user("ops", is_staff=True)
-    _, secret = account_services.create_api_token(user=staff, name="tests")
-    client = RecordingClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
+def api_client_class():
+    """`api` records every body it receives."""
+    return RecordingClient
 
 
 @pytest.fixture

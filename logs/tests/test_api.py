@@ -4,9 +4,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from rest_framework.test import APIClient
 
-from accounts import services
 from keys import services as key_services
 from logs.models import RequestLog
 
@@ -15,15 +13,6 @@ pytestmark = pytest.mark.django_db
 
 def at(day: int, hour: int) -> datetime:
     return datetime(2026, 3, day, hour, tzinfo=UTC)
-
-
-@pytest.fixture
-def api(django_user_model):
-    staff = django_user_model.objects.create_user("ops", is_staff=True)
-    _, secret = services.create_api_token(user=staff, name="tests")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 @pytest.fixture

@@ -3,23 +3,12 @@
 from decimal import Decimal
 
 import pytest
-from rest_framework.test import APIClient
 
-from accounts import services
 from endpoints.models import Endpoint
 from keys import services as key_services
 from models_registry.models import MAX_FALLBACK_DEPTH, Model
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def api(django_user_model):
-    staff = django_user_model.objects.create_user("ops", is_staff=True)
-    _, secret = services.create_api_token(user=staff, name="tests")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
 
 
 @pytest.fixture

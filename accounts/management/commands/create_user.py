@@ -1,19 +1,10 @@
 """Create a consumer (or staff) user from the command line."""
 
-from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import User
-
-
-def describe(error: ValidationError) -> str:
-    """A ValidationError as "field: message; field: message"."""
-    if not hasattr(error, "error_dict"):
-        return " ".join(error.messages)
-    return "; ".join(
-        " ".join(messages) if field == NON_FIELD_ERRORS else f"{field}: {' '.join(messages)}"
-        for field, messages in error.message_dict.items()
-    )
+from aethergate.lib.commands import describe
 
 
 class Command(BaseCommand):

@@ -5,17 +5,9 @@ from django.db.models import Count
 from django.utils import timezone
 
 from accounts.models import User
+from aethergate.lib.commands import table
 
 HEADERS = ("username", "email", "organization", "balance", "active", "staff", "keys", "joined")
-
-
-def table(headers, rows) -> str:
-    """Rows as left-aligned columns under a header line."""
-    widths = [max(len(str(v)) for v in column) for column in zip(headers, *rows, strict=True)]
-    return "\n".join(
-        "  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
-        for line in (headers, *rows)
-    )
 
 
 class Command(BaseCommand):

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts import services
 from accounts.models import User
+from aethergate.lib.commands import found
 
 NONE = "none"
 
@@ -39,9 +40,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if (options["amount"] is None) == (options["add"] is None):
             raise CommandError("Give either AMOUNT or --add AMOUNT.")
-        user = User.objects.filter(username=options["username"]).first()
-        if user is None:
-            raise CommandError(f'There is no user "{options["username"]}" (see list_users).')
+        user = found(services.find_user, options["username"])
         if options["add"] is not None:
             added = amount(options["add"], user)
             if not added:

@@ -2,24 +2,15 @@
 
 from datetime import datetime, time
 
-from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from accounts.models import User
+from accounts.services import find_user
+from aethergate.lib.commands import describe, found
 from keys import services
 from models_registry.models import Model
-
-
-def describe(error: ValidationError) -> str:
-    """A ValidationError as "field: message; field: message"."""
-    if not hasattr(error, "error_dict"):
-        return " ".join(error.messages)
-    return "; ".join(
-        " ".join(messages) if field == NON_FIELD_ERRORS else f"{field}: {' '.join(messages)}"
-        for field, messages in error.message_dict.items()
-    )
 
 
 def split(value: str | None) -> list[str]:
@@ -73,9 +64,7 @@ class Command(BaseCommand):
         parser.add_argument("--expires", help="ISO date or datetime. Default: never.")
 
     def handle(self, *args, **options):
-        owner = User.objects.filter(username=options["user"]).first()
-        if owner is None:
-            raise CommandError(f'There is no user "{options["user"]}" (see list_users).')
+        owner = found(find_user, options["user"])
         names = split(options["models"])
         models = list(Model.objects.filter(name__in=names))
         unknown = sorted(set(names) - {m.name for m in models})

@@ -1,9 +1,10 @@
 """List consumer API keys: prefix, owner, state and limits (never a secret or digest)."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.services import find_user
+from aethergate.lib.commands import found, table
 from keys.models import APIKey
 
 HEADERS = ("id", "prefix", "name", "owner", "active", "rate limit", "expires", "last used")
@@ -11,16 +12,6 @@ HEADERS = ("id", "prefix", "name", "owner", "active", "rate limit", "expires", "
 
 def when(moment) -> str:
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M") if moment else "-"
-
-
-def table(headers, rows) -> str:
-    """Rows as left-aligned columns under a header line."""
-    widths = [max(len(str(v)) for v in column) for column in zip(headers, *rows, strict=True)]
-    lines = [headers, *rows]
-    return "\n".join(
-        "  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
 
 
 class Command(BaseCommand):
@@ -35,8 +26,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         keys = APIKey.objects.select_related("owner").order_by("-created_at", "-pk")
         if options["user"]:
-            if not User.objects.filter(username=options["user"]).exists():
-                raise CommandError(f'There is no user "{options["user"]}" (see list_users).')
+            found(find_user, options["user"])
             keys = keys.filter(owner__username=options["user"])
         if not options["inactive"]:
             keys = keys.filter(is_active=True)

@@ -1,26 +1,16 @@
 """Replace a consumer key's secret and print the new one, once."""
 
-from django.core.management.base import BaseCommand, CommandError
-
 from keys import services
+from keys.management.base import KeyCommand
 
 
-class Command(BaseCommand):
+class Command(KeyCommand):
     help = (
         "Give an API key a new secret (same id, owner, limits and history) and print it "
         "once. The old secret stops working immediately."
     )
 
-    def add_arguments(self, parser):
-        parser.add_argument(
-            "key", help="The key's id or display prefix (see list_keys), or the whole key."
-        )
-
-    def handle(self, *args, **options):
-        try:
-            key = services.find_key(options["key"])
-        except services.KeyNotFound as error:
-            raise CommandError(str(error)) from None
+    def handle_object(self, key) -> None:
         old_prefix = key.prefix
         secret = services.rotate_key(key=key)
         self.stdout.write(

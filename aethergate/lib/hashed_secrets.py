@@ -1,0 +1,15 @@
+"""Secrets shown once and stored only as a SHA-256 digest and a display prefix."""
+
+import hashlib
+import secrets
+
+
+def digest(secret: str) -> str:
+    """SHA-256 hex of the whole secret: the only form in which it is stored."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def issue(marker: str, display_length: int) -> tuple[str, str, str]:
+    """A fresh secret (`marker` + 256 random bits), its digest and its display prefix."""
+    secret = marker + secrets.token_urlsafe(32)  # 256 bits
+    return secret, digest(secret), secret[:display_length]
