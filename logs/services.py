@@ -5,7 +5,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -44,7 +44,7 @@ def write_batch(records: list[dict]) -> dict[int, Decimal]:
                     row.created_at, last_used.get(row.api_key_id, row.created_at)
                 )
             rows.append(row)
-        RequestLog.objects.bulk_create(rows)
+        _insert(rows)
         for user_id, cost in charges.items():
             # One atomic UPDATE per user: concurrent batches and admin edits
             # cannot lose a charge. Users without a balance are not debited.
@@ -56,6 +56,28 @@ def write_batch(records: list[dict]) -> dict[int, Decimal]:
                 Q(last_used_at__isnull=True) | Q(last_used_at__lt=used - LAST_USED_RESOLUTION)
             ).update(last_used_at=used)
     return dict(charges)
+
+
+def _insert(rows: list[RequestLog]) -> None:
+    """What bulk_create does for these rows, without its per-value SQL compilation.
+
+    Measured under load, bulk_create's compiler was half of the log writer's
+    CPU. Values still go through each field's get_db_prep_save, so every
+    database gets them adapted as Django would.
+    """
+    fields = [f for f in RequestLog._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    # Names come from the model's metadata, quoted; values are bound parameters.
+    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608
+        quote(RequestLog._meta.db_table),
+        ", ".join(quote(f.column) for f in fields),
+        ", ".join(["%s"] * len(fields)),
+    )
+    params = [
+        [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields] for row in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 def prune_logs(
