@@ -49,3 +49,15 @@ format: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache
+
+# Benchmark: direct-to-upstream vs through AetherGate (bench/run.py; needs `wrk`).
+# BENCH_DB=postgres uses PostgreSQL; SOAK=N adds a soak of N requests; BENCH_ARGS passes more flags.
+BENCH_DB ?= sqlite
+SOAK ?=
+.PHONY: bench bench-smoke
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/run.py --db $(BENCH_DB) $(if $(SOAK),--soak $(SOAK)) $(BENCH_ARGS)
+
+bench-smoke: $(VENV)/.dev
+	$(BIN)/python bench/run.py --db $(BENCH_DB) --duration 5 --warmup 1 $(BENCH_ARGS)
