@@ -186,6 +186,8 @@ def test_it_flushes_each_chunk_and_ends_with_done(upstream):
         " from",
         None,
     ]
+    # The client can read [DONE] before the handler records that it finished.
+    assert upstream.received[0].wait_done(5)
     assert upstream.received[0].finished_at is not None
     assert not upstream.received[0].closed_early
 
@@ -344,6 +346,7 @@ def test_it_records_method_path_headers_and_body_in_order(sdk, upstream):
     assert first.headers["x-trace"] == "t1"
     assert first.json == {"model": "echo", "messages": HELLO}
     assert first.model == "echo"
+    assert first.wait_done(5)
     assert first.finished_at is not None
     assert second.path == "/v1/embeddings"
 
