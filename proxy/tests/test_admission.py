@@ -79,7 +79,8 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict:
 
 
 def rows(**filters) -> list[RequestLog]:
-    return list(RequestLog.objects.filter(**filters).order_by("id"))
+    """Log rows in request order: by request start, not by when the writer stored them."""
+    return list(RequestLog.objects.filter(**filters).order_by("created_at", "id"))
 
 
 def wait_for_rows(count: int, timeout: float = LOG_WAIT_SECONDS, **filters) -> list[RequestLog]:

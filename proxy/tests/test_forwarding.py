@@ -39,11 +39,11 @@ ERROR_FIELDS = {"message", "type", "param", "code"}
 
 
 def wait_for_logs(count=1, timeout=LOG_WAIT_SECONDS):
-    """The request log rows, oldest first, once at least `count` exist (bounded poll)."""
+    """The request log rows in request order, once at least `count` exist (bounded poll)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            rows = list(RequestLog.objects.order_by("id"))
+            rows = list(RequestLog.objects.order_by("created_at", "id"))
         except OperationalError:  # SQLite's shared cache: the writer holds the table
             rows = []
         if len(rows) >= count or time.monotonic() > deadline:
