@@ -54,3 +54,20 @@ def api(ops, bearer):
 
     _, secret = services.create_api_token(user=ops, name="tests")
     return bearer(secret)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory):
+    """Test on a SQLite file, as deployed, not Django's in-memory shared-cache default.
+
+    In shared-cache memory, a table lock held by the gateway's writer thread
+    fails another thread at once ("database table is locked"); a file in WAL
+    mode with a busy timeout waits instead, exactly as production does.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database.setdefault("TEST", {})["NAME"] = str(
+            tmp_path_factory.mktemp("db") / "test.sqlite3"
+        )
