@@ -46,6 +46,19 @@ def _moment(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat()
 
 
+def _plain(obj, kind) -> dict:
+    """`obj`'s natural key and plain fields (SCHEMA, which import reads too) as written."""
+    row = {}
+    for name in (kind.key, *kind.fields):
+        value = getattr(obj, name)
+        if isinstance(value, Decimal):
+            value = _decimal(value)
+        elif isinstance(value, datetime):
+            value = _moment(value)
+        row[name] = value
+    return row
+
+
 def export_backup(*, include_secrets: bool = False) -> dict:
     """The whole configuration as a JSON-ready document; lists sorted by natural key.
 
@@ -65,35 +78,14 @@ def export_backup(*, include_secrets: bool = False) -> dict:
 
     users = []
     for user in sorted(all_users, key=lambda u: u.username):
-        row = {
-            "username": user.username,
-            "email": user.email,
-            "first_name": user.first_name,
-            "last_name": user.last_name,
-            "organization": user.organization,
-            "balance": _decimal(user.balance),
-            "is_active": user.is_active,
-            "is_staff": user.is_staff,
-            "is_superuser": user.is_superuser,
-            "date_joined": _moment(user.date_joined),
-        }
+        row = _plain(user, SCHEMA["users"])
         if include_secrets:
             row["password"] = user.password
         users.append(row)
 
     endpoints = []
     for endpoint in sorted(all_endpoints, key=lambda e: e.name):
-        row = {
-            "name": endpoint.name,
-            "base_url": endpoint.base_url,
-            "rpm_limit": endpoint.rpm_limit,
-            "day_limit": endpoint.day_limit,
-            "connect_timeout": endpoint.connect_timeout,
-            "first_byte_timeout": endpoint.first_byte_timeout,
-            "idle_timeout": endpoint.idle_timeout,
-            "total_timeout": endpoint.total_timeout,
-            "is_active": endpoint.is_active,
-        }
+        row = _plain(endpoint, SCHEMA["endpoints"])
         if include_secrets:
             try:
                 row["api_key"] = endpoint.api_key
@@ -105,35 +97,18 @@ def export_backup(*, include_secrets: bool = False) -> dict:
 
     models = [
         {
-            "name": model.name,
-            "upstream_name": model.upstream_name,
+            **_plain(model, SCHEMA["models"]),
             "endpoint": model.endpoint.name if model.endpoint else None,
-            "capability": model.capability,
-            "billing_unit": model.billing_unit,
-            "price_in": _decimal(model.price_in),
-            "price_out": _decimal(model.price_out),
-            "rpm_limit": model.rpm_limit,
-            "day_limit": model.day_limit,
             "fallback": model.fallback.name if model.fallback else None,
-            "is_active": model.is_active,
         }
         for model in sorted(all_models, key=lambda m: m.name)
     ]
 
     api_keys = [
         {
-            "digest": key.digest,
-            "prefix": key.prefix,
+            **_plain(key, SCHEMA["api_keys"]),
             "owner": key.owner.username,
-            "name": key.name,
-            "is_active": key.is_active,
-            "log_content": key.log_content,
-            "rate_limit": key.rate_limit,
-            "allowed_capabilities": key.allowed_capabilities,
             "allowed_models": sorted(m.name for m in key.allowed_models.all()),
-            "expires_at": _moment(key.expires_at),
-            "created_at": _moment(key.created_at),
-            "rotated_at": _moment(key.rotated_at),
         }
         for key in sorted(all_keys, key=lambda k: k.digest)
     ]
