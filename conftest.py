@@ -1,5 +1,7 @@
 """Fixtures shared by every app's tests."""
 
+import os
+
 import pytest
 
 
@@ -71,3 +73,19 @@ def django_db_modify_db_settings(tmp_path_factory):
         database.setdefault("TEST", {})["NAME"] = str(
             tmp_path_factory.mktemp("db") / "test.sqlite3"
         )
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A private redis-server for this module's tests, which may stop and restart it.
+
+    Skipped when the binary is missing, except in CI (AETHERGATE_REQUIRE_SERVICES=1).
+    """
+    from proxy.tests.processes import RedisServer
+
+    if not RedisServer.available():
+        if os.environ.get("AETHERGATE_REQUIRE_SERVICES"):
+            pytest.fail("redis-server is not installed", pytrace=False)
+        pytest.skip("redis-server is not installed")
+    with RedisServer() as server:
+        yield server

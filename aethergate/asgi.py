@@ -1,8 +1,10 @@
 """ASGI entry point: `aethergate.asgi:application` serves admin, `/api/v1/` and `/v1/`.
 
 `/v1/*` goes to the proxy's own ASGI app, which does not pay for Django's
-request cycle and middleware; everything else goes to Django. Lifespan
-events start and stop the proxy's runtime (log writer, upstream pool).
+request cycle and middleware; so do the health and metrics endpoints (a
+load balancer probing by IP must not meet ALLOWED_HOSTS). Everything else
+goes to Django. Lifespan events start and stop the proxy's runtime (log
+writer, limiter, upstream pool).
 """
 
 import os
@@ -22,12 +24,15 @@ warnings.filterwarnings(
 
 django_application = get_asgi_application()
 
-from proxy.app import proxy  # noqa: E402 -- needs the apps loaded by the line above
+from proxy import ops  # noqa: E402 -- needs the apps loaded by the line above
+from proxy.app import proxy  # noqa: E402
 
 
 async def application(scope, receive, send):
     path = scope.get("path", "")
     if scope["type"] == "lifespan" or path == "/v1" or path.startswith("/v1/"):
         await proxy(scope, receive, send)
+    elif path in ops.PATHS and scope["type"] == "http":
+        await ops.app(scope, receive, send)
     else:
         await django_application(scope, receive, send)

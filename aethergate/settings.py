@@ -102,8 +102,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
+    # An unreachable server fails a connection attempt in seconds, not minutes,
+    # so the gateway notices an outage and keeps serving from its cache.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("AETHERGATE_DB_CONNECT_TIMEOUT", default=5)
+    )
 
+# Optional: shared rate limits and cache invalidation across processes and hosts.
 REDIS_URL = env.str("REDIS_URL", default="")
+# Prefix of every Redis key AetherGate writes, so that one Redis can serve several installations.
+AETHERGATE_REDIS_PREFIX = env.str("AETHERGATE_REDIS_PREFIX", default="aethergate")
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
@@ -149,11 +158,23 @@ MASTER_API_KEY = env.str("MASTER_API_KEY", default="")
 # encrypts, all decrypt). Empty: a key derived from SECRET_KEY.
 AETHERGATE_ENCRYPTION_KEYS = env.list("AETHERGATE_ENCRYPTION_KEY", default=[])
 
+# Log lines as plain text or as one JSON object each (AETHERGATE_LOG_FORMAT=json).
+# AETHERGATE_ACCESS_LOG adds one line per /v1 request (logger aethergate.requests).
+AETHERGATE_LOG_FORMAT = env.str("AETHERGATE_LOG_FORMAT", default="plain")
+AETHERGATE_ACCESS_LOG = env.bool("AETHERGATE_ACCESS_LOG", default=False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "aethergate.lib.jsonlog.JSONFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if AETHERGATE_LOG_FORMAT == "json" else "plain",
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("AETHERGATE_LOG_LEVEL", default="INFO")},
     "loggers": {"django": {"level": "WARNING"}},
 }
@@ -174,6 +195,13 @@ AETHERGATE_SSE_KEEPALIVE_SECONDS = env.float("AETHERGATE_SSE_KEEPALIVE_SECONDS",
 AETHERGATE_LOG_BATCH_SIZE = env.int("AETHERGATE_LOG_BATCH_SIZE", default=500)
 AETHERGATE_LOG_FLUSH_SECONDS = env.float("AETHERGATE_LOG_FLUSH_SECONDS", default=0.2)
 AETHERGATE_LOG_BUFFER_MAX = env.int("AETHERGATE_LOG_BUFFER_MAX", default=100_000)
+
+# Operations --------------------------------------------------------------------
+# /metrics (Prometheus) is off unless a token is set; scrapers send it as a bearer token.
+AETHERGATE_METRICS_TOKEN = env.str("AETHERGATE_METRICS_TOKEN", default="")
+# On SIGTERM: seconds /health/ready answers 503 while requests are still served
+# (so a load balancer stops sending new ones), before the server stops accepting.
+AETHERGATE_DRAIN_SECONDS = env.float("AETHERGATE_DRAIN_SECONDS", default=0.0)
 
 # The management API (/api/v1/) -----------------------------------------------
 # Staff only: an API token (first, so anonymous requests get a 401 challenge),

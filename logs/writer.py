@@ -5,9 +5,10 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from aethergate.lib import metrics
+from aethergate.lib.db import run_db
 from logs.services import write_batch
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,11 @@ class LogWriter:
         if len(self.pending) >= settings.AETHERGATE_LOG_BUFFER_MAX:
             self.pending.popleft()
             self.dropped += 1
+            metrics.LOG_DROPPED.inc()
             if self.dropped % 1000 == 1:
                 log.error("Log buffer full: %d records dropped so far", self.dropped)
         self.pending.append(record)
+        metrics.LOG_QUEUE.set(len(self.pending))
         if len(self.pending) >= settings.AETHERGATE_LOG_BATCH_SIZE:
             self._wake.set()
 
@@ -72,13 +75,24 @@ class LogWriter:
         size = settings.AETHERGATE_LOG_BATCH_SIZE
         batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
         try:
-            charges = await sync_to_async(self.write)(batch)
-        except Exception:
+            charges = await run_db(self.write, batch)
+        except Exception as exc:
             self.failed_batches += 1
-            log.exception("Writing %d request logs failed; will retry", len(batch))
+            metrics.LOG_BATCHES.labels("failed").inc()
+            # A database outage fails every batch: one line each, no traceback.
+            log.error(
+                "Writing %d request logs failed (%s: %s); %d waiting, will retry",
+                len(batch),
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+                len(self.pending) + len(batch),
+            )
             self.pending.extendleft(reversed(batch))
             return False
         self.written += len(batch)
+        metrics.LOG_BATCHES.labels("ok").inc()
+        metrics.LOG_WRITTEN.inc(len(batch))
+        metrics.LOG_QUEUE.set(len(self.pending))
         if self.on_settled:
             self.on_settled(charges)
         return True

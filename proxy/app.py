@@ -11,7 +11,9 @@ import base64
 import json
 import logging
 import secrets
+import signal
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -21,16 +23,18 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
-from aethergate.lib.ratelimit import Decision, LocalLimiter
+from aethergate.lib import metrics
+from aethergate.lib.ratelimit import Decision, LocalLimiter, make_limiter
 from keys.models import digest
 from logs.writer import LogWriter
 from models_registry.models import MAX_FALLBACK_DEPTH
-from proxy import errors, upstream, usage
+from proxy import broadcast, errors, upstream, usage
 from proxy.catalog import Catalog, KeyInfo, ModelInfo
 from proxy.errors import APIError
 from proxy.streaming import KEEPALIVE, UpstreamStreamError, sse_events
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("aethergate.requests")
 
 # Fields that would let a client choose where or how the gateway calls out.
 # They are removed at any depth, except inside what is data for the model.
@@ -74,7 +78,8 @@ class ProxyApp:
         self.catalog = Catalog()
         self.limiter = LocalLimiter()
         self.writer: LogWriter | None = None
-        self._watcher: asyncio.Task | None = None
+        self.draining = False
+        self._tasks: list[asyncio.Task] = []
         self._routes = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("POST", "/v1/completions"): self.completions,
@@ -92,23 +97,53 @@ class ProxyApp:
             return
         # Loop-bound state is made here, so a new server (or test) starts clean.
         self.catalog = Catalog()
-        self.limiter = LocalLimiter()
+        self.limiter = make_limiter(settings.REDIS_URL, settings.AETHERGATE_REDIS_PREFIX)
         self.writer = LogWriter(on_settled=self.catalog.settled)
         self.writer.start()
+        self.draining = False
         await upstream.start()
         await self.catalog.refresh()
-        self._watcher = asyncio.get_running_loop().create_task(self.catalog.watch())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.catalog.watch())]
+        if settings.REDIS_URL:
+            self._tasks.append(loop.create_task(broadcast.listen(self.catalog.invalidate)))
+        self._drain_on_sigterm(loop)
 
     async def shutdown(self) -> None:
-        if self._watcher:
-            self._watcher.cancel()
-            self._watcher = None
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
         if self.writer is not None:
             await self.writer.close()
             self.writer = None
+        await self.limiter.close()
         await upstream.close()
         # The worker thread's database connection would otherwise outlive us.
         await sync_to_async(connections.close_all)()
+
+    def _drain_on_sigterm(self, loop) -> None:
+        """On SIGTERM, report not ready for AETHERGATE_DRAIN_SECONDS, then let the server stop.
+
+        The server's own handler (uvicorn's, installed before lifespan
+        startup) then stops accepting, lets in-flight requests and streams
+        finish within its graceful timeout, and runs `shutdown`.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach only the main thread (tests serve from others)
+        server_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(server_handler):
+            return
+
+        def on_sigterm(signum, frame):
+            if self.draining:
+                server_handler(signum, frame)  # a second SIGTERM: stop now
+                return
+            self.draining = True
+            delay = settings.AETHERGATE_DRAIN_SECONDS
+            log.warning("SIGTERM: draining; stopping in %s s", delay)
+            loop.call_soon_threadsafe(loop.call_later, delay, server_handler, signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     async def lifespan(self, receive, send) -> None:
         while True:
@@ -150,8 +185,7 @@ class ProxyApp:
             error = APIError(500, "The gateway failed to handle this request.", type="api_error")
             await send_json(send, 500, error.body(), ex.request_id)
         finally:
-            if ex.key is not None:
-                self._record(ex)
+            self._record(ex)
 
     def _route(self, method: str, path: str):
         handler = self._routes.get((method, path))
@@ -176,15 +210,11 @@ class ProxyApp:
         try:
             snapshot = await self.catalog.get()
         except RuntimeError:
-            raise APIError(
-                503,
-                "The gateway cannot verify keys right now; retry shortly.",
-                type="api_error",
-                code="service_unavailable",
-                outcome="",
-            ) from None
+            raise errors.cannot_verify_keys() from None
         key = snapshot.keys.get(digest(secret))
         if key is None:
+            if not self.catalog.available:
+                raise errors.cannot_verify_keys()
             raise errors.invalid_key()
         if not key.is_active:
             raise errors.forbidden("This API key has been deactivated.", "key_inactive")
@@ -345,6 +375,7 @@ class ProxyApp:
                 return
             except Retryable as failure:
                 attempt["error"] = failure.reason
+                metrics.UPSTREAM_ERRORS.labels(attempt["endpoint"], failure.reason).inc()
                 last_error = failure.error
                 candidate = self._fallback(candidate, tried)
         raise last_error
@@ -352,7 +383,10 @@ class ProxyApp:
     def _fallback(self, model: ModelInfo, tried: set) -> ModelInfo | None:
         if model.fallback is None or model.fallback in tried:
             return None
-        return self.catalog.snapshot.models.get(model.fallback)
+        fallback = self.catalog.snapshot.models.get(model.fallback)
+        if fallback is not None:
+            metrics.FALLBACKS.labels(model.name).inc()
+        return fallback
 
     async def _attempt(self, ex, payload, model, path, send, headers, attempt) -> None:
         endpoint = model.endpoint
@@ -514,11 +548,16 @@ class ProxyApp:
 
     # Logging --------------------------------------------------------------------
     def _record(self, ex: Exchange) -> None:
+        """Count the request in the metrics, log it, and hand its record to the log writer."""
         key, model = ex.key, ex.model
         charge = usage.cost(model, ex.input_units, ex.output_units) if model else 0
         if not (ex.input_units or ex.output_units) and ex.outcome != "ok":
             charge = 0
         elapsed = time.perf_counter() - ex.started
+        outcome = ex.outcome or "invalid_request"
+        self._observe(ex, outcome, elapsed, charge)
+        if key is None:
+            return  # no key, no account to log it under
         self.catalog.charge(key.user_id, charge)
         self.writer.submit(
             {
@@ -532,7 +571,7 @@ class ProxyApp:
                 "endpoint": ex.endpoint,
                 "path": ex.path[:100],
                 "status": ex.status,
-                "outcome": ex.outcome or "invalid_request",
+                "outcome": outcome,
                 "stream": ex.stream,
                 "latency_ms": int(elapsed * 1000),
                 "ttft_ms": None if ex.ttft is None else int(ex.ttft * 1000),
@@ -546,6 +585,47 @@ class ProxyApp:
                 "attempts": ex.attempts,
             }
         )
+
+    @staticmethod
+    def _observe(ex: Exchange, outcome: str, elapsed: float, charge) -> None:
+        # Labelled by model only once it is known to exist: client input
+        # must not create label values (unbounded series).
+        label = ex.model_name if ex.model is not None else ""
+        metrics.REQUESTS.labels(label, ex.status, outcome).inc()
+        if ex.model is not None:
+            metrics.LATENCY.labels(label).observe(elapsed)
+            if ex.ttft is not None:
+                metrics.TTFT.labels(label).observe(ex.ttft)
+            if ex.input_units:
+                metrics.TOKENS.labels(label, "input").inc(ex.input_units)
+            if ex.output_units:
+                metrics.TOKENS.labels(label, "output").inc(ex.output_units)
+            if charge:
+                metrics.COST.labels(label).inc(float(charge))
+        if settings.AETHERGATE_ACCESS_LOG:
+            access_log.info(
+                "%s %s %s %s",
+                ex.path,
+                ex.status,
+                outcome,
+                ex.request_id,
+                extra={
+                    "request_id": ex.request_id,
+                    "path": ex.path,
+                    "status": ex.status,
+                    "outcome": outcome,
+                    "model": ex.model_name if ex.model is not None else "",
+                    "endpoint": ex.endpoint,
+                    "stream": ex.stream,
+                    "latency_ms": int(elapsed * 1000),
+                    "ttft_ms": None if ex.ttft is None else int(ex.ttft * 1000),
+                    "input_units": ex.input_units,
+                    "output_units": ex.output_units,
+                    "cost": str(charge),
+                    "key_prefix": ex.key.prefix if ex.key else "",
+                    "user": ex.key.username if ex.key else "",
+                },
+            )
 
 
 class ClientGone(Exception):

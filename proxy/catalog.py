@@ -1,21 +1,25 @@
 """The in-process snapshot of keys, users, models and endpoints that `/v1` reads.
 
 No request queries the database: the snapshot is rebuilt when a change is
-signalled in this process (Django signals) or seen by polling a cheap change
-marker (other processes, e.g. admin on another worker). If a rebuild fails the
-previous snapshot keeps serving.
+signalled in this process (Django signals), announced by another process
+over Redis, or seen by polling a cheap change marker. Balances are re-read at
+every poll, so charges made by other processes count here within a poll.
+
+If the database is unreachable the previous snapshot keeps serving: known
+keys keep working, and `available` turns False so that unknown keys get a
+503 rather than a 401 they could not be sure of.
 """
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import Count, Max
 
+from aethergate.lib.db import run_db
 from aethergate.lib.ratelimit import Rate, parse_spec
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,6 @@ def _rates(rpm: int | None, per_day: int | None) -> tuple[Rate, ...]:
 
 def load_snapshot() -> Snapshot:
     """Read everything `/v1` needs in a few queries (sync; run in a thread)."""
-    from accounts.models import User
     from endpoints.models import Endpoint
     from keys.models import APIKey
     from models_registry.models import Model
@@ -145,8 +148,14 @@ def load_snapshot() -> Snapshot:
             frozenset(k.allowed_capabilities or ()),
             frozenset(allowed.get(k.pk, ())),
         )
-    balances = dict(User.objects.values_list("pk", "balance"))
-    return Snapshot(keys, models, balances)
+    return Snapshot(keys, models, load_balances())
+
+
+def load_balances() -> dict[int, Decimal]:
+    """The prepaid balances (users without one are not limited by balance)."""
+    from accounts.models import User
+
+    return dict(User.objects.filter(balance__isnull=False).values_list("pk", "balance"))
 
 
 def change_marker() -> tuple:
@@ -172,6 +181,7 @@ class Catalog:
         self._wanted = 1
         self._loaded = 0
         self._marker = None
+        self.available = True  # False while the database cannot be read
         self._lock = asyncio.Lock()
         self._unsettled: dict[int, Decimal] = {}
         self._settled: dict[int, Decimal] = {}
@@ -198,29 +208,57 @@ class Catalog:
             if self._loaded == wanted and self.snapshot is not None:
                 return
             try:
-                marker, snapshot = await sync_to_async(self._load)()
-            except Exception:
-                log.exception("Could not reload the catalog; serving the previous snapshot")
+                marker, snapshot = await run_db(self._load)
+            except Exception as exc:
+                # Taken as loaded all the same, so requests do not each retry the
+                # database; the poll reloads once it reads a marker again.
+                self._loaded = wanted
+                self._went_unavailable(exc)
                 return
             self._marker, self.snapshot, self._loaded = marker, snapshot, wanted
             self._settled = {}
+            self._came_back()
 
     @staticmethod
     def _load():
         return change_marker(), load_snapshot()
 
+    @staticmethod
+    def _poll():
+        return change_marker(), load_balances()
+
     async def watch(self) -> None:
-        """Poll the change marker so edits made by other processes arrive here too."""
+        """Poll for changes made by other processes, and re-read balances."""
         while True:
             await asyncio.sleep(settings.AETHERGATE_CATALOG_POLL_SECONDS)
             try:
-                marker = await sync_to_async(change_marker)()
-            except Exception:
-                log.warning("Catalog change check failed (database unreachable?)")
+                marker, balances = await run_db(self._poll)
+            except Exception as exc:
+                self._went_unavailable(exc)
                 continue
-            if marker != self._marker:
+            self._came_back()
+            if marker != self._marker or self.snapshot is None:
                 self.invalidate()
                 await self.refresh()
+            elif self._loaded == self._wanted:
+                # Read after every charge this process has seen settled (the
+                # writer shares the database thread), so those leave the ledger.
+                self.snapshot = replace(self.snapshot, balances=balances)
+                self._settled = {}
+
+    def _went_unavailable(self, exc: Exception) -> None:
+        if self.available:
+            log.error(
+                "The database is unreachable (%s): serving known keys from the cache, "
+                "unknown keys get 503",
+                type(exc).__name__,
+            )
+        self.available = False
+
+    def _came_back(self) -> None:
+        if not self.available:
+            log.warning("The database is reachable again")
+        self.available = True
 
     # Balances: the snapshot's value, less charges made since it was read.
     def balance(self, user_id: int) -> Decimal | None:

@@ -50,6 +50,18 @@ def invalid_key() -> APIError:
     )
 
 
+def cannot_verify_keys() -> APIError:
+    # The database is down and this key is not in the cache: it may be valid, so not a 401.
+    return APIError(
+        503,
+        "The gateway cannot verify this API key right now; retry shortly.",
+        type="api_error",
+        code="service_unavailable",
+        outcome="",
+        headers={"retry-after": "5"},
+    )
+
+
 def forbidden(message: str, code: str) -> APIError:
     return APIError(403, message, type="permission_error", code=code, outcome="forbidden")
 

@@ -1,0 +1,84 @@
+"""Prometheus metrics of the gateway, and their text exposition.
+
+With several worker processes (gunicorn), set PROMETHEUS_MULTIPROC_DIR so
+every worker writes its values there and `/metrics` reports the sum of all
+of them (gunicorn.conf.py does this when metrics are on); otherwise each
+process reports its own.
+"""
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Buckets from 5 ms to 5 min: local models answer in milliseconds, long generations take minutes.
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter(
+    "aethergate_requests",
+    "Requests to /v1, by model, HTTP status and outcome.",
+    ["model", "status", "outcome"],
+)
+LATENCY = Histogram(
+    "aethergate_request_duration_seconds",
+    "Time from request to the last byte sent, by model.",
+    ["model"],
+    buckets=_SECONDS,
+)
+TTFT = Histogram(
+    "aethergate_time_to_first_token_seconds",
+    "Time from request to the first token, by model.",
+    ["model"],
+    buckets=_SECONDS,
+)
+TOKENS = Counter(
+    "aethergate_tokens",
+    "Billed units (tokens for token-priced models), by model and direction.",
+    ["model", "direction"],
+)
+COST = Counter("aethergate_cost", "Cost charged, by model.", ["model"])
+UPSTREAM_ERRORS = Counter(
+    "aethergate_upstream_errors",
+    "Failed upstream attempts, by endpoint and reason.",
+    ["endpoint", "reason"],
+)
+FALLBACKS = Counter(
+    "aethergate_fallbacks",
+    "Requests handed to a fallback model, by the model that failed.",
+    ["model"],
+)
+LIMITER_DECISIONS = Counter(
+    "aethergate_ratelimit_decisions",
+    "Rate-limit decisions, by backend and result.",
+    ["backend", "result"],
+)
+LIMITER_FALLBACKS = Counter(
+    "aethergate_ratelimit_backend_fallbacks",
+    "Times the shared (Redis) limiter became unreachable and in-process limits took over.",
+)
+LOG_QUEUE = Gauge(
+    "aethergate_log_queue_depth",
+    "Request records waiting for the log writer.",
+    multiprocess_mode="livesum",
+)
+LOG_BATCHES = Counter("aethergate_log_batches", "Log-writer batches, by result.", ["result"])
+LOG_WRITTEN = Counter("aethergate_log_records_written", "Request records stored.")
+LOG_DROPPED = Counter(
+    "aethergate_log_records_dropped", "Request records dropped because the buffer was full."
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The current values in Prometheus' text format, and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
