@@ -27,7 +27,11 @@ For the gateway path it also takes:
   when the load stops, and how long the rows took to catch up;
 - peak RSS: VmHWM from /proc/PID/status.
 `--repeat N` runs every scenario N times and reports the median of each
-figure (and flags runs whose RPS spread exceeds 10%). `--soak N` then sends N
+figure (and flags runs whose RPS spread exceeds 10%). `--only TEXT` runs the
+scenarios whose name contains TEXT. `--profile DIR` samples the gateway
+with py-spy during each measured gateway run (figures taken that way are
+not for reporting), writes the raw stacks to DIR and prints the functions
+holding the most samples. `--soak N` then sends N
 non-stream requests through the gateway in one wrk run, sampling its RSS
 every second. Results go to bench-results/bench-<db>-<timestamp>.json with
 machine information and a pass/fail per target. Exit status: 0 when the
@@ -400,8 +404,11 @@ class Bench:
         if self.args.warmup > 0:
             load(self.procs, target, scenario, self.args.warmup)
         baseline = self.rows.settle() if via_gateway else 0
+        profiler = self.start_profiler(scenario) if via_gateway and self.args.profile else None
         cpu_before = cpu_seconds(self.pid)
         result = load(self.procs, target, scenario, self.args.duration)
+        if profiler:
+            self.stop_profiler(*profiler)
         if not via_gateway:
             return result
         cpu_at_stop = cpu_seconds(self.pid)
@@ -424,15 +431,36 @@ class Bench:
         )
         return result
 
+    def start_profiler(self, scenario: Scenario):
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        path = self.args.profile / (re.sub(r"\W+", "-", scenario.name) + ".txt")
+        argv = [str(VENV_BIN / "py-spy"), "record", "--pid", str(self.pid), "--rate", "500"]
+        argv += ["--format", "raw", "--nonblocking", "--output", str(path)]
+        proc = self.procs.start(
+            argv, role="load", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(0.5)  # attached before the load starts
+        return proc, path
+
+    def stop_profiler(self, proc: subprocess.Popen, path: Path) -> None:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            proc.wait(timeout=30)
+        finally:
+            self.procs.stop(proc)
+        print(top_functions(path), flush=True)
+
     def run(self) -> dict:
         runs = {s.name: {"direct": [], "gateway": []} for s in SCENARIOS}
         for repeat in range(self.args.repeat):
             for scenario in SCENARIOS:
+                if self.args.only and self.args.only not in scenario.name:
+                    continue
                 for target in (self.direct, self.gateway):
                     note = f" (run {repeat + 1}/{self.args.repeat})" if self.args.repeat > 1 else ""
                     print(f"  {scenario.name:<16} {target.label:<8}{note} …", flush=True)
                     runs[scenario.name][target.label].append(self.measure(scenario, target))
-        return {s.name: summarize(s, runs[s.name]) for s in SCENARIOS}
+        return {s.name: summarize(s, runs[s.name]) for s in SCENARIOS if runs[s.name]["direct"]}
 
     def soak(self, total: int) -> dict:
         concurrency = 64
@@ -525,6 +553,8 @@ def summarize(scenario: Scenario, runs: dict) -> dict:
 
 
 def evaluate(results: dict, soak: dict | None, peak_rss: float) -> list[dict]:
+    if len(results) < len(SCENARIOS):
+        return []  # a partial run (--only) checks no target
     ns1, ns64 = results["non-stream c=1"], results["non-stream c=64"]
     st1, st32 = results["stream c=1"], results["stream c=32"]
     gw64 = ns64["gateway"]
@@ -565,6 +595,28 @@ def evaluate(results: dict, soak: dict | None, peak_rss: float) -> list[dict]:
              "note": f"{soak['requests']} requests, all logged: {soak['all_logged']}"}
         )  # fmt: skip
     return out
+
+
+def top_functions(path: Path, most: int = 25) -> str:
+    """The functions in the most samples of a py-spy raw profile (`stack;frames count`)."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        total += int(count)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    lines = [f"profile {path.name}: {total} samples; % of samples (with callees | own)"]
+    for frame, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:most]:
+        lines.append(
+            f"  {100 * count / total:5.1f} | {100 * own.get(frame, 0) / total:5.1f}  {frame}"
+        )
+    return "\n".join(lines)
 
 
 # Output -------------------------------------------------------------------------
@@ -670,6 +722,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (median)")
     parser.add_argument("--soak", type=int, default=0, help="N non-stream requests (0: no soak)")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: auto)")
+    parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="sample the gateway with py-spy into this folder")  # fmt: skip
     args = parser.parse_args(argv)
     args.db = args.db or os.environ.get("BENCH_DB") or "sqlite"
     if args.db not in ("sqlite", "postgres"):
@@ -788,7 +843,7 @@ def main(argv=None) -> int:
             raise SetupError(f"AetherGate exited during the run ({gateway.returncode})")
         peak_rss = memory_mb(gateway.pid, "VmHWM")
         targets = evaluate(results, soak, peak_rss)
-        config = {k: v for k, v in vars(args).items() if k not in ("output", "pg_url")}
+        config = {k: v for k, v in vars(args).items() if k not in ("output", "pg_url", "profile")}
         if args.db == "postgres":
             config["pg_url"] = args.pg_url
         table = render(results, targets, soak, config)
