@@ -69,7 +69,14 @@ def _insert(rows: list[dict]) -> None:
     sql, columns = _insert_statement(conn)
     params = [[adapt(row.get(name, default)) for name, default, adapt in columns] for row in rows]
     with conn.cursor() as cursor:
-        cursor.executemany(sql, params)
+        if conn.vendor == "postgresql":
+            # COPY: rows are streamed and formatted in C, several times
+            # cheaper per row than executemany's parameter binding.
+            with cursor.cursor.copy(sql) as copy:
+                for values in params:
+                    copy.write_row(values)
+        else:
+            cursor.executemany(sql, params)
 
 
 def _insert_statement(conn) -> tuple[str, list]:
@@ -77,11 +84,11 @@ def _insert_statement(conn) -> tuple[str, list]:
     fields = [f for f in RequestLog._meta.concrete_fields if not f.primary_key]
     quote = conn.ops.quote_name
     # Names come from the model's metadata, quoted; values are bound parameters.
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608
-        quote(RequestLog._meta.db_table),
-        ", ".join(quote(f.column) for f in fields),
-        ", ".join(["%s"] * len(fields)),
-    )
+    table, names = quote(RequestLog._meta.db_table), ", ".join(quote(f.column) for f in fields)
+    if conn.vendor == "postgresql":
+        sql = f"COPY {table} ({names}) FROM STDIN"
+    else:
+        sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(fields))})"  # noqa: S608
     return sql, [(f.attname, f.get_default(), _adapter(f, conn)) for f in fields]
 
 
