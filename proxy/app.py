@@ -70,6 +70,7 @@ class Exchange:
     completion: list = field(default_factory=list)
     error: str = ""
     attempts: list = field(default_factory=list)
+    answered: bool = False  # the last byte of the answer is being sent
 
 
 class ProxyApp:
@@ -294,21 +295,27 @@ class ProxyApp:
             )
         strip_routing_fields(payload)
         headers = ratelimit_headers(decision)
-        work = asyncio.ensure_future(self._forward(ex, payload, model, path, send, headers))
+        # The client going away cancels this task, and with it the upstream call.
+        task = asyncio.current_task()
         watcher = asyncio.ensure_future(wait_for_disconnect(receive))
-        try:
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not work.done():
-                # The client went away: stop the upstream call now.
-                work.cancel()
+
+        def on_disconnect(_watcher) -> None:
+            # The server also reports the end of a connection once the whole
+            # answer is sent: only a client leaving before that counts.
+            if not ex.answered:
                 ex.outcome, ex.status = "client_disconnected", 499
-            watcher.cancel()
+                task.cancel()
+
+        watcher.add_done_callback(on_disconnect)
         try:
-            await work
+            await self._forward(ex, payload, model, path, send, headers)
         except asyncio.CancelledError:
             if ex.outcome != "client_disconnected":
                 raise
+            task.uncancel()
+        finally:
+            ex.answered = True
+            watcher.cancel()
 
     def _admit(self, ex, name: str, capability: str) -> ModelInfo:
         key = ex.key
@@ -479,6 +486,7 @@ class ProxyApp:
         if payload.get("encoding_format") == "base64":
             encode_embeddings(data)
         ex.ttft = time.perf_counter() - ex.started
+        ex.answered = True
         await send_json(send, 200, dumps(data), ex.request_id, headers)
 
     async def _relay_stream(self, ex, payload, model, response, deadline, send, headers) -> None:
@@ -545,6 +553,7 @@ class ProxyApp:
             ex.input_units, ex.output_units, ex.estimated = count_usage(counted, payload, text)
             if not ex.key.log_content:
                 ex.completion.clear()
+        ex.answered = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # Logging --------------------------------------------------------------------
@@ -592,17 +601,17 @@ class ProxyApp:
         # Labelled by model only once it is known to exist: client input
         # must not create label values (unbounded series).
         label = ex.model_name if ex.model is not None else ""
-        metrics.REQUESTS.labels(label, ex.status, outcome).inc()
+        metrics.series(metrics.REQUESTS, label, ex.status, outcome).inc()
         if ex.model is not None:
-            metrics.LATENCY.labels(label).observe(elapsed)
+            metrics.series(metrics.LATENCY, label).observe(elapsed)
             if ex.ttft is not None:
-                metrics.TTFT.labels(label).observe(ex.ttft)
+                metrics.series(metrics.TTFT, label).observe(ex.ttft)
             if ex.input_units:
-                metrics.TOKENS.labels(label, "input").inc(ex.input_units)
+                metrics.series(metrics.TOKENS, label, "input").inc(ex.input_units)
             if ex.output_units:
-                metrics.TOKENS.labels(label, "output").inc(ex.output_units)
+                metrics.series(metrics.TOKENS, label, "output").inc(ex.output_units)
             if charge:
-                metrics.COST.labels(label).inc(float(charge))
+                metrics.series(metrics.COST, label).inc(float(charge))
         if settings.AETHERGATE_ACCESS_LOG:
             access_log.info(
                 "%s %s %s %s",

@@ -75,6 +75,21 @@ LOG_DROPPED = Counter(
 )
 
 
+_series: dict[tuple, object] = {}
+
+
+def series(metric, *labels):
+    """`metric.labels(*labels)`, looked up once: `labels()` costs microseconds a call.
+
+    Callers pass only bounded label values (models that exist, status codes).
+    """
+    key = (metric, *labels)
+    child = _series.get(key)
+    if child is None:
+        child = _series[key] = metric.labels(*labels)
+    return child
+
+
 def exposition() -> tuple[bytes, str]:
     """The current values in Prometheus' text format, and its content type."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

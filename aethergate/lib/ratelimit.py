@@ -94,7 +94,7 @@ class LocalLimiter:
 
     async def hit(self, checks: list[tuple[str, Rate]]) -> Decision:
         decision = self._hit(checks)
-        metrics.LIMITER_DECISIONS.labels("local", _result(decision)).inc()
+        metrics.series(metrics.LIMITER_DECISIONS, "local", _result(decision)).inc()
         return decision
 
     async def close(self) -> None:
@@ -218,7 +218,7 @@ class RedisLimiter:
             self.down_until = 0.0
         scope, rate = checks[tier - 1] if tier else ("", Rate(0, 0))
         decision = Decision(bool(allowed), rate.limit, remaining, reset / 1000, retry / 1000, scope)
-        metrics.LIMITER_DECISIONS.labels("redis", _result(decision)).inc()
+        metrics.series(metrics.LIMITER_DECISIONS, "redis", _result(decision)).inc()
         return decision
 
     async def close(self) -> None:
