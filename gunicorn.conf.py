@@ -26,11 +26,15 @@ GRACE = env.float("AETHERGATE_GRACEFUL_TIMEOUT", default=30.0)
 
 
 class Worker(UvicornWorker):
-    """A uvicorn worker that cuts requests still running after GRACE, so logs get flushed."""
+    """A uvicorn worker that cuts requests still running after GRACE, so logs get flushed.
+
+    uvicorn's own access log is off: AETHERGATE_ACCESS_LOG gives a better one.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.config.timeout_graceful_shutdown = GRACE
+        self.config.access_log = False
 
 
 worker_class = Worker

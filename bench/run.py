@@ -31,7 +31,8 @@ figure (and flags runs whose RPS spread exceeds 10%). `--only TEXT` runs the
 scenarios whose name contains TEXT. `--profile DIR` samples the gateway
 with py-spy during each measured gateway run (figures taken that way are
 not for reporting), writes the raw stacks to DIR and prints the functions
-holding the most samples. `--soak N` then sends N
+holding the most samples. Only threads holding the GIL are sampled, so the
+shares are of CPU time, not of time spent waiting. `--soak N` then sends N
 non-stream requests through the gateway in one wrk run, sampling its RSS
 every second. Results go to bench-results/bench-<db>-<timestamp>.json with
 machine information and a pass/fail per target. Exit status: 0 when the
@@ -435,7 +436,7 @@ class Bench:
         self.args.profile.mkdir(parents=True, exist_ok=True)
         path = self.args.profile / (re.sub(r"\W+", "-", scenario.name) + ".txt")
         argv = [str(VENV_BIN / "py-spy"), "record", "--pid", str(self.pid), "--rate", "500"]
-        argv += ["--format", "raw", "--nonblocking", "--output", str(path)]
+        argv += ["--format", "raw", "--nonblocking", "--gil", "--output", str(path)]
         proc = self.procs.start(
             argv, role="load", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
