@@ -5,7 +5,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.db import connections, models, transaction
+from django.db import IntegrityError, connections, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -23,26 +23,47 @@ def write_batch(records: list[dict]) -> dict[int, Decimal]:
     All or nothing. A user or key deleted since the request keeps its log row
     (link cleared, snapshot names kept) instead of failing the batch.
     """
-    user_ids = {r["user_id"] for r in records if r.get("user_id")}
-    key_ids = {r["api_key_id"] for r in records if r.get("api_key_id")}
-    charges: dict[int, Decimal] = defaultdict(Decimal)
-    last_used = {}
-    with transaction.atomic():
+    try:
+        return _write(records)
+    except IntegrityError:
+        # Rare: a user or key went between the request and now. Checking every
+        # batch for that cost two queries each time; checking after a refusal,
+        # nothing.
+        user_ids = {r["user_id"] for r in records if r.get("user_id")}
+        key_ids = {r["api_key_id"] for r in records if r.get("api_key_id")}
         users = set(User.objects.filter(pk__in=user_ids).values_list("pk", flat=True))
         keys = set(APIKey.objects.filter(pk__in=key_ids).values_list("pk", flat=True))
-        rows = []
-        for record in records:
-            row = {**record}
-            if row.get("user_id") not in users:
-                row["user_id"] = None
-            if row.get("api_key_id") not in keys:
-                row["api_key_id"] = None
-            if row["user_id"] and row.get("cost"):
-                charges[row["user_id"]] += row["cost"]
-            if row["api_key_id"]:
-                used = row["created_at"]
-                last_used[row["api_key_id"]] = max(used, last_used.get(row["api_key_id"], used))
-            rows.append(row)
+        return _write(records, users, keys)
+
+
+# When this process last stored each key's last use: the column is written at
+# most once a minute, so most batches need no UPDATE for it at all.
+_last_used_stored: dict[int, datetime] = {}
+
+
+def _write(records, users=None, keys=None) -> dict[int, Decimal]:
+    charges: dict[int, Decimal] = defaultdict(Decimal)
+    last_used = {}
+    rows = []
+    for record in records:
+        row = {**record}
+        if users is not None and row.get("user_id") not in users:
+            row["user_id"] = None
+        if keys is not None and row.get("api_key_id") not in keys:
+            row["api_key_id"] = None
+        if row.get("user_id") and row.get("cost"):
+            charges[row["user_id"]] += row["cost"]
+        if row.get("api_key_id"):
+            used = row["created_at"]
+            last_used[row["api_key_id"]] = max(used, last_used.get(row["api_key_id"], used))
+        rows.append(row)
+    stale = {
+        key_id: used
+        for key_id, used in last_used.items()
+        if key_id not in _last_used_stored
+        or used - _last_used_stored[key_id] >= LAST_USED_RESOLUTION
+    }
+    with transaction.atomic():
         _insert(rows)
         for user_id, cost in charges.items():
             # One atomic UPDATE per user: concurrent batches and admin edits
@@ -50,10 +71,11 @@ def write_batch(records: list[dict]) -> dict[int, Decimal]:
             User.objects.filter(pk=user_id, balance__isnull=False).update(
                 balance=F("balance") - cost
             )
-        for key_id, used in last_used.items():
+        for key_id, used in stale.items():
             APIKey.objects.filter(pk=key_id).filter(
                 Q(last_used_at__isnull=True) | Q(last_used_at__lt=used - LAST_USED_RESOLUTION)
             ).update(last_used_at=used)
+    _last_used_stored.update(stale)
     return dict(charges)
 
 
