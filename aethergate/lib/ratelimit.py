@@ -1,9 +1,7 @@
 """Rate limits: specs (`"60/m"`, `"1000/h"`, `"5000/d"`, comma-separated) and limiters."""
 
-import itertools
 import logging
 import re
-import secrets
 import time
 from collections import deque
 from typing import NamedTuple
@@ -77,8 +75,37 @@ class Decision(NamedTuple):
     scope: str = ""
 
 
+# A window is counted in STEPS steps of its length / STEPS, plus the step it
+# started in: never more than the limit in any window, whatever the rate, in
+# at most STEPS + 1 counters per (scope, window) (a log of every request held
+# a minute of a busy key's traffic). The cost: a refusal can last up to one
+# step (1/60 of the window) longer than an exact log would make it.
+STEPS = 60
+
+
+class _Window:
+    """The counts of one (scope, window): [step index, requests] pairs, oldest first."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self):
+        self.counts: deque[list[int]] = deque()
+        self.total = 0
+
+    def forget_before(self, index: int) -> None:
+        while self.counts and self.counts[0][0] < index:
+            self.total -= self.counts.popleft()[1]
+
+    def add(self, index: int) -> None:
+        if self.counts and self.counts[-1][0] == index:
+            self.counts[-1][1] += 1
+        else:
+            self.counts.append([index, 1])
+        self.total += 1
+
+
 class LocalLimiter:
-    """Sliding-log limiter in this process: exact "at most N in any window".
+    """Sliding-window limiter in this process (see STEPS): "at most N in any window".
 
     `hit` is all-or-nothing across tiers: a request refused by one tier is
     counted by none. The event loop runs it without awaiting, so it is atomic.
@@ -89,7 +116,7 @@ class LocalLimiter:
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self._logs: dict[tuple[str, int], deque] = {}
+        self._windows: dict[tuple[str, int], _Window] = {}
         self._hits = 0
 
     async def hit(self, checks: list[tuple[str, Rate]]) -> Decision:
@@ -104,27 +131,35 @@ class LocalLimiter:
         now = self.clock()
         tightest = Decision(True, 0, 2**31, 0.0)
         refused = None
-        logs = []
+        admit = []
         for scope, rate in checks:
-            log = self._logs.get((scope, rate.seconds))
-            if log is None:
-                log = self._logs[(scope, rate.seconds)] = deque()
-            horizon = now - rate.seconds
-            while log and log[0] <= horizon:
-                log.popleft()
-            logs.append(log)
-            remaining = rate.limit - len(log)
-            reset = (log[0] + rate.seconds - now) if log else float(rate.seconds)
+            window = self._windows.get((scope, rate.seconds))
+            if window is None:
+                window = self._windows[(scope, rate.seconds)] = _Window()
+            step = rate.seconds / STEPS
+            current = int(now // step)
+            window.forget_before(current - STEPS)
+            admit.append((window, current))
+            # A step stops counting once the window has moved past its end.
+            oldest = window.counts[0][0] if window.counts else current
+            reset = (oldest + STEPS + 1) * step - now
+            remaining = rate.limit - window.total
             if remaining <= 0:
-                retry = log[len(log) - rate.limit] + rate.seconds - now
+                # The first step whose leaving brings the count under the limit.
+                left, retry = window.total, reset
+                for index, count in window.counts:
+                    left -= count
+                    if left < rate.limit:
+                        retry = (index + STEPS + 1) * step - now
+                        break
                 if refused is None or retry > refused.retry_after:
                     refused = Decision(False, rate.limit, 0, reset, retry, scope)
             elif remaining - 1 < tightest.remaining:
                 tightest = Decision(True, rate.limit, remaining - 1, reset, 0.0, scope)
         if refused is not None:
             return refused
-        for log in logs:
-            log.append(now)
+        for window, current in admit:
+            window.add(current)
         self._hits += 1
         if self._hits % 10_000 == 0:
             self._sweep(now)
@@ -132,39 +167,62 @@ class LocalLimiter:
 
     def _sweep(self, now: float) -> None:
         """Forget windows with no request left in them, so memory tracks activity."""
-        for key in [k for k, log in self._logs.items() if not log or log[-1] <= now - k[1]]:
-            del self._logs[key]
+        for key in [
+            key
+            for key, window in self._windows.items()
+            if not window.counts or window.counts[-1][0] < now // (key[1] / STEPS) - STEPS
+        ]:
+            del self._windows[key]
 
 
-# The same sliding log as LocalLimiter, in one sorted set per (scope, window),
-# decided for every tier of a request in one atomic round trip. Times are the
-# Redis server's (in ms), so hosts with skewed clocks still share one window.
+# The same stepped window as LocalLimiter, in one hash per (scope, window)
+# (field: step index, value: requests), decided for every tier of a request
+# in one atomic round trip. Times are the Redis server's, so hosts with
+# skewed clocks still share one window. Every key expires with its window.
 # Returns {allowed, tier index, remaining, reset ms, retry-after ms}.
-_SLIDING_LOG = """
+_STEPPED_WINDOW = """
+local steps = tonumber(ARGV[1])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local refused, best = nil, nil
+local current = {}
 for i = 1, #KEYS do
   local limit = tonumber(ARGV[2 * i])
-  local window = tonumber(ARGV[2 * i + 1]) * 1000
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-  local count = redis.call('ZCARD', KEYS[i])
-  local reset = window
-  if count > 0 then
-    reset = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2]) + window - now
+  local step = tonumber(ARGV[2 * i + 1]) / steps
+  current[i] = math.floor(now / step)
+  local raw = redis.call('HGETALL', KEYS[i])
+  local counts, total = {}, 0
+  for j = 1, #raw, 2 do
+    local index = tonumber(raw[j])
+    if index < current[i] - steps then
+      redis.call('HDEL', KEYS[i], raw[j])
+    else
+      counts[#counts + 1] = {index, tonumber(raw[j + 1])}
+      total = total + counts[#counts][2]
+    end
   end
-  if count >= limit then
-    local nth = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
-    local retry = tonumber(nth[2]) + window - now
+  table.sort(counts, function(a, b) return a[1] < b[1] end)
+  local oldest = counts[1] and counts[1][1] or current[i]
+  local reset = ((oldest + steps + 1) * step - now) * 1000
+  if total >= limit then
+    local left, retry = total, reset
+    for _, pair in ipairs(counts) do
+      left = left - pair[2]
+      if left < limit then
+        retry = ((pair[1] + steps + 1) * step - now) * 1000
+        break
+      end
+    end
     if refused == nil or retry > refused[5] then refused = {0, i, 0, reset, retry} end
-  elseif best == nil or limit - count - 1 < best[3] then
-    best = {1, i, limit - count - 1, reset, 0}
+  elseif best == nil or limit - total - 1 < best[3] then
+    best = {1, i, limit - total - 1, reset, 0}
   end
 end
 if refused then return refused end
 for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], now, ARGV[1])
-  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * i + 1]) * 1000)
+  local step = tonumber(ARGV[2 * i + 1]) / steps
+  redis.call('HINCRBY', KEYS[i], string.format('%d', current[i]), 1)
+  redis.call('PEXPIRE', KEYS[i], math.ceil((steps + 2) * step * 1000))
 end
 return best or {1, 0, 0, 0, 0}
 """
@@ -184,14 +242,11 @@ class RedisLimiter:
         self.redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
-        self.script = self.redis.register_script(_SLIDING_LOG)
+        self.script = self.redis.register_script(_STEPPED_WINDOW)
         self.prefix = f"{prefix}:rl:"
         self.local = LocalLimiter()
         self.retry_seconds = 1.0
         self.down_until = 0.0
-        # Sorted-set members must be unique per request across processes.
-        self._member_prefix = secrets.token_hex(6)
-        self._counter = itertools.count()
 
     async def hit(self, checks: list[tuple[str, Rate]]) -> Decision:
         if not checks:
@@ -199,7 +254,7 @@ class RedisLimiter:
         if time.monotonic() < self.down_until:
             return await self.local.hit(checks)
         keys = [f"{self.prefix}{scope}:{rate.seconds}" for scope, rate in checks]
-        args = [f"{self._member_prefix}:{next(self._counter)}"]
+        args = [STEPS]
         for _, rate in checks:
             args += [rate.limit, rate.seconds]
         try:

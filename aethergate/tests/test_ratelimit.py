@@ -1,9 +1,11 @@
-"""Rate-limit spec parsing."""
+"""Rate-limit spec parsing and the in-process limiter."""
+
+import random
 
 import pytest
 from django.core.exceptions import ValidationError
 
-from aethergate.lib.ratelimit import LocalLimiter, Rate, parse_spec, validate_spec
+from aethergate.lib.ratelimit import STEPS, LocalLimiter, Rate, parse_spec, validate_spec
 
 
 @pytest.mark.parametrize(
@@ -72,7 +74,8 @@ def test_the_window_slides_instead_of_resetting_at_a_boundary():
     refused = hit(limiter, ("k", rate))
 
     assert not refused.allowed
-    assert refused.retry_after == pytest.approx(45)  # when the request at +50 s expires
+    # When the request at +50 s leaves the window, counted in 1 s steps: 45 s, or one step more.
+    assert 45 <= refused.retry_after <= 46
 
 
 def test_a_refusal_by_one_tier_is_counted_by_none():
@@ -100,3 +103,33 @@ def test_it_reports_the_tightest_tier_for_headers():
 def test_no_tier_means_no_limit():
     limiter = LocalLimiter(FakeClock())
     assert all(hit(limiter).allowed for _ in range(1000))
+
+
+def test_it_never_admits_more_than_the_limit_in_any_window():
+    # Random arrivals, checked against the exact definition: for each admitted
+    # request, the admitted ones in the window ending at it.
+    rng = random.Random(7)  # noqa: S311 -- reproducible arrivals, not secrets
+    clock = FakeClock()
+    limiter = LocalLimiter(clock)
+    rate = Rate(10, 60)
+    admitted = []
+    for _ in range(3000):
+        clock.now += rng.expovariate(1 / 0.8)
+        if hit(limiter, ("k", rate)).allowed:
+            admitted.append(clock.now)
+    assert len(admitted) > 100  # the limiter did admit, across many windows
+    for i, t in enumerate(admitted):
+        in_window = [u for u in admitted[: i + 1] if u > t - rate.seconds]
+        assert len(in_window) <= rate.limit
+
+
+def test_its_memory_per_window_does_not_grow_with_the_rate():
+    clock = FakeClock()
+    limiter = LocalLimiter(clock)
+    rate = Rate(10**9, 60)
+    for _ in range(120_000):  # 1,000 a second for two minutes
+        clock.now += 0.001
+        assert hit(limiter, ("k", rate)).allowed
+    (window,) = limiter._windows.values()
+    assert len(window.counts) <= STEPS + 1
+    assert window.total <= 61_000
