@@ -52,13 +52,16 @@ clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache
 
 # Benchmark: direct-to-upstream vs through AetherGate (bench/run.py; needs `wrk`).
-# BENCH_DB=postgres uses PostgreSQL; SOAK=N adds a soak of N requests; BENCH_ARGS passes more flags.
+# Every scenario runs REPEAT times (the median is reported), then a soak of
+# SOAK requests checks memory. BENCH_DB=postgres uses PostgreSQL; BENCH_ARGS
+# passes more flags (see `python bench/run.py --help`).
 BENCH_DB ?= sqlite
-SOAK ?=
+REPEAT ?= 3
+SOAK ?= 100000
 .PHONY: bench bench-smoke
 
 bench: $(VENV)/.dev
-	$(BIN)/python bench/run.py --db $(BENCH_DB) $(if $(SOAK),--soak $(SOAK)) $(BENCH_ARGS)
+	$(BIN)/python bench/run.py --db $(BENCH_DB) --repeat $(REPEAT) $(if $(SOAK),--soak $(SOAK)) $(BENCH_ARGS)
 
 bench-smoke: $(VENV)/.dev
 	$(BIN)/python bench/run.py --db $(BENCH_DB) --duration 5 --warmup 1 $(BENCH_ARGS)
