@@ -88,7 +88,9 @@ def _insert(rows: list[dict]) -> None:
     pass them; dates, decimals and JSON are adapted as Django adapts them.
     """
     conn = connections[RequestLog.objects.db]
-    sql, columns = _insert_statement(conn)
+    if conn.alias not in _statements:
+        _statements[conn.alias] = _insert_statement(conn)
+    sql, columns = _statements[conn.alias]
     params = [[adapt(row.get(name, default)) for name, default, adapt in columns] for row in rows]
     with conn.cursor() as cursor:
         if conn.vendor == "postgresql":
@@ -99,6 +101,10 @@ def _insert(rows: list[dict]) -> None:
                     copy.write_row(values)
         else:
             cursor.executemany(sql, params)
+
+
+# Per database alias: built once, as profiles of small batches showed it costing.
+_statements: dict[str, tuple[str, list]] = {}
 
 
 def _insert_statement(conn) -> tuple[str, list]:
