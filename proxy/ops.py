@@ -44,13 +44,7 @@ async def readiness() -> tuple[int, dict]:
             database = await run_db(_check_database)
     except Exception:
         database = "unreachable"
-    checks = {
-        "database": database,
-        "draining": proxy.draining,
-        "rate_limits": proxy.limiter.backend,
-    }
-    if getattr(proxy.limiter, "down_until", 0):
-        checks["rate_limits"] = "local (Redis unreachable)"
+    checks = {"database": database, "draining": proxy.draining, "rate_limits": proxy.limiter.state}
     ready = database == "ok" and not proxy.draining
     return (200 if ready else 503), {"status": "ready" if ready else "unavailable", **checks}
 

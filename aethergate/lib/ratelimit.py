@@ -112,8 +112,6 @@ class LocalLimiter:
     `clock` is swappable for tests.
     """
 
-    backend = "local"
-
     def __init__(self, clock=time.monotonic):
         self.clock = clock
         self._windows: dict[tuple[str, int], _Window] = {}
@@ -123,6 +121,10 @@ class LocalLimiter:
         decision = self._hit(checks)
         metrics.series(metrics.LIMITER_DECISIONS, "local", _result(decision)).inc()
         return decision
+
+    @property
+    def state(self) -> str:
+        return "local"
 
     async def close(self) -> None:
         pass
@@ -236,8 +238,6 @@ class RedisLimiter:
     tried again after `retry_seconds` and takes over as soon as it answers.
     """
 
-    backend = "redis"
-
     def __init__(self, url: str, *, prefix: str = "aethergate", timeout: float = 0.5):
         self.redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
@@ -275,6 +275,10 @@ class RedisLimiter:
         decision = Decision(bool(allowed), rate.limit, remaining, reset / 1000, retry / 1000, scope)
         metrics.series(metrics.LIMITER_DECISIONS, "redis", _result(decision)).inc()
         return decision
+
+    @property
+    def state(self) -> str:
+        return "local (Redis unreachable)" if self.down_until else "redis"
 
     async def close(self) -> None:
         await self.redis.aclose()
