@@ -181,6 +181,11 @@ class ProxyApp:
             await send_json(send, error.status, error.body(), ex.request_id, error.headers)
         except ClientGone:
             ex.status, ex.outcome = 499, "client_disconnected"
+        except asyncio.CancelledError:
+            # The server cut the request: its shutdown grace period ran out.
+            ex.status, ex.outcome = 503, "gateway_error"
+            ex.error = "cut off: the gateway shut down before the answer was complete"
+            raise
         except Exception:
             log.exception("Unhandled error in %s %s [%s]", scope["method"], ex.path, ex.request_id)
             ex.status, ex.outcome, ex.error = 500, "gateway_error", "internal error"

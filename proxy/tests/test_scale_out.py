@@ -296,6 +296,32 @@ def test_sigterm_lets_every_stream_finish_logs_them_all_and_exits_0(
     client.close()
 
 
+def test_a_stream_still_running_after_the_grace_period_is_cut_and_logged_as_such(
+    transactional_db, started, make_model, make_key
+):
+    make_model(upstream_name="echo+gap=0.5")  # about 10 s
+    _, secret = make_key()
+    server = started(
+        ServerProcess.gunicorn(
+            free_port(), gateway_env(WEB_CONCURRENCY=1, AETHERGATE_GRACEFUL_TIMEOUT=1)
+        )
+    )
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=secret, max_retries=0)
+    events = client.chat.completions.create(model="gpt-test", messages=HELLO, stream=True)
+    next(iter(events))
+    started_at = time.monotonic()
+    server.signal(signal.SIGTERM)
+    with pytest.raises(Exception):  # noqa: B017 -- how the cut surfaces is the SDK's business
+        for _ in events:
+            pass
+    assert server.wait(timeout=30) == 0
+    assert time.monotonic() - started_at < 8  # well before the stream would have ended
+    (row,) = logged(1, timeout=5)
+    assert (row.status, row.outcome, row.stream) == (503, "gateway_error", True)
+    assert "shut down" in row.error
+    client.close()
+
+
 # --------------------------------------------------------------------------- database outage
 
 
