@@ -62,7 +62,12 @@ class LogWriter:
             while self.pending and not self._closing:
                 if await self._write_one_batch():
                     failures = 0
-                    continue
+                    # Only a full batch goes at once: writing whatever came in
+                    # meanwhile turned a steady trickle into dozens of tiny
+                    # batches a second, each paying a transaction's overhead.
+                    if len(self.pending) >= settings.AETHERGATE_LOG_BATCH_SIZE:
+                        continue
+                    break
                 failures += 1
                 # Back off, but let close() interrupt the wait.
                 try:
