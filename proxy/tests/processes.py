@@ -94,6 +94,26 @@ def _terminate(proc: subprocess.Popen | None, grace_seconds: float) -> None:
 # --------------------------------------------------------------------------- Redis
 
 
+def _check_can_start(proc: subprocess.Popen | None, port: int, what: str) -> None:
+    if proc is not None and proc.poll() is None:
+        raise RuntimeError(f"{what} is already running")
+    # Otherwise a readiness check would take another server's answer for ours.
+    if _port_taken(port):
+        raise RuntimeError(f"port {port} is already in use")
+
+
+def _wait_until(ready, proc: subprocess.Popen, timeout: float) -> str:
+    """Poll `ready()` until true: "" then, else why not (the process exited, or time ran out)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            return f"exited with code {proc.returncode}"
+        if time.monotonic() > deadline:
+            return f"was not ready within {timeout} s"
+        time.sleep(POLL_SECONDS)
+    return ""
+
+
 class RedisServer:
     """A private `redis-server` on 127.0.0.1:<free port>, without persistence.
 
@@ -132,11 +152,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         """Launch redis-server on `port` and return once it answers PING (raise if it cannot)."""
-        if self._proc is not None and self._proc.poll() is None:
-            raise RuntimeError(f"redis-server on port {self.port} is already running")
-        # Otherwise the readiness check below would take another server's answer for ours.
-        if _port_taken(self.port):
-            raise RuntimeError(f"port {self.port} is already in use")
+        _check_can_start(self._proc, self.port, "redis-server")
         self._log_path = _new_log_file("aethergate-redis-")
         self._proc = _popen(
             [
@@ -157,16 +173,13 @@ class RedisServer:
             ],
             self._log_path,
         )
-        deadline = time.monotonic() + self.START_TIMEOUT_SECONDS
-        while not self.ping():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                log = _read_log(self._log_path)
-                self.stop()
-                raise RuntimeError(
-                    f"redis-server did not answer PING on port {self.port}; its log ends:\n"
-                    f"{_tail(log)}"
-                )
-            time.sleep(POLL_SECONDS)
+        failure = _wait_until(self.ping, self._proc, self.START_TIMEOUT_SECONDS)
+        if failure:
+            log = _read_log(self._log_path)
+            self.stop()
+            raise RuntimeError(
+                f"redis-server {failure} (PING on port {self.port}); its log ends:\n{_tail(log)}"
+            )
         return self
 
     def stop(self) -> None:
@@ -486,31 +499,19 @@ class ServerProcess:
 
     def start(self, timeout: float = 30) -> ServerProcess:
         """Launch the command and return once the ready URL answers 200; raise with the log."""
-        if self._proc is not None and self._proc.poll() is None:
-            raise RuntimeError(f"{self.args[:4]} is already running")
-        # Otherwise the readiness check below would take another server's answer for ours.
-        if _port_taken(self.port):
-            raise RuntimeError(f"port {self.port} is already in use")
+        _check_can_start(self._proc, self.port, str(self.args[:4]))
         self._log_path = _new_log_file("aethergate-server-")
         self._final_log = ""
         # Unbuffered Python output, so log_text() shows what a server printed so far.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self._proc = _popen(self.args, self._log_path, env=env, cwd=self.cwd)
-        deadline = time.monotonic() + timeout
-        while not self._ready():
-            exited = self._proc.poll() is not None
-            if exited or time.monotonic() > deadline:
-                reason = (
-                    f"exited with code {self._proc.returncode}"
-                    if exited
-                    else f"was not ready within {timeout} s"
-                )
-                self.stop()
-                raise RuntimeError(
-                    f"server {self.args} {reason} (GET {self.url}{self.ready_path}); "
-                    f"its log ends:\n{_tail(self.log_text())}"
-                )
-            time.sleep(POLL_SECONDS)
+        failure = _wait_until(self._ready, self._proc, timeout)
+        if failure:
+            self.stop()
+            raise RuntimeError(
+                f"server {self.args} {failure} (GET {self.url}{self.ready_path}); "
+                f"its log ends:\n{_tail(self.log_text())}"
+            )
         return self
 
     def log_text(self) -> str:
