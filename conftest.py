@@ -24,9 +24,13 @@ def staff(django_user_model):
 
 
 @pytest.fixture
-def ops(django_user_model):
-    """A staff user (not a superuser) who holds management API tokens."""
-    return django_user_model.objects.create_user("ops", is_staff=True)
+def ops(db):
+    """A staff user (not a superuser) who holds management API tokens and every model
+    permission (view, add, change, delete) on the gateway's models, but no privileges.
+    """
+    from aethergate.testing import CHANGE, make_staff
+
+    return make_staff("ops", CHANGE)
 
 
 @pytest.fixture
@@ -55,6 +59,15 @@ def api(ops, bearer):
     from accounts import services
 
     _, secret = services.create_api_token(user=ops, name="tests")
+    return bearer(secret)
+
+
+@pytest.fixture
+def root_api(staff, bearer):
+    """A management API client authenticated with a staff API token of the superuser `staff`."""
+    from accounts import services
+
+    _, secret = services.create_api_token(user=staff, name="root")
     return bearer(secret)
 
 

@@ -2,12 +2,15 @@
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
 from accounts import services
 from accounts.models import APIToken, User
+from accounts.permissions import PRIVILEGE_FIELDS, token_refusal, user_change_refusal
 from aethergate.lib.admin import GatewayAdmin, count, secret_once_page
 from keys.models import APIKey
 
@@ -36,7 +39,8 @@ class UserEditForm(UserChangeForm):
         super().__init__(*args, **kwargs)
         # Submit the balance the page showed, so a save applies the staff's
         # change to the current balance instead of overwriting new charges.
-        self.fields["balance"].show_hidden_initial = True
+        if "balance" in self.fields:  # not on a read-only page
+            self.fields["balance"].show_hidden_initial = True
 
     def balance_seen(self):
         field = self.fields["balance"]
@@ -61,6 +65,10 @@ class APIKeyInline(admin.TabularInline):
 
 @admin.register(User)
 class UserAdmin(GatewayAdmin, DjangoUserAdmin):
+    """Users, under accounts.permissions: staff who are not superusers see superusers
+    read-only, never see the privilege fields editable, and set only their own password.
+    """
+
     form = UserEditForm
     add_form = UserCreateForm
     list_display = (
@@ -107,7 +115,37 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         ),
     )
 
+    def has_change_permission(self, request, obj=None):
+        if obj is not None and user_change_refusal(actor=request.user, target=obj):
+            return False  # a superuser's page is read-only to other staff
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and user_change_refusal(actor=request.user, target=obj):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = super().get_readonly_fields(request, obj)
+        if request.user.is_superuser:
+            return readonly
+        return (*readonly, *sorted(PRIVILEGE_FIELDS))
+
+    def user_change_password(self, request, id, form_url=""):
+        user = self.get_object(request, unquote(id))
+        reason = user and user_change_refusal(actor=request.user, target=user, changed={"password"})
+        if reason:
+            raise PermissionDenied(reason)
+        return super().user_change_password(request, id, form_url)
+
     def save_model(self, request, obj, form, change):
+        # The fields above are hidden from who may not change them; this
+        # refuses what a crafted POST or the list's inline edits still send.
+        target = User.objects.get(pk=obj.pk) if change else None
+        changed = set(form.changed_data) - {"password"}
+        reason = user_change_refusal(actor=request.user, target=target, changed=changed)
+        if reason:
+            raise PermissionDenied(reason)
         if not change:
             super().save_model(request, obj, form, change)
             return
@@ -132,12 +170,23 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         if not active and queryset.filter(pk=request.user.pk).exists():
             self.message_user(request, "You cannot deactivate your own account.", messages.ERROR)
             queryset = queryset.exclude(pk=request.user.pk)
+        refusals = {u.pk: user_change_refusal(actor=request.user, target=u) for u in queryset}
+        refused = [pk for pk, reason in refusals.items() if reason]
+        if refused:
+            reason = refusals[refused[0]]
+            left = count(len(refused), "user was", "users were")
+            self.message_user(request, f"{reason} {left} left unchanged.", messages.ERROR)
+            queryset = queryset.exclude(pk__in=refused)
         super()._set_active(request, queryset, active=active)
 
 
 @admin.register(APIToken)
 class APITokenAdmin(admin.ModelAdmin):
-    """Staff tokens for the management API: issue (shown once), revoke, delete."""
+    """Staff tokens for the management API: issue (shown once), revoke, delete.
+
+    Under accounts.permissions.token_refusal: staff who are not superusers see,
+    issue, revoke and delete only their own tokens.
+    """
 
     actions = ["revoke_selected"]
     list_display = (
@@ -159,6 +208,12 @@ class APITokenAdmin(admin.ModelAdmin):
     def display_prefix(self, obj):
         return format_html('<code style="white-space: nowrap">{}…</code>', obj.prefix)
 
+    def get_queryset(self, request):
+        tokens = super().get_queryset(request)
+        if token_refusal(actor=request.user, owner=None) is None:
+            return tokens
+        return tokens.filter(user=request.user)
+
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("user", "name", "expires_at")
@@ -170,10 +225,16 @@ class APITokenAdmin(admin.ModelAdmin):
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "user":
-            kwargs["queryset"] = User.objects.filter(is_staff=True, is_active=True)
+            owners = User.objects.filter(is_staff=True, is_active=True)
+            if token_refusal(actor=request.user, owner=None) is not None:
+                owners = owners.filter(pk=request.user.pk)
+            kwargs["queryset"] = owners
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def save_model(self, request, obj, form, change):
+        reason = token_refusal(actor=request.user, owner=obj.user)
+        if reason:
+            raise PermissionDenied(reason)
         if not change:
             obj.issued_token = obj.new_token()
         super().save_model(request, obj, form, change)

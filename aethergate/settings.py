@@ -212,7 +212,11 @@ REST_FRAMEWORK = {
         "accounts.api.authentication.MasterKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["accounts.api.authentication.IsActiveStaff"],
+    # Active staff, then Django's model permissions, as in the admin.
+    "DEFAULT_PERMISSION_CLASSES": [
+        "accounts.api.authentication.IsActiveStaff",
+        "aethergate.lib.permissions.ModelPermissions",
+    ],
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.SearchFilter",

@@ -38,15 +38,29 @@ class TokenAuthentication(BaseAuthentication):
 
 
 class MasterKeyUser(AnonymousUser):
-    """The principal behind `X-Admin-Key`: staff for the management API, but no row in the DB.
+    """The principal behind `X-Admin-Key`: all-powerful in the management API, no row in the DB.
 
-    It has no id, so nothing can be saved in its name; it exists only for the
-    duration of the request.
+    Whoever holds MASTER_API_KEY may do anything the API offers, as a
+    superuser may: it holds every permission and passes every privilege rule
+    (accounts.permissions). Keep it for bootstrap and break-glass use; give
+    scripts staff tokens with only the permissions they need. It has no id,
+    so nothing can be saved in its name; it exists only for the duration of
+    the request.
     """
 
     username = "master-key"
     is_staff = True
+    is_superuser = True
     is_active = True
+
+    def has_perm(self, perm, obj=None):
+        return True
+
+    def has_perms(self, perm_list, obj=None):
+        return True
+
+    def has_module_perms(self, module):
+        return True
 
     @property
     def is_anonymous(self):

@@ -4,14 +4,20 @@ from decimal import Decimal
 
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError as DjangoValidationError
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 
 from accounts.models import User
+from accounts.permissions import user_change_refusal
 from aethergate.lib.api import CleanModelSerializer
 
 
 class UserSerializer(CleanModelSerializer):
-    """A consumer or staff member. `password` is write-only; `is_superuser` is read-only."""
+    """A consumer or staff member. `password` is write-only; `is_superuser` is read-only.
+
+    Writes follow accounts.permissions: a caller who is not a superuser gets
+    403 for setting `is_staff` or another user's password (a superuser's
+    whole row is refused earlier, by the view).
+    """
 
     password = serializers.CharField(
         write_only=True,
@@ -59,6 +65,18 @@ class UserSerializer(CleanModelSerializer):
         return columns
 
     def validate(self, attrs):
+        if self.instance is None:
+            changed = {name for name, value in attrs.items() if value}
+        else:
+            changed = {
+                name
+                for name, value in attrs.items()
+                if name == "password" or getattr(self.instance, name) != value
+            }
+        actor = self.context["request"].user
+        reason = user_change_refusal(actor=actor, target=self.instance, changed=changed)
+        if reason:
+            raise exceptions.PermissionDenied(reason)
         attrs = super().validate(attrs)
         if attrs.get("password"):
             try:

@@ -146,6 +146,8 @@ class ManagementMixin:
     """Paginated, and never cached: responses carry account data (and, once, secrets)."""
 
     pagination_class = Pagination
+    # What an extra action needs instead of its method's (lib.permissions.ModelPermissions).
+    model_permission: str | None = None
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)

@@ -31,7 +31,7 @@ class KeyViewSet(ManagementViewSet):
         return Response(data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=IssuedKeySerializer)
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], model_permission="change")
     def rotate(self, request, pk=None):
         """Replace the key's secret (same id and settings); the old one stops working now."""
         key = self.get_object()
