@@ -37,3 +37,39 @@ def make_staff(username, actions=(), apps=GATEWAY_APPS, **fields):
 
     user = User.objects.create_user(username, is_staff=True, **fields)
     return grant(user, actions, apps) if actions else user
+
+
+def make_world():
+    """One of each managed object, so that every URL has something to show.
+
+    A prepaid consumer `alice` with a key, an endpoint, a model on it and one
+    request log: {"user", "key", "endpoint", "model", "log"}.
+    """
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from accounts.models import User
+    from endpoints.models import Endpoint
+    from keys import services as key_services
+    from logs.models import RequestLog
+    from models_registry.models import Model
+
+    alice = User.objects.create_user(
+        "alice", email="alice@example.com", organization="Acme", balance=Decimal("10")
+    )
+    endpoint = Endpoint.objects.create(name="local", base_url="http://127.0.0.1:11434/v1")
+    model = Model.objects.create(name="llama3", upstream_name="llama3:8b", endpoint=endpoint)
+    key, _ = key_services.create_key(owner=alice, name="laptop")
+    log = RequestLog.objects.create(
+        created_at=timezone.now(),
+        request_id="req_1",
+        user=alice,
+        username="alice",
+        api_key=key,
+        key_prefix=key.prefix,
+        model="llama3",
+        status=200,
+        outcome="ok",
+    )
+    return {"user": alice, "key": key, "endpoint": endpoint, "model": model, "log": log}

@@ -6,11 +6,11 @@ import pytest
 from django.core.management import call_command
 from django.db import DataError
 from django.db.models import F
-from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.models import APIToken, User
+from aethergate.testing import make_world
 from endpoints.models import Endpoint
 from keys import services as key_services
 from keys.models import APIKey
@@ -23,30 +23,14 @@ MASTER = "master-key-for-tests-0123456789abcdef"
 
 
 @pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user(
-        "alice", email="alice@example.com", organization="Acme", balance=Decimal("10")
-    )
+def world(db):
+    """One of each object, so that every URL has something to show."""
+    return make_world()
 
 
 @pytest.fixture
-def world(alice):
-    """One of each object, so that every URL has something to show."""
-    endpoint = Endpoint.objects.create(name="local", base_url="http://127.0.0.1:11434/v1")
-    model = Model.objects.create(name="llama3", upstream_name="llama3:8b", endpoint=endpoint)
-    key, _ = key_services.create_key(owner=alice, name="laptop")
-    log = RequestLog.objects.create(
-        created_at=timezone.now(),
-        request_id="req_1",
-        user=alice,
-        username="alice",
-        api_key=key,
-        key_prefix=key.prefix,
-        model="llama3",
-        status=200,
-        outcome="ok",
-    )
-    return {"user": alice, "key": key, "endpoint": endpoint, "model": model, "log": log}
+def alice(world):
+    return world["user"]
 
 
 def read_urls(world):
