@@ -1,18 +1,21 @@
-"""Admin for API keys: create (secret shown once), edit without rotating, rotate."""
+"""Admin for API keys: create (secret shown once), edit without rotating, rotate, find by secret."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import SEARCH_VAR
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
-from django.http import Http404
+from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.http import require_http_methods
 
 from aethergate.lib.admin import GatewayAdmin, count, secret_once_page
 from keys import services
-from keys.models import SECRET_PREFIX, APIKey, digest
+from keys.models import APIKey, looks_like_secret
 
 
 class ExpiryFilter(admin.SimpleListFilter):
@@ -52,7 +55,10 @@ class APIKeyAdmin(GatewayAdmin):
     )
     list_select_related = ("owner",)
     search_fields = ("name", "prefix", "owner__username", "owner__email")
-    search_help_text = "Name, prefix, owner — or paste a whole key to find it."
+    search_help_text = (
+        "Name, prefix (ag-AbCdEfGh) or owner. To find a key from its whole secret, use "
+        "“Find by secret”: a search travels in the page address, where logs keep it."
+    )
     autocomplete_fields = ("owner",)
     filter_horizontal = ("allowed_models",)
     readonly_fields = ("prefix", "created_at", "rotated_at", "last_used_at")
@@ -67,11 +73,27 @@ class APIKeyAdmin(GatewayAdmin):
     def display_prefix(self, obj):
         return format_html('<code style="white-space: nowrap">{}…</code>', obj.prefix)
 
+    def changelist_view(self, request, extra_context=None):
+        term = request.GET.get(SEARCH_VAR, "")
+        if looks_like_secret(term.strip()):
+            # The secret reached this URL once; sending the browser on without
+            # it keeps it out of the history, the page and the links on it.
+            self.message_user(
+                request,
+                "That looks like a whole key, which is not searched here: a search is sent "
+                "in the page address, where access and proxy logs keep it. Use “Find by "
+                "secret”, and consider rotating the key if that address was logged.",
+                messages.ERROR,
+            )
+            params = request.GET.copy()
+            del params[SEARCH_VAR]
+            query = params.urlencode()
+            return HttpResponseRedirect(f"{request.path}?{query}" if query else request.path)
+        return super().changelist_view(request, extra_context)
+
     def get_search_results(self, request, queryset, search_term):
-        term = search_term.strip()
-        if term.startswith(SECRET_PREFIX) and len(term) > 20:
-            # A pasted secret is looked up by digest; it is never stored or echoed.
-            return queryset.filter(digest=digest(term)), False
+        if looks_like_secret(search_term.strip()):
+            return queryset.none(), False  # e.g. an autocomplete term: never looked up
         return super().get_search_results(request, queryset, search_term)
 
     def save_model(self, request, obj, form, change):
@@ -86,10 +108,37 @@ class APIKeyAdmin(GatewayAdmin):
 
     def get_urls(self):
         rotate = self.admin_site.admin_view(self.rotate_view)
+        find = self.admin_site.admin_view(self.find_view)
         return [
+            path("find/", find, name="keys_apikey_find"),
             path("<path:object_id>/rotate/", rotate, name="keys_apikey_rotate"),
             *super().get_urls(),
         ]
+
+    @method_decorator(require_http_methods(["GET", "POST"]))
+    def find_view(self, request):
+        """A form that takes a whole secret in a POST body and opens its key's page.
+
+        The redirect names only the key's id; a secret that matches no key is
+        answered on the form page, without echoing it.
+        """
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        error = ""
+        if request.method == "POST":
+            try:
+                key = services.find_key_by_secret(request.POST.get("secret", ""))
+            except services.KeyNotFound as missing:
+                error = str(missing)
+            else:
+                return HttpResponseRedirect(reverse("admin:keys_apikey_change", args=[key.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Find a key by its secret",
+            "error": error,
+        }
+        return TemplateResponse(request, "admin/keys/apikey/find_by_secret.html", context)
 
     def rotate_view(self, request, object_id):
         key = self.get_object(request, unquote(object_id))

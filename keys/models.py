@@ -18,6 +18,11 @@ DISPLAY_PREFIX_LENGTH = len(SECRET_PREFIX) + 8
 digest = hashed_secrets.digest
 
 
+def looks_like_secret(text: str) -> bool:
+    """Whether `text` is a whole key rather than a display prefix: marked and longer than one."""
+    return text.startswith(SECRET_PREFIX) and len(text) > DISPLAY_PREFIX_LENGTH
+
+
 def validate_capabilities(value):
     if not isinstance(value, list) or not all(v in Capability.values for v in value):
         raise ValidationError(

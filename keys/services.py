@@ -37,6 +37,18 @@ class KeyNotFound(LookupError):
     """No key, or more than one, answers to a reference; the message says which."""
 
 
+def find_key_by_secret(secret: str) -> APIKey:
+    """The key whose whole secret is `secret`, looked up by digest; KeyNotFound if none.
+
+    The message never repeats the secret.
+    """
+    secret = secret.strip()
+    found = APIKey.objects.select_related("owner").filter(digest=digest(secret)).first()
+    if not secret or found is None:
+        raise KeyNotFound("No API key has that secret.")
+    return found
+
+
 def find_key(reference: str) -> APIKey:
     """The key an operator means by `reference`: its id, its display prefix or a pasted secret.
 
@@ -51,10 +63,7 @@ def find_key(reference: str) -> APIKey:
             raise KeyNotFound(f"There is no API key with id {reference}.")
         return found
     if len(reference) > APIKey._meta.get_field("prefix").max_length:
-        found = keys.filter(digest=digest(reference)).first()
-        if found is None:
-            raise KeyNotFound("No API key has that secret.")
-        return found
+        return find_key_by_secret(reference)
     # SQLite's LIKE ignores case; prefixes are case-sensitive, so filter again here.
     candidates = keys.filter(prefix__startswith=reference) if reference else keys.none()
     matches = [key for key in candidates if key.prefix.startswith(reference)]

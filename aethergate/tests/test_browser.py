@@ -404,6 +404,14 @@ def _walk(page, gateway, shots):
     assert new_secret not in html
     assert prefix not in html
 
+    # Find the key from its whole secret: posted in a form, never put in an address.
+    page.locator("a.findlink").click()
+    page.locator("#id_secret").fill(new_secret)
+    page.locator("#content form input[type=submit]").click()
+    expect(page.locator("#id_name")).to_have_value("laptop-key")
+    assert new_secret not in page.url
+    page.screenshot(path=shots / "04b-found-by-secret.png", full_page=True)
+
     # Change the rate limit without rotating: the prefix stays.
     _open_change_page(page, KEYS, "laptop-key")
     page.locator("#id_rate_limit").fill("120/m,1000/d")

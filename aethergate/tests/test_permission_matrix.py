@@ -165,6 +165,11 @@ MATRIX = {
     **model_admin("endpoints/endpoint", "endpoint"),
     **model_admin("models_registry/model", "model"),
     **model_admin("keys/apikey", "key"),
+    # Find a key by its whole secret, sent in a POST body: the view permission.
+    "admin/keys/apikey/find/": [
+        Call("get", "/admin/keys/apikey/find/", ADMIN_READ),
+        Call("post", "/admin/keys/apikey/find/", ADMIN_READ, {"secret": "ag-no-such-key-123"}),
+    ],
     "admin/keys/apikey/<path:object_id>/rotate/": [
         Call("get", "/admin/keys/apikey/{key}/rotate/", ADMIN_ADD),
         Call("post", "/admin/keys/apikey/{key}/rotate/", ADMIN_ADD, {}),

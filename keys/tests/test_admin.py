@@ -172,15 +172,61 @@ def test_the_list_checkbox_deactivates_a_key(admin_client, key):
     assert not key.is_active
 
 
-def test_a_pasted_secret_finds_its_key(admin_client, owner):
-    key, secret = services.create_key(owner=owner, name="findme")
+def test_a_whole_key_in_the_search_box_is_not_looked_up_or_echoed(admin_client, owner):
+    _, secret = services.create_key(owner=owner, name="findme")
+    changelist = reverse("admin:keys_apikey_changelist")
+
+    response = admin_client.get(changelist, {"q": secret, "is_active__exact": "1"})
+    page = admin_client.get(response["Location"])
+
+    assert response.status_code == 302
+    assert response["Location"] == f"{changelist}?is_active__exact=1"
+    content = page.content.decode()
+    assert secret not in content
+    assert "findme" in content  # the unfiltered list, not a search result
+    assert "not searched here" in content
+    assert "Find by secret" in content
+
+
+def test_a_display_prefix_is_still_searched(admin_client, owner):
+    key, _ = services.create_key(owner=owner, name="findme")
     services.create_key(owner=owner, name="other")
 
-    page = admin_client.get(reverse("admin:keys_apikey_changelist"), {"q": secret})
+    page = admin_client.get(reverse("admin:keys_apikey_changelist"), {"q": key.prefix})
 
-    assert "findme" in page.content.decode()
-    assert "other" not in page.content.decode()
     assert list(page.context["cl"].result_list) == [key]
+
+
+def test_the_find_form_posts_the_secret_and_opens_its_key(admin_client, owner):
+    key, secret = services.create_key(owner=owner, name="findme")
+    services.create_key(owner=owner, name="other")
+    url = reverse("admin:keys_apikey_find")
+
+    form = admin_client.get(url).content.decode()
+    response = admin_client.post(url, {"secret": f"  {secret}\n"})
+
+    assert 'method="post"' in form
+    assert 'type="password" name="secret"' in form
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:keys_apikey_change", args=[key.pk])
+    assert secret not in response["Location"]
+
+
+def test_the_find_form_says_when_no_key_has_the_secret(admin_client, owner):
+    _, secret = services.create_key(owner=owner, name="findme")
+    wrong = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+
+    response = admin_client.post(reverse("admin:keys_apikey_find"), {"secret": wrong})
+
+    assert response.status_code == 200
+    assert "No API key has that secret." in response.content.decode()
+    assert wrong not in response.content.decode()
+
+
+def test_the_key_list_links_to_the_find_form(admin_client):
+    page = admin_client.get(reverse("admin:keys_apikey_changelist")).content.decode()
+
+    assert reverse("admin:keys_apikey_find") in page
 
 
 def test_the_delete_page_says_request_logs_are_kept(admin_client, key):
