@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import models as db_models
 from django.db import transaction
@@ -157,16 +159,47 @@ def write_private_file(path: str, text: str, *, overwrite: bool = False) -> None
 # --------------------------------------------------------------------------- reading
 
 
+def max_bytes() -> int:
+    """The largest backup read (AETHERGATE_BACKUP_MAX_BYTES): a bigger file is refused unread."""
+    return settings.AETHERGATE_BACKUP_MAX_BYTES
+
+
+# A backup nests five deep (document, kind, row, list, value); anything far deeper is
+# not a backup, and would only cost recursion further on.
+MAX_DEPTH = 32
+TOO_DEEP = f"Nested more than {MAX_DEPTH} levels deep: not a backup."
+
+
+def _too_deep(document: Any) -> bool:
+    stack = [(document, 1)]
+    while stack:  # iterative: the point is not to recurse on the file's nesting
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+    return False
+
+
 def loads(text: str | bytes) -> Any:
-    """Parse backup text; malformed JSON raises BackupError saying where."""
+    """Parse backup text; malformed, oversized or absurdly nested input raises BackupError."""
+    if len(text) > max_bytes():
+        raise BackupError(f"Too large: a backup is at most {max_bytes()} bytes here.")
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as error:
         raise BackupError(
             f"Not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})."
         ) from None
     except (UnicodeDecodeError, TypeError):
         raise BackupError("Not valid JSON text (expected UTF-8).") from None
+    except RecursionError:  # deeper than the parser goes
+        raise BackupError(TOO_DEEP) from None
+    if _too_deep(document):
+        raise BackupError(TOO_DEEP)
+    return document
 
 
 @dataclass(frozen=True)
@@ -546,6 +579,8 @@ class ImportReport:
     dry_run: bool
     tallies: dict[str, Tally] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Privileges the import gave (grant_privileges only): 'users[0] ("root"): staff, …'.
+    granted: list[str] = field(default_factory=list)
 
 
 def _state(obj: db_models.Model) -> dict:
@@ -557,12 +592,19 @@ def _state(obj: db_models.Model) -> dict:
     }
 
 
+# What a backup may grant a user, by the word the reports use.
+PRIVILEGES = {"is_staff": "staff", "is_superuser": "superuser"}
+PRIVILEGE_FIELDS = {label: name for name, label in PRIVILEGES.items()}
+
+
 class _Importer:
     """Applies rows in dependency order inside the caller's transaction; raises on a bad row."""
 
-    def __init__(self, rows: dict[str, list[_Row]], warnings: list[str]):
+    def __init__(self, rows: dict[str, list[_Row]], warnings: list[str], *, grant_privileges: bool):
         self.rows = rows
         self.warnings = warnings
+        self.grant_privileges = grant_privileges
+        self.granted: list[str] = []
         self.status: dict[tuple[str, int], str] = {}
         self.endpoints = {e.name: e for e in Endpoint.objects.all()}
         self.models = {m.name: m for m in Model.objects.all()}
@@ -699,6 +741,30 @@ class _Importer:
         password = row.data.get("password")
         if "password" in row.data and not isinstance(password, str):
             raise row.error("password: expected a password hash.")
+        values = row.fields()
+        existing = self.users.get(row.natural)
+        # Read now: _upsert sets the file's values on this very object before prepare().
+        before = (
+            (False, False, None)
+            if existing is None
+            else (existing.is_staff, existing.is_superuser, existing.password)
+        )
+        if not self.grant_privileges:
+            # Staff, superuser and password come from the file only on request:
+            # new users get none, existing ones keep what they have.
+            asked = [PRIVILEGES[name] for name in PRIVILEGES if values.pop(name, False)]
+            withheld = [
+                label
+                for label in asked
+                if existing is None or not getattr(existing, PRIVILEGE_FIELDS[label])
+            ]
+            if password is not None and (existing is None or existing.password != password):
+                withheld.append("password")
+            password = None
+            if withheld:
+                self.warnings.append(
+                    f"{row.label}: not imported without --grant-privileges: {', '.join(withheld)}."
+                )
 
         def prepare(user, created):
             if password is not None:
@@ -710,8 +776,24 @@ class _Importer:
                         f"{row.label}: created without a password (the backup has none): "
                         f"set one with `manage.py changepassword {user.username}`."
                     )
+            granted = [
+                label
+                for label, now, then in (
+                    ("staff", user.is_staff, before[0]),
+                    ("superuser", user.is_superuser, before[1]),
+                )
+                if now and not then
+            ]
+            if (
+                password is not None
+                and password != before[2]
+                and not password.startswith(UNUSABLE_PASSWORD_PREFIX)
+            ):
+                granted.append("password")
+            if granted:
+                self.granted.append(f"{row.label}: {', '.join(granted)}")
 
-        self._upsert(row, self.users, User, row.fields(), prepare)
+        self._upsert(row, self.users, User, values, prepare)
 
     def _key(self, row: _Row) -> None:
         values = row.fields()
@@ -733,7 +815,9 @@ class _Importer:
             self._mark_updated(row)
 
 
-def import_backup(document: Any, *, dry_run: bool = False) -> ImportReport:
+def import_backup(
+    document: Any, *, dry_run: bool = False, grant_privileges: bool = False
+) -> ImportReport:
     """Import an AetherGate export or an earlier-version backup, all or nothing.
 
     Rows are matched by natural key (username, endpoint name, model name, key
@@ -741,11 +825,25 @@ def import_backup(document: Any, *, dry_run: bool = False) -> ImportReport:
     when something differs, so a second import of the same file changes
     nothing. Any bad row raises BackupError naming it, and nothing is kept.
     `dry_run` does all of it and then rolls back.
+
+    Privileges are never imported silently: without `grant_privileges`, a
+    user's `is_staff`, `is_superuser` and password hash are left out (new
+    users get none and an unusable password, existing users keep theirs) and
+    a warning names what was withheld; with it they are imported and
+    `report.granted` lists each one given. Consumer keys are digests and
+    work either way.
     """
     source, converted, warnings = _recognise(document)
     rows = _rows(converted)
+    importer = _Importer(rows, warnings, grant_privileges=grant_privileges)
     with transaction.atomic():
-        tallies = _Importer(rows, warnings).run()
+        tallies = importer.run()
         if dry_run:
             transaction.set_rollback(True)
-    return ImportReport(source=source, dry_run=dry_run, tallies=tallies, warnings=warnings)
+    return ImportReport(
+        source=source,
+        dry_run=dry_run,
+        tallies=tallies,
+        warnings=warnings,
+        granted=importer.granted,
+    )

@@ -202,6 +202,8 @@ AETHERGATE_METRICS_TOKEN = env.str("AETHERGATE_METRICS_TOKEN", default="")
 # On SIGTERM: seconds /health/ready answers 503 while requests are still served
 # (so a load balancer stops sending new ones), before the server stops accepting.
 AETHERGATE_DRAIN_SECONDS = env.float("AETHERGATE_DRAIN_SECONDS", default=0.0)
+# Largest backup `import_backup` reads (bytes); a bigger file is refused before reading.
+AETHERGATE_BACKUP_MAX_BYTES = env.int("AETHERGATE_BACKUP_MAX_BYTES", default=256 * 1024 * 1024)
 
 # The management API (/api/v1/) -----------------------------------------------
 # Staff only: an API token (first, so anonymous requests get a 401 challenge),

@@ -4,14 +4,19 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from django.contrib.auth.hashers import make_password
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 from django.db.models.signals import post_save
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -219,7 +224,7 @@ def test_it_round_trips_through_an_empty_database(data):
     before = export(include_secrets=True)
     wipe()
 
-    report = import_(before)
+    report = import_(before, grant_privileges=True)
 
     assert counts(report) == {
         "api_keys": (3, 0, 0),
@@ -228,6 +233,7 @@ def test_it_round_trips_through_an_empty_database(data):
         "users": (3, 0, 0),
     }
     assert report.warnings == []
+    assert report.granted == ['users[2] ("root"): staff, superuser, password']
     assert without_time(export(include_secrets=True)) == without_time(before)
     # The restored rows work: keys by digest, the admin's password, the credential.
     assert set(APIKey.objects.values_list("digest", flat=True)) == {
@@ -241,8 +247,9 @@ def test_without_secrets_the_round_trip_loses_only_credentials_and_passwords(dat
     before = export()
     wipe()
 
-    report = import_(before)
+    report = import_(before, grant_privileges=True)
 
+    assert report.granted == ['users[2] ("root"): staff, superuser']
     after = export()
     assert after["endpoints"][1]["has_credential"] is False
     after["endpoints"][1]["has_credential"] = True
@@ -550,3 +557,180 @@ def test_import_backup_fails_with_the_row_and_a_non_zero_exit(data, tmp_path):
 def test_import_backup_names_a_missing_file(tmp_path):
     with pytest.raises(CommandError, match="No such file"):
         call_command("import_backup", str(tmp_path / "missing.json"))
+
+
+# --------------------------------------------------------------------------- privileges
+
+
+def attacker_backup(data, password_hash):
+    """The issue's file: a chosen superuser with a chosen password hash, beside real rows."""
+    document = export(include_secrets=True)
+    document["users"].append(
+        {"username": "mallory", "is_staff": True, "is_superuser": True, "password": password_hash}
+    )
+    return document
+
+
+def admin_login_works(username, password):
+    response = Client().post(
+        "/admin/login/", {"username": username, "password": password, "next": "/admin/"}
+    )
+    return response.status_code == 302
+
+
+def test_an_import_without_the_flag_grants_no_privileges_and_says_so(data, tmp_path, capsys):
+    path = tmp_path / "backup.json"
+    path.write_text(json.dumps(attacker_backup(data, make_password("mallory-pass-123"))))
+    wipe()
+
+    call_command("import_backup", str(path))
+
+    out = capsys.readouterr().out
+    mallory, root = User.objects.get(username="mallory"), User.objects.get(username="root")
+    for user in (mallory, root):
+        assert not (user.is_staff or user.is_superuser), user
+        assert not user.has_usable_password(), user
+    assert not admin_login_works("mallory", "mallory-pass-123")
+    assert not admin_login_works("root", ROOT_PASSWORD)
+    assert (
+        'users[2] ("root"): not imported without --grant-privileges: staff, superuser, '
+        "password." in out
+    )
+    assert 'users[3] ("mallory"): not imported without --grant-privileges' in out
+    assert "Privileges granted" not in out
+    # Consumer keys are digests: they work whatever happened to their owners' privileges.
+    assert APIKey.objects.usable().filter(digest=digest(data["ci"])).exists()
+
+
+def test_with_the_flag_the_command_lists_every_privilege_it_grants(data, tmp_path, capsys):
+    path = tmp_path / "backup.json"
+    path.write_text(json.dumps(attacker_backup(data, make_password("mallory-pass-123"))))
+    wipe()
+
+    call_command("import_backup", str(path), "--grant-privileges")
+    first = capsys.readouterr().out
+    call_command("import_backup", str(path), "--grant-privileges")
+    second = capsys.readouterr().out
+
+    assert "Privileges granted (2):" in first
+    assert '  - users[2] ("root"): staff, superuser, password' in first
+    assert '  - users[3] ("mallory"): staff, superuser, password' in first
+    assert "Privileges granted" not in second  # nothing new to grant
+    assert admin_login_works("root", ROOT_PASSWORD)
+    assert User.objects.get(username="mallory").is_superuser
+
+
+def test_without_the_flag_existing_users_keep_their_privileges_and_password(data):
+    document = attacker_backup(data, make_password("x"))
+    root = next(u for u in document["users"] if u["username"] == "root")
+    root.update(is_superuser=False, is_staff=False, password=make_password("other-pass-123"))
+    alice = next(u for u in document["users"] if u["username"] == "alice")
+    alice.update(is_staff=True)
+
+    report = import_(document)
+
+    root_user = User.objects.get(username="root")
+    assert root_user.is_superuser and root_user.is_staff
+    assert root_user.check_password(ROOT_PASSWORD)
+    assert not User.objects.get(username="alice").is_staff
+    assert report.granted == []
+    assert 'users[0] ("alice"): not imported without --grant-privileges: staff.' in report.warnings
+    assert 'users[2] ("root"): not imported without --grant-privileges: password.' in (
+        report.warnings
+    )
+
+
+def test_a_dry_run_with_the_flag_says_what_it_would_grant(data, tmp_path, capsys):
+    path = tmp_path / "backup.json"
+    path.write_text(backup.dumps(backup.export_backup(include_secrets=True)))
+    wipe()
+
+    call_command("import_backup", str(path), "--dry-run", "--grant-privileges")
+
+    out = capsys.readouterr().out
+    assert 'Privileges would grant (1):\n  - users[2] ("root"): staff, superuser, password' in out
+    assert not User.objects.exists()
+
+
+# --------------------------------------------------------------------------- hostile files
+
+DEEP_ARRAY = "[" * 100_000 + "]" * 100_000
+DEEP_OBJECT = '{"a":' * 100_000 + "1" + "}" * 100_000
+DEEP_IN_A_ROW = (
+    '{"format": "aethergate-backup", "version": 1, "users": [{"username": "x", "email": '
+    + "[" * 500
+    + "]" * 500
+    + "}]}"
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{not json", "Nothing was imported. Not valid JSON: Expecting property name"),
+        (b"[1, 2]", "Nothing was imported. A backup is a JSON object; this file holds a list."),
+        (b'"just text"', "Nothing was imported. A backup is a JSON object; this file holds a str"),
+        (DEEP_ARRAY.encode(), "Nothing was imported. Nested more than 32 levels deep"),
+        (DEEP_OBJECT.encode(), "Nothing was imported. Nested more than 32 levels deep"),
+        (DEEP_IN_A_ROW.encode(), "Nothing was imported. Nested more than 32 levels deep"),
+        (b'{"format": "aethergate-backup", "users": ["\xff\xfe"]}', "not UTF-8 text"),
+        (b"", "Nothing was imported. Not valid JSON: Expecting value"),
+    ],
+    ids=["not-json", "list", "string", "deep-array", "deep-object", "deep-in-row", "utf8", "empty"],
+)
+def test_import_backup_refuses_a_malformed_file_in_one_line(data, tmp_path, content, message):
+    before = export(include_secrets=True)
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+
+    with pytest.raises(CommandError) as error:
+        call_command("import_backup", str(path))
+
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert without_time(export(include_secrets=True)) == without_time(before)
+
+
+def test_import_backup_refuses_a_file_over_the_size_limit_unread(data, tmp_path, settings):
+    settings.AETHERGATE_BACKUP_MAX_BYTES = 1000
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"format": "aethergate-backup", "pad": "x" * 2000}))
+
+    with pytest.raises(CommandError) as error:
+        call_command("import_backup", str(path))
+    with pytest.raises(CommandError) as piped:
+        call_command("import_backup", "-", stdin=io.StringIO(path.read_text()))
+
+    assert str(error.value) == f"Nothing was imported. {path} is larger than 1000 bytes."
+    assert (
+        str(piped.value) == "Nothing was imported. Too large: a backup is at most 1000 bytes here."
+    )
+
+
+def test_a_deeply_nested_file_exits_non_zero_without_a_traceback(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text(DEEP_ARRAY)
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "AETHERGATE_ENV_FILE": "",
+        "DEBUG": "false",
+        "SECRET_KEY": "test-only-secret-key-not-for-any-deployment",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'unused.sqlite3'}",
+    }
+
+    result = subprocess.run(
+        [sys.executable, str(root / "manage.py"), "import_backup", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "CommandError: Nothing was imported. Nested more than 32 levels deep: not a backup."
+    ]
