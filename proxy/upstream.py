@@ -9,6 +9,7 @@ proxied request on this hot path (see README, "Why aiohttp").
 import re
 
 import aiohttp
+from django.conf import settings
 
 from proxy.catalog import EndpointInfo
 
@@ -20,7 +21,14 @@ async def start() -> None:
     global _session
     if _session is None or _session.closed:
         _session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
+            # Per upstream host: past the cap, requests wait for a connection
+            # (within their first-byte timeout) instead of opening more.
+            connector=aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=settings.AETHERGATE_UPSTREAM_MAX_CONNECTIONS,
+                ttl_dns_cache=300,
+                keepalive_timeout=30,
+            ),
             # Timeouts are applied per request from the endpoint's settings.
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=True,
@@ -62,6 +70,32 @@ async def post(
             total=endpoint.total_timeout, sock_connect=endpoint.connect_timeout
         ),
     )
+
+
+class ResponseTooLarge(ValueError):
+    """An upstream's answer is larger than the gateway reads."""
+
+
+async def read_body(response: aiohttp.ClientResponse, *, limit: int | None = None) -> bytes:
+    """The whole (decompressed) body, refusing one over `limit` bytes as it arrives.
+
+    `limit` defaults to AETHERGATE_MAX_RESPONSE_BYTES. Decompression happens
+    chunk by chunk, so a small compressed body that inflates past the limit
+    is refused without being inflated whole.
+    """
+    if limit is None:
+        limit = settings.AETHERGATE_MAX_RESPONSE_BYTES
+    if response.content_length is not None and response.content_length > limit:
+        # A compressed body's length says nothing of its size once inflated,
+        # but one already over the limit will not shrink.
+        raise ResponseTooLarge(f"{response.content_length} bytes announced")
+    chunks, size = [], 0
+    while chunk := await response.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(f"over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # URLs, IPv4 addresses and bearer-like tokens in an upstream's message.
