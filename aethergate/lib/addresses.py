@@ -14,6 +14,8 @@ import socket
 from collections.abc import Iterable
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -194,14 +196,18 @@ def _unwrap(ip: IPAddress) -> IPAddress:
     return ip
 
 
+@functools.cache
 def _configured() -> tuple[Lists, Lists]:
-    # Read at each call (settings are never read at import); parsed once per value.
+    # Read on first use, never at import; the proxy judges a host on every
+    # request, and reading Django settings costs more than the judgement.
     return (
-        _parsed(tuple(getattr(settings, ALLOW_SETTING, ())), ALLOW_SETTING),
-        _parsed(tuple(getattr(settings, DENY_SETTING, ())), DENY_SETTING),
+        networks(getattr(settings, ALLOW_SETTING, ()), ALLOW_SETTING),
+        networks(getattr(settings, DENY_SETTING, ()), DENY_SETTING),
     )
 
 
-@functools.lru_cache(maxsize=16)
-def _parsed(values: tuple[str, ...], setting: str) -> Lists:
-    return networks(values, setting)
+@receiver(setting_changed)
+def _forget_configured(*, setting: str, **kwargs) -> None:
+    # Settings change at run time only in tests (override_settings).
+    if setting in (ALLOW_SETTING, DENY_SETTING):
+        _configured.cache_clear()
