@@ -8,6 +8,8 @@ from pathlib import Path
 
 import environ
 
+from aethergate.lib import addresses
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -185,6 +187,16 @@ AETHERGATE_ADMIN_EMAIL = env.str("AETHERGATE_ADMIN_EMAIL", default="")
 AETHERGATE_ADMIN_PASSWORD = env.str("AETHERGATE_ADMIN_PASSWORD", default="")
 
 # The /v1 proxy ---------------------------------------------------------------
+# Upstream address policy (aethergate/lib/addresses.py): comma-separated CIDR
+# blocks. Deny wins; a non-empty allow list admits only its addresses; the
+# built-in refusals (metadata, link-local, unspecified, …) apply whatever these say.
+AETHERGATE_UPSTREAM_ALLOW_CIDRS = env.list("AETHERGATE_UPSTREAM_ALLOW_CIDRS", default=[])
+AETHERGATE_UPSTREAM_DENY_CIDRS = env.list("AETHERGATE_UPSTREAM_DENY_CIDRS", default=[])
+try:
+    addresses.networks(AETHERGATE_UPSTREAM_ALLOW_CIDRS, addresses.ALLOW_SETTING)
+    addresses.networks(AETHERGATE_UPSTREAM_DENY_CIDRS, addresses.DENY_SETTING)
+except ValueError as error:
+    sys.exit(f"AetherGate: {error}")
 # Largest request body accepted (bytes); larger ones get 413.
 AETHERGATE_MAX_BODY_BYTES = env.int("AETHERGATE_MAX_BODY_BYTES", default=20 * 1024 * 1024)
 # Per process: /v1 requests in progress beyond this get a fast 503 (0: no cap).

@@ -439,6 +439,17 @@ class ProxyApp:
                 )
         except TimeoutError:
             raise Retryable("timeout", timeout_error(ex)) from None
+        except upstream.AddressRefused as exc:
+            log.warning("Upstream %s refused by the address policy: %s", endpoint.name, exc)
+            raise Retryable(
+                "address refused",
+                errors.upstream_error(
+                    503,
+                    f"The upstream for model '{ex.model_name}' is at an address the gateway "
+                    "does not connect to.",
+                    code="upstream_address_refused",
+                ),
+            ) from None
         except aiohttp.ClientError as exc:
             log.warning("Upstream %s unreachable: %s", endpoint.name, type(exc).__name__)
             raise Retryable(
