@@ -32,6 +32,7 @@ from proxy import broadcast, errors, upstream, usage
 from proxy.catalog import Catalog, KeyInfo, ModelInfo
 from proxy.codec import dumps, loads
 from proxy.errors import APIError
+from proxy.faults import FaultReporter
 from proxy.streaming import KEEPALIVE, UpstreamStreamError, sse_events
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class ProxyApp:
         self.limiter = LocalLimiter()
         self.writer: LogWriter | None = None
         self.draining = False
+        self.faults = FaultReporter()
         self._tasks: list[asyncio.Task] = []
         self._routes = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
@@ -570,7 +572,12 @@ class ProxyApp:
             charge = 0
         elapsed = time.perf_counter() - ex.started
         outcome = ex.outcome or "invalid_request"
-        self._observe(ex, outcome, elapsed, charge)
+        try:
+            self._observe(ex, outcome, elapsed, charge)
+        except Exception:
+            # A metric or the access log failing must not cost the request its
+            # log row and charge (a negative count once did, in Counter.inc).
+            self.faults.report(ex.request_id)
         if key is None:
             return  # no key, no account to log it under
         self.catalog.charge(key.user_id, charge)

@@ -73,6 +73,10 @@ LOG_WRITTEN = Counter("aethergate_log_records_written", "Request records stored.
 LOG_DROPPED = Counter(
     "aethergate_log_records_dropped", "Request records dropped because the buffer was full."
 )
+ACCOUNTING_FAULTS = Counter(
+    "aethergate_accounting_faults",
+    "Requests whose metrics or access-log line failed (their log record was still kept).",
+)
 
 
 _series: dict[tuple, object] = {}
