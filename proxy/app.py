@@ -102,7 +102,7 @@ class ProxyApp:
         # Loop-bound state is made here, so a new server (or test) starts clean.
         self.catalog = Catalog()
         self.limiter = make_limiter(settings.REDIS_URL, settings.AETHERGATE_REDIS_PREFIX)
-        self.writer = LogWriter(on_settled=self.catalog.settled)
+        self.writer = LogWriter(on_settled=self.catalog.settled, on_rejected=self.catalog.released)
         self.writer.start()
         self.draining = False
         await upstream.start()
