@@ -5,7 +5,7 @@ each is kept within what those columns hold: an upstream's absurd count must
 never make a record the database refuses.
 """
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from accounts.models import MONEY
 from proxy.catalog import ModelInfo
@@ -23,7 +23,6 @@ MAX_COUNT = 2**31 - 1
 MAX_COST = Decimal(10) ** (MONEY["max_digits"] - MONEY["decimal_places"]) - Decimal(10) ** (
     -MONEY["decimal_places"]
 )
-_COST_QUANTUM = Decimal(10) ** -MONEY["decimal_places"]
 
 
 def estimate_tokens(text: str) -> int:
@@ -60,8 +59,9 @@ def from_upstream(usage) -> tuple[int, int] | None:
 
 
 def milliseconds(seconds: float) -> int:
-    """`seconds` as whole milliseconds for a PositiveIntegerField (at most ~24.8 days)."""
-    return max(0, min(int(seconds * 1000), MAX_COUNT))
+    """`seconds` (a duration) as whole milliseconds, at most MAX_COUNT (~24.8 days)."""
+    ms = int(seconds * 1000)
+    return ms if ms <= MAX_COUNT else MAX_COUNT
 
 
 def prompt_text(payload: dict) -> str:
@@ -83,15 +83,15 @@ def prompt_text(payload: dict) -> str:
 
 
 def cost(model: ModelInfo, input_units: int, output_units: int) -> Decimal:
-    """What the request costs, rounded to the MONEY column and capped at MAX_COST.
+    """What the request costs, capped at MAX_COST so that it fits the MONEY column.
 
     The cap matters only for absurd prices times large counts (prices are
-    MONEY too, so 2**31 units at the top price overflow the column); a
-    capped cost is still far beyond any balance.
+    MONEY too, so 2**31 units at the top price overflow the column, which
+    PostgreSQL refuses); a capped cost is still far beyond any balance.
+    Decimals past the column's 10 are rounded by the database, and a value
+    at most MAX_COST never rounds past it.
     """
     if model.billing_unit == "REQUEST":
         return model.price_in
     amount = input_units * model.price_in + output_units * model.price_out
-    if amount > MAX_COST:
-        return MAX_COST
-    return amount.quantize(_COST_QUANTUM, rounding=ROUND_HALF_UP).min(MAX_COST)
+    return amount if amount <= MAX_COST else MAX_COST
