@@ -72,7 +72,9 @@ def prompt_text(payload: dict) -> str:
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, list):
-            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.extend(
+                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
     for field in ("prompt", "input"):
         value = payload.get(field)
         if isinstance(value, str):

@@ -54,6 +54,11 @@ FALLBACKS = Counter(
     "Requests handed to a fallback model, by the model that failed.",
     ["model"],
 )
+SHED = Counter(
+    "aethergate_requests_shed",
+    "/v1 requests refused with 503 because the process had AETHERGATE_MAX_CONCURRENT_REQUESTS "
+    "in progress.",
+)
 LIMITER_DECISIONS = Counter(
     "aethergate_ratelimit_decisions",
     "Rate-limit decisions, by backend and result.",
