@@ -222,6 +222,9 @@ AETHERGATE_SSE_KEEPALIVE_SECONDS = env.float("AETHERGATE_SSE_KEEPALIVE_SECONDS",
 AETHERGATE_LOG_BATCH_SIZE = env.int("AETHERGATE_LOG_BATCH_SIZE", default=500)
 AETHERGATE_LOG_FLUSH_SECONDS = env.float("AETHERGATE_LOG_FLUSH_SECONDS", default=0.2)
 AETHERGATE_LOG_BUFFER_MAX = env.int("AETHERGATE_LOG_BUFFER_MAX", default=100_000)
+# /health/ready answers 503 once records have waited this long with no batch
+# stored (nor a refused record set aside): a writer that cannot make progress.
+AETHERGATE_LOG_STALL_SECONDS = env.float("AETHERGATE_LOG_STALL_SECONDS", default=60.0)
 
 # Operations --------------------------------------------------------------------
 # /metrics (Prometheus) is off unless a token is set; scrapers send it as a bearer token.

@@ -32,6 +32,7 @@ from proxy import broadcast, errors, upstream, usage
 from proxy.catalog import Catalog, KeyInfo, ModelInfo
 from proxy.codec import dumps, loads, loads_client
 from proxy.errors import APIError
+from proxy.faults import FaultReporter
 from proxy.streaming import KEEPALIVE, UpstreamStreamError, sse_events
 from proxy.throttle import InvalidKeyThrottle
 from proxy.validation import check_body
@@ -75,6 +76,7 @@ class ProxyApp:
         self.limiter = LocalLimiter()
         self.writer: LogWriter | None = None
         self.draining = False
+        self.faults = FaultReporter()
         self.active = 0  # /v1 requests in progress in this process
         self.key_throttle = InvalidKeyThrottle(0)
         self._tasks: list[asyncio.Task] = []
@@ -97,7 +99,7 @@ class ProxyApp:
         self.catalog = Catalog()
         self.limiter = make_limiter(settings.REDIS_URL, settings.AETHERGATE_REDIS_PREFIX)
         self.key_throttle = InvalidKeyThrottle(settings.AETHERGATE_INVALID_KEY_LIMIT)
-        self.writer = LogWriter(on_settled=self.catalog.settled)
+        self.writer = LogWriter(on_settled=self.catalog.settled, on_rejected=self.catalog.released)
         self.writer.start()
         self.draining = False
         await upstream.start()
@@ -615,7 +617,12 @@ class ProxyApp:
             charge = 0
         elapsed = time.perf_counter() - ex.started
         outcome = ex.outcome or "invalid_request"
-        self._observe(ex, outcome, elapsed, charge)
+        try:
+            self._observe(ex, outcome, elapsed, charge)
+        except Exception:
+            # A metric or the access log failing must not cost the request its
+            # log row and charge (a negative count once did, in Counter.inc).
+            self.faults.report(ex.request_id)
         if key is None:
             return  # no key, no account to log it under
         self.catalog.charge(key.user_id, charge)
@@ -633,8 +640,8 @@ class ProxyApp:
                 "status": ex.status,
                 "outcome": outcome,
                 "stream": ex.stream,
-                "latency_ms": int(elapsed * 1000),
-                "ttft_ms": None if ex.ttft is None else int(ex.ttft * 1000),
+                "latency_ms": usage.milliseconds(elapsed),
+                "ttft_ms": None if ex.ttft is None else usage.milliseconds(ex.ttft),
                 "input_units": ex.input_units,
                 "output_units": ex.output_units,
                 "usage_estimated": ex.estimated,
