@@ -65,7 +65,9 @@ class LogWriter:
         if not self.pending and not self._in_flight:
             self._waiting_since = self.clock()
         if len(self.pending) >= settings.AETHERGATE_LOG_BUFFER_MAX:
-            self.pending.popleft()
+            # A dropped record's charge is forgotten too, or this process
+            # would count it against the user's balance until it restarts.
+            self._release(self.pending.popleft())
             self.dropped += 1
             metrics.LOG_DROPPED.inc()
             if self.dropped % 1000 == 1:
@@ -177,6 +179,10 @@ class LogWriter:
         self._in_flight -= 1
         self._progress()
         metrics.LOG_REJECTED.inc()
+        self._release(record)
+
+    def _release(self, record: dict) -> None:
+        """Tell `on_rejected` the charge of a record that will never be stored."""
         if self.on_rejected and record.get("user_id") and record.get("cost"):
             self.on_rejected({record["user_id"]: Decimal(record["cost"])})
 

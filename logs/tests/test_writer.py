@@ -131,13 +131,16 @@ def test_close_writes_everything_still_pending(key, settings):
 def test_the_buffer_is_bounded_and_counts_drops(key, settings):
     settings.AETHERGATE_LOG_BUFFER_MAX = 3
     settings.AETHERGATE_LOG_BATCH_SIZE = 100
-    writer = LogWriter()
+    released = []
+    writer = LogWriter(on_rejected=released.append)
 
     for i in range(5):
-        writer.submit(record(key, request_id=f"r{i}"))
+        writer.submit(record(key, request_id=f"r{i}", cost=f"0.{i + 1}"))
 
     assert writer.dropped == 2
     assert [r["request_id"] for r in writer.pending] == ["r2", "r3", "r4"]
+    # What the dropped records would have charged is no longer counted against the user.
+    assert released == [{key.owner_id: Decimal("0.1")}, {key.owner_id: Decimal("0.2")}]
 
 
 def test_close_waits_for_a_batch_already_being_written(key, settings):
