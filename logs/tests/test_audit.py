@@ -1,0 +1,269 @@
+"""The audit log: who changed what, from where, through every surface; secrets never stored."""
+
+import getpass
+import io
+import json
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+
+from accounts import services as accounts
+from accounts.models import APIToken, User
+from endpoints.models import Endpoint
+from keys import services as keys
+from keys.models import APIKey
+from logs.models import AuditEntry
+
+pytestmark = pytest.mark.django_db
+
+ADDRESS = "203.0.113.7"
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password="pw-alice-123", balance=5)
+
+
+@pytest.fixture
+def endpoint():
+    return Endpoint.objects.create(name="local", base_url="http://127.0.0.1:11434/v1")
+
+
+@pytest.fixture
+def root_api(staff, bearer):
+    """The superuser `root` on the management API with a real staff token."""
+    _, secret = accounts.create_api_token(user=staff, name="audit")
+    return bearer(secret)
+
+
+def last(**filters) -> AuditEntry:
+    return AuditEntry.objects.filter(**filters).order_by("id").last()
+
+
+# Admin --------------------------------------------------------------------------------
+
+
+def test_it_records_an_admin_change_with_the_staff_user_and_address(client, staff, endpoint):
+    client.force_login(staff)
+    changelist = reverse("admin:endpoints_endpoint_changelist")
+    client.post(
+        changelist,
+        {"action": "deactivate_selected", "_selected_action": [endpoint.pk]},
+        REMOTE_ADDR=ADDRESS,
+    )
+
+    entry = last(object_kind="endpoint")
+    assert (entry.surface, entry.actor, entry.actor_name) == ("admin", staff, "root")
+    assert (entry.address, entry.action) == (ADDRESS, "deactivate")
+    assert (entry.object_id, entry.object_name) == (str(endpoint.pk), "local")
+    assert entry.changes == {"is_active": [True, False]}
+
+
+def test_it_records_the_admin_balance_edit_made_with_an_update(client, staff, alice):
+    client.force_login(staff)
+    page = client.get(reverse("admin:accounts_user_change", args=[alice.pk]))
+    form = page.context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and k not in ("password",)}
+    data.update(
+        {
+            "balance": "12.50",
+            "balance_seen": "5",
+            "date_joined_0": alice.date_joined.strftime("%Y-%m-%d"),
+            "date_joined_1": alice.date_joined.strftime("%H:%M:%S"),
+            "api_keys-TOTAL_FORMS": "0",
+            "api_keys-INITIAL_FORMS": "0",
+            "api_tokens-TOTAL_FORMS": "0",
+            "api_tokens-INITIAL_FORMS": "0",
+        }
+    )
+    for name in ("is_active", "is_staff", "is_superuser"):
+        if not data.get(name):
+            data.pop(name, None)
+    data.pop("groups", None)
+    data.pop("user_permissions", None)
+    data.pop("last_login", None)
+    data.pop("date_joined", None)
+    response = client.post(
+        reverse("admin:accounts_user_change", args=[alice.pk]), data, REMOTE_ADDR=ADDRESS
+    )
+    assert response.status_code == 302, response.context and response.context["adminform"].errors
+
+    alice.refresh_from_db()
+    assert alice.balance == Decimal("12.5")
+    entry = last(object_kind="user", changes__has_key="balance")
+    assert (entry.surface, entry.actor_name, entry.address) == ("admin", "root", ADDRESS)
+    assert [Decimal(v) for v in entry.changes["balance"]] == [Decimal(5), Decimal("12.5")]
+
+
+def test_it_records_the_admin_token_revocation_made_with_an_update(client, staff, ops):
+    token, _ = accounts.create_api_token(user=ops, name="ci")
+    client.force_login(staff)
+    client.post(
+        reverse("admin:accounts_apitoken_changelist"),
+        {"action": "revoke_selected", "_selected_action": [token.pk]},
+        REMOTE_ADDR=ADDRESS,
+    )
+
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    entry = last(object_kind="API token")
+    assert (entry.surface, entry.actor_name, entry.address, entry.action) == (
+        "admin",
+        "root",
+        ADDRESS,
+        "revoke",
+    )
+    assert entry.object_id == str(token.pk)
+
+
+# Management API -------------------------------------------------------------------------
+
+
+def test_it_records_an_api_change_with_the_token_user_and_hides_the_credential(
+    root_api, staff, endpoint
+):
+    response = root_api.patch(
+        f"/api/v1/endpoints/{endpoint.pk}/",
+        {"rpm_limit": 10, "api_key": "sk-upstream-secret-value"},
+        REMOTE_ADDR=ADDRESS,
+    )
+    assert response.status_code == 200, response.content
+
+    entry = last(object_kind="endpoint")
+    assert (entry.surface, entry.actor, entry.actor_name) == ("api", staff, "root")
+    assert (entry.address, entry.action) == (ADDRESS, "update")
+    assert entry.changes == {"rpm_limit": [None, 10], "api_key_encrypted": "changed"}
+
+
+def test_it_records_an_api_rotation_and_credit(root_api, alice):
+    key, _ = keys.create_key(owner=alice, name="ci")
+    assert root_api.post(f"/api/v1/keys/{key.pk}/rotate/").status_code == 200
+    response = root_api.post(f"/api/v1/users/{alice.pk}/credit/", {"amount": "2.5"})
+    assert response.status_code == 200, response.content
+
+    rotation = last(object_kind="API key")
+    assert (rotation.surface, rotation.action, rotation.actor_name) == ("api", "rotate", "root")
+    assert rotation.changes["digest"] == "changed"
+    assert rotation.changes["prefix"][0] != rotation.changes["prefix"][1]
+    credit = last(object_kind="user", action="credit")
+    assert credit.surface == "api"
+    assert [Decimal(v) for v in credit.changes["balance"]] == [Decimal(5), Decimal("7.5")]
+
+
+def test_it_names_the_master_key_as_the_actor(settings, api_client_class, endpoint):
+    settings.MASTER_API_KEY = "master-key-for-tests-only"
+    client = api_client_class()
+    client.credentials(HTTP_X_ADMIN_KEY="master-key-for-tests-only")
+    response = client.delete(f"/api/v1/endpoints/{endpoint.pk}/", REMOTE_ADDR=ADDRESS)
+    assert response.status_code == 204
+
+    entry = last(object_kind="endpoint")
+    assert (entry.surface, entry.actor, entry.actor_name) == ("api", None, "master key")
+    assert (entry.action, entry.object_name, entry.address) == ("delete", "local", ADDRESS)
+
+
+def test_an_api_create_records_the_new_values(root_api, alice):
+    response = root_api.post(
+        "/api/v1/models/", {"name": "llama3", "upstream_name": "llama3:8b", "capability": "TEXT"}
+    )
+    assert response.status_code == 201, response.content
+
+    entry = last(object_kind="model")
+    assert (entry.action, entry.object_name, entry.surface) == ("create", "llama3", "api")
+    assert entry.changes["upstream_name"] == [None, "llama3:8b"]
+
+
+# Commands --------------------------------------------------------------------------------
+
+
+def test_it_records_a_command_with_its_name_and_the_os_user(alice):
+    call_command("deactivate_user", "alice")
+    call_command("set_balance", "alice", "9")
+
+    deactivation = last(action="deactivate")
+    assert (deactivation.surface, deactivation.command) == ("command", "deactivate_user")
+    assert deactivation.actor_name == getpass.getuser()
+    assert (deactivation.object_kind, deactivation.object_name) == ("user", "alice")
+    assert deactivation.changes == {"is_active": [True, False]}
+    balance = last(object_kind="user", changes__has_key="balance")
+    assert (balance.command, balance.action) == ("set_balance", "update")
+    assert [Decimal(v) for v in balance.changes["balance"]] == [Decimal(5), Decimal(9)]
+
+
+def test_it_records_command_rotation_and_revocation(alice, ops):
+    key, _ = keys.create_key(owner=alice, name="ci")
+    token, _ = accounts.create_api_token(user=ops, name="ci")
+    call_command("rotate_key", str(key.pk), stdout=io.StringIO())
+    call_command("revoke_api_token", str(token.pk))
+
+    assert last(action="rotate").command == "rotate_key"
+    revoke = last(action="revoke")
+    assert (revoke.command, revoke.object_id) == ("revoke_api_token", str(token.pk))
+
+
+# What is and is not recorded --------------------------------------------------------------
+
+
+def test_a_deleted_users_history_keeps_the_name_of_who_acted(client, staff, alice):
+    keys.create_key(owner=alice, name="ci")
+    client.force_login(staff)
+    client.post(reverse("admin:accounts_user_delete", args=[alice.pk]), {"post": "yes"})
+    staff_pk = staff.pk
+    staff.delete()
+
+    deleted = {(e.object_kind, e.action) for e in AuditEntry.objects.filter(action="delete")}
+    assert {("user", "delete"), ("API key", "delete")} <= deleted
+    by_root = AuditEntry.objects.filter(actor_name="root", action="delete")
+    assert by_root.count() >= 2
+    assert not AuditEntry.objects.filter(actor_id=staff_pk).exists()
+
+
+def test_usage_is_not_audited(ops):
+    _, secret = accounts.create_api_token(user=ops, name="ci")
+    before = AuditEntry.objects.count()
+    assert accounts.authenticate_api_token(secret) is not None  # writes last_used_at
+    assert AuditEntry.objects.count() == before
+
+
+def test_no_secret_is_ever_stored_in_the_audit_log(root_api, alice, endpoint, monkeypatch):
+    key, key_secret = keys.create_key(owner=alice, name="ci")
+    rotated_secret = keys.rotate_key(key=key)
+    alice.is_staff = True
+    alice.save()
+    token, token_secret = accounts.create_api_token(user=alice, name="ci")
+    endpoint.set_api_key("sk-upstream-first")
+    endpoint.save()
+    root_api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"api_key": "sk-upstream-second"})
+    alice.set_password("pw-alice-changed-456")
+    alice.save()
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "pw-bob-789")
+    call_command("createsuperuser", "--noinput", username="bob", email="bob@example.com")
+
+    secrets = {
+        "pw-alice-123",
+        "pw-alice-changed-456",
+        "pw-bob-789",
+        "sk-upstream-first",
+        "sk-upstream-second",
+        key_secret,
+        rotated_secret,
+        token_secret,
+        User.objects.get(pk=alice.pk).password,
+        User.objects.get(username="bob").password,
+        APIKey.objects.get(pk=key.pk).digest,
+        APIToken.objects.get(pk=token.pk).digest,
+        Endpoint.objects.get(pk=endpoint.pk).api_key_encrypted,
+        *(t.digest for t in APIToken.objects.all()),
+    }
+    rows = json.dumps(list(AuditEntry.objects.values()), default=str)
+    assert AuditEntry.objects.filter(changes__password="changed").count() >= 2
+    assert AuditEntry.objects.filter(changes__api_key_encrypted="changed").count() >= 2
+    for secret in secrets:
+        assert secret and secret not in rows
+    created_by_django = last(object_name="bob", action="create")
+    assert (created_by_django.command, created_by_django.changes["password"]) == (
+        "createsuperuser",
+        "changed",
+    )
