@@ -25,7 +25,11 @@ class DocsView(SpectacularSwaggerView):
 
 api_root = {name: f"{name[:-1]}-list" for name in ("users", "keys", "endpoints", "models", "logs")}
 api = [
-    path("", APIRootView.as_view(api_root_dict={**api_root, "stats": "stats"}), name="root"),
+    path(
+        "",
+        APIRootView.as_view(api_root_dict={**api_root, "audit": "audit-list", "stats": "stats"}),
+        name="root",
+    ),
     path("", include("accounts.api.urls")),
     path("", include("keys.api.urls")),
     path("", include("endpoints.api.urls")),

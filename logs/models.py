@@ -116,6 +116,20 @@ class AuditEntry(models.Model):
     object_name = models.CharField(max_length=200, blank=True)
     changes = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
 
+    # The columns people read, in reading order (admin page and API), before `changes`.
+    SHOWN = (
+        "at",
+        "surface",
+        "actor",
+        "actor_name",
+        "command",
+        "address",
+        "action",
+        "object_kind",
+        "object_id",
+        "object_name",
+    )
+
     class Meta:
         ordering = ["-at", "-id"]
         verbose_name_plural = "audit entries"

@@ -3,11 +3,13 @@
 import getpass
 import io
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts import services as accounts
 from accounts.models import APIToken, User
@@ -267,3 +269,145 @@ def test_no_secret_is_ever_stored_in_the_audit_log(root_api, alice, endpoint, mo
         "createsuperuser",
         "changed",
     )
+
+
+# Reading and pruning the audit log ------------------------------------------------------
+
+
+@pytest.fixture
+def history(alice, ops):
+    """Three entries of different surfaces, kinds and dates."""
+    AuditEntry.objects.all().delete()
+    old = timezone.now() - timedelta(days=400)
+    return [
+        AuditEntry.objects.create(
+            at=old, surface="command", actor_name="operator", command="set_balance",
+            action="update", object_kind="user", object_id=str(alice.pk), object_name="alice",
+            changes={"balance": ["5", "9"]},
+        ),
+        AuditEntry.objects.create(
+            surface="api", actor=ops, actor_name="ops", address=ADDRESS, action="rotate",
+            object_kind="API key", object_id="7", object_name="ci (ag-abc…)",
+            changes={"digest": "changed"},
+        ),
+        AuditEntry.objects.create(
+            surface="admin", actor_name="root", address="198.51.100.2", action="deactivate",
+            object_kind="endpoint", object_id="3", object_name="local",
+            changes={"is_active": [True, False]},
+        ),
+    ]  # fmt: skip
+
+
+def test_the_admin_lists_filters_and_searches_entries_read_only(admin_client, history):
+    changelist = reverse("admin:logs_auditentry_changelist")
+    page = admin_client.get(changelist)
+    assert page.status_code == 200
+    assert [e.pk for e in page.context["cl"].result_list] == [e.pk for e in history[::-1]]
+
+    by_surface = admin_client.get(changelist, {"surface": "api"}).context["cl"].result_list
+    assert [e.action for e in by_surface] == ["rotate"]
+    by_kind = admin_client.get(changelist, {"object_kind": "endpoint"}).context["cl"].result_list
+    assert [e.object_name for e in by_kind] == ["local"]
+    by_actor = admin_client.get(changelist, {"actor__id__exact": history[1].actor_id})
+    assert [e.actor_name for e in by_actor.context["cl"].result_list] == ["ops"]
+    found = admin_client.get(changelist, {"q": "198.51.100.2"}).context["cl"].result_list
+    assert [e.action for e in found] == ["deactivate"]
+
+    detail = admin_client.get(reverse("admin:logs_auditentry_change", args=[history[1].pk]))
+    assert "changed (secret)" in detail.content.decode()
+    assert admin_client.get(reverse("admin:logs_auditentry_add")).status_code == 403
+    delete = reverse("admin:logs_auditentry_delete", args=[history[0].pk])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    assert AuditEntry.objects.filter(pk=history[0].pk).exists()
+
+
+def test_the_api_exports_entries_paginated_and_filtered(api, history):
+    response = api.get("/api/v1/audit/", {"page_size": 2})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["count"] == 3
+    assert [e["action"] for e in body["results"]] == ["deactivate", "rotate"]
+    assert body["next"]
+
+    rotated = api.get("/api/v1/audit/", {"actor": "ops"}).json()["results"]
+    assert [(e["surface"], e["address"], e["changes"]) for e in rotated] == [
+        ("api", ADDRESS, {"digest": "changed"})
+    ]
+    since = (timezone.now() - timedelta(days=1)).isoformat()
+    recent = api.get("/api/v1/audit/", {"since": since, "surface": "admin"}).json()
+    assert [e["object_name"] for e in recent["results"]] == ["local"]
+
+
+def test_the_api_audit_log_is_read_only_and_staff_only(api, api_client_class, history):
+    entry = history[0]
+    assert api.delete(f"/api/v1/audit/{entry.pk}/").status_code == 405
+    assert api.patch(f"/api/v1/audit/{entry.pk}/", {"action": "x"}).status_code == 405
+    assert api.post("/api/v1/audit/", {"action": "x"}).status_code == 405
+    assert api_client_class().get("/api/v1/audit/").status_code == 401
+    assert AuditEntry.objects.get(pk=entry.pk).action == "update"
+
+
+def test_the_schema_describes_the_audit_export(api):
+    schema = api.get("/api/v1/schema/", {"format": "json"}).json()
+    assert "get" in schema["paths"]["/api/v1/audit/"]
+    assert "delete" not in schema["paths"]["/api/v1/audit/{id}/"]
+
+
+def test_prune_audit_deletes_entries_before_a_date_and_records_that_it_did(history):
+    out = io.StringIO()
+    month_ago = (timezone.now() - timedelta(days=30)).date().isoformat()
+    call_command("prune_audit", "--before", month_ago, stdout=out)
+
+    assert "Deleted 1 audit entry" in out.getvalue()
+    assert not AuditEntry.objects.filter(pk=history[0].pk).exists()
+    prune = last(action="prune")
+    assert (prune.command, prune.changes) == ("prune_audit", {"deleted": 1})
+    assert AuditEntry.objects.count() == 3
+
+
+def test_prune_audit_by_age_and_dry_run(history):
+    out = io.StringIO()
+    call_command("prune_audit", "--older-than", "365", "--dry-run", stdout=out)
+    assert "Would delete 1 audit entry" in out.getvalue()
+    assert AuditEntry.objects.count() == 3
+
+    call_command("prune_audit", "--older-than=365", stdout=io.StringIO())
+    assert AuditEntry.objects.filter(action="update").count() == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--before", "yesterday"],
+        ["--older-than", "0"],
+        ["--before=2026-01-01", "--older-than=3"],
+    ],
+)
+def test_prune_audit_refuses_a_missing_or_bad_cutoff(args, history):
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError):
+        call_command("prune_audit", *args)
+    assert AuditEntry.objects.count() == 3
+
+
+def test_listing_entries_costs_the_same_queries_for_many_rows(admin_client, api, history):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries():
+        with CaptureQueriesContext(connection) as admin_page:
+            admin_client.get(reverse("admin:logs_auditentry_changelist"))
+        with CaptureQueriesContext(connection) as api_page:
+            api.get("/api/v1/audit/")
+        return len(admin_page), len(api_page)
+
+    queries()  # the token's first use writes its last_used_at
+    few = queries()
+    AuditEntry.objects.bulk_create(
+        AuditEntry(surface="api", actor=history[1].actor, actor_name="ops", action="update",
+                   object_kind="user", object_id=str(n), object_name=f"user{n}")
+        for n in range(40)
+    )  # fmt: skip
+    assert queries() == few
