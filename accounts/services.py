@@ -6,6 +6,7 @@ from decimal import Decimal
 from django.db.models import F, Q
 from django.utils import timezone
 
+from accounts import throttling
 from accounts.models import APIToken, User, token_digest
 from aethergate.lib import audit
 
@@ -94,13 +95,20 @@ def revoke_api_token(*, token: APIToken) -> bool:
     return bool(revoked)
 
 
-def authenticate_api_token(presented: str, *, now: datetime | None = None) -> APIToken | None:
+def authenticate_api_token(
+    presented: str, *, address: str | None = None, now: datetime | None = None
+) -> APIToken | None:
     """The usable token whose digest matches `presented`, or None; records its last use.
 
-    The last use is written at most once per LAST_USED_RESOLUTION, so a busy
-    script does not turn every read into a write.
+    Failures are throttled (accounts.throttling) per token prefix and per
+    client `address`: raises throttling.LockedOut while either is locked out,
+    even for a valid token, and when this failure locks one out. The last use
+    is written at most once per LAST_USED_RESOLUTION, so a busy script does
+    not turn every read into a write.
     """
-    now = now or timezone.now()
+    now = now or throttling.clock()
+    attempt = throttling.Attempt.token(presented, address)
+    throttling.check(attempt, now=now)
     token = (
         APIToken.objects.usable(at=now)
         .select_related("user")
@@ -108,6 +116,9 @@ def authenticate_api_token(presented: str, *, now: datetime | None = None) -> AP
         .first()
     )
     if token is None:
+        locked = throttling.failed(attempt, now=now)
+        if locked is not None:
+            raise locked
         return None
     stale = now - LAST_USED_RESOLUTION
     if token.last_used_at is None or token.last_used_at <= stale:

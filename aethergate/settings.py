@@ -153,6 +153,17 @@ if AETHERGATE_HTTPS:
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
+# Failed logins (admin form and API tokens), counted in the database so that the
+# limit holds across processes and with Redis down: LIMIT failures for
+# one account, or ADDRESS_LIMIT from one client address, within WINDOW seconds
+# lock that account or address out for LOCKOUT seconds (see accounts/throttling.py).
+AETHERGATE_LOGIN_FAILURE_LIMIT = env.int("AETHERGATE_LOGIN_FAILURE_LIMIT", default=5)
+AETHERGATE_LOGIN_ADDRESS_FAILURE_LIMIT = env.int(
+    "AETHERGATE_LOGIN_ADDRESS_FAILURE_LIMIT", default=20
+)
+AETHERGATE_LOGIN_FAILURE_WINDOW = env.int("AETHERGATE_LOGIN_FAILURE_WINDOW", default=900)
+AETHERGATE_LOGIN_LOCKOUT_SECONDS = env.int("AETHERGATE_LOGIN_LOCKOUT_SECONDS", default=900)
+
 # Optional master key for the management API (compared in constant time).
 MASTER_API_KEY = env.str("MASTER_API_KEY", default="")
 
