@@ -411,3 +411,56 @@ def test_listing_entries_costs_the_same_queries_for_many_rows(admin_client, api,
         for n in range(40)
     )  # fmt: skip
     assert queries() == few
+
+
+def test_it_records_a_change_of_allowed_models(root_api, alice):
+    from models_registry.models import Model
+
+    llama = Model.objects.create(name="llama3", upstream_name="llama3:8b")
+    key, _ = keys.create_key(owner=alice, name="ci")
+    response = root_api.patch(f"/api/v1/keys/{key.pk}/", {"allowed_models": ["llama3"]})
+    assert response.status_code == 200, response.content
+
+    entry = last(object_kind="API key", changes__has_key="allowed_models")
+    assert (entry.surface, entry.action) == ("api", "update")
+    assert entry.changes == {"allowed_models": [[], [llama.pk]]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_actor_holds_under_asgi_for_admin_and_api(staff, endpoint):
+    """Through Django's ASGI handler (as served), views run in threads: the actor follows."""
+    import asyncio
+
+    from django.test import AsyncClient
+
+    _, secret = accounts.create_api_token(user=staff, name="asgi")
+    changelist = reverse("admin:endpoints_endpoint_changelist")
+
+    async def changes():
+        patched = await AsyncClient().patch(
+            f"/api/v1/endpoints/{endpoint.pk}/",
+            {"rpm_limit": 7},
+            content_type="application/json",
+            headers={"authorization": f"Bearer {secret}"},
+        )
+        admin = AsyncClient()
+        await admin.aforce_login(staff)
+        await admin.post(
+            changelist, {"action": "deactivate_selected", "_selected_action": [endpoint.pk]}
+        )
+        return patched.status_code, patched.content
+
+    status, content = asyncio.run(changes())
+    assert status == 200, content
+    api_entry, admin_entry = AuditEntry.objects.filter(object_kind="endpoint").order_by("id")[1:]
+    assert (api_entry.surface, api_entry.actor_name, api_entry.changes) == (
+        "api",
+        "root",
+        {"rpm_limit": [None, 7]},
+    )
+    assert (admin_entry.surface, admin_entry.actor_name, admin_entry.action) == (
+        "admin",
+        "root",
+        "deactivate",
+    )
+    assert api_entry.address == admin_entry.address == "127.0.0.1"
