@@ -35,7 +35,7 @@ run: $(VENV)/.runtime .env
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	@echo "AetherGate admin: http://$(HOST):$(PORT)/admin/"
 	$(BIN)/uvicorn aethergate.asgi:application --host $(HOST) --port $(PORT) --no-access-log \
-		--timeout-graceful-shutdown 30
+		--http aethergate.server:HttpProtocol --timeout-graceful-shutdown 30
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -28,8 +28,12 @@ GRACE = env.float("AETHERGATE_GRACEFUL_TIMEOUT", default=30.0)
 class Worker(UvicornWorker):
     """A uvicorn worker that cuts requests still running after GRACE, so logs get flushed.
 
-    uvicorn's own access log is off: AETHERGATE_ACCESS_LOG gives a better one.
+    It serves with AetherGate's HTTP protocol (header-size limit, body-read
+    timeout: aethergate/server.py). uvicorn's own access log is off:
+    AETHERGATE_ACCESS_LOG gives a better one.
     """
+
+    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "http": "aethergate.server:HttpProtocol"}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import environ
 
+from aethergate.lib import addresses
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -198,8 +200,33 @@ AETHERGATE_ADMIN_EMAIL = env.str("AETHERGATE_ADMIN_EMAIL", default="")
 AETHERGATE_ADMIN_PASSWORD = env.str("AETHERGATE_ADMIN_PASSWORD", default="")
 
 # The /v1 proxy ---------------------------------------------------------------
+# Upstream address policy (aethergate/lib/addresses.py): comma-separated CIDR
+# blocks. Deny wins; a non-empty allow list admits only its addresses; the
+# built-in refusals (metadata, link-local, unspecified, …) apply whatever these say.
+AETHERGATE_UPSTREAM_ALLOW_CIDRS = env.list("AETHERGATE_UPSTREAM_ALLOW_CIDRS", default=[])
+AETHERGATE_UPSTREAM_DENY_CIDRS = env.list("AETHERGATE_UPSTREAM_DENY_CIDRS", default=[])
+try:
+    addresses.networks(AETHERGATE_UPSTREAM_ALLOW_CIDRS, addresses.ALLOW_SETTING)
+    addresses.networks(AETHERGATE_UPSTREAM_DENY_CIDRS, addresses.DENY_SETTING)
+except ValueError as error:
+    sys.exit(f"AetherGate: {error}")
 # Largest request body accepted (bytes); larger ones get 413.
 AETHERGATE_MAX_BODY_BYTES = env.int("AETHERGATE_MAX_BODY_BYTES", default=20 * 1024 * 1024)
+# Per process: /v1 requests in progress beyond this get a fast 503 (0: no cap).
+AETHERGATE_MAX_CONCURRENT_REQUESTS = env.int("AETHERGATE_MAX_CONCURRENT_REQUESTS", default=1024)
+# An address sending more invalid keys than this in a minute gets 429 for the rest of it.
+AETHERGATE_INVALID_KEY_LIMIT = env.int("AETHERGATE_INVALID_KEY_LIMIT", default=30)
+# Per process and upstream host: open connections; more requests wait for one (0: no cap).
+AETHERGATE_UPSTREAM_MAX_CONNECTIONS = env.int("AETHERGATE_UPSTREAM_MAX_CONNECTIONS", default=256)
+# Largest upstream answer read (after decompression), and longest line of a stream.
+AETHERGATE_MAX_RESPONSE_BYTES = env.int("AETHERGATE_MAX_RESPONSE_BYTES", default=64 * 1024 * 1024)
+AETHERGATE_MAX_SSE_LINE_BYTES = env.int("AETHERGATE_MAX_SSE_LINE_BYTES", default=4 * 1024 * 1024)
+# The HTTP server (aethergate/server.py, every route): the most bytes of request
+# line and headers it reads (431 beyond), and how long a request body may stall.
+AETHERGATE_MAX_HEADER_BYTES = env.int("AETHERGATE_MAX_HEADER_BYTES", default=64 * 1024)
+AETHERGATE_BODY_READ_TIMEOUT_SECONDS = env.float(
+    "AETHERGATE_BODY_READ_TIMEOUT_SECONDS", default=30.0
+)
 # How often each process checks the database for catalog changes made elsewhere.
 AETHERGATE_CATALOG_POLL_SECONDS = env.float("AETHERGATE_CATALOG_POLL_SECONDS", default=1.0)
 # A ": keep-alive" comment is sent when an upstream stream is silent this long.
@@ -208,6 +235,9 @@ AETHERGATE_SSE_KEEPALIVE_SECONDS = env.float("AETHERGATE_SSE_KEEPALIVE_SECONDS",
 AETHERGATE_LOG_BATCH_SIZE = env.int("AETHERGATE_LOG_BATCH_SIZE", default=500)
 AETHERGATE_LOG_FLUSH_SECONDS = env.float("AETHERGATE_LOG_FLUSH_SECONDS", default=0.2)
 AETHERGATE_LOG_BUFFER_MAX = env.int("AETHERGATE_LOG_BUFFER_MAX", default=100_000)
+# /health/ready answers 503 once records have waited this long with no batch
+# stored (nor a refused record set aside): a writer that cannot make progress.
+AETHERGATE_LOG_STALL_SECONDS = env.float("AETHERGATE_LOG_STALL_SECONDS", default=60.0)
 
 # Operations --------------------------------------------------------------------
 # /metrics (Prometheus) is off unless a token is set; scrapers send it as a bearer token.

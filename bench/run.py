@@ -69,6 +69,8 @@ PYTHON = sys.executable
 VENV_BIN = Path(PYTHON).parent
 RESULTS = ROOT / "bench-results"
 DEFAULT_PG_URL = "postgres://postgres@127.0.0.1:5432/aethergate_bench"
+# Served as deployed: AetherGate's HTTP protocol (aethergate/server.py).
+HTTP_PROTOCOL = "aethergate.server:HttpProtocol"
 NONSTREAM_BODY = json.dumps(
     {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}, separators=(",", ":")
 )
@@ -816,7 +818,7 @@ def main(argv=None) -> int:
         auth = f"Bearer {secret}"
         uvicorn = [str(VENV_BIN / "uvicorn"), "aethergate.asgi:application"]
         uvicorn += ["--host", "127.0.0.1", "--port", str(gateway_port), "--workers", "1"]
-        uvicorn += ["--no-access-log", "--log-level", "warning"]
+        uvicorn += ["--no-access-log", "--log-level", "warning", "--http", HTTP_PROTOCOL]
         with open(gateway_log, "wb") as log_file:
             gateway = procs.start(
                 uvicorn, role="gateway", env=env, stdout=log_file, stderr=log_file

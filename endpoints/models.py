@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
-from aethergate.lib import crypto
+from aethergate.lib import addresses, crypto
 
 
 class EndpointQuerySet(models.QuerySet):
@@ -35,7 +35,9 @@ def validate_upstream_url(value: str) -> None:
 
     Django's URLValidator wants a dotted domain, which rejects Docker
     Compose and Kubernetes service names. Credentials in the URL are refused:
-    they belong in the encrypted credential field.
+    they belong in the encrypted credential field. The host must pass the
+    address policy (`aethergate.lib.addresses`): no metadata, link-local or
+    unspecified address, and IP addresses written in their canonical form.
     """
     try:
         parts = urlsplit(value)
@@ -46,6 +48,10 @@ def validate_upstream_url(value: str) -> None:
         raise ValidationError("Enter an http:// or https:// URL.", code="invalid")
     if not _valid_host(parts.hostname):
         raise ValidationError("Enter a valid URL.", code="invalid")
+    try:
+        addresses.check_host(parts.hostname)
+    except addresses.AddressRefused as refusal:
+        raise ValidationError(str(refusal), code="address_refused") from None
     if parts.username or parts.password:
         raise ValidationError(
             "Put the upstream's credential in the credential field, not in the URL.",

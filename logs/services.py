@@ -37,6 +37,34 @@ def write_batch(records: list[dict]) -> dict[int, Decimal]:
         return _write(records, users, keys)
 
 
+def is_record_fault(exc: BaseException) -> bool:
+    """Whether a failed `write_batch` was refused for what some record holds.
+
+    True for values the driver cannot convert (an int past 64 bits is an
+    OverflowError from sqlite3 before any SQL runs; a lone surrogate is a
+    UnicodeEncodeError) and for DataError and IntegrityError (out of range,
+    too long, NUL in text, a CHECK or NOT NULL constraint): the same records
+    would fail again, so the batch is split to find them.
+
+    False for the database's own state: OperationalError and InterfaceError
+    (connection refused or lost, locked, timed out, shutting down),
+    ProgrammingError, InternalError and NotSupportedError (a table or column
+    missing during a deploy, an aborted transaction), any other DatabaseError,
+    and OS-level errors. Those fail every record alike: splitting would only
+    multiply the attempts, and the whole batch can succeed later.
+
+    Classes are matched by their PEP 249 names, which Django's wrappers and
+    the drivers share: COPY on PostgreSQL runs on psycopg's own cursor, whose
+    errors Django does not wrap, and its classes must be told apart even
+    when the driver in use is another.
+    """
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"DataError", "IntegrityError"}:
+        return True
+    state = names & {"DatabaseError", "InterfaceError"} or isinstance(exc, (OSError, MemoryError))
+    return not state
+
+
 # When this process last stored each key's last use: the column is written at
 # most once a minute, so most batches need no UPDATE for it at all.
 _last_used_stored: dict[int, datetime] = {}

@@ -2,43 +2,72 @@
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
+from decimal import Decimal
 
 from django.conf import settings
 
 from aethergate.lib import metrics
 from aethergate.lib.db import run_db
-from logs.services import write_batch
+from logs.services import is_record_fault, write_batch
 
 log = logging.getLogger(__name__)
+
+# Request ids named in one "set aside" line; a batch of bad records says how many more.
+MAX_IDS_LOGGED = 100
 
 
 class LogWriter:
     """Collects records with `submit` (never blocks) and writes them in batches.
 
-    A failed batch goes back to the front of the queue and is retried with
-    backoff; `close` flushes what is left. The buffer is bounded: past
+    A batch the database cannot take now (an outage: `is_record_fault` is
+    false) goes back to the front of the queue and is retried whole, with
+    backoff. A batch refused for what a record holds is split in halves until
+    the bad records stand alone: the others are stored and charged, the bad
+    ones are set aside (logged by request id, counted, never charged) and
+    `on_rejected(charges)` is told what they would have charged.
+    `close` flushes what is left. The buffer is bounded: past
     AETHERGATE_LOG_BUFFER_MAX records the oldest are dropped and counted.
     `on_settled(charges)` is told what each stored batch charged per user;
-    `write` is the storage seam (tests pass a failing one).
+    `write` is the storage seam (tests pass a failing one), `clock` the time
+    seam of `health`.
     """
 
-    def __init__(self, on_settled: Callable[[dict], None] | None = None, write=write_batch):
+    def __init__(
+        self,
+        on_settled: Callable[[dict], None] | None = None,
+        write=write_batch,
+        on_rejected: Callable[[dict], None] | None = None,
+        clock=time.monotonic,
+    ):
         self.on_settled = on_settled
+        self.on_rejected = on_rejected
         self.write = write
+        self.clock = clock
         self.pending: deque[dict] = deque()
         self.written = 0
         self.failed_batches = 0
         self.dropped = 0
+        self.rejected = 0
+        self.last_success: float | None = None
+        # Records taken off `pending` by the batch being written.
+        self._in_flight = 0
+        # Since when the records held have waited without any progress.
+        self._waiting_since = clock()
         self._wake = asyncio.Event()
         self._closing = False
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     def submit(self, record: dict) -> None:
+        if not self.pending and not self._in_flight:
+            self._waiting_since = self.clock()
         if len(self.pending) >= settings.AETHERGATE_LOG_BUFFER_MAX:
-            self.pending.popleft()
+            # A dropped record's charge is forgotten too, or this process
+            # would count it against the user's balance until it restarts.
+            self._release(self.pending.popleft())
             self.dropped += 1
             metrics.LOG_DROPPED.inc()
             if self.dropped % 1000 == 1:
@@ -47,6 +76,24 @@ class LogWriter:
         metrics.LOG_QUEUE.set(len(self.pending))
         if len(self.pending) >= settings.AETHERGATE_LOG_BATCH_SIZE:
             self._wake.set()
+
+    def health(self) -> str:
+        """'ok', or 'stalled: …' once records waited AETHERGATE_LOG_STALL_SECONDS with no progress.
+
+        Progress is a batch (or part of one) stored or a bad record set
+        aside; the wait starts when records arrive at an idle writer, so a
+        writer that was idle for an hour is not stalled by its next record.
+        A dead writer task stalls the same way.
+        """
+        held = len(self.pending) + self._in_flight
+        now = self.clock()
+        if not held or now - self._waiting_since < settings.AETHERGATE_LOG_STALL_SECONDS:
+            return "ok"
+        if self.last_success is None:
+            last = "none since start"
+        else:
+            last = f"{now - self.last_success:.0f} s ago"
+        return f"stalled: {held} records waiting, last success {last}"
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -77,30 +124,96 @@ class LogWriter:
                 break
 
     async def _write_one_batch(self) -> bool:
+        """Write the next batch; False if an outage put (some of) it back at the front."""
         size = settings.AETHERGATE_LOG_BATCH_SIZE
         batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
+        self._in_flight = len(batch)
         try:
-            charges = await run_db(self.write, batch)
-        except Exception as exc:
-            self.failed_batches += 1
-            metrics.LOG_BATCHES.labels("failed").inc()
-            # A database outage fails every batch: one line each, no traceback.
-            log.error(
-                "Writing %d request logs failed (%s: %s); %d waiting, will retry",
-                len(batch),
-                type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "",
-                len(self.pending) + len(batch),
-            )
-            self.pending.extendleft(reversed(batch))
-            return False
-        self.written += len(batch)
+            return await self._store(batch)
+        finally:
+            self._in_flight = 0
+            metrics.LOG_QUEUE.set(len(self.pending))
+
+    async def _store(self, batch: list[dict]) -> bool:
+        # Parts still to write, in order. A refused part is replaced by its two
+        # halves, so one bad record among n costs about 2·log2(n) extra writes.
+        parts = deque([batch])
+        refused: list[tuple[dict, Exception]] = []
+        try:
+            while parts:
+                part = parts.popleft()
+                try:
+                    charges = await run_db(self.write, part)
+                except Exception as exc:
+                    if not is_record_fault(exc):
+                        self._outage(exc, part, parts)
+                        return False
+                    if len(part) == 1:
+                        refused.append((part[0], exc))
+                        self._set_aside(part[0])
+                    else:
+                        metrics.LOG_BATCHES.labels("split").inc()
+                        half = len(part) // 2
+                        parts.extendleft((part[half:], part[:half]))
+                    continue
+                self._stored(part, charges)
+        finally:
+            if refused:
+                self._log_refused(refused)
+        return True
+
+    def _progress(self) -> None:
+        self.last_success = self._waiting_since = self.clock()
+
+    def _stored(self, part: list[dict], charges: dict) -> None:
+        self.written += len(part)
+        self._in_flight -= len(part)
+        self._progress()
         metrics.LOG_BATCHES.labels("ok").inc()
-        metrics.LOG_WRITTEN.inc(len(batch))
-        metrics.LOG_QUEUE.set(len(self.pending))
+        metrics.LOG_WRITTEN.inc(len(part))
         if self.on_settled:
             self.on_settled(charges)
-        return True
+
+    def _set_aside(self, record: dict) -> None:
+        self.rejected += 1
+        self._in_flight -= 1
+        self._progress()
+        metrics.LOG_REJECTED.inc()
+        self._release(record)
+
+    def _release(self, record: dict) -> None:
+        """Tell `on_rejected` the charge of a record that will never be stored."""
+        if self.on_rejected and record.get("user_id") and record.get("cost"):
+            self.on_rejected({record["user_id"]: Decimal(record["cost"])})
+
+    def _outage(self, exc: Exception, part: list[dict], rest: deque) -> None:
+        self.failed_batches += 1
+        metrics.LOG_BATCHES.labels("failed").inc()
+        unwritten = part + [record for later in rest for record in later]
+        # A database outage fails every batch: one line each, no traceback.
+        log.error(
+            "Writing %d request logs failed (%s: %s); %d waiting, will retry",
+            len(unwritten),
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+            len(self.pending) + len(unwritten),
+        )
+        self.pending.extendleft(reversed(unwritten))
+
+    @staticmethod
+    def _log_refused(refused: list[tuple[dict, Exception]]) -> None:
+        # Named by request id and error type only: a driver's message can
+        # quote the value it refused, which may be a prompt.
+        kinds = sorted({_error_kind(exc) for _, exc in refused})
+        ids = [str(record.get("request_id", "?")) for record, _ in refused]
+        more = f" and {len(ids) - MAX_IDS_LOGGED} more" if len(ids) > MAX_IDS_LOGGED else ""
+        log.error(
+            "Set aside %d request log(s) the database refused (%s), not stored or charged: %s%s",
+            len(refused),
+            ", ".join(kinds),
+            ", ".join(ids[:MAX_IDS_LOGGED]),
+            more,
+        )
 
     async def close(self, grace: float = 10.0) -> None:
         """Stop the loop and write everything still pending (retrying for `grace` seconds).
@@ -123,3 +236,10 @@ class LogWriter:
                 await asyncio.sleep(0.5)
         if self.pending:
             log.error("Shutting down with %d request logs unwritten", len(self.pending))
+
+
+def _error_kind(exc: Exception) -> str:
+    """`TypeName` or `TypeName SQLSTATE` (PostgreSQL's code, from psycopg), never the message."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    sqlstate = getattr(cause, "sqlstate", None)
+    return f"{type(exc).__name__} {sqlstate}" if sqlstate else type(exc).__name__

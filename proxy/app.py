@@ -30,21 +30,15 @@ from logs.writer import LogWriter
 from models_registry.models import MAX_FALLBACK_DEPTH
 from proxy import broadcast, errors, upstream, usage
 from proxy.catalog import Catalog, KeyInfo, ModelInfo
-from proxy.codec import dumps, loads
+from proxy.codec import dumps, loads, loads_client
 from proxy.errors import APIError
+from proxy.faults import FaultReporter
 from proxy.streaming import KEEPALIVE, UpstreamStreamError, sse_events
+from proxy.throttle import InvalidKeyThrottle
+from proxy.validation import check_body
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("aethergate.requests")
-
-# Fields that would let a client choose where or how the gateway calls out.
-# They are removed at any depth, except inside what is data for the model.
-ROUTING_FIELDS = frozenset(
-    {"api_base", "base_url", "api_key", "api_version", "headers", "extra_headers"}
-)
-MODEL_DATA_FIELDS = frozenset(
-    {"messages", "tools", "functions", "tool_choice", "response_format", "prompt", "input"}
-)
 
 
 @dataclass(slots=True)
@@ -71,6 +65,7 @@ class Exchange:
     error: str = ""
     attempts: list = field(default_factory=list)
     answered: bool = False  # the last byte of the answer is being sent
+    responded: bool = False  # the response has started: no other status can follow
 
 
 class ProxyApp:
@@ -81,6 +76,9 @@ class ProxyApp:
         self.limiter = LocalLimiter()
         self.writer: LogWriter | None = None
         self.draining = False
+        self.faults = FaultReporter()
+        self.active = 0  # /v1 requests in progress in this process
+        self.key_throttle = InvalidKeyThrottle(0)
         self._tasks: list[asyncio.Task] = []
         self._routes = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
@@ -100,7 +98,8 @@ class ProxyApp:
         # Loop-bound state is made here, so a new server (or test) starts clean.
         self.catalog = Catalog()
         self.limiter = make_limiter(settings.REDIS_URL, settings.AETHERGATE_REDIS_PREFIX)
-        self.writer = LogWriter(on_settled=self.catalog.settled)
+        self.key_throttle = InvalidKeyThrottle(settings.AETHERGATE_INVALID_KEY_LIMIT)
+        self.writer = LogWriter(on_settled=self.catalog.settled, on_rejected=self.catalog.released)
         self.writer.start()
         self.draining = False
         await upstream.start()
@@ -172,13 +171,23 @@ class ProxyApp:
             return
         await self.startup()
         ex = Exchange(request_id=next_request_id(), path=scope["path"])
+        limit = settings.AETHERGATE_MAX_CONCURRENT_REQUESTS
+        if limit and self.active >= limit:
+            # Shed load at once rather than queue: a fast 503 lets the client
+            # or the load balancer go elsewhere while this process catches up.
+            metrics.SHED.inc()
+            error = errors.overloaded()
+            await send_json(send, ex, error.status, error.body(), error.headers)
+            return
+        self.active += 1
         try:
             handler = self._route(scope["method"], scope["path"].rstrip("/"))
             ex.key = await self._authenticate(scope)
             await handler(ex, scope, receive, send)
         except APIError as error:
-            ex.status, ex.outcome, ex.error = error.status, error.outcome, error.message
-            await send_json(send, error.status, error.body(), ex.request_id, error.headers)
+            ex.status, ex.outcome = error.status, error.outcome
+            ex.error = error.log_message or error.message
+            await send_error(send, ex, error)
         except ClientGone:
             ex.status, ex.outcome = 499, "client_disconnected"
         except asyncio.CancelledError:
@@ -189,9 +198,13 @@ class ProxyApp:
         except Exception:
             log.exception("Unhandled error in %s %s [%s]", scope["method"], ex.path, ex.request_id)
             ex.status, ex.outcome, ex.error = 500, "gateway_error", "internal error"
-            error = APIError(500, "The gateway failed to handle this request.", type="api_error")
-            await send_json(send, 500, error.body(), ex.request_id)
+            await send_error(
+                send,
+                ex,
+                APIError(500, "The gateway failed to handle this request.", type="api_error"),
+            )
         finally:
+            self.active -= 1
             self._record(ex)
 
     def _route(self, method: str, path: str):
@@ -205,14 +218,22 @@ class ProxyApp:
         return handler
 
     async def _authenticate(self, scope) -> KeyInfo:
-        token = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                token = value
-                break
-        scheme, _, secret = token.decode("latin-1").partition(" ")
+        client = scope.get("client")
+        address = client[0] if client else ""
+        wait = self.key_throttle.retry_after(address)
+        if wait:
+            raise errors.too_many_invalid_keys(wait)
+        tokens = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(tokens) > 1:
+            # Servers and proxies disagree on which of two would count.
+            raise errors.bad_request(
+                "The request has more than one Authorization header.",
+                code="duplicate_authorization",
+            )
+        scheme, _, secret = (tokens[0] if tokens else b"").decode("latin-1").partition(" ")
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret:
+            self.key_throttle.failed(address)
             raise errors.invalid_key()
         try:
             snapshot = await self.catalog.get()
@@ -222,6 +243,7 @@ class ProxyApp:
         if key is None:
             if not self.catalog.available:
                 raise errors.cannot_verify_keys()
+            self.key_throttle.failed(address)
             raise errors.invalid_key()
         if not key.is_active:
             raise errors.forbidden("This API key has been deactivated.", "key_inactive")
@@ -254,13 +276,13 @@ class ProxyApp:
 
     async def list_models(self, ex, scope, receive, send) -> None:
         data = [self._model_object(m) for m in self._visible_models(ex.key)]
-        await send_json(send, 200, dumps({"object": "list", "data": data}), ex.request_id)
+        await send_json(send, ex, 200, dumps({"object": "list", "data": data}))
 
     async def retrieve_model(self, ex, scope, receive, send) -> None:
         ex.model_name = scope["path"].rstrip("/")[len("/v1/models/") :]
         for model in self._visible_models(ex.key):
             if model.name == ex.model_name:
-                await send_json(send, 200, dumps(self._model_object(model)), ex.request_id)
+                await send_json(send, ex, 200, dumps(self._model_object(model)))
                 return
         raise errors.model_not_found(ex.model_name)
 
@@ -276,12 +298,8 @@ class ProxyApp:
 
     async def _infer(self, ex, scope, receive, send, path, capability) -> None:
         payload = await read_json(scope, receive)
-        name = payload.get("model")
-        if not isinstance(name, str) or not name:
-            raise errors.bad_request(
-                "You must provide a model parameter.", code="missing_model", param="model"
-            )
-        ex.model_name = name
+        check_body(payload, stream_allowed=path != "/embeddings")
+        ex.model_name = name = payload["model"]
         ex.stream = path != "/embeddings" and payload.get("stream") is True
         if ex.key.log_content:
             ex.prompt = dumps(
@@ -298,7 +316,6 @@ class ProxyApp:
                 code="insufficient_balance",
                 outcome="insufficient_balance",
             )
-        strip_routing_fields(payload)
         headers = ratelimit_headers(decision)
         # The client going away cancels this task, and with it the upstream call.
         task = asyncio.current_task()
@@ -424,6 +441,17 @@ class ProxyApp:
                 )
         except TimeoutError:
             raise Retryable("timeout", timeout_error(ex)) from None
+        except upstream.AddressRefused as exc:
+            log.warning("Upstream %s refused by the address policy: %s", endpoint.name, exc)
+            raise Retryable(
+                "address refused",
+                errors.upstream_error(
+                    503,
+                    f"The upstream for model '{ex.model_name}' is at an address the gateway "
+                    "does not connect to.",
+                    code="upstream_address_refused",
+                ),
+            ) from None
         except aiohttp.ClientError as exc:
             log.warning("Upstream %s unreachable: %s", endpoint.name, type(exc).__name__)
             raise Retryable(
@@ -436,7 +464,7 @@ class ProxyApp:
             ) from None
         async with response:
             attempt["status"] = response.status
-            if response.status >= 400:
+            if not 200 <= response.status < 300:
                 await self._upstream_failure(ex, endpoint, response)
             if ex.stream:
                 await self._relay_stream(ex, payload, model, response, deadline, send, headers)
@@ -445,6 +473,10 @@ class ProxyApp:
 
     async def _upstream_failure(self, ex, endpoint, response) -> None:
         status = response.status
+        if status < 400:
+            # Redirects are never followed (the client must not steer the
+            # gateway), and a redirect is no answer either.
+            raise Retryable(f"HTTP {status}", invalid_response(ex))
         if status == 429 or status >= 500:
             code = "upstream_rate_limited" if status == 429 else "upstream_error"
             raise Retryable(
@@ -463,36 +495,47 @@ class ProxyApp:
             )
         try:
             async with asyncio.timeout(5):
-                detail = (await response.json(content_type=None))["error"]["message"]
+                body = await upstream.read_body(response, limit=UPSTREAM_ERROR_BYTES)
+            error = loads(body)["error"]
+            detail, code = str(error["message"]), error.get("code")
         except Exception:
-            detail = f"HTTP {status}"
+            detail, code = f"HTTP {status}", None
+        # Upstreams quote the prompt in their messages ("Your prompt was
+        # flagged: ..."): the client may see it, the log only when content is.
+        logged = f"The upstream rejected the request (HTTP {status}"
+        logged += f", code {str(code)[:100]})." if code else ")."
         raise APIError(
             400,
-            f"The upstream rejected the request: {upstream.scrub(str(detail), endpoint)}",
+            f"The upstream rejected the request: {upstream.scrub(detail, endpoint)}",
             code="upstream_rejected",
             outcome="invalid_request",
+            log_message=None if ex.key.log_content else logged,
         )
 
     async def _relay_json(self, ex, payload, model, response, deadline, send, headers) -> None:
         try:
             async with asyncio.timeout_at(deadline):
-                data = loads(await response.read())
+                data = loads(await upstream.read_body(response))
+            items = data.get(ANSWER_ITEMS[model.capability])
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise ValueError("not shaped like the operation's answer")
             data["model"] = ex.model_name
             counted = usage.from_upstream(data.get("usage"))
             text = completion_text(data)
+            if payload.get("encoding_format") == "base64":
+                encode_embeddings(data)
+            body = dumps(data)
         except TimeoutError:
             raise Retryable("timeout", timeout_error(ex)) from None
-        except (ValueError, TypeError, AttributeError, aiohttp.ClientError):
-            # Not JSON, or not shaped like an OpenAI answer.
+        except (ValueError, TypeError, AttributeError, struct.error, aiohttp.ClientError):
+            # Not JSON, too large, or not shaped like an OpenAI answer.
             raise Retryable("invalid response", invalid_response(ex)) from None
         if ex.key.log_content:
             ex.completion.append(text)
         ex.input_units, ex.output_units, ex.estimated = count_usage(counted, payload, text)
-        if payload.get("encoding_format") == "base64":
-            encode_embeddings(data)
         ex.ttft = time.perf_counter() - ex.started
         ex.answered = True
-        await send_json(send, 200, dumps(data), ex.request_id, headers)
+        await send_json(send, ex, 200, body, headers)
 
     async def _relay_stream(self, ex, payload, model, response, deadline, send, headers) -> None:
         options = payload.get("stream_options")
@@ -502,6 +545,7 @@ class ProxyApp:
             first_deadline=deadline,
             idle=model.endpoint.idle_timeout,
             keepalive=settings.AETHERGATE_SSE_KEEPALIVE_SECONDS,
+            max_line=settings.AETHERGATE_MAX_SSE_LINE_BYTES,
         )
         started = False
         done = False
@@ -510,7 +554,7 @@ class ProxyApp:
             async for event in events:
                 if event is KEEPALIVE:
                     if not started:
-                        await start_sse(send, ex.request_id, headers)
+                        await start_sse(send, ex, headers)
                         started = True
                     await send_body(send, b": keep-alive\n\n")
                     continue
@@ -518,7 +562,7 @@ class ProxyApp:
                     done = True
                     break
                 chunk = loads(event)
-                if not isinstance(chunk, dict):
+                if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
                     raise UpstreamStreamError("invalid chunk")
                 if "error" in chunk:
                     raise UpstreamStreamError("the upstream reported an error")
@@ -530,12 +574,12 @@ class ProxyApp:
                 chunk["model"] = ex.model_name
                 for choice in chunk.get("choices") or ():
                     piece = (choice.get("delta") or {}).get("content") or choice.get("text")
-                    if piece:
+                    if piece and isinstance(piece, str):
                         ex.completion.append(piece)
                         if ex.ttft is None:
                             ex.ttft = time.perf_counter() - ex.started
                 if not started:
-                    await start_sse(send, ex.request_id, headers)
+                    await start_sse(send, ex, headers)
                     started = True
                 await send_body(send, b"data: " + dumps(chunk) + b"\n\n")
             if not done:
@@ -550,12 +594,15 @@ class ProxyApp:
             await send_body(send, b"data: " + error.body() + b"\n\n")
         else:
             if not started:
-                await start_sse(send, ex.request_id, headers)
+                await start_sse(send, ex, headers)
             await send_body(send, b"data: [DONE]\n\n")
         finally:
             await events.aclose()
-            text = "".join(ex.completion)
-            ex.input_units, ex.output_units, ex.estimated = count_usage(counted, payload, text)
+            if started:
+                # Billed only for what reached the client: an attempt that failed
+                # before its first byte is an upstream error, charged nothing.
+                text = "".join(ex.completion)
+                ex.input_units, ex.output_units, ex.estimated = count_usage(counted, payload, text)
             if not ex.key.log_content:
                 ex.completion.clear()
         ex.answered = True
@@ -570,7 +617,12 @@ class ProxyApp:
             charge = 0
         elapsed = time.perf_counter() - ex.started
         outcome = ex.outcome or "invalid_request"
-        self._observe(ex, outcome, elapsed, charge)
+        try:
+            self._observe(ex, outcome, elapsed, charge)
+        except Exception:
+            # A metric or the access log failing must not cost the request its
+            # log row and charge (a negative count once did, in Counter.inc).
+            self.faults.report(ex.request_id)
         if key is None:
             return  # no key, no account to log it under
         self.catalog.charge(key.user_id, charge)
@@ -588,8 +640,8 @@ class ProxyApp:
                 "status": ex.status,
                 "outcome": outcome,
                 "stream": ex.stream,
-                "latency_ms": int(elapsed * 1000),
-                "ttft_ms": None if ex.ttft is None else int(ex.ttft * 1000),
+                "latency_ms": usage.milliseconds(elapsed),
+                "ttft_ms": None if ex.ttft is None else usage.milliseconds(ex.ttft),
                 "input_units": ex.input_units,
                 "output_units": ex.output_units,
                 "usage_estimated": ex.estimated,
@@ -647,6 +699,12 @@ class ProxyApp:
 # request (os.urandom stood out in profiles). Ids identify; they are not secrets.
 _REQUEST_ID_PREFIX = "req_" + secrets.token_hex(6)
 _request_ids = itertools.count()
+
+
+# Where each capability's answer keeps its list: a 2xx without it is no answer.
+ANSWER_ITEMS = {"TEXT": "choices", "EMBEDDING": "data"}
+# How much of an upstream's error body is read for its message.
+UPSTREAM_ERROR_BYTES = 64 * 1024
 
 
 def next_request_id() -> str:
@@ -709,10 +767,11 @@ async def read_json(scope, receive) -> dict:
         if not message.get("more_body"):
             break
     try:
-        payload = loads(b"".join(chunks))
-    except ValueError:
+        payload = loads_client(b"".join(chunks))
+    except ValueError as error:
+        # orjson's reason names the place ("line 1 column 7"), never the content.
         raise errors.bad_request(
-            "The request body is not valid JSON.", code="invalid_json"
+            f"The request body is not valid JSON: {error}.", code="invalid_json"
         ) from None
     if not isinstance(payload, dict):
         raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
@@ -723,22 +782,6 @@ def too_large(limit: int) -> APIError:
     return APIError(
         413, f"The request body is larger than {limit} bytes.", code="request_too_large"
     )
-
-
-def strip_routing_fields(value, *, top: bool = True) -> None:
-    """Remove fields that could redirect the upstream call, at any depth.
-
-    The request's own model data (messages, tools, schemas, …) is left as sent.
-    """
-    if isinstance(value, dict):
-        for name in ROUTING_FIELDS.intersection(value):
-            del value[name]
-        for name, child in value.items():
-            if not (top and name in MODEL_DATA_FIELDS):
-                strip_routing_fields(child, top=False)
-    elif isinstance(value, list):
-        for child in value:
-            strip_routing_fields(child, top=False)
 
 
 def upstream_body(payload: dict, model: ModelInfo, path: str, stream: bool) -> bytes:
@@ -796,17 +839,33 @@ def _headers(request_id: str, content_type: bytes, extra: dict) -> list:
     return headers
 
 
-async def send_json(send, status: int, body: bytes, request_id: str, extra=None) -> None:
-    headers = _headers(request_id, b"application/json", extra or {})
+async def send_json(send, ex: Exchange, status: int, body: bytes, extra=None) -> None:
+    headers = _headers(ex.request_id, b"application/json", extra or {})
     headers.append((b"content-length", str(len(body)).encode()))
+    ex.responded = True
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def start_sse(send, request_id: str, extra: dict) -> None:
-    headers = _headers(request_id, b"text/event-stream; charset=utf-8", extra)
+async def start_sse(send, ex: Exchange, extra: dict) -> None:
+    headers = _headers(ex.request_id, b"text/event-stream; charset=utf-8", extra)
     headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+    ex.responded = True
     await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+
+async def send_error(send, ex: Exchange, error: APIError) -> None:
+    """Answer `error`; once a response has started, only a stream can still carry it.
+
+    A started stream ends with the documented SSE error event (never a fake
+    [DONE]); a started JSON answer can take nothing more.
+    """
+    if not ex.responded:
+        await send_json(send, ex, error.status, error.body(), error.headers)
+    elif ex.stream and not ex.answered:
+        ex.answered = True
+        await send_body(send, b"data: " + error.body() + b"\n\n")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def send_body(send, data: bytes) -> None:

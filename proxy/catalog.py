@@ -272,6 +272,11 @@ class Catalog:
         if cost:
             self._unsettled[user_id] = self._unsettled.get(user_id, 0) + cost
 
+    def released(self, charges: dict[int, Decimal]) -> None:
+        """The writer will never store these charges (their records were refused): forget them."""
+        for user_id, cost in charges.items():
+            self._unsettled[user_id] = self._unsettled.get(user_id, 0) - cost
+
     def settled(self, charges: dict[int, Decimal]) -> None:
         """The writer stored these charges: they are in the database, not yet in the snapshot."""
         for user_id, cost in charges.items():

@@ -16,6 +16,7 @@ class APIError(Exception):
         param: str | None = None,
         outcome: str = "invalid_request",
         headers: dict[str, str] | None = None,
+        log_message: str | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -25,6 +26,8 @@ class APIError(Exception):
         self.param = param
         self.outcome = outcome
         self.headers = headers or {}
+        # What the request log records instead of `message`, when that may hold content.
+        self.log_message = log_message
 
     def body(self) -> bytes:
         return json.dumps(
@@ -59,6 +62,29 @@ def cannot_verify_keys() -> APIError:
         code="service_unavailable",
         outcome="",
         headers={"retry-after": "5"},
+    )
+
+
+def too_many_invalid_keys(wait: float) -> APIError:
+    # Before any key is looked at: the address is throttled, whatever it sends.
+    retry = max(1, int(wait + 0.999))
+    return APIError(
+        429,
+        f"Too many requests with invalid API keys from this address. Retry in {retry} s.",
+        code="too_many_invalid_keys",
+        outcome="unauthenticated",
+        headers={"retry-after": str(retry)},
+    )
+
+
+def overloaded() -> APIError:
+    return APIError(
+        503,
+        "The gateway is handling as many requests as it can; retry shortly.",
+        type="api_error",
+        code="overloaded",
+        outcome="",
+        headers={"retry-after": "1"},
     )
 
 

@@ -1,8 +1,9 @@
 """Operations endpoints, served without Django's request cycle (no host check, no middleware).
 
 - `GET /health/live`: the process is up and serving (touches nothing else).
-- `GET /health/ready`: the database answers, migrations are applied and the
-  process is not draining; 503 otherwise. Load balancers route by this one.
+- `GET /health/ready`: the database answers, migrations are applied, the
+  log writer is making progress (`LogWriter.health`) and the process is not
+  draining; 503 otherwise, the body saying which. Load balancers route by this one.
 - `GET /metrics`: Prometheus text format; 404 unless AETHERGATE_METRICS_TOKEN
   is set, and then only with `Authorization: Bearer <token>`.
 """
@@ -44,8 +45,15 @@ async def readiness() -> tuple[int, dict]:
             database = await run_db(_check_database)
     except Exception:
         database = "unreachable"
-    checks = {"database": database, "draining": proxy.draining, "rate_limits": proxy.limiter.state}
-    ready = database == "ok" and not proxy.draining
+    # Not started yet (no lifespan startup, no /v1 request): it holds nothing to be stuck on.
+    writer = proxy.writer.health() if proxy.writer is not None else "not started"
+    checks = {
+        "database": database,
+        "draining": proxy.draining,
+        "rate_limits": proxy.limiter.state,
+        "log_writer": writer,
+    }
+    ready = database == "ok" and not proxy.draining and writer in ("ok", "not started")
     return (200 if ready else 503), {"status": "ready" if ready else "unavailable", **checks}
 
 

@@ -1,24 +1,67 @@
-"""Usage and cost: from the upstream's `usage` when given, estimated otherwise."""
+"""Usage and cost: from the upstream's `usage` when given and sane, estimated otherwise.
+
+Every number here ends up in a `RequestLog` column and a user's balance, so
+each is kept within what those columns hold: an upstream's absurd count must
+never make a record the database refuses.
+"""
 
 from decimal import Decimal
 
+from accounts.models import MONEY
 from proxy.catalog import ModelInfo
 
 # Without the model's tokenizer (none is downloadable here), ~4 characters a
 # token is the usual estimate for English text; rows using it are flagged.
 CHARS_PER_TOKEN = 4
 
+# The range Django guarantees a PositiveIntegerField on every backend
+# (IntegerFieldRangeMixin: 0..2**31-1, PostgreSQL's `integer`); the unit,
+# latency and time-to-first-token columns are all PositiveIntegerField.
+MAX_COUNT = 2**31 - 1
+
+# Largest amount a MONEY column holds (20 digits, 10 of them decimals).
+MAX_COST = Decimal(10) ** (MONEY["max_digits"] - MONEY["decimal_places"]) - Decimal(10) ** (
+    -MONEY["decimal_places"]
+)
+
 
 def estimate_tokens(text: str) -> int:
-    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN if text else 0
+    if not text:
+        return 0
+    return min((len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN, MAX_COUNT)
+
+
+def is_count(value) -> bool:
+    """Whether `value` is a usage count the log can store: an int (not a bool) in 0..MAX_COUNT.
+
+    Floats are refused, even integral ones: OpenAI, vLLM, llama.cpp and
+    Ollama all send JSON integers, so `12.0` means an upstream that is not
+    counting the way it says.
+    """
+    return type(value) is int and 0 <= value <= MAX_COUNT
 
 
 def from_upstream(usage) -> tuple[int, int] | None:
-    """(input, output) tokens from an OpenAI `usage` object, or None if it has none."""
-    if not isinstance(usage, dict) or not isinstance(usage.get("prompt_tokens"), int):
+    """(input, output) tokens from an OpenAI `usage` object; None if it has none or is not sane.
+
+    `prompt_tokens` must be a count (`is_count`); `completion_tokens` may be
+    absent (embeddings: 0) but, if present, must be a count too. Any other
+    value makes the whole object untrustworthy, and the caller estimates.
+    """
+    if not isinstance(usage, dict) or not is_count(usage.get("prompt_tokens")):
         return None
-    output = usage.get("completion_tokens")
-    return usage["prompt_tokens"], output if isinstance(output, int) else 0
+    output = usage.get("completion_tokens", 0)
+    if output is None:
+        output = 0
+    if not is_count(output):
+        return None
+    return usage["prompt_tokens"], output
+
+
+def milliseconds(seconds: float) -> int:
+    """`seconds` (a duration) as whole milliseconds, at most MAX_COUNT (~24.8 days)."""
+    ms = int(seconds * 1000)
+    return ms if ms <= MAX_COUNT else MAX_COUNT
 
 
 def prompt_text(payload: dict) -> str:
@@ -29,7 +72,9 @@ def prompt_text(payload: dict) -> str:
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, list):
-            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.extend(
+                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
     for field in ("prompt", "input"):
         value = payload.get(field)
         if isinstance(value, str):
@@ -40,6 +85,15 @@ def prompt_text(payload: dict) -> str:
 
 
 def cost(model: ModelInfo, input_units: int, output_units: int) -> Decimal:
+    """What the request costs, capped at MAX_COST so that it fits the MONEY column.
+
+    The cap matters only for absurd prices times large counts (prices are
+    MONEY too, so 2**31 units at the top price overflow the column, which
+    PostgreSQL refuses); a capped cost is still far beyond any balance.
+    Decimals past the column's 10 are rounded by the database, and a value
+    at most MAX_COST never rounds past it.
+    """
     if model.billing_unit == "REQUEST":
         return model.price_in
-    return input_units * model.price_in + output_units * model.price_out
+    amount = input_units * model.price_in + output_units * model.price_out
+    return amount if amount <= MAX_COST else MAX_COST

@@ -54,6 +54,11 @@ FALLBACKS = Counter(
     "Requests handed to a fallback model, by the model that failed.",
     ["model"],
 )
+SHED = Counter(
+    "aethergate_requests_shed",
+    "/v1 requests refused with 503 because the process had AETHERGATE_MAX_CONCURRENT_REQUESTS "
+    "in progress.",
+)
 LIMITER_DECISIONS = Counter(
     "aethergate_ratelimit_decisions",
     "Rate-limit decisions, by backend and result.",
@@ -68,10 +73,22 @@ LOG_QUEUE = Gauge(
     "Request records waiting for the log writer.",
     multiprocess_mode="livesum",
 )
-LOG_BATCHES = Counter("aethergate_log_batches", "Log-writer batches, by result.", ["result"])
+LOG_BATCHES = Counter(
+    "aethergate_log_batches",
+    "Log-writer batches (and parts of split ones), by result: ok, failed (kept), split.",
+    ["result"],
+)
 LOG_WRITTEN = Counter("aethergate_log_records_written", "Request records stored.")
 LOG_DROPPED = Counter(
     "aethergate_log_records_dropped", "Request records dropped because the buffer was full."
+)
+LOG_REJECTED = Counter(
+    "aethergate_log_records_rejected",
+    "Request records set aside because the database refused them (the rest were stored).",
+)
+ACCOUNTING_FAULTS = Counter(
+    "aethergate_accounting_faults",
+    "Requests whose metrics or access-log line failed (their log record was still kept).",
 )
 
 

@@ -554,3 +554,32 @@ def test_import_backup_fails_with_the_row_and_a_non_zero_exit(data, tmp_path):
 def test_import_backup_names_a_missing_file(tmp_path):
     with pytest.raises(CommandError, match="No such file"):
         call_command("import_backup", str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize(
+    ("base_url", "reason"),
+    [
+        (
+            "http://169.254.169.254/latest/meta-data",
+            "169.254.169.254 is a cloud metadata service, never an upstream.",
+        ),
+        ("http://[::ffff:127.0.0.1]:11434/v1", "Write the address as 127.0.0.1."),
+        ("http://0x7f000001:11434/v1", "Write the address as 127.0.0.1."),
+    ],
+)
+def test_import_backup_refuses_an_endpoint_the_address_policy_refuses(
+    data, tmp_path, base_url, reason
+):
+    before = export(include_secrets=True)
+    document = export()
+    document["endpoints"][0]["base_url"] = base_url
+    path = tmp_path / "imds.json"
+    path.write_text(json.dumps(document))
+
+    with pytest.raises(CommandError) as error:
+        call_command("import_backup", str(path))
+
+    assert str(error.value).startswith('Nothing was imported. endpoints[0] ("local"): base_url: ')
+    assert str(error.value).endswith(reason)
+    assert "\n" not in str(error.value)
+    assert without_time(export(include_secrets=True)) == without_time(before)

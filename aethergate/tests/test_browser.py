@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from aethergate import server
+
 try:
     from playwright.sync_api import expect, sync_playwright
 except ImportError as exc:  # pragma: no cover - depends on the machine
@@ -155,6 +157,8 @@ def gateway(tmp_path_factory):
             "127.0.0.1",
             "--port",
             str(port),
+            "--http",
+            server.HTTP,
         ],
         cwd=PROJECT_ROOT,
         env=env,

@@ -47,3 +47,19 @@ def test_the_deploy_check_is_clean_for_a_production_environment():
 
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AETHERGATE_UPSTREAM_DENY_CIDRS", "127.0.0.0/8,10.0.0.0/33"),
+        ("AETHERGATE_UPSTREAM_ALLOW_CIDRS", "10.0.0.1/8"),
+    ],
+)
+def test_it_refuses_to_start_with_an_invalid_cidr_block(variable, value):
+    result = manage("check", DEBUG="true", **{variable: value})
+
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith(f"AetherGate: {variable}: ")
+    assert "is not a CIDR block" in result.stderr

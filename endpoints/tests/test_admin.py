@@ -114,3 +114,35 @@ def test_endpoints_are_deactivated_from_the_list(admin_client):
 
     endpoint.refresh_from_db()
     assert not endpoint.is_active
+
+
+def test_it_refuses_a_metadata_address_with_a_form_error(admin_client):
+    response = admin_client.post(
+        reverse("admin:endpoints_endpoint_add"),
+        form(base_url="http://169.254.169.254/latest/meta-data"),
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors == {
+        "base_url": ["169.254.169.254 is a cloud metadata service, never an upstream."]
+    }
+    assert not Endpoint.objects.exists()
+
+
+def test_an_endpoint_saved_before_the_policy_shows_the_error_when_next_edited(admin_client):
+    endpoint = Endpoint.objects.create(name="old", base_url="http://2130706433:8001/v1")
+
+    page = admin_client.get(reverse("admin:endpoints_endpoint_change", args=[endpoint.pk]))
+    response = admin_client.post(
+        reverse("admin:endpoints_endpoint_change", args=[endpoint.pk]),
+        form(name="old", base_url=endpoint.base_url, rpm_limit="30"),
+    )
+
+    assert page.status_code == 200
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {
+        "base_url": ["Write the address as 127.0.0.1."]
+    }
+    endpoint.refresh_from_db()
+    assert endpoint.rpm_limit is None

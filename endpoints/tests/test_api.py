@@ -170,3 +170,40 @@ def test_a_duplicate_saved_by_a_concurrent_request_is_a_conflict(api, endpoint, 
     assert response.status_code == 409
     assert "retry" in response.json()["detail"]
     assert Endpoint.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://metadata.google.internal",
+        "http://[fd00:ec2::254]",
+        "http://0.0.0.0",
+        "http://[::]",
+        "http://[::ffff:127.0.0.1]",
+        "http://2130706433",
+        "http://0x7f000001",
+        "http://127.1",
+        "http://0177.0.0.1",
+    ],
+)
+def test_it_refuses_a_base_url_the_address_policy_refuses(api, endpoint, base_url):
+    created = api.post("/api/v1/endpoints/", {"name": "imds", "base_url": base_url})
+    changed = api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"base_url": base_url})
+
+    for response in (created, changed):
+        assert response.status_code == 400, response.content
+        assert list(response.json()) == ["base_url"]
+    assert not Endpoint.objects.filter(name="imds").exists()
+    endpoint.refresh_from_db()
+    assert endpoint.base_url == "https://api.openai.com/v1"
+
+
+def test_a_deny_list_in_the_settings_refuses_an_address_at_save(api, settings):
+    settings.AETHERGATE_UPSTREAM_DENY_CIDRS = ["10.0.0.0/8"]
+
+    response = api.post("/api/v1/endpoints/", {"name": "vllm", "base_url": "http://10.0.0.5/v1"})
+
+    assert response.status_code == 400
+    assert response.json()["base_url"] == ["10.0.0.5 is refused by AETHERGATE_UPSTREAM_DENY_CIDRS."]
+    assert not Endpoint.objects.exists()

@@ -1,13 +1,17 @@
 """The batching log writer and the settlement it performs."""
 
 import asyncio
+import logging
+import sqlite3
 import threading
 import time
 from decimal import Decimal
 
 import pytest
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
+from aethergate.tests.test_ratelimit import FakeClock
 from keys import services
 from logs.models import RequestLog
 from logs.services import write_batch
@@ -127,13 +131,16 @@ def test_close_writes_everything_still_pending(key, settings):
 def test_the_buffer_is_bounded_and_counts_drops(key, settings):
     settings.AETHERGATE_LOG_BUFFER_MAX = 3
     settings.AETHERGATE_LOG_BATCH_SIZE = 100
-    writer = LogWriter()
+    released = []
+    writer = LogWriter(on_rejected=released.append)
 
     for i in range(5):
-        writer.submit(record(key, request_id=f"r{i}"))
+        writer.submit(record(key, request_id=f"r{i}", cost=f"0.{i + 1}"))
 
     assert writer.dropped == 2
     assert [r["request_id"] for r in writer.pending] == ["r2", "r3", "r4"]
+    # What the dropped records would have charged is no longer counted against the user.
+    assert released == [{key.owner_id: Decimal("0.1")}, {key.owner_id: Decimal("0.2")}]
 
 
 def test_close_waits_for_a_batch_already_being_written(key, settings):
@@ -155,3 +162,241 @@ def test_close_waits_for_a_batch_already_being_written(key, settings):
     asyncio.run(scenario())
 
     assert RequestLog.objects.filter(request_id="in-flight").exists()
+
+
+# --------------------------------------------------------------------------- poison and outages
+
+
+async def until(condition):
+    """Let the writer's loop run until `condition()` holds (bounded to 5 s: a poll, not a timer)."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met within 5 s")
+
+
+def rejected_total() -> float:
+    return REGISTRY.get_sample_value("aethergate_log_records_rejected_total") or 0.0
+
+
+BAD_VALUES = {
+    "int past 64 bits": {"input_units": 2**63},  # sqlite3: OverflowError before SQL
+    "negative count": {"output_units": -1},  # CHECK constraint: IntegrityError
+    "lone surrogate": {"prompt_text": "secret prompt \ud800"},  # UnicodeEncodeError
+}
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_a_bad_record_is_set_aside_and_the_rest_of_its_batch_stored_and_charged(
+    key, settings, caplog, bad
+):
+    settings.AETHERGATE_LOG_BATCH_SIZE = 100
+    calls = []
+
+    def write(batch):
+        calls.append(len(batch))
+        return write_batch(batch)
+
+    records = [record(key, request_id=f"good-{i}") for i in range(7)]
+    records.insert(4, record(key, request_id="bad-one", **bad))
+    settled, released = [], []
+
+    async def scenario():
+        writer = LogWriter(on_settled=settled.append, write=write, on_rejected=released.append)
+        for rec in records:
+            writer.submit(rec)
+        await writer.close()
+        return writer
+
+    before = rejected_total()
+    with caplog.at_level(logging.ERROR, logger="logs.writer"):
+        writer = asyncio.run(scenario())
+
+    stored = set(RequestLog.objects.values_list("request_id", flat=True))
+    assert stored == {f"good-{i}" for i in range(7)}
+    assert (writer.written, writer.rejected, list(writer.pending)) == (7, 1, [])
+    # Found by halving, not by writing every record alone.
+    assert calls[0] == 8 and len(calls) <= 1 + 2 * 3
+    key.owner.refresh_from_db()
+    assert key.owner.balance == Decimal("10") - 7 * Decimal("0.25")
+    assert sum(sum(c.values()) for c in settled) == 7 * Decimal("0.25")
+    assert released == [{key.owner_id: Decimal("0.25")}]
+    assert rejected_total() - before == 1
+    messages = [r.getMessage() for r in caplog.records if r.name == "logs.writer"]
+    assert len(messages) == 1 and "bad-one" in messages[0]
+    assert "secret prompt" not in messages[0]
+
+
+def test_records_refused_by_the_driver_of_another_database_are_set_aside_too(key):
+    # COPY on PostgreSQL raises psycopg's own classes, unwrapped by Django.
+    psycopg = pytest.importorskip("psycopg")
+
+    def write(batch):
+        if any(r["request_id"] == "bad" for r in batch):
+            raise psycopg.errors.NumericValueOutOfRange("integer out of range")
+        return write_batch(batch)
+
+    async def scenario():
+        writer = LogWriter(write=write)
+        for name in ("a", "bad", "b"):
+            writer.submit(record(key, request_id=name))
+        await writer.close()
+        return writer
+
+    writer = asyncio.run(scenario())
+
+    assert writer.rejected == 1
+    assert set(RequestLog.objects.values_list("request_id", flat=True)) == {"a", "b"}
+
+
+def outage_errors():
+    from django.db import InterfaceError, OperationalError, ProgrammingError
+
+    errors = {
+        "connection refused": ConnectionRefusedError("connection refused"),
+        "OperationalError": OperationalError("server closed the connection unexpectedly"),
+        "InterfaceError": InterfaceError("connection already closed"),
+        "sqlite locked": sqlite3.OperationalError("database is locked"),
+        "missing column": ProgrammingError('column "ttft_ms" does not exist'),
+    }
+    try:
+        import psycopg
+    except ImportError:
+        return errors
+    errors["psycopg admin shutdown"] = psycopg.errors.AdminShutdown("terminating connection")
+    return errors
+
+
+@pytest.mark.parametrize("error", outage_errors().values(), ids=outage_errors().keys())
+def test_an_outage_keeps_the_whole_batch_and_retries_it_whole(key, settings, error):
+    settings.AETHERGATE_LOG_FLUSH_SECONDS = 0.01
+    calls = []
+
+    def down_once(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise error
+        return write_batch(batch)
+
+    async def scenario():
+        writer = LogWriter(write=down_once)
+        writer.start()
+        for i in range(3):
+            writer.submit(record(key, request_id=f"r{i}"))
+        await until(lambda: writer.written == 3)
+        await writer.close()
+        return writer
+
+    writer = asyncio.run(scenario())
+
+    assert calls == [3, 3]  # never split into single rows
+    assert (writer.failed_batches, writer.rejected) == (1, 0)
+    key.owner.refresh_from_db()
+    assert key.owner.balance == Decimal("10") - 3 * Decimal("0.25")
+
+
+def test_an_outage_while_splitting_keeps_what_is_left_and_charges_nothing_twice(key):
+    from django.db import OperationalError
+
+    calls = []
+
+    def write(batch):
+        calls.append([r["request_id"] for r in batch])
+        if len(calls) == 2:
+            raise OperationalError("the database went away")
+        return write_batch(batch)
+
+    settled, released = [], []
+
+    async def scenario():
+        writer = LogWriter(on_settled=settled.append, write=write, on_rejected=released.append)
+        for name in ("a", "b", "c", "bad", "d", "e"):
+            bad = {"input_units": 2**63} if name == "bad" else {}
+            writer.submit(record(key, request_id=name, **bad))
+        await writer.close()
+        return writer
+
+    writer = asyncio.run(scenario())
+
+    assert calls[1] == ["a", "b", "c"]  # the first half, refused by the outage
+    assert calls[2] == ["a", "b", "c", "bad", "d", "e"]  # then retried whole
+    assert set(RequestLog.objects.values_list("request_id", flat=True)) == set("abcde")
+    assert (writer.written, writer.rejected, writer.failed_batches) == (5, 1, 1)
+    key.owner.refresh_from_db()
+    assert key.owner.balance == Decimal("10") - 5 * Decimal("0.25")
+    assert sum(sum(c.values()) for c in settled) == 5 * Decimal("0.25")
+    assert released == [{key.owner_id: Decimal("0.25")}]
+
+
+def test_a_deleted_user_among_bad_records_keeps_its_row_without_the_link(key):
+    rec = record(key, request_id="orphan")
+    bad = record(key, request_id="bad", input_units=-5)
+    key.owner.delete()
+
+    async def scenario():
+        writer = LogWriter()
+        writer.submit(rec)
+        writer.submit(bad)
+        await writer.close()
+        return writer
+
+    writer = asyncio.run(scenario())
+
+    assert writer.rejected == 1
+    row = RequestLog.objects.get()
+    assert (row.request_id, row.user_id, row.api_key_id) == ("orphan", None, None)
+
+
+def test_it_reports_stalled_when_records_wait_without_progress_and_ok_after(key, settings):
+    settings.AETHERGATE_LOG_STALL_SECONDS = 30
+    settings.AETHERGATE_LOG_FLUSH_SECONDS = 0.01
+    clock = FakeClock()
+    from django.db import OperationalError
+
+    def down(batch):
+        raise OperationalError("database is locked")
+
+    async def scenario():
+        writer = LogWriter(write=down, clock=clock)
+        assert writer.health() == "ok"
+        clock.now += 3600  # idle for an hour: the next record starts a new wait
+        writer.start()
+        writer.submit(record(key, request_id="a"))
+        writer.submit(record(key, request_id="b"))
+        await until(lambda: writer.failed_batches >= 1)
+        clock.now += 29
+        early = writer.health()
+        clock.now += 2
+        stalled = writer.health()
+        writer.write = write_batch
+        await until(lambda: writer.written == 2)
+        recovered = writer.health()
+        await writer.close()
+        return early, stalled, recovered
+
+    early, stalled, recovered = asyncio.run(scenario())
+
+    assert early == "ok"
+    assert stalled == "stalled: 2 records waiting, last success none since start"
+    assert recovered == "ok"
+
+
+def test_it_reports_how_long_ago_the_last_success_was(key, settings):
+    settings.AETHERGATE_LOG_STALL_SECONDS = 30
+    clock = FakeClock()
+
+    def down(batch):
+        raise ConnectionError("database went away")
+
+    async def scenario():
+        writer = LogWriter(clock=clock)
+        writer.submit(record(key, request_id="a"))
+        await writer.close()
+        writer.write = down
+        clock.now += 10
+        writer.submit(record(key, request_id="b"))
+        clock.now += 45
+        return writer.health()
+
+    assert asyncio.run(scenario()) == "stalled: 1 records waiting, last success 55 s ago"

@@ -49,6 +49,7 @@ def gateway(transactional_db):
     """
     import uvicorn
 
+    from aethergate import server as http_server
     from aethergate.asgi import application
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -68,6 +69,7 @@ def gateway(transactional_db):
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=2,
+        http=http_server.HTTP,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(

@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from aethergate import server
+
 # The repository root (proxy/tests/processes.py is two levels below it): servers run from
 # there so `aethergate.asgi` and `gunicorn.conf.py` resolve as they do in production.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -470,6 +472,8 @@ class ServerProcess:
             "--port",
             str(port),
             "--no-access-log",
+            "--http",
+            server.HTTP,
         ]
         return cls(args, env, port)
 

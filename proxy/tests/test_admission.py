@@ -624,7 +624,7 @@ def test_it_applies_the_admission_checks_in_order(http, settings, make_user, mak
         # 1: the size before the JSON, the JSON before the model.
         (lambda: post(b"[" * 1001), 413, "request_too_large"),
         (lambda: post(b"["), 400, "invalid_json"),
-        (lambda: post(b'{"model": 1}'), 400, "missing_model"),
+        (lambda: post(b'{"model": 1}'), 400, "invalid_type"),
         # 2 before 3: an unknown model is not found, even for a key restricted to others.
         (lambda: chat(http, strict, model="nope"), 404, "model_not_found"),
         # 3 before 4 and 5: a model outside the allowed list, on the wrong route besides.

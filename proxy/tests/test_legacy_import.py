@@ -524,3 +524,34 @@ def test_legacy_keys_work_on_v1_after_the_import(gateway, upstream, client_for, 
     assert first.headers["authorization"] == f"Bearer {UPSTREAM_CREDENTIAL}"
     assert (second.path, second.model) == ("/v1/chat/completions", "echo")
     assert "authorization" not in second.headers
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("base_url", "reason"),
+    [
+        (
+            "http://169.254.169.254",
+            "169.254.169.254 is a cloud metadata service, never an upstream.",
+        ),
+        (
+            "http://metadata.google.internal",
+            "metadata.google.internal is a cloud metadata service, never an upstream.",
+        ),
+        ("http://127.1:11434", "Write the address as 127.0.0.1."),
+    ],
+)
+def test_import_backup_refuses_a_legacy_endpoint_the_address_policy_refuses(
+    write_file, base_url, reason
+):
+    document = legacy_backup()
+    document["data"]["endpoints"][0]["base_url"] = base_url
+
+    with pytest.raises(CommandError) as error:
+        call_command("import_backup", write_file(document))
+
+    message = str(error.value)
+    assert message.startswith('Nothing was imported. endpoints[0] ("Local Ollama"): base_url: ')
+    assert message.endswith(reason)
+    assert "\n" not in message
+    assert not Endpoint.objects.exists() and not User.objects.exists()

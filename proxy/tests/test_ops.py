@@ -6,12 +6,16 @@ import logging
 import httpx
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 from prometheus_client.parser import text_string_to_metric_families
 
 from aethergate.lib.jsonlog import JSONFormatter
+from aethergate.tests.test_ratelimit import FakeClock
+from logs.services import write_batch
 from proxy import ops
 from proxy.app import proxy
 from proxy.tests.test_forwarding import HELLO, wait_for_logs
+from proxy.tests.test_scale_out import wait_until
 
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 
@@ -49,6 +53,7 @@ def test_it_reports_ready_with_the_database_up_and_migrated(gateway):
         "database": "ok",
         "draining": False,
         "rate_limits": "local",
+        "log_writer": "ok",
     }
 
 
@@ -73,6 +78,40 @@ def test_it_is_not_ready_with_migrations_pending(gateway, monkeypatch):
     assert response.status_code == 503
     assert response.json()["database"] == "migrations pending"
     assert httpx.get(f"{gateway.base_url}/health/ready").status_code == 200
+
+
+def test_it_is_not_ready_while_the_log_writer_makes_no_progress_and_ready_after(
+    gateway, settings, make_key, make_model, client_for
+):
+    settings.AETHERGATE_LOG_STALL_SECONDS = 60
+    make_model()
+    _, secret = make_key()
+    writer, clock = proxy.writer, FakeClock()
+    writer.clock = clock
+
+    def locked(batch):
+        raise OperationalError("database is locked")
+
+    writer.write = locked
+    client_for(secret).chat.completions.create(model="gpt-test", messages=HELLO)
+    wait_until(lambda: writer.failed_batches >= 1, timeout=5)
+    assert httpx.get(f"{gateway.base_url}/health/ready").status_code == 200
+    clock.now += 61
+
+    stalled = httpx.get(f"{gateway.base_url}/health/ready")
+    writer.write = write_batch
+    wait_until(lambda: writer.written >= 1, timeout=15)
+    recovered = httpx.get(f"{gateway.base_url}/health/ready")
+
+    assert stalled.status_code == 503
+    assert stalled.json()["status"] == "unavailable"
+    assert stalled.json()["log_writer"] == (
+        "stalled: 1 records waiting, last success none since start"
+    )
+    assert stalled.json()["database"] == "ok"
+    assert recovered.status_code == 200
+    assert recovered.json()["log_writer"] == "ok"
+    assert wait_for_logs(1)
 
 
 def test_it_keeps_metrics_off_without_a_token(gateway, settings):

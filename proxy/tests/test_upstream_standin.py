@@ -218,6 +218,23 @@ def test_nousage_omits_the_usage_key(upstream):
     assert "usage" not in response.json()
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_usage_flag_reports_absurd_counts(upstream, stream):
+    payload = {"model": "echo+usage=huge", "messages": HELLO, "stream": stream}
+    if stream:
+        payload["stream_options"] = {"include_usage": True}
+    response = httpx.post(f"{upstream.base_url}/chat/completions", json=payload)
+
+    if stream:
+        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
+        usage = json.loads(events[-1])["usage"]
+    else:
+        usage = response.json()["usage"]
+    assert usage == dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), 2**63)
+    assert parse_flags("echo+usage=exponent").usage == "exponent"
+    assert parse_flags("echo+usage=nonsense").usage == ""
+
+
 def test_fail_answers_the_status_with_an_openai_error_carrying_internals(sdk):
     with pytest.raises(openai.InternalServerError) as caught:
         sdk.chat.completions.create(model="fail=503", messages=HELLO)

@@ -27,6 +27,16 @@ START_TIMEOUT_SECONDS = 10.0
 _TRUE_FLAGS = {"nousage", "silent", "malformed", "nodone"}
 _FLOAT_FLAGS = {"slow", "gap"}
 _INT_FLAGS = {"chunks", "fail", "reset"}
+# `usage=KIND`: every count in `usage` (prompt, completion, total) becomes this value.
+ABSURD_USAGE: dict[str, Any] = {
+    "huge": 2**63,  # past SQLite's INTEGER and PostgreSQL's bigint
+    "overflow": 2**31,  # one past the columns' 2**31 - 1
+    "negative": -1_000_000,
+    "exponent": -1e6,  # a JSON float
+    "float": 12.5,
+    "text": "12",
+    "bool": True,
+}
 
 
 @dataclasses.dataclass
@@ -42,6 +52,7 @@ class Flags:
     chunks: int = DEFAULT_CHUNKS
     fail: int | None = None
     reset: int | None = None
+    usage: str = ""
 
 
 def parse_flags(model: str) -> Flags:
@@ -57,6 +68,8 @@ def parse_flags(model: str) -> Flags:
                 setattr(flags, name, max(0.0, float(value)))
             elif sep and name in _INT_FLAGS:
                 setattr(flags, name, max(0, int(value)))
+            elif sep and name == "usage" and value.lower() in ABSURD_USAGE:
+                flags.usage = value.lower()
         except ValueError:
             continue
     flags.chunks = max(1, flags.chunks)
@@ -222,6 +235,9 @@ class Upstream:
         echo+reset=3    stream 3 events (finish and usage chunks count), then drop the
                         connection without [DONE]; a non-stream request is dropped at once
         echo+noDone     end a stream cleanly but without `data: [DONE]`
+        echo+usage=huge report every usage count as 2**63 (also `overflow` 2**31,
+                        `negative` -1000000, `exponent` -1e6, `float` 12.5, `text` "12",
+                        `bool` true: see ABSURD_USAGE), in streams and plain answers
 
     Answers are deterministic; `chat_answer`, `completion_answer`, `stream_text` and
     `embedding_vector` compute them. The text is "Hello from upstream: " followed by the last
@@ -489,7 +505,7 @@ class Upstream:
                 ],
             }
             if not flags.nousage:
-                answer["usage"] = _usage(prompt_tokens, completion_tokens)
+                answer["usage"] = _usage(prompt_tokens, completion_tokens, flags.usage)
             return web.json_response(answer)
         with_usage = wants_usage(record) and not flags.nousage
 
@@ -522,7 +538,7 @@ class Upstream:
         ]
         events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]))
         if with_usage:
-            events.append(chunk([], usage=_usage(prompt_tokens, flags.chunks)))
+            events.append(chunk([], usage=_usage(prompt_tokens, flags.chunks, flags.usage)))
         return await self._stream(request, record, flags, events)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -548,7 +564,7 @@ class Upstream:
                 [{"text": text, "index": 0, "finish_reason": "stop", "logprobs": None}]
             )
             if not flags.nousage:
-                answer["usage"] = _usage(prompt_tokens, completion_tokens)
+                answer["usage"] = _usage(prompt_tokens, completion_tokens, flags.usage)
             return web.json_response(answer)
         events = [
             completion([{"text": delta, "index": 0, "finish_reason": None, "logprobs": None}])
@@ -556,7 +572,7 @@ class Upstream:
         ]
         events.append(completion([{"text": "", "index": 0, "finish_reason": "stop"}]))
         if wants_usage(record) and not flags.nousage:
-            events.append(completion([], usage=_usage(prompt_tokens, flags.chunks)))
+            events.append(completion([], usage=_usage(prompt_tokens, flags.chunks, flags.usage)))
         return await self._stream(request, record, flags, events)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -575,6 +591,8 @@ class Upstream:
         if not flags.nousage:
             tokens = sum(_embedding_tokens(item) for item in items)
             answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+            if flags.usage:
+                answer["usage"] = dict.fromkeys(answer["usage"], ABSURD_USAGE[flags.usage])
         return web.json_response(answer)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
@@ -619,7 +637,10 @@ def wants_usage(record: Received) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def _usage(prompt_tokens: int, completion_tokens: int, absurd: str = "") -> dict:
+    if absurd:
+        value = ABSURD_USAGE[absurd]
+        return {"prompt_tokens": value, "completion_tokens": value, "total_tokens": value}
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
