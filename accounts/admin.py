@@ -1,4 +1,4 @@
-"""Admin for users (consumers and staff, their balance and keys) and staff API tokens."""
+"""Admin for users (consumers and staff, their balance and keys), staff API tokens, lockouts."""
 
 from django import forms
 from django.contrib import admin, messages
@@ -8,8 +8,8 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
-from accounts import services
-from accounts.models import APIToken, User
+from accounts import services, throttling
+from accounts.models import APIToken, Lockout, User
 from accounts.permissions import PRIVILEGE_FIELDS, token_refusal, user_change_refusal
 from aethergate.lib.admin import GatewayAdmin, count, secret_once_page
 from keys.models import APIKey
@@ -264,4 +264,36 @@ class APITokenAdmin(admin.ModelAdmin):
                 revoked += 1
         self.message_user(
             request, f"{count(revoked, 'API token', 'API tokens')} revoked.", messages.SUCCESS
+        )
+
+
+@admin.register(Lockout)
+class LockoutAdmin(admin.ModelAdmin):
+    """Accounts and addresses locked out after failed logins; staff lift them with the action.
+
+    Read-only otherwise: lockouts are made by failures (accounts.throttling),
+    and lifting one goes through the service so that the audit log records it.
+    """
+
+    list_display = ("key", "surface", "address", "failures", "locked_at", "until", "active")
+    list_filter = ("surface",)
+    search_fields = ("key", "address")
+    readonly_fields = ("key", "surface", "address", "failures", "locked_at", "until")
+    actions = ("lift_selected",)
+
+    @admin.display(boolean=True)
+    def active(self, lockout):
+        return lockout.until > throttling.clock()
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Lift selected lockouts", permissions=["change"])
+    def lift_selected(self, request, queryset):
+        lifted = throttling.lift(queryset)
+        self.message_user(
+            request, f"{count(lifted, 'lockout', 'lockouts')} lifted.", messages.SUCCESS
         )

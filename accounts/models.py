@@ -95,3 +95,38 @@ class APIToken(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
+
+
+class LoginFailure(models.Model):
+    """One failed admin login or API token attempt, counted against one `key`.
+
+    A key is "user:<username>", "token:<display prefix>" or "address:<client>";
+    one failure makes a row for its account and one for its address. Rows
+    older than the counting window are deleted as new failures arrive.
+    """
+
+    key = models.CharField(max_length=200)
+    at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["key", "at"], name="login_failure_key_at")]
+
+    def __str__(self):
+        return f"{self.key} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class Lockout(models.Model):
+    """An account or client address refused logins (right password included) until `until`."""
+
+    key = models.CharField(max_length=200, unique=True)
+    surface = models.CharField(max_length=16, help_text="Where the last failure came from.")
+    address = models.CharField(max_length=64, blank=True, help_text="The last failure's client.")
+    failures = models.PositiveIntegerField()
+    locked_at = models.DateTimeField()
+    until = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-locked_at"]
+
+    def __str__(self):
+        return self.key

@@ -6,7 +6,9 @@ from decimal import Decimal
 from django.db.models import F, Q
 from django.utils import timezone
 
+from accounts import throttling
 from accounts.models import APIToken, User, token_digest
+from aethergate.lib import audit
 
 # A token's last use is written at most this often, not on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -36,10 +38,19 @@ def edit_balance(*, user: User, seen: Decimal | None, new: Decimal | None) -> No
     (None on either side) sets the value as given.
     """
     users = User.objects.filter(pk=user.pk)
+    before = users.values_list("balance", flat=True).first()
     if seen is None or new is None:
         users.update(balance=new)
     else:
         users.update(balance=F("balance") + (new - seen))
+    _record_balance("update", user, before)
+
+
+def _record_balance(action: str, user: User, before: Decimal | None) -> None:
+    # .update() sends no signal: the audit log hears of the change from here.
+    after = User.objects.filter(pk=user.pk).values_list("balance", flat=True).first()
+    if after != before:
+        audit.record(action, obj=user, changes={"balance": [before, after]})
 
 
 def credit_balance(*, user: User, amount: Decimal) -> Decimal:
@@ -48,11 +59,13 @@ def credit_balance(*, user: User, amount: Decimal) -> Decimal:
     One atomic UPDATE, so usage charges settling at the same moment are kept.
     Raises NoPrepaidBalance if the user has no balance to add to.
     """
+    before = User.objects.filter(pk=user.pk).values_list("balance", flat=True).first()
     credited = User.objects.filter(pk=user.pk, balance__isnull=False).update(
         balance=F("balance") + amount
     )
     if not credited:
         raise NoPrepaidBalance(f"{user.username} has no prepaid balance; set one first.")
+    _record_balance("credit", user, before)
     # Saving only `updated_at` fires post_save, so /v1 sees the new balance at
     # once in this process and through the change marker in the others.
     user.save(update_fields=["updated_at"])
@@ -76,16 +89,26 @@ def revoke_api_token(*, token: APIToken) -> bool:
     now = timezone.now()
     revoked = APIToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now)
     token.refresh_from_db(fields=["revoked_at"])
+    if revoked:
+        # .update() sends no signal: the audit log hears of the revocation from here.
+        audit.record("revoke", obj=token, changes={"revoked_at": [None, now]})
     return bool(revoked)
 
 
-def authenticate_api_token(presented: str, *, now: datetime | None = None) -> APIToken | None:
+def authenticate_api_token(
+    presented: str, *, address: str | None = None, now: datetime | None = None
+) -> APIToken | None:
     """The usable token whose digest matches `presented`, or None; records its last use.
 
-    The last use is written at most once per LAST_USED_RESOLUTION, so a busy
-    script does not turn every read into a write.
+    Failures are throttled (accounts.throttling) per token prefix and per
+    client `address`: raises throttling.LockedOut while either is locked out,
+    even for a valid token, and when this failure locks one out. The last use
+    is written at most once per LAST_USED_RESOLUTION, so a busy script does
+    not turn every read into a write.
     """
-    now = now or timezone.now()
+    now = now or throttling.clock()
+    attempt = throttling.Attempt.token(presented, address)
+    throttling.check(attempt, now=now)
     token = (
         APIToken.objects.usable(at=now)
         .select_related("user")
@@ -93,6 +116,9 @@ def authenticate_api_token(presented: str, *, now: datetime | None = None) -> AP
         .first()
     )
     if token is None:
+        locked = throttling.failed(attempt, now=now)
+        if locked is not None:
+            raise locked
         return None
     stale = now - LAST_USED_RESOLUTION
     if token.last_used_at is None or token.last_used_at <= stale:

@@ -6,3 +6,8 @@ class AetherGateConfig(AppConfig):
 
     name = "aethergate"
     verbose_name = "AetherGate"
+
+    def ready(self):
+        from aethergate.lib.commands import install_command_actor
+
+        install_command_actor()

@@ -65,6 +65,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who changes what, from where, for the audit log (the API refines it after DRF's auth).
+    "aethergate.lib.audit.audit_middleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -152,6 +154,17 @@ if AETHERGATE_HTTPS:
     SECURE_HSTS_PRELOAD = env.bool("AETHERGATE_HSTS_PRELOAD", default=True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# Failed logins (admin form and API tokens), counted in the database so that the
+# limit holds across processes and with Redis down: LIMIT failures for
+# one account, or ADDRESS_LIMIT from one client address, within WINDOW seconds
+# lock that account or address out for LOCKOUT seconds (see accounts/throttling.py).
+AETHERGATE_LOGIN_FAILURE_LIMIT = env.int("AETHERGATE_LOGIN_FAILURE_LIMIT", default=5)
+AETHERGATE_LOGIN_ADDRESS_FAILURE_LIMIT = env.int(
+    "AETHERGATE_LOGIN_ADDRESS_FAILURE_LIMIT", default=20
+)
+AETHERGATE_LOGIN_FAILURE_WINDOW = env.int("AETHERGATE_LOGIN_FAILURE_WINDOW", default=900)
+AETHERGATE_LOGIN_LOCKOUT_SECONDS = env.int("AETHERGATE_LOGIN_LOCKOUT_SECONDS", default=900)
 
 # Optional master key for the management API (compared in constant time).
 MASTER_API_KEY = env.str("MASTER_API_KEY", default="")

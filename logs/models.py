@@ -1,9 +1,12 @@
-"""Request logs: one row per authenticated `/v1` request, kept when users or keys go."""
+"""Request logs (one row per authenticated `/v1` request) and the audit log of changes."""
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.utils import timezone
 
 from accounts.models import MONEY
+from aethergate.lib import audit
 
 
 class Outcome(models.TextChoices):
@@ -81,3 +84,56 @@ class RequestLog(models.Model):
 
     def __str__(self):
         return f"{self.request_id} {self.model} {self.status}"
+
+
+class AuditEntry(models.Model):
+    """One change to a user, key, token, endpoint or model, or one security event.
+
+    Who (`actor`, with the `actor_name` snapshot that outlives the user: a
+    username, "master key", or the OS user running `command`), from where
+    (`surface`, client `address`), what (`action` on the object of
+    `object_kind`/`object_id`/`object_name`) and how (`changes`: field →
+    [old, new], or "changed" for a secret, whose values are never stored).
+    Kept until `prune_audit` deletes it.
+    """
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    surface = models.CharField(max_length=16, choices=audit.Surface.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    actor_name = models.CharField(max_length=150, blank=True)
+    command = models.CharField(max_length=100, blank=True)
+    # Text, not an IP field: an ASGI server may report a non-IP client (a socket path).
+    address = models.CharField(max_length=64, blank=True)
+    action = models.CharField(max_length=32, db_index=True)
+    object_kind = models.CharField(max_length=50, db_index=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    object_name = models.CharField(max_length=200, blank=True)
+    changes = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+
+    # The columns people read, in reading order (admin page and API), before `changes`.
+    SHOWN = (
+        "at",
+        "surface",
+        "actor",
+        "actor_name",
+        "command",
+        "address",
+        "action",
+        "object_kind",
+        "object_id",
+        "object_name",
+    )
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self):
+        who = self.actor_name or "?"
+        return f"{self.at:%Y-%m-%d %H:%M} {who} {self.action} {self.object_kind} {self.object_name}"

@@ -10,8 +10,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import User
+from aethergate.lib import audit
 from keys.models import APIKey
-from logs.models import RequestLog
+from logs.models import AuditEntry, RequestLog
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 PRUNE_BATCH_SIZE = 5000
@@ -171,24 +172,63 @@ def prune_logs(
 ) -> int:
     """Delete request logs created more than `older_than` ago; return how many.
 
-    Rows go in batches of `batch_size` (select their pks, delete by pk), each
-    batch committed on its own (autocommit), so a huge table is never locked by one
-    statement and the log writer keeps inserting meanwhile. `dry_run` only
-    counts. `progress` is called with the running total after each batch.
+    Rows go in batches of `batch_size` (see `prune_rows`); `dry_run` only counts.
     """
     if older_than <= timedelta(0):
         raise ValueError("older_than must be positive")
+    cutoff = (now or timezone.now()) - older_than
+    old = RequestLog.objects.filter(created_at__lt=cutoff)
+    return prune_rows(old, batch_size=batch_size, dry_run=dry_run, progress=progress)
+
+
+def prune_audit(
+    *,
+    before: datetime,
+    batch_size: int = PRUNE_BATCH_SIZE,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete audit entries recorded before `before`; return how many.
+
+    The pruning itself is then recorded (who, how many, up to when), so the
+    log never loses history without saying so.
+    """
+    old = AuditEntry.objects.filter(at__lt=before)
+    count = prune_rows(old, batch_size=batch_size, dry_run=dry_run, progress=progress)
+    if not dry_run:
+        audit.record(
+            "prune",
+            kind="audit log",
+            name=f"entries before {before.isoformat()}",
+            changes={"deleted": count},
+        )
+    return count
+
+
+def prune_rows(
+    rows: models.QuerySet,
+    *,
+    batch_size: int = PRUNE_BATCH_SIZE,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete `rows` in batches of `batch_size`; return how many.
+
+    Each batch (select pks, delete by pk) is committed on its own
+    (autocommit), so a huge table is never locked by one statement and the
+    log writer keeps inserting meanwhile. `dry_run` only counts. `progress`
+    is called with the running total after each batch.
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    cutoff = (now or timezone.now()) - older_than
-    old = RequestLog.objects.filter(created_at__lt=cutoff).order_by()
+    rows = rows.order_by()
     if dry_run:
-        return old.count()
+        return rows.count()
     deleted = 0
     while True:
-        pks = list(old.values_list("pk", flat=True)[:batch_size])
+        pks = list(rows.values_list("pk", flat=True)[:batch_size])
         if not pks:
             return deleted
-        deleted += RequestLog.objects.filter(pk__in=pks).delete()[0]
+        deleted += rows.model.objects.filter(pk__in=pks).delete()[0]
         if progress is not None:
             progress(deleted)

@@ -9,7 +9,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 
-from accounts import services
+from accounts import services, throttling
 
 
 class TokenAuthentication(BaseAuthentication):
@@ -28,7 +28,15 @@ class TokenAuthentication(BaseAuthentication):
         presented = presented.strip()
         if not presented or " " in presented:
             raise exceptions.AuthenticationFailed("Malformed Authorization header.")
-        token = services.authenticate_api_token(presented)
+        try:
+            token = services.authenticate_api_token(
+                presented, address=request.META.get("REMOTE_ADDR")
+            )
+        except throttling.LockedOut as locked:
+            raise exceptions.Throttled(
+                wait=locked.retry_after,
+                detail="Too many failed API token attempts from this client or for this token.",
+            ) from None
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked API token.")
         return token.user, token

@@ -19,6 +19,8 @@ from rest_framework.settings import api_settings
 from rest_framework.validators import UniqueValidator
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from aethergate.lib import audit
+
 UNIQUE_CODES = {"unique", "unique_together"}
 
 
@@ -148,6 +150,13 @@ class ManagementMixin:
     pagination_class = Pagination
     # What an extra action needs instead of its method's (lib.permissions.ModelPermissions).
     model_permission: str | None = None
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # DRF authenticates here, after every middleware: from now on changes
+        # are the token's (or master key's) user's, made through the API. The
+        # audit middleware restores the actor before it when the request ends.
+        audit.set_actor(audit.request_actor(request, audit.Surface.API))
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)

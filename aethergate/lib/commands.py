@@ -1,9 +1,34 @@
-"""What management commands share: error text, tables and commands about one named object."""
+"""What management commands share: error text, tables, commands about one named object, audit."""
+
+import functools
 
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from aethergate.lib import audit
 from aethergate.lib.activation import set_active
+
+
+def install_command_actor() -> None:
+    """Make every management command act, for the audit log, as itself run by the OS user.
+
+    Wrapping BaseCommand.execute (once, from the project app's ready()) rather
+    than giving AetherGate's commands a base class reaches Django's own too:
+    createsuperuser, changepassword and shell change users as well, and
+    manage.py and call_command() both go through execute().
+    """
+    execute = BaseCommand.execute
+    if getattr(execute, "audited", False):
+        return
+
+    @functools.wraps(execute)
+    def audited_execute(self, *args, **options):
+        name = type(self).__module__.rpartition(".")[2]
+        with audit.acting(audit.command_actor(name)):
+            return execute(self, *args, **options)
+
+    audited_execute.audited = True
+    BaseCommand.execute = audited_execute
 
 
 def describe(error: ValidationError) -> str:

@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from logs.models import RequestLog
+from logs.models import AuditEntry, RequestLog
 
 LIST_FIELDS = (
     "id",
@@ -80,3 +80,12 @@ class StatsSerializer(serializers.Serializer):
     by_day = DayUsageSerializer(many=True)
     by_model = ModelUsageSerializer(many=True)
     by_user = UserUsageSerializer(many=True)
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    """One audit entry; `changes` maps a field to [old, new], or to "changed" for a secret."""
+
+    class Meta:
+        model = AuditEntry
+        fields = ("id", *AuditEntry.SHOWN, "changes")
+        read_only_fields = fields

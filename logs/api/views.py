@@ -1,4 +1,4 @@
-"""Management API views for request logs (read-only) and usage statistics."""
+"""Management API views for request logs and the audit log (read-only) and usage statistics."""
 
 from decimal import Decimal
 
@@ -11,9 +11,14 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
 from aethergate.lib.api import ManagementMixin, ManagementReadOnlyViewSet
-from logs.api.filters import LogFilter
-from logs.api.serializers import LogDetailSerializer, LogSerializer, StatsSerializer
-from logs.models import Outcome, RequestLog
+from logs.api.filters import AuditFilter, LogFilter
+from logs.api.serializers import (
+    AuditEntrySerializer,
+    LogDetailSerializer,
+    LogSerializer,
+    StatsSerializer,
+)
+from logs.models import AuditEntry, Outcome, RequestLog
 
 
 def usage():
@@ -46,6 +51,17 @@ class LogViewSet(ManagementReadOnlyViewSet):
 
     def get_serializer_class(self):
         return LogSerializer if self.action == "list" else LogDetailSerializer
+
+
+class AuditViewSet(ManagementReadOnlyViewSet):
+    """The audit log, newest first: who changed what, from where (read-only)."""
+
+    queryset = AuditEntry.objects.all()
+    serializer_class = AuditEntrySerializer
+    filterset_class = AuditFilter
+    search_fields = ("actor_name", "object_name", "object_id", "address", "command")
+    ordering_fields = ("id", "at")
+    ordering = ("-at", "-id")
 
 
 class StatsView(ManagementMixin, GenericAPIView):
