@@ -1,4 +1,12 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
+
+
+class AdminConfig(admin_apps.AdminConfig):
+    """Django's admin, with AetherGate's site (aethergate/admin_site.py) as `admin.site`."""
+
+    default = False  # named in INSTALLED_APPS; "aethergate" itself is AetherGateConfig
+    default_site = "aethergate.admin_site.AdminSite"
 
 
 class AetherGateConfig(AppConfig):

@@ -8,24 +8,6 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.exceptions import NotAuthenticated
 from rest_framework.routers import APIRootView
 
-from accounts.forms import ThrottledAdminLoginForm
-
-admin.site.site_header = "AetherGate"
-admin.site.site_title = "AetherGate admin"
-admin.site.index_title = "Gateway administration"
-admin.site.site_url = None  # no public site: hide "View site"
-admin.site.login_form = ThrottledAdminLoginForm
-
-
-def admin_login(request, **kwargs):
-    """The admin's login page; 429 with Retry-After when the attempt is locked out."""
-    response = admin.site.login(request, **kwargs)
-    locked = getattr(request, "login_locked_out", None)
-    if locked is not None:
-        response.status_code = 429
-        response["Retry-After"] = str(locked.retry_after)
-    return response
-
 
 class DocsView(SpectacularSwaggerView):
     """The Swagger UI page; a browser without credentials is sent to the admin login first."""
@@ -54,8 +36,6 @@ api = [
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
-    # Before the admin's own URLs, so its login page is this one (reverse("admin:login") too).
-    path("admin/login/", admin_login),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api, "api"))),
 ]
