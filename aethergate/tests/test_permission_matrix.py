@@ -9,6 +9,7 @@ unsafe request must leave the database as it was. `/v1/*`, `/health` and
 """
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pytest
 from django.apps import apps
@@ -17,12 +18,14 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts import services
-from accounts.models import User
+from accounts.models import Lockout, User
 from aethergate.testing import CHANGE, VIEW, make_staff, make_world
 from keys import services as key_services
+from logs.models import AuditEntry
 
 pytestmark = pytest.mark.django_db
 
@@ -175,6 +178,14 @@ MATRIX = {
         Call("post", "/admin/keys/apikey/{key}/rotate/", ADMIN_ADD, {}),
     ],
     **model_admin("logs/requestlog", "log", write=ADMIN_NOBODY, deleted=ADMIN_NOBODY),
+    # The audit log is written by the changes it records, never by hand.
+    **model_admin("logs/auditentry", "audit", write=ADMIN_NOBODY, deleted=ADMIN_NOBODY),
+    # Lockouts are made by failed logins; lifting one (an action) is a change.
+    **model_admin("accounts/lockout", "lockout", write=ADMIN_NOBODY, deleted=ADMIN_NOBODY),
+    "admin/accounts/lockout/<path:object_id>/change/": [
+        Call("get", "/admin/accounts/lockout/{lockout}/change/", ADMIN_READ),
+        Call("post", "/admin/accounts/lockout/{lockout}/change/", admin(403, 403, 302, 302), {}),
+    ],
     # The management API
     "api/v1/": [Call("get", "/api/v1/", API_STAFF)],
     "api/v1/^users/$": [
@@ -227,6 +238,14 @@ MATRIX = {
         Call("get", "/api/v1/logs/{log}/", API_READ),
         Call("delete", "/api/v1/logs/{log}/", statuses(401, 401, 403, 403, 405, 405, 405)),
     ],
+    "api/v1/^audit/$": [
+        Call("get", "/api/v1/audit/", API_READ),
+        Call("post", "/api/v1/audit/", statuses(401, 401, 403, 403, 405, 405, 405), {}),
+    ],
+    "api/v1/^audit/(?P<pk>[^/.]+)/$": [
+        Call("get", "/api/v1/audit/{audit}/", API_READ),
+        Call("delete", "/api/v1/audit/{audit}/", statuses(401, 401, 403, 403, 405, 405, 405)),
+    ],
     "api/v1/stats/": [Call("get", "/api/v1/stats/", API_READ)],
     "api/v1/schema/": [Call("get", "/api/v1/schema/", API_STAFF)],
     # A browser without credentials is sent to the admin login; a bad credential is 401.
@@ -264,7 +283,8 @@ def database_state():
             for row in model._default_manager.order_by("pk").values()
         ]
         for model in apps.get_models()
-        if model._meta.label != "sessions.Session"
+        # Sessions change on reads; a refused credential is counted (login throttling).
+        if model._meta.label not in ("sessions.Session", "accounts.LoginFailure")
     }
 
 
@@ -276,8 +296,18 @@ def world(settings):
     root = User.objects.create_superuser("root", "root@example.com")  # no hashing: fast
     token, _ = services.create_api_token(user=root, name="root's")
     group = Group.objects.create(name="support")
+    now = timezone.now()
+    lockout = Lockout.objects.create(
+        key="user:alice", surface="admin", failures=5, locked_at=now, until=now + timedelta(hours=1)
+    )
     ids = {name: obj.pk for name, obj in world.items()}
-    ids.update(token=token.pk, group=group.pk, ct=ContentType.objects.get_for_model(User).pk)
+    ids.update(
+        token=token.pk,
+        group=group.pk,
+        ct=ContentType.objects.get_for_model(User).pk,
+        lockout=lockout.pk,
+        audit=AuditEntry.objects.latest("id").pk,  # the world's own making was recorded
+    )
     return ids
 
 
