@@ -10,6 +10,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 
 from accounts import services, throttling
+from aethergate.lib import audit
 
 
 class TokenAuthentication(BaseAuthentication):
@@ -33,10 +34,7 @@ class TokenAuthentication(BaseAuthentication):
                 presented, address=request.META.get("REMOTE_ADDR")
             )
         except throttling.LockedOut as locked:
-            raise exceptions.Throttled(
-                wait=locked.retry_after,
-                detail="Too many failed API token attempts from this client or for this token.",
-            ) from None
+            raise throttled(locked) from None
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked API token.")
         return token.user, token
@@ -83,17 +81,37 @@ class MasterKeyUser(AnonymousUser):
 
 
 class MasterKeyAuthentication(BaseAuthentication):
-    """`X-Admin-Key: <MASTER_API_KEY>`; refused outright when MASTER_API_KEY is empty."""
+    """`X-Admin-Key: <MASTER_API_KEY>`; refused outright when MASTER_API_KEY is empty.
+
+    Wrong keys are throttled per client address like token failures
+    (accounts.throttling), never per key: anyone could otherwise lock the
+    operators out of their break-glass credential.
+    """
 
     def authenticate(self, request):
         presented = request.META.get("HTTP_X_ADMIN_KEY")
         if presented is None:
             return None
+        attempt = throttling.Attempt(audit.Surface.API, None, request.META.get("REMOTE_ADDR"))
+        try:
+            throttling.check(attempt)
+        except throttling.LockedOut as locked:
+            raise throttled(locked) from None
         expected = settings.MASTER_API_KEY
         # Bytes, because compare_digest refuses str with non-ASCII characters.
         if not expected or not hmac.compare_digest(presented.encode(), expected.encode()):
+            locked = throttling.failed(attempt)
+            if locked is not None:
+                raise throttled(locked)
             raise exceptions.AuthenticationFailed("Invalid admin key.")
         return MasterKeyUser(), None
+
+
+def throttled(locked: throttling.LockedOut) -> exceptions.Throttled:
+    return exceptions.Throttled(
+        wait=locked.retry_after,
+        detail="Too many failed API credential attempts from this client or for this token.",
+    )
 
 
 class IsActiveStaff(BasePermission):

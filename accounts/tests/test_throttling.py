@@ -150,7 +150,7 @@ def test_a_token_is_refused_after_the_configured_failures_for_its_prefix(bearer,
     refused = bearer(token_secret).get("/api/v1/users/", REMOTE_ADDR="192.0.2.1")
     assert refused.status_code == 429
     assert int(refused["Retry-After"]) == 600
-    assert refused.json()["detail"].startswith("Too many failed API token attempts")
+    assert refused.json()["detail"].startswith("Too many failed API credential attempts")
 
 
 def test_random_tokens_from_one_address_lock_the_address_out(bearer, token_secret, later):
@@ -161,6 +161,25 @@ def test_random_tokens_from_one_address_lock_the_address_out(bearer, token_secre
     assert bearer(token_secret).get("/api/v1/users/", REMOTE_ADDR="192.0.2.1").status_code == 200
     later(601)
     assert bearer(token_secret).get("/api/v1/users/", REMOTE_ADDR=ADDRESS).status_code == 200
+
+
+def test_wrong_master_keys_lock_the_address_out_but_never_the_key(
+    api_client_class, settings, later
+):
+    settings.MASTER_API_KEY = "the-real-master-key-0123456789"
+
+    def call(key, address):
+        client = api_client_class()
+        return client.get("/api/v1/users/", HTTP_X_ADMIN_KEY=key, REMOTE_ADDR=address)
+
+    statuses = [call(f"guess-{n}", ADDRESS).status_code for n in range(10)]
+
+    assert statuses == [401] * 7 + [429] * 3
+    assert call(settings.MASTER_API_KEY, ADDRESS).status_code == 429
+    # Only that address: the operators keep their break-glass key elsewhere.
+    assert call(settings.MASTER_API_KEY, "192.0.2.1").status_code == 200
+    later(601)
+    assert call(settings.MASTER_API_KEY, ADDRESS).status_code == 200
 
 
 def test_a_token_lockout_is_audited_as_an_api_event(bearer, token_secret, stopped_redis):
