@@ -102,20 +102,14 @@ def audit_middleware(get_response):
     if iscoroutinefunction(get_response):
 
         async def middleware(request):
-            token = set_actor(request_actor(request, Surface.ADMIN))
-            try:
+            with acting(request_actor(request, Surface.ADMIN)):
                 return await get_response(request)
-            finally:
-                _actor.reset(token)
 
     else:
 
         def middleware(request):
-            token = set_actor(request_actor(request, Surface.ADMIN))
-            try:
+            with acting(request_actor(request, Surface.ADMIN)):
                 return get_response(request)
-            finally:
-                _actor.reset(token)
 
     return middleware
 
