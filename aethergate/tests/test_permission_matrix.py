@@ -104,6 +104,24 @@ def api_detail(resource, obj):
     ]
 
 
+# A read-only resource: a write is 405 once the caller holds the permission it would need.
+API_NO_WRITES = statuses(401, 401, 403, 403, 405, 405, 405)
+
+
+def api_read_only(resource, obj):
+    """The list and detail URL patterns of a read-only management API resource."""
+    return {
+        f"api/v1/^{resource}/$": [
+            Call("get", f"/api/v1/{resource}/", API_READ),
+            Call("post", f"/api/v1/{resource}/", API_NO_WRITES, {}),
+        ],
+        f"api/v1/^{resource}/(?P<pk>[^/.]+)/$": [
+            Call("get", f"/api/v1/{resource}/{{{obj}}}/", API_READ),
+            Call("delete", f"/api/v1/{resource}/{{{obj}}}/", API_NO_WRITES),
+        ],
+    }
+
+
 MATRIX = {
     "": [Call("get", "/", statuses(*[302] * 7))],
     # Django admin's own pages
@@ -229,23 +247,9 @@ MATRIX = {
         Call("post", "/api/v1/models/", api_write(201), {"name": "m2", "upstream_name": "m2"}),
     ],
     "api/v1/^models/(?P<pk>[^/.]+)/$": api_detail("models", "model"),
-    # Logs are read-only: a write is 405 once the caller holds the permission it would need.
-    "api/v1/^logs/$": [
-        Call("get", "/api/v1/logs/", API_READ),
-        Call("post", "/api/v1/logs/", statuses(401, 401, 403, 403, 405, 405, 405), {}),
-    ],
-    "api/v1/^logs/(?P<pk>[^/.]+)/$": [
-        Call("get", "/api/v1/logs/{log}/", API_READ),
-        Call("delete", "/api/v1/logs/{log}/", statuses(401, 401, 403, 403, 405, 405, 405)),
-    ],
-    "api/v1/^audit/$": [
-        Call("get", "/api/v1/audit/", API_READ),
-        Call("post", "/api/v1/audit/", statuses(401, 401, 403, 403, 405, 405, 405), {}),
-    ],
-    "api/v1/^audit/(?P<pk>[^/.]+)/$": [
-        Call("get", "/api/v1/audit/{audit}/", API_READ),
-        Call("delete", "/api/v1/audit/{audit}/", statuses(401, 401, 403, 403, 405, 405, 405)),
-    ],
+    # Logs and the audit log are read-only (api_read_only).
+    **api_read_only("logs", "log"),
+    **api_read_only("audit", "audit"),
     "api/v1/stats/": [Call("get", "/api/v1/stats/", API_READ)],
     "api/v1/schema/": [Call("get", "/api/v1/schema/", API_STAFF)],
     # A browser without credentials is sent to the admin login; a bad credential is 401.
