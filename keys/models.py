@@ -51,11 +51,27 @@ class CapabilityListField(models.JSONField):
         )
 
 
+def refusal(*, is_active: bool, user_active: bool, expires_at, now) -> tuple[str, str] | None:
+    """Why a key may not authenticate at `now`, as (code, message); None when it may.
+
+    The one rule: `/v1` applies it to its snapshot, `APIKey.refusal()` to a
+    row, and `APIKeyQuerySet.usable()` is the same test written as a filter.
+    """
+    if not is_active:
+        return "key_inactive", "This API key has been deactivated."
+    if expires_at is not None and expires_at <= now:
+        return "key_expired", "This API key has expired."
+    if not user_active:
+        return "user_inactive", "The account this API key belongs to is inactive."
+    return None
+
+
 class APIKeyQuerySet(models.QuerySet):
-    def usable(self):
-        """Keys that may authenticate now: active, owner active, not expired."""
+    def usable(self, *, now=None):
+        """Keys that may authenticate at `now` (default: now): those `refusal` lets through."""
+        now = now or timezone.now()
         return self.filter(is_active=True, owner__is_active=True).filter(
-            Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now)
         )
 
 
@@ -116,3 +132,12 @@ class APIKey(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    def refusal(self, *, now=None) -> tuple[str, str] | None:
+        """Why this key may not authenticate at `now` (see `refusal`); None when it may."""
+        return refusal(
+            is_active=self.is_active,
+            user_active=self.owner.is_active,
+            expires_at=self.expires_at,
+            now=now or timezone.now(),
+        )
