@@ -25,14 +25,24 @@ warnings.filterwarnings(
 django_application = get_asgi_application()
 
 from proxy import ops  # noqa: E402 -- needs the apps loaded by the line above
-from proxy.app import proxy  # noqa: E402
+from proxy.app import App  # noqa: E402
 
 
-async def application(scope, receive, send):
-    path = scope.get("path", "")
-    if scope["type"] == "lifespan" or path == "/v1" or path.startswith("/v1/"):
-        await proxy(scope, receive, send)
-    elif path in ops.PATHS and scope["type"] == "http":
-        await ops.app(scope, receive, send)
-    else:
-        await django_application(scope, receive, send)
+def make_application():
+    """A new ASGI application: its own `/v1` app (`.proxy`), the operations endpoints, Django."""
+    proxy = App()
+
+    async def application(scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "lifespan" or path == "/v1" or path.startswith("/v1/"):
+            await proxy(scope, receive, send)
+        elif path in ops.PATHS and scope["type"] == "http":
+            await ops.app(scope, receive, send, proxy.runtime)
+        else:
+            await django_application(scope, receive, send)
+
+    application.proxy = proxy
+    return application
+
+
+application = make_application()

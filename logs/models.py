@@ -20,6 +20,9 @@ class Outcome(models.TextChoices):
     UPSTREAM_TIMEOUT = "upstream_timeout", "Upstream timeout"
     CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
     GATEWAY_ERROR = "gateway_error", "Gateway error"
+    # Counted in metrics only: no key, or none verified, so no account to log under.
+    UNAUTHENTICATED = "unauthenticated", "Unauthenticated"
+    UNAVAILABLE = "unavailable", "Gateway unavailable"
 
 
 class RequestLog(models.Model):

@@ -2,8 +2,10 @@
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from operator import attrgetter
 
 from django.db import IntegrityError, connections, models, transaction
 from django.db.models import F, Q
@@ -13,13 +15,14 @@ from accounts.models import User
 from aethergate.lib import audit
 from keys.models import APIKey
 from logs.models import AuditEntry, RequestLog
+from logs.records import RequestRecord
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 PRUNE_BATCH_SIZE = 5000
 
 
-def write_batch(records: list[dict]) -> dict[int, Decimal]:
-    """Store `records` (RequestLog fields) and charge their cost; return the charges per user.
+def write_batch(records: list[RequestRecord]) -> dict[int, Decimal]:
+    """Store `records` and charge their cost; return the charges per user.
 
     All or nothing. A user or key deleted since the request keeps its log row
     (link cleared, snapshot names kept) instead of failing the batch.
@@ -30,8 +33,8 @@ def write_batch(records: list[dict]) -> dict[int, Decimal]:
         # Rare: a user or key went between the request and now. Checking every
         # batch for that cost two queries each time; checking after a refusal,
         # nothing.
-        user_ids = {r["user_id"] for r in records if r.get("user_id")}
-        key_ids = {r["api_key_id"] for r in records if r.get("api_key_id")}
+        user_ids = {r.user_id for r in records if r.user_id}
+        key_ids = {r.api_key_id for r in records if r.api_key_id}
         users = set(User.objects.filter(pk__in=user_ids).values_list("pk", flat=True))
         keys = set(APIKey.objects.filter(pk__in=key_ids).values_list("pk", flat=True))
         return _write(records, users, keys)
@@ -74,17 +77,16 @@ def _write(records, users=None, keys=None) -> dict[int, Decimal]:
     charges: dict[int, Decimal] = defaultdict(Decimal)
     last_used = {}
     rows = []
-    for record in records:
-        row = {**record}
-        if users is not None and row.get("user_id") not in users:
-            row["user_id"] = None
-        if keys is not None and row.get("api_key_id") not in keys:
-            row["api_key_id"] = None
-        if row.get("user_id") and row.get("cost"):
-            charges[row["user_id"]] += row["cost"]
-        if row.get("api_key_id"):
-            used = row["created_at"]
-            last_used[row["api_key_id"]] = max(used, last_used.get(row["api_key_id"], used))
+    for row in records:
+        if users is not None and row.user_id not in users:
+            row = replace(row, user_id=None)
+        if keys is not None and row.api_key_id not in keys:
+            row = replace(row, api_key_id=None)
+        if row.user_id and row.cost:
+            charges[row.user_id] += row.cost
+        if row.api_key_id:
+            used = row.created_at
+            last_used[row.api_key_id] = max(used, last_used.get(row.api_key_id, used))
         rows.append(row)
     stale = {
         key_id: used
@@ -108,7 +110,7 @@ def _write(records, users=None, keys=None) -> dict[int, Decimal]:
     return dict(charges)
 
 
-def _insert(rows: list[dict]) -> None:
+def _insert(rows: list[RequestRecord]) -> None:
     """What bulk_create does for these rows, without building model instances.
 
     Measured under load, bulk_create (its SQL compiler, then Model.__init__
@@ -119,8 +121,8 @@ def _insert(rows: list[dict]) -> None:
     conn = connections[RequestLog.objects.db]
     if conn.alias not in _statements:
         _statements[conn.alias] = _insert_statement(conn)
-    sql, columns = _statements[conn.alias]
-    params = [[adapt(row.get(name, default)) for name, default, adapt in columns] for row in rows]
+    sql, values, adapters = _statements[conn.alias]
+    params = [[adapt(v) for adapt, v in zip(adapters, values(row), strict=True)] for row in rows]
     with conn.cursor() as cursor:
         if conn.vendor == "postgresql":
             # COPY: rows are streamed and formatted in C, several times
@@ -133,11 +135,11 @@ def _insert(rows: list[dict]) -> None:
 
 
 # Per database alias: built once, as profiles of small batches showed it costing.
-_statements: dict[str, tuple[str, list]] = {}
+_statements: dict[str, tuple[str, Callable, list]] = {}
 
 
-def _insert_statement(conn) -> tuple[str, list]:
-    """The INSERT and, per column, (record key, default, adapter), for one connection."""
+def _insert_statement(conn) -> tuple[str, Callable, list]:
+    """The INSERT, the record's values in column order, and each column's adapter."""
     fields = [f for f in RequestLog._meta.concrete_fields if not f.primary_key]
     quote = conn.ops.quote_name
     # Names come from the model's metadata, quoted; values are bound parameters.
@@ -146,7 +148,7 @@ def _insert_statement(conn) -> tuple[str, list]:
         sql = f"COPY {table} ({names}) FROM STDIN"
     else:
         sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(fields))})"  # noqa: S608
-    return sql, [(f.attname, f.get_default(), _adapter(f, conn)) for f in fields]
+    return sql, attrgetter(*(f.attname for f in fields)), [_adapter(f, conn) for f in fields]
 
 
 def _adapter(field, conn) -> Callable:

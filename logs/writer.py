@@ -11,6 +11,7 @@ from django.conf import settings
 
 from aethergate.lib import metrics
 from aethergate.lib.db import run_db
+from logs.records import RequestRecord
 from logs.services import is_record_fault, write_batch
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class LogWriter:
         self.on_rejected = on_rejected
         self.write = write
         self.clock = clock
-        self.pending: deque[dict] = deque()
+        self.pending: deque[RequestRecord] = deque()
         self.written = 0
         self.failed_batches = 0
         self.dropped = 0
@@ -61,7 +62,7 @@ class LogWriter:
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    def submit(self, record: dict) -> None:
+    def submit(self, record: RequestRecord) -> None:
         if not self.pending and not self._in_flight:
             self._waiting_since = self.clock()
         if len(self.pending) >= settings.AETHERGATE_LOG_BUFFER_MAX:
@@ -134,11 +135,11 @@ class LogWriter:
             self._in_flight = 0
             metrics.LOG_QUEUE.set(len(self.pending))
 
-    async def _store(self, batch: list[dict]) -> bool:
+    async def _store(self, batch: list[RequestRecord]) -> bool:
         # Parts still to write, in order. A refused part is replaced by its two
         # halves, so one bad record among n costs about 2·log2(n) extra writes.
         parts = deque([batch])
-        refused: list[tuple[dict, Exception]] = []
+        refused: list[tuple[RequestRecord, Exception]] = []
         try:
             while parts:
                 part = parts.popleft()
@@ -165,7 +166,7 @@ class LogWriter:
     def _progress(self) -> None:
         self.last_success = self._waiting_since = self.clock()
 
-    def _stored(self, part: list[dict], charges: dict) -> None:
+    def _stored(self, part: list[RequestRecord], charges: dict) -> None:
         self.written += len(part)
         self._in_flight -= len(part)
         self._progress()
@@ -174,19 +175,19 @@ class LogWriter:
         if self.on_settled:
             self.on_settled(charges)
 
-    def _set_aside(self, record: dict) -> None:
+    def _set_aside(self, record: RequestRecord) -> None:
         self.rejected += 1
         self._in_flight -= 1
         self._progress()
         metrics.LOG_REJECTED.inc()
         self._release(record)
 
-    def _release(self, record: dict) -> None:
+    def _release(self, record: RequestRecord) -> None:
         """Tell `on_rejected` the charge of a record that will never be stored."""
-        if self.on_rejected and record.get("user_id") and record.get("cost"):
-            self.on_rejected({record["user_id"]: Decimal(record["cost"])})
+        if self.on_rejected and record.user_id and record.cost:
+            self.on_rejected({record.user_id: Decimal(record.cost)})
 
-    def _outage(self, exc: Exception, part: list[dict], rest: deque) -> None:
+    def _outage(self, exc: Exception, part: list[RequestRecord], rest: deque) -> None:
         self.failed_batches += 1
         metrics.LOG_BATCHES.labels("failed").inc()
         unwritten = part + [record for later in rest for record in later]
@@ -201,11 +202,11 @@ class LogWriter:
         self.pending.extendleft(reversed(unwritten))
 
     @staticmethod
-    def _log_refused(refused: list[tuple[dict, Exception]]) -> None:
+    def _log_refused(refused: list[tuple[RequestRecord, Exception]]) -> None:
         # Named by request id and error type only: a driver's message can
         # quote the value it refused, which may be a prompt.
         kinds = sorted({_error_kind(exc) for _, exc in refused})
-        ids = [str(record.get("request_id", "?")) for record, _ in refused]
+        ids = [record.request_id for record, _ in refused]
         more = f" and {len(ids) - MAX_IDS_LOGGED} more" if len(ids) > MAX_IDS_LOGGED else ""
         log.error(
             "Set aside %d request log(s) the database refused (%s), not stored or charged: %s%s",

@@ -3,13 +3,18 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
 
+def _announce(**_signal):
+    from aethergate.lib.changes import catalog_changed
+
+    catalog_changed.send(sender=None)
+
+
 def _invalidate_on_commit(**_signal):
     from proxy import broadcast
-    from proxy.app import proxy
 
     # After the commit, not at save(): a rebuild started inside the writing
     # transaction would read the old rows and be taken as current.
-    transaction.on_commit(proxy.invalidate)
+    transaction.on_commit(_announce)
     transaction.on_commit(broadcast.publish)
 
 

@@ -1,9 +1,9 @@
 """The in-process snapshot of keys, users, models and endpoints that `/v1` reads.
 
 No request queries the database: the snapshot is rebuilt when a change is
-signalled in this process (Django signals), announced by another process
-over Redis, or seen by polling a cheap change marker. Balances are re-read at
-every poll, so charges made by other processes count here within a poll.
+signalled in this process (`aethergate.lib.changes`), announced by another
+process over Redis, or seen by polling a cheap change marker. Balances are
+re-read at every poll, so charges made by other processes count here within a poll.
 
 If the database is unreachable the previous snapshot keeps serving: known
 keys keep working, and `available` turns False so that unknown keys get a
@@ -12,163 +12,15 @@ keys keep working, and `available` turns False so that unknown keys get a
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Count, Max
 
 from aethergate.lib.db import run_db
-from aethergate.lib.ratelimit import Rate, parse_spec
+from proxy.snapshot import Snapshot, change_marker, load_balances, load_snapshot
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    id: int
-    prefix: str
-    user_id: int
-    username: str
-    is_active: bool
-    user_active: bool
-    expires_at: datetime | None
-    log_content: bool
-    rates: tuple[Rate, ...]
-    capabilities: frozenset[str]
-    models: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointInfo:
-    id: int
-    name: str
-    base_url: str
-    api_key: str
-    usable: bool
-    rates: tuple[Rate, ...]
-    connect_timeout: float
-    first_byte_timeout: float
-    idle_timeout: float
-    total_timeout: float
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    id: int
-    name: str
-    upstream_name: str
-    capability: str
-    billing_unit: str
-    price_in: Decimal
-    price_out: Decimal
-    rates: tuple[Rate, ...]
-    fallback: str | None
-    endpoint: EndpointInfo | None
-    created: int
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    keys: dict[str, KeyInfo]
-    models: dict[str, ModelInfo]
-    balances: dict[int, Decimal | None]
-
-
-def _rates(rpm: int | None, per_day: int | None) -> tuple[Rate, ...]:
-    return tuple(r for r in (rpm and Rate(rpm, 60), per_day and Rate(per_day, 86400)) if r)
-
-
-def load_snapshot() -> Snapshot:
-    """Read everything `/v1` needs in a few queries (sync; run in a thread)."""
-    from endpoints.models import Endpoint
-    from keys.models import APIKey
-    from models_registry.models import Model
-
-    endpoints = {}
-    for e in Endpoint.objects.filter(is_active=True):
-        try:
-            credential, usable = e.api_key, True
-        except Exception:
-            log.exception("Endpoint %s: its credential cannot be decrypted; not serving it", e.name)
-            credential, usable = "", False
-        endpoints[e.pk] = EndpointInfo(
-            e.pk,
-            e.name,
-            e.base_url.rstrip("/"),
-            credential,
-            usable,
-            _rates(e.rpm_limit, e.day_limit),
-            e.connect_timeout,
-            e.first_byte_timeout,
-            e.idle_timeout,
-            e.total_timeout,
-        )
-    models = {
-        m.name: ModelInfo(
-            m.pk,
-            m.name,
-            m.upstream_name,
-            m.capability,
-            m.billing_unit,
-            m.price_in,
-            m.price_out,
-            _rates(m.rpm_limit, m.day_limit),
-            m.fallback.name if m.fallback and m.fallback.is_active else None,
-            endpoints.get(m.endpoint_id),
-            int(m.created_at.timestamp()),
-        )
-        for m in Model.objects.filter(is_active=True).select_related("fallback")
-    }
-    allowed: dict[int, set[str]] = {}
-    through = APIKey.allowed_models.through.objects.values_list("apikey_id", "model__name")
-    for key_id, name in through:
-        allowed.setdefault(key_id, set()).add(name)
-    keys = {}
-    for k in APIKey.objects.select_related("owner"):
-        try:
-            rates = parse_spec(k.rate_limit)
-        except ValueError:
-            # Validated on save; a bad row (e.g. a raw SQL edit) fails closed.
-            log.error(
-                "API key %s has an invalid rate limit %r; refusing it", k.prefix, k.rate_limit
-            )
-            continue
-        keys[k.digest] = KeyInfo(
-            k.pk,
-            k.prefix,
-            k.owner_id,
-            k.owner.username,
-            k.is_active,
-            k.owner.is_active,
-            k.expires_at,
-            k.log_content,
-            rates,
-            frozenset(k.allowed_capabilities or ()),
-            frozenset(allowed.get(k.pk, ())),
-        )
-    return Snapshot(keys, models, load_balances())
-
-
-def load_balances() -> dict[int, Decimal]:
-    """The prepaid balances (users without one are not limited by balance)."""
-    from accounts.models import User
-
-    return dict(User.objects.filter(balance__isnull=False).values_list("pk", "balance"))
-
-
-def change_marker() -> tuple:
-    """A cheap value that changes whenever a row `/v1` depends on is saved or deleted."""
-    from accounts.models import User
-    from endpoints.models import Endpoint
-    from keys.models import APIKey
-    from models_registry.models import Model
-
-    return tuple(
-        tuple(model.objects.aggregate(n=Count("pk"), t=Max("updated_at")).values())
-        for model in (APIKey, User, Model, Endpoint)
-    )
 
 
 class Catalog:

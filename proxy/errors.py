@@ -1,6 +1,12 @@
-"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` with a status."""
+"""The errors `/v1` answers, and the exceptions its steps raise (the bottom of `proxy/`).
+
+Every answer is OpenAI's shape, `{"error": {"message", "type", "param",
+"code"}}`, with a status, and names the `Outcome` the request log records.
+"""
 
 import json
+
+from logs.models import Outcome
 
 
 class APIError(Exception):
@@ -14,7 +20,7 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
-        outcome: str = "invalid_request",
+        outcome: Outcome = Outcome.INVALID_REQUEST,
         headers: dict[str, str] | None = None,
         log_message: str | None = None,
     ):
@@ -42,6 +48,19 @@ class APIError(Exception):
         ).encode()
 
 
+class Retryable(Exception):
+    """An attempt failed before any byte reached the client: another candidate may be tried."""
+
+    def __init__(self, reason: str, error: APIError):
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
 def invalid_key() -> APIError:
     # One answer for a missing, malformed or unknown key: nothing to probe.
     return APIError(
@@ -49,7 +68,7 @@ def invalid_key() -> APIError:
         "Incorrect API key provided. Pass a key issued by this gateway as "
         "'Authorization: Bearer <key>'.",
         code="invalid_api_key",
-        outcome="unauthenticated",
+        outcome=Outcome.UNAUTHENTICATED,
     )
 
 
@@ -60,7 +79,7 @@ def cannot_verify_keys() -> APIError:
         "The gateway cannot verify this API key right now; retry shortly.",
         type="api_error",
         code="service_unavailable",
-        outcome="",
+        outcome=Outcome.UNAVAILABLE,
         headers={"retry-after": "5"},
     )
 
@@ -72,7 +91,7 @@ def too_many_invalid_keys(wait: float) -> APIError:
         429,
         f"Too many requests with invalid API keys from this address. Retry in {retry} s.",
         code="too_many_invalid_keys",
-        outcome="unauthenticated",
+        outcome=Outcome.UNAUTHENTICATED,
         headers={"retry-after": str(retry)},
     )
 
@@ -83,13 +102,33 @@ def overloaded() -> APIError:
         "The gateway is handling as many requests as it can; retry shortly.",
         type="api_error",
         code="overloaded",
-        outcome="",
+        outcome=Outcome.UNAVAILABLE,
         headers={"retry-after": "1"},
     )
 
 
+def unknown_url(method: str, path: str) -> APIError:
+    return APIError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
+
+
+def internal() -> APIError:
+    return APIError(
+        500,
+        "The gateway failed to handle this request.",
+        type="api_error",
+        outcome=Outcome.GATEWAY_ERROR,
+        log_message="internal error",
+    )
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(
+        413, f"The request body is larger than {limit} bytes.", code="request_too_large"
+    )
+
+
 def forbidden(message: str, code: str) -> APIError:
-    return APIError(403, message, type="permission_error", code=code, outcome="forbidden")
+    return APIError(403, message, type="permission_error", code=code, outcome=Outcome.FORBIDDEN)
 
 
 def model_not_found(name: str) -> APIError:
@@ -98,7 +137,7 @@ def model_not_found(name: str) -> APIError:
         f"The model '{name}' does not exist or you do not have access to it.",
         code="model_not_found",
         param="model",
-        outcome="model_not_found",
+        outcome=Outcome.MODEL_NOT_FOUND,
     )
 
 
@@ -106,5 +145,23 @@ def bad_request(message: str, *, code: str = "invalid_request", param: str | Non
     return APIError(400, message, code=code, param=param)
 
 
-def upstream_error(status: int, message: str, *, code: str, outcome="upstream_error"):
+def upstream_error(
+    status: int, message: str, *, code: str, outcome: Outcome = Outcome.UPSTREAM_ERROR
+) -> APIError:
     return APIError(status, message, type="upstream_error", code=code, outcome=outcome)
+
+
+def upstream_timeout(model_name: str) -> APIError:
+    return upstream_error(
+        504,
+        f"The upstream for model '{model_name}' did not answer in time.",
+        code="upstream_timeout",
+        outcome=Outcome.UPSTREAM_TIMEOUT,
+    )
+
+
+def invalid_response(model_name: str, *, mid_stream: bool = False) -> APIError:
+    where = "broke off mid-stream" if mid_stream else "returned an invalid response"
+    return upstream_error(
+        502, f"The upstream for model '{model_name}' {where}.", code="upstream_error"
+    )

@@ -18,7 +18,6 @@ from django.db.migrations.executor import MigrationExecutor
 
 from aethergate.lib import metrics
 from aethergate.lib.db import run_db
-from proxy.app import proxy
 
 PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 # A readiness probe must answer before the prober gives up (commonly 1 to 5 s).
@@ -39,32 +38,41 @@ def _check_database() -> str:
     return "ok" if _migrated else "migrations pending"
 
 
-async def readiness() -> tuple[int, dict]:
+async def readiness(runtime) -> tuple[int, dict]:
+    """(status, body) of the readiness probe for a process serving `/v1` from `runtime`."""
     try:
         async with asyncio.timeout(DATABASE_CHECK_SECONDS):
             database = await run_db(_check_database)
     except Exception:
         database = "unreachable"
     # Not started yet (no lifespan startup, no /v1 request): it holds nothing to be stuck on.
-    writer = proxy.writer.health() if proxy.writer is not None else "not started"
+    if runtime is None:
+        draining, writer, rate_limits = False, "not started", "not started"
+    else:
+        draining, writer, rate_limits = (
+            runtime.draining,
+            runtime.writer.health(),
+            runtime.limiter.state,
+        )
     checks = {
         "database": database,
-        "draining": proxy.draining,
-        "rate_limits": proxy.limiter.state,
+        "draining": draining,
+        "rate_limits": rate_limits,
         "log_writer": writer,
     }
-    ready = database == "ok" and not proxy.draining and writer in ("ok", "not started")
+    ready = database == "ok" and not draining and writer in ("ok", "not started")
     return (200 if ready else 503), {"status": "ready" if ready else "unavailable", **checks}
 
 
-async def app(scope, receive, send) -> None:
+async def app(scope, receive, send, runtime) -> None:
+    """Answer an operations request; `runtime` is the `/v1` one (None before it started)."""
     path, method = scope["path"], scope["method"]
     if method not in ("GET", "HEAD"):
         await _send(send, 405, b'{"detail": "Method not allowed."}', b"application/json")
     elif path == "/health/live":
         await _send(send, 200, b'{"status": "live"}', b"application/json")
     elif path == "/health/ready":
-        status, body = await readiness()
+        status, body = await readiness(runtime)
         await _send(send, status, json.dumps(body).encode(), b"application/json")
     elif _metrics_allowed(scope):
         body, content_type = metrics.exposition()

@@ -1,4 +1,4 @@
-"""The only outbound HTTP in AetherGate: one pooled aiohttp session and its policy.
+"""The only outbound HTTP in AetherGate: a pooled aiohttp client and its policy.
 
 Only what the gateway configures reaches the upstream: the endpoint's URL and
 credential, a JSON body, the request id. No client header is forwarded.
@@ -18,10 +18,7 @@ from aiohttp.resolver import DefaultResolver
 from django.conf import settings
 
 from aethergate.lib import addresses
-from proxy.catalog import EndpointInfo
-
-_session: aiohttp.ClientSession | None = None
-_resolver: AbstractResolver | None = None
+from proxy.snapshot import EndpointInfo
 
 
 class AddressRefused(aiohttp.ClientConnectionError):
@@ -62,20 +59,20 @@ class PolicyResolver(AbstractResolver):
         await self._resolver.close()
 
 
-async def start() -> None:
-    # One pooled session per process, by design.
-    global _session, _resolver
-    if _session is None or _session.closed:
-        _resolver = PolicyResolver()
-        _session = aiohttp.ClientSession(
+class Client:
+    """One pooled session per process (made in a running loop, by the Runtime), and `post`."""
+
+    def __init__(self, *, max_connections: int):
+        self._resolver = PolicyResolver()
+        self._session = aiohttp.ClientSession(
             # Per upstream host: past the cap, requests wait for a connection
             # (within their first-byte timeout) instead of opening more.
             connector=aiohttp.TCPConnector(
                 limit=0,
-                limit_per_host=settings.AETHERGATE_UPSTREAM_MAX_CONNECTIONS,
+                limit_per_host=max_connections,
                 ttl_dns_cache=300,
                 keepalive_timeout=30,
-                resolver=_resolver,
+                resolver=self._resolver,
             ),
             # Timeouts are applied per request from the endpoint's settings.
             timeout=aiohttp.ClientTimeout(total=None),
@@ -83,47 +80,38 @@ async def start() -> None:
             skip_auto_headers=("User-Agent",),
         )
 
+    async def close(self) -> None:
+        await self._session.close()
+        await self._resolver.close()  # a resolver passed in is not closed by its connector
 
-async def close() -> None:
-    global _session, _resolver
-    if _session is not None:
-        await _session.close()
-        _session = None
-    if _resolver is not None:  # a resolver passed in is not closed by its connector
-        await _resolver.close()
-        _resolver = None
+    async def post(
+        self, endpoint: EndpointInfo, path: str, body: bytes, *, stream: bool, request_id: str
+    ) -> aiohttp.ClientResponse:
+        """POST `body` to `endpoint` + `path`; returns once response headers arrived.
 
-
-async def post(
-    endpoint: EndpointInfo, path: str, body: bytes, *, stream: bool, request_id: str
-) -> aiohttp.ClientResponse:
-    """POST `body` to `endpoint` + `path`; returns once response headers arrived.
-
-    Raises aiohttp.ClientError on connection failure (AddressRefused when the
-    address policy refuses the host); the caller bounds the wait for the
-    first byte and closes the response.
-    """
-    # aiohttp dials an IP address in the URL without asking the resolver.
-    _check_host(_host(endpoint.base_url))
-    if _session is None:
-        await start()
-    headers = {
-        "Content-Type": "application/json",
-        "Accept": "text/event-stream" if stream else "application/json",
-        "User-Agent": "AetherGate",
-        "X-Request-ID": request_id,
-    }
-    if endpoint.api_key:
-        headers["Authorization"] = f"Bearer {endpoint.api_key}"
-    return await _session.post(
-        endpoint.base_url + path,
-        data=body,
-        headers=headers,
-        allow_redirects=False,
-        timeout=aiohttp.ClientTimeout(
-            total=endpoint.total_timeout, sock_connect=endpoint.connect_timeout
-        ),
-    )
+        Raises aiohttp.ClientError on connection failure (AddressRefused when
+        the address policy refuses the host); the caller bounds the wait for
+        the first byte and closes the response.
+        """
+        # aiohttp dials an IP address in the URL without asking the resolver.
+        _check_host(_host(endpoint.base_url))
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+            "User-Agent": "AetherGate",
+            "X-Request-ID": request_id,
+        }
+        if endpoint.api_key:
+            headers["Authorization"] = f"Bearer {endpoint.api_key}"
+        return await self._session.post(
+            endpoint.base_url + path,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(
+                total=endpoint.total_timeout, sock_connect=endpoint.connect_timeout
+            ),
+        )
 
 
 @functools.lru_cache(maxsize=256)

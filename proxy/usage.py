@@ -8,7 +8,7 @@ never make a record the database refuses.
 from decimal import Decimal
 
 from accounts.models import MONEY
-from proxy.catalog import ModelInfo
+from proxy.snapshot import ModelInfo
 
 # Without the model's tokenizer (none is downloadable here), ~4 characters a
 # token is the usual estimate for English text; rows using it are flagged.
@@ -56,6 +56,13 @@ def from_upstream(usage) -> tuple[int, int] | None:
     if not is_count(output):
         return None
     return usage["prompt_tokens"], output
+
+
+def count(counted: tuple[int, int] | None, payload: dict, completion: str) -> tuple[int, int, bool]:
+    """(input, output, estimated): the upstream's `counted` usage, or estimates from the text."""
+    if counted:
+        return *counted, False
+    return estimate_tokens(prompt_text(payload)), estimate_tokens(completion), True
 
 
 def milliseconds(seconds: float) -> int:

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from aethergate.tests.test_ratelimit import FakeClock
 from keys import services
 from logs.models import RequestLog
+from logs.records import RequestRecord
 from logs.services import write_batch
 from logs.writer import LogWriter
 
@@ -27,20 +28,32 @@ def key(django_user_model):
     return key
 
 
-def record(key, cost="0.25", **fields):
-    return {
+def record(key, cost="0.25", **fields) -> RequestRecord:
+    values = {
         "created_at": timezone.now(),
-        "request_id": fields.pop("request_id", "req-1"),
+        "request_id": "req-1",
         "user_id": key.owner_id,
         "username": key.owner.username,
         "api_key_id": key.pk,
         "key_prefix": key.prefix,
         "model": "llama3",
+        "endpoint": "",
+        "path": "/v1/chat/completions",
         "status": 200,
         "outcome": "ok",
+        "stream": False,
+        "latency_ms": 5,
+        "ttft_ms": None,
+        "input_units": 0,
+        "output_units": 0,
+        "usage_estimated": False,
         "cost": Decimal(cost),
-        **fields,
+        "prompt_text": "",
+        "completion_text": "",
+        "error": "",
+        "attempts": [],
     }
+    return RequestRecord(**{**values, **fields})
 
 
 def test_a_batch_stores_rows_charges_balances_and_marks_last_use(key):
@@ -138,7 +151,7 @@ def test_the_buffer_is_bounded_and_counts_drops(key, settings):
         writer.submit(record(key, request_id=f"r{i}", cost=f"0.{i + 1}"))
 
     assert writer.dropped == 2
-    assert [r["request_id"] for r in writer.pending] == ["r2", "r3", "r4"]
+    assert [r.request_id for r in writer.pending] == ["r2", "r3", "r4"]
     # What the dropped records would have charged is no longer counted against the user.
     assert released == [{key.owner_id: Decimal("0.1")}, {key.owner_id: Decimal("0.2")}]
 
@@ -233,7 +246,7 @@ def test_records_refused_by_the_driver_of_another_database_are_set_aside_too(key
     psycopg = pytest.importorskip("psycopg")
 
     def write(batch):
-        if any(r["request_id"] == "bad" for r in batch):
+        if any(r.request_id == "bad" for r in batch):
             raise psycopg.errors.NumericValueOutOfRange("integer out of range")
         return write_batch(batch)
 
@@ -302,7 +315,7 @@ def test_an_outage_while_splitting_keeps_what_is_left_and_charges_nothing_twice(
     calls = []
 
     def write(batch):
-        calls.append([r["request_id"] for r in batch])
+        calls.append([r.request_id for r in batch])
         if len(calls) == 2:
             raise OperationalError("the database went away")
         return write_batch(batch)

@@ -39,6 +39,7 @@ class Gateway:
     v1: str
     server: object
     thread: threading.Thread
+    app: object  # the `/v1` App served; `app.runtime` is its Runtime while it serves
 
 
 @pytest.fixture
@@ -50,7 +51,9 @@ def gateway(transactional_db):
     import uvicorn
 
     from aethergate import server as http_server
-    from aethergate.asgi import application
+    from aethergate.asgi import make_application
+
+    application = make_application()
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -86,7 +89,13 @@ def gateway(transactional_db):
         pytest.fail("the gateway did not start", pytrace=False)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        yield Gateway(base_url=base_url, v1=f"{base_url}/v1", server=server, thread=thread)
+        yield Gateway(
+            base_url=base_url,
+            v1=f"{base_url}/v1",
+            server=server,
+            thread=thread,
+            app=application.proxy,
+        )
     finally:
         server.should_exit = True
         thread.join(GATEWAY_STOP_SECONDS)

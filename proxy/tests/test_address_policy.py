@@ -67,7 +67,7 @@ def test_a_deny_list_refuses_a_name_by_the_address_it_resolves_to(
     # Read by the resolver when the name is looked up, after the gateway started.
     settings.AETHERGATE_UPSTREAM_DENY_CIDRS = LOOPBACK_DENIED
 
-    with caplog.at_level(logging.WARNING, logger="proxy.app"):
+    with caplog.at_level(logging.WARNING, logger="proxy.forwarding"):
         refused_request(client_for, secret, upstream, base_url, stream=stream)
 
     assert any(

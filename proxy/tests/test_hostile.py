@@ -20,7 +20,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from proxy.app import Exchange, proxy, send_error
+from proxy.asgi_io import Responder
 from proxy.errors import APIError
 from proxy.tests.scripted import ScriptedUpstream
 from proxy.tests.test_admission import (
@@ -388,13 +388,15 @@ def test_an_error_after_a_stream_started_ends_it_with_an_error_event():
     async def send(message):
         sent.append(message)
 
-    ex = Exchange(request_id="req_test", path=CHAT_PATH, stream=True, responded=True)
+    responder = Responder(send, "req_test")
+    responder.started = responder.streaming = True
 
-    asyncio.run(send_error(send, ex, APIError(500, "boom", type="api_error")))
+    asyncio.run(responder.error(APIError(500, "boom", type="api_error")))
 
-    assert [m["type"] for m in sent] == ["http.response.body", "http.response.body"]
+    assert [m["type"] for m in sent] == ["http.response.body"]
     assert json.loads(sent[0]["body"].removeprefix(b"data: "))["error"]["message"] == "boom"
-    assert sent[1]["more_body"] is False
+    assert sent[0]["more_body"] is False
+    assert responder.finished
 
 
 # --------------------------------------------------------------------------- floods and load
@@ -408,11 +410,13 @@ class FakeClock:
         return self.now
 
 
-def test_an_address_sending_invalid_keys_is_throttled_without_a_lookup(http, make_model, make_key):
+def test_an_address_sending_invalid_keys_is_throttled_without_a_lookup(
+    gateway, http, make_model, make_key
+):
     make_model()
     _, secret = make_key()
     clock = FakeClock()
-    proxy.key_throttle = InvalidKeyThrottle(5, clock=clock)
+    gateway.app.runtime.key_throttle = InvalidKeyThrottle(5, clock=clock)
 
     answers = [http.get("/v1/models", headers=bearer(f"ag-wrong-{i}")) for i in range(6)]
 

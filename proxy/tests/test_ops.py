@@ -13,7 +13,6 @@ from aethergate.lib.jsonlog import JSONFormatter
 from aethergate.tests.test_ratelimit import FakeClock
 from logs.services import write_batch
 from proxy import ops
-from proxy.app import proxy
 from proxy.tests.test_forwarding import HELLO, wait_for_logs
 from proxy.tests.test_scale_out import wait_until
 
@@ -58,11 +57,8 @@ def test_it_reports_ready_with_the_database_up_and_migrated(gateway):
 
 
 def test_it_is_not_ready_while_draining(gateway):
-    proxy.draining = True
-    try:
-        response = httpx.get(f"{gateway.base_url}/health/ready")
-    finally:
-        proxy.draining = False
+    gateway.app.runtime.draining = True
+    response = httpx.get(f"{gateway.base_url}/health/ready")
     assert response.status_code == 503
     assert response.json()["status"] == "unavailable"
     assert response.json()["draining"] is True
@@ -86,7 +82,7 @@ def test_it_is_not_ready_while_the_log_writer_makes_no_progress_and_ready_after(
     settings.AETHERGATE_LOG_STALL_SECONDS = 60
     make_model()
     _, secret = make_key()
-    writer, clock = proxy.writer, FakeClock()
+    writer, clock = gateway.app.runtime.writer, FakeClock()
     writer.clock = clock
 
     def locked(batch):

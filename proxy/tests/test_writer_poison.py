@@ -5,9 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from proxy import usage
-from proxy.app import ProxyApp, proxy
-from proxy.faults import FaultReporter
+from proxy import accounting, usage
 from proxy.tests.test_forwarding import (
     HELLO,
     HELLO_COMPLETION_TOKENS,
@@ -83,9 +81,7 @@ def test_a_failing_metric_or_access_log_still_logs_and_bills_the_request(
     def broken(*args):
         raise ValueError("Counters can only be incremented by non-negative amounts.")
 
-    monkeypatch.setattr(ProxyApp, "_observe", staticmethod(broken))
-    # raising=False: the attribute is new, and the test must also run against older code.
-    monkeypatch.setattr(proxy, "faults", FaultReporter(), raising=False)
+    monkeypatch.setattr(accounting, "observe", broken)
     with caplog.at_level(logging.ERROR, logger="proxy.faults"):
         for _ in range(3):
             ask(gateway, secret, "sane", stream=False)
@@ -94,7 +90,7 @@ def test_a_failing_metric_or_access_log_still_logs_and_bills_the_request(
     assert len(rows) == 3
     owner.refresh_from_db()
     assert owner.balance == Decimal("100") - sum(row.cost for row in rows)
-    assert proxy.faults.count == 3
+    assert gateway.app.runtime.faults.count == 3
     # Logged once (within the report interval), not once per request.
     reports = [r for r in caplog.records if r.name == "proxy.faults"]
     assert len(reports) == 1

@@ -1,0 +1,95 @@
+"""Whether a key may make this call, in the documented order: model, allowed, capability,
+limits, balance. Each refusal is an APIError naming its reason.
+
+`find_model`, `admit` and `check_balance` are pure; `limit` asks the limiter.
+"""
+
+from decimal import Decimal
+
+from aethergate.lib.ratelimit import Decision
+from logs.models import Outcome
+from proxy import errors
+from proxy.errors import APIError
+from proxy.snapshot import KeyInfo, ModelInfo, Snapshot
+
+# What each limiter scope prefix stands for, in the 429's message.
+TIERS = {"k": "this API key", "m": "this model", "e": "this model's endpoint"}
+MAX_RETRY_AFTER_SECONDS = 120
+
+
+def find_model(snapshot: Snapshot, name: str) -> ModelInfo:
+    model = snapshot.models.get(name)
+    if model is None:
+        raise errors.model_not_found(name)
+    return model
+
+
+def admit(key: KeyInfo, model: ModelInfo, capability: str) -> None:
+    """Refuse a model the key may not use, or one that does not do this operation's capability."""
+    if key.models and model.name not in key.models:
+        raise errors.forbidden(
+            f"This API key is not allowed to use the model '{model.name}'.", "model_not_allowed"
+        )
+    if model.capability != capability:
+        raise errors.bad_request(
+            f"The model '{model.name}' does not support this endpoint "
+            f"(its capability is {model.capability}).",
+            code="unsupported_capability",
+            param="model",
+        )
+    if key.capabilities and capability not in key.capabilities:
+        raise errors.forbidden(
+            f"This API key is not allowed the {capability} capability.",
+            "capability_not_allowed",
+        )
+
+
+def checks(key: KeyInfo | None, model: ModelInfo) -> list[tuple[str, object]]:
+    """The (scope, rate) pairs a request counts against: its key's, its model's, its endpoint's."""
+    found = [(f"k{key.id}", r) for r in key.rates] if key else []
+    found += [(f"m{model.id}", r) for r in model.rates]
+    if model.endpoint:
+        found += [(f"e{model.endpoint.id}", r) for r in model.endpoint.rates]
+    return found
+
+
+async def limit(limiter, key: KeyInfo | None, model: ModelInfo) -> Decision:
+    """Count the request against every limit it falls under; 429 if one is reached.
+
+    `key` is None for a fallback model: the key was counted once already.
+    """
+    decision = await limiter.hit(checks(key, model))
+    if not decision.allowed:
+        retry = min(MAX_RETRY_AFTER_SECONDS, max(1, int(decision.retry_after + 0.999)))
+        raise APIError(
+            429,
+            f"Rate limit reached for {TIERS[decision.scope[0]]}: {decision.limit} requests "
+            f"per window. Retry in {retry} s.",
+            type="requests",
+            code="rate_limit_exceeded",
+            outcome=Outcome.RATE_LIMITED,
+            headers={"retry-after": str(retry), **ratelimit_headers(decision)},
+        )
+    return decision
+
+
+def check_balance(balance: Decimal | None) -> None:
+    """402 once a prepaid balance is used up; no balance (None) is never limited by it."""
+    if balance is not None and balance <= 0:
+        raise APIError(
+            402,
+            "Your balance is exhausted; add credit to continue.",
+            type="insufficient_quota",
+            code="insufficient_balance",
+            outcome=Outcome.INSUFFICIENT_BALANCE,
+        )
+
+
+def ratelimit_headers(decision: Decision) -> dict[str, str]:
+    if not decision.limit:
+        return {}
+    return {
+        "x-ratelimit-limit-requests": str(decision.limit),
+        "x-ratelimit-remaining-requests": str(decision.remaining),
+        "x-ratelimit-reset-requests": f"{max(decision.reset, 0):.3f}s",
+    }

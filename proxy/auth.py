@@ -1,0 +1,74 @@
+"""Who is calling: the Authorization header, checked against the snapshot (pure), then throttled.
+
+`identify` is the rule and touches nothing else; `authenticate` adds what
+needs the runtime: the invalid-key throttle per client address and a
+current snapshot.
+"""
+
+from datetime import datetime
+
+from keys.models import digest, refusal
+from proxy import errors
+from proxy.asgi_io import Scope, client_address, headers_named
+from proxy.snapshot import KeyInfo, Snapshot
+
+
+def presented_secret(authorization: list[bytes]) -> str:
+    """The secret `authorization` (every Authorization header sent) presents as a bearer.
+
+    400 for two headers; 401 for a missing or malformed one.
+    """
+    if len(authorization) > 1:
+        # Servers and proxies disagree on which of two would count.
+        raise errors.bad_request(
+            "The request has more than one Authorization header.",
+            code="duplicate_authorization",
+        )
+    header = authorization[0] if authorization else b""
+    scheme, _, secret = header.decode("latin-1").partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise errors.invalid_key()
+    return secret
+
+
+def identify(secret: str, snapshot: Snapshot, *, now: datetime, available: bool = True) -> KeyInfo:
+    """The key whose whole secret is `secret`, or an APIError.
+
+    401 for an unknown key (the same answer as for a malformed one); 503 for
+    an unknown key while the database cannot be read (`available` False: it
+    may be valid); 403 for a key `keys.models.refusal` refuses at `now`.
+    """
+    key = snapshot.keys.get(digest(secret))
+    if key is None:
+        raise errors.invalid_key() if available else errors.cannot_verify_keys()
+    refused = refusal(
+        is_active=key.is_active,
+        user_active=key.user_active,
+        expires_at=key.expires_at,
+        now=now,
+    )
+    if refused is not None:
+        code, message = refused
+        raise errors.forbidden(message, code)
+    return key
+
+
+async def authenticate(runtime, scope: Scope, *, now: datetime) -> KeyInfo:
+    """The caller's key, counting invalid keys against the client address."""
+    address = client_address(scope)
+    throttle = runtime.key_throttle
+    wait = throttle.retry_after(address)
+    if wait:
+        raise errors.too_many_invalid_keys(wait)
+    try:
+        secret = presented_secret(headers_named(scope, b"authorization"))
+        try:
+            snapshot = await runtime.catalog.get()
+        except RuntimeError:  # no snapshot was ever read: the database was down from the start
+            raise errors.cannot_verify_keys() from None
+        return identify(secret, snapshot, now=now, available=runtime.catalog.available)
+    except errors.APIError as error:
+        if error.code == "invalid_api_key":
+            throttle.failed(address)
+        raise

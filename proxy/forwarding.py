@@ -1,0 +1,179 @@
+"""Which upstream answers: the model, then its fallbacks; and what each upstream failure means.
+
+`forward` tries candidates with an `attempt` passed in (it knows nothing of
+HTTP or formats); the classifiers turn what an upstream did into a
+`Retryable` (another candidate may answer) or a final APIError.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from aethergate.lib import metrics
+from logs.models import Outcome
+from models_registry.models import MAX_FALLBACK_DEPTH
+from proxy import errors, upstream
+from proxy.codec import loads
+from proxy.errors import APIError, Retryable
+from proxy.snapshot import EndpointInfo, ModelInfo
+
+log = logging.getLogger(__name__)
+
+# How much of an upstream's error body is read for its message, and for how long.
+UPSTREAM_ERROR_BYTES = 64 * 1024
+UPSTREAM_ERROR_SECONDS = 5
+
+
+async def forward(
+    ex,
+    model: ModelInfo,
+    models: dict[str, ModelInfo],
+    *,
+    attempt: Callable[[ModelInfo, dict], Awaitable[None]],
+    admit_fallback: Callable[[ModelInfo], Awaitable[object]],
+) -> None:
+    """`attempt(candidate, record)` the model, then its fallbacks, until one answers.
+
+    Each try appends its `record` (model, endpoint, status, error) to
+    `ex.attempts`. A fallback is first admitted by `admit_fallback` (its own
+    limits). Raises the last failure's error when none answered.
+    """
+    tried: set[str] = set()
+    candidate: ModelInfo | None = model
+    last_error = None
+    while candidate is not None and len(tried) <= MAX_FALLBACK_DEPTH:
+        tried.add(candidate.name)
+        record = {"model": candidate.name, "endpoint": ""}
+        ex.attempts.append(record)
+        try:
+            if candidate is not model:
+                try:
+                    await admit_fallback(candidate)
+                except APIError as limited:
+                    raise Retryable("rate_limited", limited) from None
+            await attempt(candidate, record)
+            return
+        except Retryable as failure:
+            record["error"] = failure.reason
+            if failure.reason != "rate_limited":
+                metrics.UPSTREAM_ERRORS.labels(record["endpoint"], failure.reason).inc()
+            last_error = failure.error
+            candidate = next_fallback(models, candidate, tried)
+    raise last_error
+
+
+def next_fallback(
+    models: dict[str, ModelInfo], model: ModelInfo, tried: set[str]
+) -> ModelInfo | None:
+    if model.fallback is None or model.fallback in tried:
+        return None
+    fallback = models.get(model.fallback)
+    if fallback is not None:
+        metrics.FALLBACKS.labels(model.name).inc()
+    return fallback
+
+
+def usable_endpoint(model: ModelInfo, model_name: str) -> EndpointInfo:
+    """The model's endpoint, or Retryable when it has none that can be called."""
+    endpoint = model.endpoint
+    if endpoint is None or not endpoint.usable:
+        raise Retryable(
+            "no endpoint",
+            errors.upstream_error(
+                503,
+                f"The model '{model_name}' has no usable upstream endpoint.",
+                code="model_unavailable",
+            ),
+        )
+    return endpoint
+
+
+def connection_failure(exc: Exception, endpoint: EndpointInfo, model_name: str) -> Retryable:
+    """What a failure to get response headers means (a timeout or an aiohttp.ClientError)."""
+    if isinstance(exc, TimeoutError):
+        return Retryable("timeout", errors.upstream_timeout(model_name))
+    if isinstance(exc, upstream.AddressRefused):
+        log.warning("Upstream %s refused by the address policy: %s", endpoint.name, exc)
+        return Retryable(
+            "address refused",
+            errors.upstream_error(
+                503,
+                f"The upstream for model '{model_name}' is at an address the gateway "
+                "does not connect to.",
+                code="upstream_address_refused",
+            ),
+        )
+    log.warning("Upstream %s unreachable: %s", endpoint.name, type(exc).__name__)
+    return Retryable(
+        "connection failed",
+        errors.upstream_error(
+            503,
+            f"The upstream for model '{model_name}' could not be reached.",
+            code="upstream_unavailable",
+        ),
+    )
+
+
+CONNECTION_ERRORS = (TimeoutError, aiohttp.ClientError)
+
+
+def status_failure(status: int, model_name: str) -> Exception | None:
+    """What a non-2xx status means when its body need not be read; None for a rejection (4xx)."""
+    if status < 400:
+        # Redirects are never followed (the client must not steer the
+        # gateway), and a redirect is no answer either.
+        return Retryable(f"HTTP {status}", errors.invalid_response(model_name))
+    if status == 429 or status >= 500:
+        code = "upstream_rate_limited" if status == 429 else "upstream_error"
+        return Retryable(
+            f"HTTP {status}",
+            errors.upstream_error(
+                503 if status == 429 else 502,
+                f"The upstream for model '{model_name}' failed (HTTP {status}).",
+                code=code,
+            ),
+        )
+    if status in (401, 403):
+        return errors.upstream_error(
+            502,
+            f"The upstream for model '{model_name}' refused the gateway's credentials.",
+            code="upstream_auth_failed",
+        )
+    return None
+
+
+async def failure(response, endpoint: EndpointInfo, model_name: str, *, log_content: bool):
+    """What a non-2xx upstream response means, reading its body only for a rejection."""
+    found = status_failure(response.status, model_name)
+    if found is not None:
+        return found
+    try:
+        async with asyncio.timeout(UPSTREAM_ERROR_SECONDS):
+            body = await upstream.read_body(response, limit=UPSTREAM_ERROR_BYTES)
+    except Exception:
+        body = None
+    return rejection(response.status, body, endpoint, log_content=log_content)
+
+
+def rejection(status: int, body: bytes | None, endpoint: EndpointInfo, *, log_content: bool):
+    """The 400 for an upstream that rejected the request, with its (scrubbed) reason.
+
+    Upstreams quote the prompt in their messages ("Your prompt was flagged:
+    ..."): the client may see it, the log only when the key logs content.
+    """
+    try:
+        error = loads(body)["error"]
+        detail, code = str(error["message"]), error.get("code")
+    except Exception:
+        detail, code = f"HTTP {status}", None
+    logged = f"The upstream rejected the request (HTTP {status}"
+    logged += f", code {str(code)[:100]})." if code else ")."
+    return APIError(
+        400,
+        f"The upstream rejected the request: {upstream.scrub(detail, endpoint)}",
+        code="upstream_rejected",
+        outcome=Outcome.INVALID_REQUEST,
+        log_message=None if log_content else logged,
+    )

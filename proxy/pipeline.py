@@ -1,0 +1,109 @@
+"""One inference request's flow: read, validate, admit, forward, relay.
+
+The route table (`proxy.routes`) calls `infer` with the operation; what is
+specific to an operation (capability, streaming, body adapters) comes from
+it. Accounting happens after, in the ASGI entry's `finally`.
+"""
+
+import asyncio
+
+from django.conf import settings
+
+from logs.models import Outcome
+from proxy import admission, forwarding, relay
+from proxy.accounting import Exchange
+from proxy.asgi_io import Receive, Responder, Scope, read_body, wait_for_disconnect
+from proxy.codec import dumps, loads_client
+from proxy.errors import bad_request
+from proxy.snapshot import ModelInfo
+from proxy.validation import check_body
+
+
+async def infer(
+    runtime, op, ex: Exchange, scope: Scope, receive: Receive, responder: Responder
+) -> None:
+    """Answer one inference call of operation `op` for the authenticated `ex.key`."""
+    payload = parse(await read_body(scope, receive, settings.AETHERGATE_MAX_BODY_BYTES))
+    check_body(payload, stream_allowed=op.streams)
+    ex.model_name = name = payload["model"]
+    ex.stream = op.streams and payload.get("stream") is True
+    if ex.key.log_content:
+        ex.prompt = dumps(
+            payload.get("messages", payload.get("prompt", payload.get("input")))
+        ).decode()
+    snapshot = runtime.catalog.snapshot
+    ex.model = model = admission.find_model(snapshot, name)
+    admission.admit(ex.key, model, op.capability)
+    decision = await admission.limit(runtime.limiter, ex.key, model)
+    admission.check_balance(runtime.catalog.balance(ex.key.user_id))
+    headers = admission.ratelimit_headers(decision)
+
+    async def attempt(candidate: ModelInfo, record: dict) -> None:
+        await call_upstream(runtime, op, ex, payload, candidate, record, responder, headers)
+
+    async def admit_fallback(candidate: ModelInfo) -> None:
+        await admission.limit(runtime.limiter, None, candidate)
+
+    # The client going away cancels this task, and with it the upstream call.
+    task = asyncio.current_task()
+    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+
+    def on_disconnect(_watcher) -> None:
+        # The server also reports the end of a connection once the whole
+        # answer is sent: only a client leaving before that counts.
+        if not responder.finished:
+            ex.failed(499, Outcome.CLIENT_DISCONNECTED)
+            task.cancel()
+
+    watcher.add_done_callback(on_disconnect)
+    try:
+        await forwarding.forward(
+            ex, model, snapshot.models, attempt=attempt, admit_fallback=admit_fallback
+        )
+    except asyncio.CancelledError:
+        if ex.outcome != Outcome.CLIENT_DISCONNECTED:
+            raise
+        task.uncancel()
+    finally:
+        responder.finished = True
+        watcher.cancel()
+
+
+def parse(body: bytes) -> dict:
+    """The client's JSON object, or a 400 saying where it is not one."""
+    try:
+        payload = loads_client(body)
+    except ValueError as error:
+        # orjson's reason names the place ("line 1 column 7"), never the content.
+        raise bad_request(
+            f"The request body is not valid JSON: {error}.", code="invalid_json"
+        ) from None
+    if not isinstance(payload, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return payload
+
+
+async def call_upstream(
+    runtime, op, ex: Exchange, payload: dict, model: ModelInfo, record: dict, responder, headers
+) -> None:
+    """One attempt: `model`'s upstream called, its failure classified, or its answer relayed."""
+    endpoint = forwarding.usable_endpoint(model, ex.model_name)
+    record["endpoint"] = ex.endpoint = endpoint.name
+    ex.model = model
+    body = op.prepare(payload, model, ex.stream)
+    deadline = asyncio.get_running_loop().time() + endpoint.first_byte_timeout
+    try:
+        async with asyncio.timeout_at(deadline):
+            response = await runtime.upstream.post(
+                endpoint, op.upstream_path, body, stream=ex.stream, request_id=ex.request_id
+            )
+    except forwarding.CONNECTION_ERRORS as exc:
+        raise forwarding.connection_failure(exc, endpoint, ex.model_name) from None
+    async with response:
+        record["status"] = response.status
+        if not 200 <= response.status < 300:
+            raise await forwarding.failure(
+                response, endpoint, ex.model_name, log_content=ex.key.log_content
+            )
+        relay_answer = relay.relay_stream if ex.stream else relay.relay_json
+        await relay_answer(ex, op, payload, response, deadline, responder, headers)

@@ -1,0 +1,125 @@
+"""Relaying an upstream's answer to the client: one JSON body, or an SSE stream.
+
+Each relay owns its response from start to end: a JSON answer is checked
+whole before a byte is sent; a stream starts with its first chunk (or a
+keep-alive), and ends with `[DONE]` or, once started, with the documented
+error event, never a fake `[DONE]`. A failure before the first byte is a
+`Retryable`, so that another candidate may still answer. Usage is counted
+here, from the upstream's numbers or estimated from the text.
+"""
+
+import asyncio
+import struct
+import time
+
+import aiohttp
+from django.conf import settings
+
+from proxy import errors, upstream, usage
+from proxy.accounting import Exchange
+from proxy.asgi_io import Responder
+from proxy.codec import dumps, loads
+from proxy.errors import Retryable
+from proxy.formats.openai import answer_text, chunk_text
+from proxy.streaming import KEEPALIVE, UpstreamStreamError, sse_events
+
+# What a JSON answer not shaped like the operation's raises while it is read.
+MALFORMED = (ValueError, TypeError, AttributeError, struct.error, aiohttp.ClientError)
+
+
+async def relay_json(
+    ex: Exchange, op, payload: dict, response, deadline: float, responder: Responder, headers
+) -> None:
+    """Read the whole answer by `deadline` (loop time), check and finish it, then send it."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            data = loads(await upstream.read_body(response))
+        items = data.get(op.answer_items)
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ValueError("not shaped like the operation's answer")
+        data["model"] = ex.model_name
+        counted = usage.from_upstream(data.get("usage"))
+        text = answer_text(data)
+        if op.finish is not None:
+            op.finish(data, payload)
+        body = dumps(data)
+    except TimeoutError:
+        raise Retryable("timeout", errors.upstream_timeout(ex.model_name)) from None
+    except MALFORMED:
+        # Not JSON, too large, or not shaped like an OpenAI answer.
+        raise Retryable("invalid response", errors.invalid_response(ex.model_name)) from None
+    if ex.key.log_content:
+        ex.completion.append(text)
+    ex.input_units, ex.output_units, ex.estimated = usage.count(counted, payload, text)
+    ex.ttft = time.perf_counter() - ex.started
+    await responder.json(200, body, headers)
+
+
+async def relay_stream(
+    ex: Exchange, op, payload: dict, response, deadline: float, responder: Responder, headers
+) -> None:
+    """Relay each chunk as it comes, with the public model name; usage only if asked for."""
+    options = payload.get("stream_options")
+    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    events = sse_events(
+        response,
+        first_deadline=deadline,
+        idle=ex.model.endpoint.idle_timeout,
+        keepalive=settings.AETHERGATE_SSE_KEEPALIVE_SECONDS,
+        max_line=settings.AETHERGATE_MAX_SSE_LINE_BYTES,
+    )
+    done = False
+    counted = None
+    try:
+        async for event in events:
+            if event is KEEPALIVE:
+                if not responder.started:
+                    await responder.start_stream(headers)
+                await responder.chunk(b": keep-alive\n\n")
+                continue
+            if event == b"[DONE]":
+                done = True
+                break
+            chunk = loads(event)
+            if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
+                raise UpstreamStreamError("invalid chunk")
+            if "error" in chunk:
+                raise UpstreamStreamError("the upstream reported an error")
+            counted = usage.from_upstream(chunk.get("usage")) or counted
+            if not wants_usage and "usage" in chunk:
+                if not chunk.get("choices"):
+                    continue
+                del chunk["usage"]
+            chunk["model"] = ex.model_name
+            for piece in chunk_text(chunk):
+                ex.completion.append(piece)
+                if ex.ttft is None:
+                    ex.ttft = time.perf_counter() - ex.started
+            if not responder.started:
+                await responder.start_stream(headers)
+            await responder.chunk(b"data: " + dumps(chunk) + b"\n\n")
+        if not done:
+            raise UpstreamStreamError("the upstream ended the stream early")
+    except Exception as exc:  # a broken stream or a chunk not shaped like OpenAI's
+        timed_out = isinstance(exc, TimeoutError)
+        if timed_out:
+            error = errors.upstream_timeout(ex.model_name)
+        else:
+            error = errors.invalid_response(ex.model_name, mid_stream=responder.started)
+        if not responder.started:
+            raise Retryable("timeout" if timed_out else "stream failed", error) from None
+        ex.failed(error.status, error.outcome, error.message)
+        await responder.end(b"data: " + error.body() + b"\n\n")
+    else:
+        if not responder.started:
+            await responder.start_stream(headers)
+        await responder.end(b"data: [DONE]\n\n")
+    finally:
+        await events.aclose()
+        if responder.started:
+            # Billed only for what reached the client: an attempt that failed
+            # before its first byte is an upstream error, charged nothing.
+            text = "".join(ex.completion)
+            ex.input_units, ex.output_units, ex.estimated = usage.count(counted, payload, text)
+        if not ex.key.log_content:
+            ex.completion.clear()

@@ -1,0 +1,79 @@
+"""The `/v1` operations, one row each: method, path, what it needs and how its bodies are made.
+
+Adding an endpoint is one row here plus, if its format is new, one adapter
+in `proxy.formats`.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy import errors, listing, pipeline
+from proxy.formats import openai
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One operation of the `/v1` API.
+
+    `handler(runtime, op, ex, scope, receive, responder)` answers it.
+    Inference operations also name the model `capability` they need,
+    whether they `streams`, the list an answer must hold (`answer_items`),
+    `prepare(payload, model, stream) -> bytes` for the upstream body, and
+    `finish(data, payload)` to adjust an answer in place before it is sent.
+    """
+
+    method: str
+    path: str
+    handler: Callable
+    capability: str = ""
+    streams: bool = False
+    answer_items: str = ""
+    prepare: Callable | None = None
+    finish: Callable | None = None
+    upstream_path: str = ""  # default: `path` without its /v1
+
+    def __post_init__(self):
+        if not self.upstream_path:
+            object.__setattr__(self, "upstream_path", self.path.removeprefix("/v1"))
+
+
+def _generation(path: str) -> Operation:
+    return Operation(
+        "POST",
+        path,
+        pipeline.infer,
+        capability="TEXT",
+        streams=True,
+        answer_items="choices",
+        prepare=openai.prepare_generation,
+    )
+
+
+OPERATIONS = (
+    _generation("/v1/chat/completions"),
+    _generation("/v1/completions"),
+    Operation(
+        "POST",
+        "/v1/embeddings",
+        pipeline.infer,
+        capability="EMBEDDING",
+        answer_items="data",
+        prepare=openai.prepare_embeddings,
+        finish=openai.finish_embeddings,
+    ),
+    Operation("GET", "/v1/models", listing.list_models),
+)
+RETRIEVE_MODEL = Operation("GET", listing.PREFIX + "{model}", listing.retrieve_model)
+
+_BY_ROUTE = {(op.method, op.path): op for op in OPERATIONS}
+
+
+def resolve(method: str, path: str) -> Operation:
+    """The operation for `method` and `path` (a trailing slash ignored), or a 404."""
+    path = path.rstrip("/")
+    op = _BY_ROUTE.get((method, path))
+    if op is None and method == "GET" and path.startswith(listing.PREFIX):
+        op = RETRIEVE_MODEL
+    if op is None:
+        raise errors.unknown_url(method, path)
+    return op

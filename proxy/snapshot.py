@@ -1,0 +1,179 @@
+"""What `/v1` knows of keys, users, models and endpoints: frozen records read in a few queries.
+
+Each record is built from its model by `from_model`, so a field `/v1` needs
+is added in one place per layer: the model, and its record here.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import Count, Max
+
+from aethergate.lib.ratelimit import Rate, parse_spec
+
+log = logging.getLogger(__name__)
+
+
+def _rates(rpm: int | None, per_day: int | None) -> tuple[Rate, ...]:
+    return tuple(r for r in (rpm and Rate(rpm, 60), per_day and Rate(per_day, 86400)) if r)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    prefix: str
+    user_id: int
+    username: str
+    is_active: bool
+    user_active: bool
+    expires_at: datetime | None
+    log_content: bool
+    rates: tuple[Rate, ...]
+    capabilities: frozenset[str]
+    models: frozenset[str]
+
+    @classmethod
+    def from_model(cls, key, *, models: frozenset[str]) -> "KeyInfo":
+        """From an APIKey with its owner loaded; `models`: the names it is allowed.
+
+        Raises ValueError for a rate limit that does not parse.
+        """
+        return cls(
+            id=key.pk,
+            prefix=key.prefix,
+            user_id=key.owner_id,
+            username=key.owner.username,
+            is_active=key.is_active,
+            user_active=key.owner.is_active,
+            expires_at=key.expires_at,
+            log_content=key.log_content,
+            rates=parse_spec(key.rate_limit),
+            capabilities=frozenset(key.allowed_capabilities or ()),
+            models=models,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    id: int
+    name: str
+    base_url: str
+    api_key: str
+    usable: bool
+    rates: tuple[Rate, ...]
+    connect_timeout: float
+    first_byte_timeout: float
+    idle_timeout: float
+    total_timeout: float
+
+    @classmethod
+    def from_model(cls, endpoint) -> "EndpointInfo":
+        """From an Endpoint; one whose credential cannot be decrypted is kept, not usable."""
+        try:
+            credential, usable = endpoint.api_key, True
+        except Exception:
+            log.exception(
+                "Endpoint %s: its credential cannot be decrypted; not serving it", endpoint.name
+            )
+            credential, usable = "", False
+        return cls(
+            id=endpoint.pk,
+            name=endpoint.name,
+            base_url=endpoint.base_url.rstrip("/"),
+            api_key=credential,
+            usable=usable,
+            rates=_rates(endpoint.rpm_limit, endpoint.day_limit),
+            connect_timeout=endpoint.connect_timeout,
+            first_byte_timeout=endpoint.first_byte_timeout,
+            idle_timeout=endpoint.idle_timeout,
+            total_timeout=endpoint.total_timeout,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: int
+    name: str
+    upstream_name: str
+    capability: str
+    billing_unit: str
+    price_in: Decimal
+    price_out: Decimal
+    rates: tuple[Rate, ...]
+    fallback: str | None
+    endpoint: EndpointInfo | None
+    created: int
+
+    @classmethod
+    def from_model(cls, model, *, endpoint: EndpointInfo | None) -> "ModelInfo":
+        """From a Model with its fallback loaded; `endpoint`: its endpoint's record, if served."""
+        fallback = model.fallback
+        return cls(
+            id=model.pk,
+            name=model.name,
+            upstream_name=model.upstream_name,
+            capability=model.capability,
+            billing_unit=model.billing_unit,
+            price_in=model.price_in,
+            price_out=model.price_out,
+            rates=_rates(model.rpm_limit, model.day_limit),
+            fallback=fallback.name if fallback and fallback.is_active else None,
+            endpoint=endpoint,
+            created=int(model.created_at.timestamp()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    keys: dict[str, KeyInfo]  # by digest of the whole secret
+    models: dict[str, ModelInfo]  # by public name
+    balances: dict[int, Decimal | None]  # by user id; users without one are absent
+
+
+def load_snapshot() -> Snapshot:
+    """Read everything `/v1` needs in a few queries (sync; run in a thread)."""
+    from endpoints.models import Endpoint
+    from keys.models import APIKey
+    from models_registry.models import Model
+
+    endpoints = {e.pk: EndpointInfo.from_model(e) for e in Endpoint.objects.filter(is_active=True)}
+    models = {
+        m.name: ModelInfo.from_model(m, endpoint=endpoints.get(m.endpoint_id))
+        for m in Model.objects.filter(is_active=True).select_related("fallback")
+    }
+    allowed: dict[int, set[str]] = {}
+    through = APIKey.allowed_models.through.objects.values_list("apikey_id", "model__name")
+    for key_id, name in through:
+        allowed.setdefault(key_id, set()).add(name)
+    keys = {}
+    for k in APIKey.objects.select_related("owner"):
+        try:
+            keys[k.digest] = KeyInfo.from_model(k, models=frozenset(allowed.get(k.pk, ())))
+        except ValueError:
+            # Validated on save; a bad row (e.g. a raw SQL edit) fails closed.
+            log.error(
+                "API key %s has an invalid rate limit %r; refusing it", k.prefix, k.rate_limit
+            )
+    return Snapshot(keys, models, load_balances())
+
+
+def load_balances() -> dict[int, Decimal]:
+    """The prepaid balances (users without one are not limited by balance)."""
+    from accounts.models import User
+
+    return dict(User.objects.filter(balance__isnull=False).values_list("pk", "balance"))
+
+
+def change_marker() -> tuple:
+    """A cheap value that changes whenever a row `/v1` depends on is written."""
+    from accounts.models import User
+    from endpoints.models import Endpoint
+    from keys.models import APIKey
+    from models_registry.models import Model
+
+    return tuple(
+        tuple(model.objects.aggregate(n=Count("pk"), t=Max("updated_at")).values())
+        for model in (APIKey, User, Model, Endpoint)
+    )
