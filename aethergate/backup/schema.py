@@ -1,7 +1,9 @@
 """The backup format: its name and version, the fields of each kind, and the checks on a file.
 
-Nothing here touches the database: a document is parsed, bounded and checked
-for shape here before the importer reads or writes a row.
+Each kind carries its model's `shared_fields`, the list the management API's
+serializers use too, so a field added there reaches both. Nothing here
+touches the database: a document is parsed, bounded and checked for shape
+before the importer reads or writes a row.
 """
 
 import json
@@ -12,6 +14,11 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+
+from accounts.models import User
+from endpoints.models import Endpoint
+from keys.models import APIKey
+from models_registry.models import Model
 
 FORMAT = "aethergate-backup"
 VERSION = 1
@@ -134,65 +141,19 @@ class Kind:
     extra: tuple[str, ...]  # fields handled by the importer itself
 
 
+def _kind(model, key: str, extra: tuple[str, ...]) -> Kind:
+    """`model`'s rows: its `shared_fields` (the API's too) copied as given, but for `key`
+    and the `extra` fields the importer handles itself (relations by name, secrets).
+    """
+    fields = tuple(name for name in model.shared_fields if name != key and name not in extra)
+    return Kind(key, fields, extra)
+
+
 SCHEMA = {
-    "endpoints": Kind(
-        "name",
-        (
-            "base_url",
-            "rpm_limit",
-            "day_limit",
-            "connect_timeout",
-            "first_byte_timeout",
-            "idle_timeout",
-            "total_timeout",
-            "is_active",
-        ),
-        ("api_key", "has_credential"),
-    ),
-    "models": Kind(
-        "name",
-        (
-            "upstream_name",
-            "capability",
-            "billing_unit",
-            "price_in",
-            "price_out",
-            "rpm_limit",
-            "day_limit",
-            "is_active",
-        ),
-        ("endpoint", "fallback"),
-    ),
-    "users": Kind(
-        "username",
-        (
-            "email",
-            "first_name",
-            "last_name",
-            "organization",
-            "balance",
-            "is_active",
-            "is_staff",
-            "is_superuser",
-            "date_joined",
-        ),
-        ("password",),
-    ),
-    "api_keys": Kind(
-        "digest",
-        (
-            "prefix",
-            "name",
-            "is_active",
-            "log_content",
-            "rate_limit",
-            "allowed_capabilities",
-            "expires_at",
-            "created_at",
-            "rotated_at",
-        ),
-        ("owner", "allowed_models"),
-    ),
+    "endpoints": _kind(Endpoint, "name", ("api_key", "has_credential")),
+    "models": _kind(Model, "name", ("endpoint", "fallback")),
+    "users": _kind(User, "username", ("password",)),
+    "api_keys": _kind(APIKey, "digest", ("owner", "allowed_models")),
 }
 
 
