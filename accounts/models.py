@@ -19,6 +19,21 @@ class User(AbstractUser):
     not refused for money, but their cost is still recorded.
     """
 
+    # The fields the management API and the backup carry, in their order;
+    # each adds its own around them (aethergate/tests/test_field_lists.py).
+    shared_fields = (
+        "username",
+        "email",
+        "first_name",
+        "last_name",
+        "organization",
+        "balance",
+        "is_active",
+        "is_staff",
+        "is_superuser",
+        "date_joined",
+    )
+
     organization = models.CharField(max_length=200, blank=True)
     balance = models.DecimalField(
         **MONEY,

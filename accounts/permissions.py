@@ -10,7 +10,8 @@ refuse, or None.
 Who is all-powerful, and why that is not a gap: a superuser; the master key
 (`X-Admin-Key`, whose principal reports itself as a superuser); and
 management commands, which run with shell access to the database and the
-settings (`import_backup` grants privileges only when asked, see backup.py).
+settings (`import_backup` grants privileges only when asked, see
+aethergate/backup/privileges.py).
 """
 
 from collections.abc import Iterable

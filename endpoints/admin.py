@@ -20,17 +20,7 @@ class EndpointForm(forms.ModelForm):
 
     class Meta:
         model = Endpoint
-        fields = (
-            "name",
-            "base_url",
-            "is_active",
-            "rpm_limit",
-            "day_limit",
-            "connect_timeout",
-            "first_byte_timeout",
-            "idle_timeout",
-            "total_timeout",
-        )
+        fields = Endpoint.shared_fields
 
     def clean(self):
         cleaned = super().clean()

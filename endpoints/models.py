@@ -87,6 +87,20 @@ class Endpoint(models.Model):
     and API only set, replace or clear it (`set_api_key`).
     """
 
+    # The fields the management API and the backup carry, in their order;
+    # each adds its own around them (aethergate/tests/test_field_lists.py).
+    shared_fields = (
+        "name",
+        "base_url",
+        "rpm_limit",
+        "day_limit",
+        "connect_timeout",
+        "first_byte_timeout",
+        "idle_timeout",
+        "total_timeout",
+        "is_active",
+    )
+
     name = models.CharField(max_length=100, unique=True)
     base_url = UpstreamURLField(
         "base URL",

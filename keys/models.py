@@ -82,6 +82,22 @@ class APIKey(models.Model):
     keeps its SHA-256 `digest` and a short `prefix` for people to recognise it.
     """
 
+    # The fields the management API and the backup carry, in their order;
+    # each adds its own around them (aethergate/tests/test_field_lists.py).
+    shared_fields = (
+        "prefix",
+        "name",
+        "owner",
+        "is_active",
+        "log_content",
+        "rate_limit",
+        "allowed_capabilities",
+        "allowed_models",
+        "expires_at",
+        "created_at",
+        "rotated_at",
+    )
+
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
     )

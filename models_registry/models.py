@@ -30,6 +30,22 @@ class Model(models.Model):
     the client. Prices are per billing unit, in the same currency as balances.
     """
 
+    # The fields the management API and the backup carry, in their order;
+    # each adds its own around them (aethergate/tests/test_field_lists.py).
+    shared_fields = (
+        "name",
+        "upstream_name",
+        "endpoint",
+        "capability",
+        "billing_unit",
+        "price_in",
+        "price_out",
+        "rpm_limit",
+        "day_limit",
+        "fallback",
+        "is_active",
+    )
+
     name = models.CharField(
         max_length=200, unique=True, help_text="Public name clients send, e.g. llama3."
     )

@@ -28,22 +28,7 @@ class UserSerializer(CleanModelSerializer):
 
     class Meta:
         model = User
-        fields = (
-            "id",
-            "username",
-            "email",
-            "first_name",
-            "last_name",
-            "organization",
-            "balance",
-            "is_active",
-            "is_staff",
-            "is_superuser",
-            "password",
-            "date_joined",
-            "last_login",
-            "updated_at",
-        )
+        fields = ("id", *User.shared_fields, "password", "last_login", "updated_at")
         read_only_fields = ("is_superuser", "date_joined", "last_login", "updated_at")
 
     def validate_balance(self, balance):

@@ -24,17 +24,9 @@ class EndpointSerializer(CleanModelSerializer):
         model = Endpoint
         fields = (
             "id",
-            "name",
-            "base_url",
+            *Endpoint.shared_fields,
             "api_key",
             "has_credential",
-            "rpm_limit",
-            "day_limit",
-            "connect_timeout",
-            "first_byte_timeout",
-            "idle_timeout",
-            "total_timeout",
-            "is_active",
             "created_at",
             "updated_at",
         )

@@ -35,23 +35,7 @@ class KeySerializer(CleanModelSerializer):
 
     class Meta:
         model = APIKey
-        fields = (
-            "id",
-            "name",
-            "owner",
-            "owner_username",
-            "prefix",
-            "is_active",
-            "log_content",
-            "rate_limit",
-            "allowed_capabilities",
-            "allowed_models",
-            "expires_at",
-            "created_at",
-            "rotated_at",
-            "last_used_at",
-            "updated_at",
-        )
+        fields = ("id", *APIKey.shared_fields, "owner_username", "last_used_at", "updated_at")
         read_only_fields = ("prefix", "created_at", "rotated_at", "last_used_at", "updated_at")
 
     def validate_owner(self, owner):

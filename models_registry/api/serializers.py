@@ -27,20 +27,5 @@ class CatalogModelSerializer(CleanModelSerializer):
 
     class Meta:
         model = Model
-        fields = (
-            "id",
-            "name",
-            "upstream_name",
-            "endpoint",
-            "capability",
-            "billing_unit",
-            "price_in",
-            "price_out",
-            "rpm_limit",
-            "day_limit",
-            "fallback",
-            "is_active",
-            "created_at",
-            "updated_at",
-        )
+        fields = ("id", *Model.shared_fields, "created_at", "updated_at")
         read_only_fields = ("created_at", "updated_at")

@@ -743,7 +743,7 @@ def test_import_backup_refuses_a_file_over_the_size_limit_unread(data, tmp_path,
 def test_a_deeply_nested_file_exits_non_zero_without_a_traceback(tmp_path):
     path = tmp_path / "deep.json"
     path.write_text(DEEP_ARRAY)
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     env = {
         **os.environ,
         "AETHERGATE_ENV_FILE": "",
