@@ -9,9 +9,9 @@ from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
 from accounts import services, throttling
-from accounts.models import APIToken, Lockout, User
+from accounts.models import APIToken, Lockout, User, looks_like_token
 from accounts.permissions import PRIVILEGE_FIELDS, token_refusal, user_change_refusal
-from aethergate.lib.admin import GatewayAdmin, count, secret_once_page
+from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, count, secret_once_page
 from keys.models import APIKey
 
 
@@ -181,7 +181,7 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
 
 
 @admin.register(APIToken)
-class APITokenAdmin(admin.ModelAdmin):
+class APITokenAdmin(SecretSearchAdmin):
     """Staff tokens for the management API: issue (shown once), revoke, delete.
 
     Under accounts.permissions.token_refusal: staff who are not superusers see,
@@ -201,6 +201,9 @@ class APITokenAdmin(admin.ModelAdmin):
     list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
     list_select_related = ("user",)
     search_fields = ("name", "prefix", "user__username")
+    looks_like_secret = staticmethod(looks_like_token)
+    refused_kind = "API token"
+    refused_advice = "Search by its prefix, and consider revoking it if that address was logged."
     readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
     list_per_page = 50
 

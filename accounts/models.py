@@ -40,6 +40,11 @@ TOKEN_DISPLAY_LENGTH = len(TOKEN_PREFIX) + 8
 token_digest = hashed_secrets.digest
 
 
+def looks_like_token(text: str) -> bool:
+    """Whether `text` is a whole token, not a display prefix (see hashed_secrets.is_whole)."""
+    return hashed_secrets.is_whole(text, TOKEN_PREFIX, TOKEN_DISPLAY_LENGTH)
+
+
 class APITokenQuerySet(models.QuerySet):
     def usable(self, at=None):
         """Tokens that may authenticate at `at` (default: now): live, unexpired, user active."""

@@ -1,8 +1,7 @@
 """Admin for API keys: create (secret shown once), edit without rotating, rotate, find by secret."""
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.views.main import SEARCH_VAR
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import Http404, HttpResponseRedirect
@@ -13,7 +12,7 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.http import require_http_methods
 
-from aethergate.lib.admin import GatewayAdmin, count, secret_once_page
+from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, count, secret_once_page
 from keys import services
 from keys.models import APIKey, looks_like_secret
 
@@ -35,7 +34,7 @@ class ExpiryFilter(admin.SimpleListFilter):
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(GatewayAdmin):
+class APIKeyAdmin(SecretSearchAdmin, GatewayAdmin):
     actions = [*GatewayAdmin.actions, "rotate_selected"]
     list_display = (
         "name",
@@ -59,6 +58,11 @@ class APIKeyAdmin(GatewayAdmin):
         "Name, prefix (ag-AbCdEfGh) or owner. To find a key from its whole secret, use "
         "“Find by secret”: a search travels in the page address, where logs keep it."
     )
+    looks_like_secret = staticmethod(looks_like_secret)
+    refused_kind = "key"
+    refused_advice = (
+        "Use “Find by secret”, and consider rotating the key if that address was logged."
+    )
     autocomplete_fields = ("owner",)
     filter_horizontal = ("allowed_models",)
     readonly_fields = ("prefix", "created_at", "rotated_at", "last_used_at")
@@ -72,29 +76,6 @@ class APIKeyAdmin(GatewayAdmin):
     @admin.display(description="prefix", ordering="prefix")
     def display_prefix(self, obj):
         return format_html('<code style="white-space: nowrap">{}…</code>', obj.prefix)
-
-    def changelist_view(self, request, extra_context=None):
-        term = request.GET.get(SEARCH_VAR, "")
-        if looks_like_secret(term.strip()):
-            # The secret reached this URL once; sending the browser on without
-            # it keeps it out of the history, the page and the links on it.
-            self.message_user(
-                request,
-                "That looks like a whole key, which is not searched here: a search is sent "
-                "in the page address, where access and proxy logs keep it. Use “Find by "
-                "secret”, and consider rotating the key if that address was logged.",
-                messages.ERROR,
-            )
-            params = request.GET.copy()
-            del params[SEARCH_VAR]
-            query = params.urlencode()
-            return HttpResponseRedirect(f"{request.path}?{query}" if query else request.path)
-        return super().changelist_view(request, extra_context)
-
-    def get_search_results(self, request, queryset, search_term):
-        if looks_like_secret(search_term.strip()):
-            return queryset.none(), False  # e.g. an autocomplete term: never looked up
-        return super().get_search_results(request, queryset, search_term)
 
     def save_model(self, request, obj, form, change):
         if not change:

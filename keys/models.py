@@ -19,8 +19,8 @@ digest = hashed_secrets.digest
 
 
 def looks_like_secret(text: str) -> bool:
-    """Whether `text` is a whole key rather than a display prefix: marked and longer than one."""
-    return text.startswith(SECRET_PREFIX) and len(text) > DISPLAY_PREFIX_LENGTH
+    """Whether `text` is a whole key, not a display prefix (see hashed_secrets.is_whole)."""
+    return hashed_secrets.is_whole(text, SECRET_PREFIX, DISPLAY_PREFIX_LENGTH)
 
 
 def validate_capabilities(value):
