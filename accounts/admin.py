@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from accounts import services, throttling
 from accounts.models import APIToken, Lockout, User, looks_like_token
 from accounts.permissions import PRIVILEGE_FIELDS, token_refusal, user_change_refusal
-from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, count, secret_once_page
+from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, secret_once_page
 from keys.models import APIKey
 
 
@@ -238,9 +238,11 @@ class APITokenAdmin(SecretSearchAdmin):
         reason = token_refusal(actor=request.user, owner=obj.user)
         if reason:
             raise PermissionDenied(reason)
-        if not change:
-            obj.issued_token = obj.new_token()
-        super().save_model(request, obj, form, change)
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        token, obj.issued_token = services.create_api_token(**form.cleaned_data)
+        adopt(obj, token)
 
     def response_add(self, request, obj, post_url_continue=None):
         return secret_once_page(

@@ -46,6 +46,10 @@ def looks_like_token(text: str) -> bool:
 
 
 class APITokenQuerySet(models.QuerySet):
+    def with_secret(self, presented: str):
+        """The token (at most one) whose whole secret is `presented`, found by its digest."""
+        return self.filter(digest=token_digest(presented))
+
     def usable(self, at=None):
         """Tokens that may authenticate at `at` (default: now): live, unexpired, user active."""
         at = at or timezone.now()

@@ -7,7 +7,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts import throttling
-from accounts.models import APIToken, User, token_digest
+from accounts.models import TOKEN_DISPLAY_LENGTH, APIToken, User, looks_like_token
 from aethergate.lib import audit
 
 # A token's last use is written at most this often, not on every request.
@@ -84,6 +84,32 @@ def create_api_token(
     return token, secret
 
 
+class TokenNotFound(LookupError):
+    """No token, or more than one, answers to a reference; the message says which."""
+
+
+def find_api_token(reference: str) -> APIToken:
+    """The token an operator means by `reference`: its id, its display prefix or the whole token.
+
+    A whole token is looked up by digest, so it is never compared or echoed
+    in clear; messages show at most a display prefix's length of `reference`.
+    """
+    reference = reference.strip().rstrip("…")
+    tokens = APIToken.objects.select_related("user")
+    if reference.isdigit():
+        matches = tokens.filter(pk=int(reference))
+    elif looks_like_token(reference):
+        matches = tokens.with_secret(reference)
+    else:
+        matches = tokens.filter(prefix=reference)
+    found = list(matches[:2])
+    if not found:
+        raise TokenNotFound(f"No API token matches {reference[:TOKEN_DISPLAY_LENGTH]!r}.")
+    if len(found) > 1:
+        raise TokenNotFound(f"Several API tokens have prefix {reference!r}; give the id.")
+    return found[0]
+
+
 def revoke_api_token(*, token: APIToken) -> bool:
     """Revoke `token` from now on; return False if it was revoked already."""
     now = timezone.now()
@@ -109,12 +135,7 @@ def authenticate_api_token(
     now = now or throttling.clock()
     attempt = throttling.Attempt.token(presented, address)
     throttling.check(attempt, now=now)
-    token = (
-        APIToken.objects.usable(at=now)
-        .select_related("user")
-        .filter(digest=token_digest(presented))
-        .first()
-    )
+    token = APIToken.objects.usable(at=now).select_related("user").with_secret(presented).first()
     if token is None:
         locked = throttling.failed(attempt, now=now)
         if locked is not None:

@@ -12,7 +12,7 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.http import require_http_methods
 
-from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, count, secret_once_page
+from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, secret_once_page
 from keys import services
 from keys.models import APIKey, looks_like_secret
 
@@ -78,9 +78,11 @@ class APIKeyAdmin(SecretSearchAdmin, GatewayAdmin):
         return format_html('<code style="white-space: nowrap">{}…</code>', obj.prefix)
 
     def save_model(self, request, obj, form, change):
-        if not change:
-            obj.issued_secret = obj.new_secret()
-        super().save_model(request, obj, form, change)
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        key, obj.issued_secret = services.create_key(**form.cleaned_data)
+        adopt(obj, key)
 
     def response_add(self, request, obj, post_url_continue=None):
         # Rendered straight into this response, never put in the session or a

@@ -160,7 +160,7 @@ def test_create_api_token_can_set_an_expiry(ops, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--user", "nobody", "--name", "x"], "No user named 'nobody'"),
+        (["--user", "nobody", "--name", "x"], 'There is no user "nobody"'),
         (["--user", "alice", "--name", "x"], "only be issued to active staff"),
         (["--user", "ops", "--name", ""], "cannot be blank"),
         (["--user", "ops", "--name", "x", "--expires-in-days", "0"], "at least 1"),

@@ -40,6 +40,19 @@ def secret_once_page(
     return TemplateResponse(request, "admin/aethergate/secret_once.html", context)
 
 
+def adopt(obj, saved) -> None:
+    """Make the admin's unsaved `obj` the row a service `saved` in its place.
+
+    ModelAdmin.save_model must save the very object it is given: the admin
+    then logs it and redirects to its page. A service that creates the row
+    itself (validating, issuing a secret) hands back another instance; this
+    copies its columns and saved state onto `obj`.
+    """
+    for field in saved._meta.concrete_fields:
+        setattr(obj, field.attname, getattr(saved, field.attname))
+    obj._state.adding, obj._state.db = False, saved._state.db
+
+
 class SecretSearchAdmin(admin.ModelAdmin):
     """Refuses to search for a whole secret: a search travels in the page address.
 
