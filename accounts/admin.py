@@ -1,6 +1,5 @@
 """Admin for users (consumers and staff, their balance and keys), staff API tokens, lockouts."""
 
-from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
@@ -15,20 +14,26 @@ from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, 
 from keys.models import APIKey
 
 
-def _non_negative_balance(form):
-    balance = form.cleaned_data.get("balance")
-    # A balance may fall below zero through usage; staff may not set one there.
-    if balance is not None and balance < 0 and balance != form.initial.get("balance"):
-        raise forms.ValidationError("A balance cannot be set below zero.")
-    return balance
-
-
 class UserCreateForm(AdminUserCreationForm):
     class Meta(AdminUserCreationForm.Meta):
         model = User
         fields = ("username", "email", "organization", "balance")
 
-    clean_balance = _non_negative_balance
+    def clean_balance(self):
+        balance = self.cleaned_data["balance"]
+        services.validate_balance(balance)
+        return balance
+
+    def create_user(self) -> User:
+        """The user this valid form describes, saved by accounts.services.create_user."""
+        data = self.cleaned_data
+        return services.create_user(
+            username=data["username"],
+            email=data["email"],
+            organization=data["organization"],
+            balance=data["balance"],
+            password=data["password1"] if data["set_usable_password"] else None,
+        )
 
 
 class UserEditForm(UserChangeForm):
@@ -46,7 +51,10 @@ class UserEditForm(UserChangeForm):
         field = self.fields["balance"]
         return field.to_python(self.data.get(self.add_initial_prefix("balance")))
 
-    clean_balance = _non_negative_balance
+    def clean_balance(self):
+        balance = self.cleaned_data["balance"]
+        services.validate_balance(balance, current=self.balance_seen())
+        return balance
 
 
 class APIKeyInline(admin.TabularInline):
@@ -147,13 +155,12 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         if reason:
             raise PermissionDenied(reason)
         if not change:
-            super().save_model(request, obj, form, change)
+            adopt(obj, form.create_user())
             return
         if "balance" in form.changed_data:
             services.edit_balance(user=obj, seen=form.balance_seen(), new=obj.balance)
         columns = {f.name for f in obj._meta.concrete_fields} - {"balance", "id"}
         obj.save(update_fields=[*columns.intersection(form.changed_data), "updated_at"])
-        obj.refresh_from_db(fields=["balance"])
 
     def get_inlines(self, request, obj):
         return [APIKeyInline] if obj else []
