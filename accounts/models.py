@@ -101,10 +101,6 @@ class APIToken(models.Model):
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
 
-    @property
-    def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()
-
 
 class LoginFailure(models.Model):
     """One failed admin login or API token attempt, counted against one `key`.

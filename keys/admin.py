@@ -33,6 +33,24 @@ class ExpiryFilter(admin.SimpleListFilter):
         }.get(self.value(), queryset)
 
 
+class StateFilter(admin.SimpleListFilter):
+    """Keys that authenticate now (`APIKey.objects.usable()`), or those refused."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("usable", "Usable"), ("refused", "Refused (inactive, expired or owner inactive)")]
+
+    def queryset(self, request, queryset):
+        usable = APIKey.objects.usable(now=timezone.now())
+        if self.value() == "usable":
+            return queryset.filter(pk__in=usable.values("pk"))
+        if self.value() == "refused":
+            return queryset.exclude(pk__in=usable.values("pk"))
+        return queryset
+
+
 @admin.register(APIKey)
 class APIKeyAdmin(SecretSearchAdmin, GatewayAdmin):
     actions = [*GatewayAdmin.actions, "rotate_selected"]
@@ -41,12 +59,14 @@ class APIKeyAdmin(SecretSearchAdmin, GatewayAdmin):
         "display_prefix",
         "owner",
         "is_active",
+        "state",
         "rate_limit",
         "expires_at",
         "last_used_at",
     )
     list_editable = ("is_active",)
     list_filter = (
+        StateFilter,
         "is_active",
         "log_content",
         ("owner", admin.RelatedOnlyFieldListFilter),
@@ -76,6 +96,11 @@ class APIKeyAdmin(SecretSearchAdmin, GatewayAdmin):
     @admin.display(description="prefix", ordering="prefix")
     def display_prefix(self, obj):
         return format_html('<code style="white-space: nowrap">{}…</code>', obj.prefix)
+
+    @admin.display(description="state")
+    def state(self, obj):
+        # The owner comes with the row (list_select_related): no query per key.
+        return obj.state()
 
     def save_model(self, request, obj, form, change):
         if change:

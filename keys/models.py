@@ -66,6 +66,15 @@ def refusal(*, is_active: bool, user_active: bool, expires_at, now) -> tuple[str
     return None
 
 
+# How each refusal is named where people list keys (admin, list_keys, the management API).
+STATES = {
+    None: "usable",
+    "key_inactive": "inactive",
+    "key_expired": "expired",
+    "user_inactive": "owner inactive",
+}
+
+
 class APIKeyQuerySet(models.QuerySet):
     def usable(self, *, now=None):
         """Keys that may authenticate at `now` (default: now): those `refusal` lets through."""
@@ -129,10 +138,6 @@ class APIKey(models.Model):
         )
         return secret
 
-    @property
-    def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()
-
     def refusal(self, *, now=None) -> tuple[str, str] | None:
         """Why this key may not authenticate at `now` (see `refusal`); None when it may."""
         return refusal(
@@ -141,3 +146,8 @@ class APIKey(models.Model):
             expires_at=self.expires_at,
             now=now or timezone.now(),
         )
+
+    def state(self, *, now=None) -> str:
+        """This key's state at `now` for people to read: `refusal()` named by STATES."""
+        refused = self.refusal(now=now)
+        return STATES[refused and refused[0]]
