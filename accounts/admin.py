@@ -1,6 +1,5 @@
 """Admin for users (consumers and staff, their balance and keys), staff API tokens, lockouts."""
 
-from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
@@ -9,18 +8,10 @@ from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
 from accounts import services, throttling
-from accounts.models import APIToken, Lockout, User
+from accounts.models import APIToken, Lockout, User, looks_like_token
 from accounts.permissions import PRIVILEGE_FIELDS, token_refusal, user_change_refusal
-from aethergate.lib.admin import GatewayAdmin, count, secret_once_page
+from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, secret_once_page
 from keys.models import APIKey
-
-
-def _non_negative_balance(form):
-    balance = form.cleaned_data.get("balance")
-    # A balance may fall below zero through usage; staff may not set one there.
-    if balance is not None and balance < 0 and balance != form.initial.get("balance"):
-        raise forms.ValidationError("A balance cannot be set below zero.")
-    return balance
 
 
 class UserCreateForm(AdminUserCreationForm):
@@ -28,7 +19,21 @@ class UserCreateForm(AdminUserCreationForm):
         model = User
         fields = ("username", "email", "organization", "balance")
 
-    clean_balance = _non_negative_balance
+    def clean_balance(self):
+        balance = self.cleaned_data["balance"]
+        services.validate_balance(balance)
+        return balance
+
+    def create_user(self) -> User:
+        """The user this valid form describes, saved by accounts.services.create_user."""
+        data = self.cleaned_data
+        return services.create_user(
+            username=data["username"],
+            email=data["email"],
+            organization=data["organization"],
+            balance=data["balance"],
+            password=data["password1"] if data["set_usable_password"] else None,
+        )
 
 
 class UserEditForm(UserChangeForm):
@@ -46,7 +51,10 @@ class UserEditForm(UserChangeForm):
         field = self.fields["balance"]
         return field.to_python(self.data.get(self.add_initial_prefix("balance")))
 
-    clean_balance = _non_negative_balance
+    def clean_balance(self):
+        balance = self.cleaned_data["balance"]
+        services.validate_balance(balance, current=self.balance_seen())
+        return balance
 
 
 class APIKeyInline(admin.TabularInline):
@@ -147,13 +155,12 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         if reason:
             raise PermissionDenied(reason)
         if not change:
-            super().save_model(request, obj, form, change)
+            adopt(obj, form.create_user())
             return
         if "balance" in form.changed_data:
             services.edit_balance(user=obj, seen=form.balance_seen(), new=obj.balance)
         columns = {f.name for f in obj._meta.concrete_fields} - {"balance", "id"}
         obj.save(update_fields=[*columns.intersection(form.changed_data), "updated_at"])
-        obj.refresh_from_db(fields=["balance"])
 
     def get_inlines(self, request, obj):
         return [APIKeyInline] if obj else []
@@ -181,7 +188,7 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
 
 
 @admin.register(APIToken)
-class APITokenAdmin(admin.ModelAdmin):
+class APITokenAdmin(SecretSearchAdmin):
     """Staff tokens for the management API: issue (shown once), revoke, delete.
 
     Under accounts.permissions.token_refusal: staff who are not superusers see,
@@ -201,6 +208,9 @@ class APITokenAdmin(admin.ModelAdmin):
     list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
     list_select_related = ("user",)
     search_fields = ("name", "prefix", "user__username")
+    looks_like_secret = staticmethod(looks_like_token)
+    refused_kind = "API token"
+    refused_advice = "Search by its prefix, and consider revoking it if that address was logged."
     readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
     list_per_page = 50
 
@@ -235,9 +245,11 @@ class APITokenAdmin(admin.ModelAdmin):
         reason = token_refusal(actor=request.user, owner=obj.user)
         if reason:
             raise PermissionDenied(reason)
-        if not change:
-            obj.issued_token = obj.new_token()
-        super().save_model(request, obj, form, change)
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        token, obj.issued_token = services.create_api_token(**form.cleaned_data)
+        adopt(obj, token)
 
     def response_add(self, request, obj, post_url_continue=None):
         return secret_once_page(

@@ -55,7 +55,16 @@ TOKEN_DISPLAY_LENGTH = len(TOKEN_PREFIX) + 8
 token_digest = hashed_secrets.digest
 
 
+def looks_like_token(text: str) -> bool:
+    """Whether `text` is a whole token, not a display prefix (see hashed_secrets.is_whole)."""
+    return hashed_secrets.is_whole(text, TOKEN_PREFIX, TOKEN_DISPLAY_LENGTH)
+
+
 class APITokenQuerySet(models.QuerySet):
+    def with_secret(self, presented: str):
+        """The token (at most one) whose whole secret is `presented`, found by its digest."""
+        return self.filter(digest=token_digest(presented))
+
     def usable(self, at=None):
         """Tokens that may authenticate at `at` (default: now): live, unexpired, user active."""
         at = at or timezone.now()
@@ -106,10 +115,6 @@ class APIToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
-
-    @property
-    def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()
 
 
 class LoginFailure(models.Model):

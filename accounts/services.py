@@ -3,11 +3,13 @@
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.contrib.auth import password_validation
+from django.core.exceptions import ValidationError
 from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts import throttling
-from accounts.models import APIToken, User, token_digest
+from accounts.models import TOKEN_DISPLAY_LENGTH, APIToken, User, looks_like_token
 from aethergate.lib import audit
 
 # A token's last use is written at most this often, not on every request.
@@ -26,6 +28,76 @@ def find_user(username: str) -> User:
     return user
 
 
+def create_user(
+    *,
+    username: str,
+    email: str = "",
+    first_name: str = "",
+    last_name: str = "",
+    organization: str = "",
+    balance: Decimal | str | None = None,
+    password: str | None = None,
+    is_active: bool = True,
+    is_staff: bool = False,
+) -> User:
+    """Validate and save a new user; return it. Raises ValidationError, by field, for every fault.
+
+    Checked: the model's own validation (`full_clean`, which also turns a
+    balance given as text into a Decimal), `validate_balance`, and Django's
+    password validators for a `password`. Without one the user has no usable
+    password: consumers authenticate with API keys, staff set theirs later.
+    Who may grant `is_staff` is the caller's question (accounts.permissions).
+    """
+    user = User(
+        username=username,
+        email=email,
+        first_name=first_name,
+        last_name=last_name,
+        organization=organization,
+        balance=balance,
+        is_active=is_active,
+        is_staff=is_staff,
+    )
+    if password:
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    errors = {}
+    try:
+        user.full_clean()
+    except ValidationError as error:
+        errors = error.error_dict
+    if "balance" not in errors:  # a balance full_clean could not read is reported already
+        try:
+            validate_balance(user.balance)
+        except ValidationError as error:
+            errors["balance"] = error.error_list
+    if password:
+        try:
+            password_validation.validate_password(password, user)
+        except ValidationError as error:
+            errors["password"] = error.error_list
+    if errors:
+        raise ValidationError(errors)
+    user.save()
+    return user
+
+
+NEGATIVE_BALANCE = "A balance cannot be set below zero."
+
+
+def validate_balance(new: Decimal | None, *, current: Decimal | None = None) -> None:
+    """Raise ValidationError (code "negative_balance") if staff may not set the balance `new`.
+
+    A balance falls below zero through usage and may stay there (`new` equal
+    to `current`, the balance as it is or as the staff member was shown it);
+    no one sets one below zero. Forms, serializers and commands call this (or
+    a service that does) and show its message in their own shape.
+    """
+    if new is not None and new < 0 and new != current:
+        raise ValidationError(NEGATIVE_BALANCE, code="negative_balance")
+
+
 class NoPrepaidBalance(Exception):
     """The user is not on prepaid billing (balance is null): there is nothing to credit."""
 
@@ -35,8 +107,11 @@ def edit_balance(*, user: User, seen: Decimal | None, new: Decimal | None) -> No
 
     Charges settle while a form is open; applying the difference (new - seen)
     in one atomic UPDATE keeps them. Turning prepaid billing on or off
-    (None on either side) sets the value as given.
+    (None on either side) sets the value as given. Raises ValidationError
+    (`validate_balance`) for a new balance below zero, writing nothing.
+    Afterwards `user.balance` is the stored balance, and /v1 has heard of it.
     """
+    validate_balance(new, current=seen)
     users = User.objects.filter(pk=user.pk)
     before = users.values_list("balance", flat=True).first()
     if seen is None or new is None:
@@ -44,6 +119,7 @@ def edit_balance(*, user: User, seen: Decimal | None, new: Decimal | None) -> No
     else:
         users.update(balance=F("balance") + (new - seen))
     _record_balance("update", user, before)
+    _announce_balance(user)
 
 
 def _record_balance(action: str, user: User, before: Decimal | None) -> None:
@@ -66,11 +142,15 @@ def credit_balance(*, user: User, amount: Decimal) -> Decimal:
     if not credited:
         raise NoPrepaidBalance(f"{user.username} has no prepaid balance; set one first.")
     _record_balance("credit", user, before)
+    _announce_balance(user)
+    return user.balance
+
+
+def _announce_balance(user: User) -> None:
     # Saving only `updated_at` fires post_save, so /v1 sees the new balance at
     # once in this process and through the change marker in the others.
     user.save(update_fields=["updated_at"])
     user.refresh_from_db(fields=["balance"])
-    return user.balance
 
 
 def create_api_token(
@@ -82,6 +162,32 @@ def create_api_token(
     token.full_clean()
     token.save()
     return token, secret
+
+
+class TokenNotFound(LookupError):
+    """No token, or more than one, answers to a reference; the message says which."""
+
+
+def find_api_token(reference: str) -> APIToken:
+    """The token an operator means by `reference`: its id, its display prefix or the whole token.
+
+    A whole token is looked up by digest, so it is never compared or echoed
+    in clear; messages show at most a display prefix's length of `reference`.
+    """
+    reference = reference.strip().rstrip("…")
+    tokens = APIToken.objects.select_related("user")
+    if reference.isdigit():
+        matches = tokens.filter(pk=int(reference))
+    elif looks_like_token(reference):
+        matches = tokens.with_secret(reference)
+    else:
+        matches = tokens.filter(prefix=reference)
+    found = list(matches[:2])
+    if not found:
+        raise TokenNotFound(f"No API token matches {reference[:TOKEN_DISPLAY_LENGTH]!r}.")
+    if len(found) > 1:
+        raise TokenNotFound(f"Several API tokens have prefix {reference!r}; give the id.")
+    return found[0]
 
 
 def revoke_api_token(*, token: APIToken) -> bool:
@@ -109,12 +215,7 @@ def authenticate_api_token(
     now = now or throttling.clock()
     attempt = throttling.Attempt.token(presented, address)
     throttling.check(attempt, now=now)
-    token = (
-        APIToken.objects.usable(at=now)
-        .select_related("user")
-        .filter(digest=token_digest(presented))
-        .first()
-    )
+    token = APIToken.objects.usable(at=now).select_related("user").with_secret(presented).first()
     if token is None:
         locked = throttling.failed(attempt, now=now)
         if locked is not None:

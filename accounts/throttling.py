@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import TOKEN_DISPLAY_LENGTH, TOKEN_PREFIX, Lockout, LoginFailure
+from accounts.models import TOKEN_DISPLAY_LENGTH, Lockout, LoginFailure, looks_like_token
 from aethergate.lib import audit
 
 # The clock; tests replace it to let a lockout expire without sleeping.
@@ -51,7 +51,7 @@ class Attempt:
     def token(cls, presented: str, address: str | None) -> "Attempt":
         # Only a well-formed token's public display prefix: never any more of what was sent.
         account = None
-        if presented.startswith(TOKEN_PREFIX) and len(presented) > TOKEN_DISPLAY_LENGTH:
+        if looks_like_token(presented):
             account = f"token:{presented[:TOKEN_DISPLAY_LENGTH]}"
         return cls(audit.Surface.API, account, address)
 

@@ -1,8 +1,7 @@
 """Admin for API keys: create (secret shown once), edit without rotating, rotate, find by secret."""
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.views.main import SEARCH_VAR
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import Http404, HttpResponseRedirect
@@ -13,7 +12,7 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.http import require_http_methods
 
-from aethergate.lib.admin import GatewayAdmin, count, secret_once_page
+from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, secret_once_page
 from keys import services
 from keys.models import APIKey, looks_like_secret
 
@@ -34,20 +33,40 @@ class ExpiryFilter(admin.SimpleListFilter):
         }.get(self.value(), queryset)
 
 
+class StateFilter(admin.SimpleListFilter):
+    """Keys that authenticate now (`APIKey.objects.usable()`), or those refused."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("usable", "Usable"), ("refused", "Refused (inactive, expired or owner inactive)")]
+
+    def queryset(self, request, queryset):
+        usable = APIKey.objects.usable(now=timezone.now())
+        if self.value() == "usable":
+            return queryset.filter(pk__in=usable.values("pk"))
+        if self.value() == "refused":
+            return queryset.exclude(pk__in=usable.values("pk"))
+        return queryset
+
+
 @admin.register(APIKey)
-class APIKeyAdmin(GatewayAdmin):
+class APIKeyAdmin(SecretSearchAdmin, GatewayAdmin):
     actions = [*GatewayAdmin.actions, "rotate_selected"]
     list_display = (
         "name",
         "display_prefix",
         "owner",
         "is_active",
+        "state",
         "rate_limit",
         "expires_at",
         "last_used_at",
     )
     list_editable = ("is_active",)
     list_filter = (
+        StateFilter,
         "is_active",
         "log_content",
         ("owner", admin.RelatedOnlyFieldListFilter),
@@ -58,6 +77,11 @@ class APIKeyAdmin(GatewayAdmin):
     search_help_text = (
         "Name, prefix (ag-AbCdEfGh) or owner. To find a key from its whole secret, use "
         "“Find by secret”: a search travels in the page address, where logs keep it."
+    )
+    looks_like_secret = staticmethod(looks_like_secret)
+    refused_kind = "key"
+    refused_advice = (
+        "Use “Find by secret”, and consider rotating the key if that address was logged."
     )
     autocomplete_fields = ("owner",)
     filter_horizontal = ("allowed_models",)
@@ -73,33 +97,17 @@ class APIKeyAdmin(GatewayAdmin):
     def display_prefix(self, obj):
         return format_html('<code style="white-space: nowrap">{}…</code>', obj.prefix)
 
-    def changelist_view(self, request, extra_context=None):
-        term = request.GET.get(SEARCH_VAR, "")
-        if looks_like_secret(term.strip()):
-            # The secret reached this URL once; sending the browser on without
-            # it keeps it out of the history, the page and the links on it.
-            self.message_user(
-                request,
-                "That looks like a whole key, which is not searched here: a search is sent "
-                "in the page address, where access and proxy logs keep it. Use “Find by "
-                "secret”, and consider rotating the key if that address was logged.",
-                messages.ERROR,
-            )
-            params = request.GET.copy()
-            del params[SEARCH_VAR]
-            query = params.urlencode()
-            return HttpResponseRedirect(f"{request.path}?{query}" if query else request.path)
-        return super().changelist_view(request, extra_context)
-
-    def get_search_results(self, request, queryset, search_term):
-        if looks_like_secret(search_term.strip()):
-            return queryset.none(), False  # e.g. an autocomplete term: never looked up
-        return super().get_search_results(request, queryset, search_term)
+    @admin.display(description="state")
+    def state(self, obj):
+        # The owner comes with the row (list_select_related): no query per key.
+        return obj.state()
 
     def save_model(self, request, obj, form, change):
-        if not change:
-            obj.issued_secret = obj.new_secret()
-        super().save_model(request, obj, form, change)
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        key, obj.issued_secret = services.create_key(**form.cleaned_data)
+        adopt(obj, key)
 
     def response_add(self, request, obj, post_url_continue=None):
         # Rendered straight into this response, never put in the session or a

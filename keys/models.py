@@ -19,8 +19,8 @@ digest = hashed_secrets.digest
 
 
 def looks_like_secret(text: str) -> bool:
-    """Whether `text` is a whole key rather than a display prefix: marked and longer than one."""
-    return text.startswith(SECRET_PREFIX) and len(text) > DISPLAY_PREFIX_LENGTH
+    """Whether `text` is a whole key, not a display prefix (see hashed_secrets.is_whole)."""
+    return hashed_secrets.is_whole(text, SECRET_PREFIX, DISPLAY_PREFIX_LENGTH)
 
 
 def validate_capabilities(value):
@@ -64,6 +64,15 @@ def refusal(*, is_active: bool, user_active: bool, expires_at, now) -> tuple[str
     if not user_active:
         return "user_inactive", "The account this API key belongs to is inactive."
     return None
+
+
+# How each refusal is named where people list keys (admin, list_keys, the management API).
+STATES = {
+    None: "usable",
+    "key_inactive": "inactive",
+    "key_expired": "expired",
+    "user_inactive": "owner inactive",
+}
 
 
 class APIKeyQuerySet(models.QuerySet):
@@ -145,10 +154,6 @@ class APIKey(models.Model):
         )
         return secret
 
-    @property
-    def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()
-
     def refusal(self, *, now=None) -> tuple[str, str] | None:
         """Why this key may not authenticate at `now` (see `refusal`); None when it may."""
         return refusal(
@@ -157,3 +162,8 @@ class APIKey(models.Model):
             expires_at=self.expires_at,
             now=now or timezone.now(),
         )
+
+    def state(self, *, now=None) -> str:
+        """This key's state at `now` for people to read: `refusal()` named by STATES."""
+        refused = self.refusal(now=now)
+        return STATES[refused and refused[0]]

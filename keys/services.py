@@ -3,7 +3,7 @@
 from django.db import transaction
 from django.utils import timezone
 
-from keys.models import APIKey, digest
+from keys.models import APIKey, digest, looks_like_secret
 
 
 def create_key(*, owner, name: str, **fields) -> tuple[APIKey, str]:
@@ -33,6 +33,9 @@ def rotate_key(*, key: APIKey) -> str:
     return secret
 
 
+PREFIX_MAX_LENGTH = APIKey._meta.get_field("prefix").max_length
+
+
 class KeyNotFound(LookupError):
     """No key, or more than one, answers to a reference; the message says which."""
 
@@ -53,7 +56,9 @@ def find_key(reference: str) -> APIKey:
     """The key an operator means by `reference`: its id, its display prefix or a pasted secret.
 
     A prefix may be shortened as long as it names one key. A whole secret is
-    looked up by digest, so it is never compared or echoed in clear.
+    looked up by digest, so it is never compared or echoed in clear; so is
+    any text longer than a prefix can be (an imported key of the earlier
+    version may carry another marker).
     """
     reference = reference.strip()
     keys = APIKey.objects.select_related("owner")
@@ -62,7 +67,7 @@ def find_key(reference: str) -> APIKey:
         if found is None:
             raise KeyNotFound(f"There is no API key with id {reference}.")
         return found
-    if len(reference) > APIKey._meta.get_field("prefix").max_length:
+    if looks_like_secret(reference) or len(reference) > PREFIX_MAX_LENGTH:
         return find_key_by_secret(reference)
     # SQLite's LIKE ignores case; prefixes are case-sensitive, so filter again here.
     candidates = keys.filter(prefix__startswith=reference) if reference else keys.none()

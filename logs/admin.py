@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.utils.html import format_html_join
 
 from aethergate.lib import audit
+from aethergate.lib.admin import SecretSearchAdmin
+from keys.models import looks_like_secret
 from logs.models import AuditEntry, RequestLog
 
 
@@ -21,7 +23,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(RequestLog)
-class RequestLogAdmin(ReadOnlyAdmin):
+class RequestLogAdmin(SecretSearchAdmin, ReadOnlyAdmin):
     """Logs are an audit trail: viewable and filterable, never added or edited here.
 
     Old rows go through retention (`prune_logs`), not through the admin.
@@ -51,6 +53,9 @@ class RequestLogAdmin(ReadOnlyAdmin):
         "model",
     )
     search_fields = ("request_id", "username", "key_prefix", "model")
+    looks_like_secret = staticmethod(looks_like_secret)
+    refused_kind = "key"
+    refused_advice = "Search by its prefix, and consider rotating it if that address was logged."
     # Counting a large log table on every page view is what makes admins slow.
     show_full_result_count = False
     list_per_page = 100

@@ -6,6 +6,7 @@ from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions, serializers
 
+from accounts import services
 from accounts.models import User
 from accounts.permissions import user_change_refusal
 from aethergate.lib.api import CleanModelSerializer
@@ -32,11 +33,15 @@ class UserSerializer(CleanModelSerializer):
         read_only_fields = ("is_superuser", "date_joined", "last_login", "updated_at")
 
     def validate_balance(self, balance):
-        # A balance may fall below zero through usage; staff may not set one there.
         current = self.instance.balance if self.instance is not None else None
-        if balance is not None and balance < 0 and balance != current:
-            raise serializers.ValidationError("A balance cannot be set below zero.")
+        try:
+            services.validate_balance(balance, current=current)
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.messages) from None
         return balance
+
+    def create(self, validated_data):
+        return services.create_user(**validated_data)
 
     def apply(self, instance, attrs):
         attrs = dict(attrs)

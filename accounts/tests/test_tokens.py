@@ -160,7 +160,7 @@ def test_create_api_token_can_set_an_expiry(ops, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--user", "nobody", "--name", "x"], "No user named 'nobody'"),
+        (["--user", "nobody", "--name", "x"], 'There is no user "nobody"'),
         (["--user", "alice", "--name", "x"], "only be issued to active staff"),
         (["--user", "ops", "--name", ""], "cannot be blank"),
         (["--user", "ops", "--name", "x", "--expires-in-days", "0"], "at least 1"),
@@ -227,6 +227,20 @@ def test_revoke_api_token_refuses_an_ambiguous_prefix(ops, issued):
 
 
 # Admin ------------------------------------------------------------------------
+def test_a_whole_token_in_the_admin_search_is_not_looked_up_or_echoed(admin_client, issued):
+    token, secret = issued
+    changelist = reverse("admin:accounts_apitoken_changelist")
+
+    response = admin_client.get(changelist, {"q": secret})
+    page = admin_client.get(response["Location"]).content.decode()
+    by_prefix = admin_client.get(changelist, {"q": token.prefix})
+
+    assert (response.status_code, response["Location"]) == (302, changelist)
+    assert secret not in page
+    assert "not searched here" in page
+    assert list(by_prefix.context["cl"].result_list) == [token]
+
+
 def test_admin_shows_a_new_token_once_and_stores_only_its_digest(admin_client, ops, bearer):
     response = admin_client.post(
         reverse("admin:accounts_apitoken_add"), {"user": ops.pk, "name": "billing"}

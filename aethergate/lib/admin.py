@@ -1,7 +1,11 @@
-"""The base every AetherGate ModelAdmin shares: activate/deactivate and delete notes."""
+"""What AetherGate's ModelAdmins share: activate/deactivate, delete notes, secrets kept out."""
+
+from collections.abc import Callable
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import model_ngettext
+from django.contrib.admin.views.main import SEARCH_VAR
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.utils.translation import ngettext
 
@@ -34,6 +38,56 @@ def secret_once_page(
         "usage": usage,
     }
     return TemplateResponse(request, "admin/aethergate/secret_once.html", context)
+
+
+def adopt(obj, saved) -> None:
+    """Make the admin's unsaved `obj` the row a service `saved` in its place.
+
+    ModelAdmin.save_model must save the very object it is given: the admin
+    then logs it and redirects to its page. A service that creates the row
+    itself (validating, issuing a secret) hands back another instance; this
+    copies its columns and saved state onto `obj`.
+    """
+    for field in saved._meta.concrete_fields:
+        setattr(obj, field.attname, getattr(saved, field.attname))
+    obj._state.adding, obj._state.db = False, saved._state.db
+
+
+class SecretSearchAdmin(admin.ModelAdmin):
+    """Refuses to search for a whole secret: a search travels in the page address.
+
+    Access and proxy logs keep addresses, so a pasted secret is never looked
+    up, shown back or linked: the browser is sent on to the same list without
+    it, with a warning. Subclasses set `looks_like_secret` (their app's one
+    test, as a staticmethod), what the secret is called (`refused_kind`) and
+    what to do instead (`refused_advice`).
+    """
+
+    looks_like_secret: Callable[[str], bool]
+    refused_kind: str
+    refused_advice: str
+
+    def changelist_view(self, request, extra_context=None):
+        if self.looks_like_secret(request.GET.get(SEARCH_VAR, "").strip()):
+            # The secret reached this URL once; sending the browser on without
+            # it keeps it out of the history, the page and the links on it.
+            self.message_user(
+                request,
+                f"That looks like a whole {self.refused_kind}, which is not searched here: a "
+                "search is sent in the page address, where access and proxy logs keep it. "
+                f"{self.refused_advice}",
+                messages.ERROR,
+            )
+            params = request.GET.copy()
+            del params[SEARCH_VAR]
+            query = params.urlencode()
+            return HttpResponseRedirect(f"{request.path}?{query}" if query else request.path)
+        return super().changelist_view(request, extra_context)
+
+    def get_search_results(self, request, queryset, search_term):
+        if self.looks_like_secret(search_term.strip()):
+            return queryset.none(), False  # e.g. an autocomplete term: never looked up
+        return super().get_search_results(request, queryset, search_term)
 
 
 class GatewayAdmin(admin.ModelAdmin):

@@ -6,7 +6,7 @@ from accounts.models import User
 from aethergate.lib.api import CleanModelSerializer
 from aethergate.lib.capabilities import Capability
 from keys import services
-from keys.models import APIKey
+from keys.models import STATES, APIKey
 from models_registry.models import Model
 
 
@@ -17,6 +17,11 @@ class KeySerializer(CleanModelSerializer):
         queryset=User.objects.all(), help_text="User id; set on create, cannot change."
     )
     owner_username = serializers.CharField(source="owner.username", read_only=True)
+    state = serializers.ChoiceField(
+        choices=list(STATES.values()),
+        read_only=True,
+        help_text="Whether the key authenticates now: usable, or why it is refused.",
+    )
     allowed_capabilities = serializers.ListField(
         child=serializers.ChoiceField(choices=Capability.choices),
         required=False,
@@ -35,7 +40,14 @@ class KeySerializer(CleanModelSerializer):
 
     class Meta:
         model = APIKey
-        fields = ("id", *APIKey.shared_fields, "owner_username", "last_used_at", "updated_at")
+        fields = (
+            "id",
+            *APIKey.shared_fields,
+            "owner_username",
+            "state",
+            "last_used_at",
+            "updated_at",
+        )
         read_only_fields = ("prefix", "created_at", "rotated_at", "last_used_at", "updated_at")
 
     def validate_owner(self, owner):

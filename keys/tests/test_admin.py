@@ -188,6 +188,46 @@ def test_a_whole_key_in_the_search_box_is_not_looked_up_or_echoed(admin_client, 
     assert "Find by secret" in content
 
 
+def test_the_admin_creates_keys_through_the_service(admin_client, owner, monkeypatch):
+    made = []
+    create_key = services.create_key
+
+    def recording(**fields):
+        made.append(fields)
+        return create_key(**fields)
+
+    monkeypatch.setattr(services, "create_key", recording)
+    llama = Model.objects.create(name="llama3", upstream_name="llama3:8b")
+
+    response = admin_client.post(
+        reverse("admin:keys_apikey_add"), add_form(owner, allowed_models=[llama.pk])
+    )
+
+    assert response.status_code == 200
+    assert [(call["owner"], call["name"]) for call in made] == [(owner, "laptop")]
+    key = APIKey.objects.get()
+    assert key.digest == digest(SECRET.search(response.content.decode())[1])
+    assert list(key.allowed_models.all()) == [llama]
+
+
+def test_the_list_shows_and_filters_each_keys_state(admin_client, owner, django_user_model):
+    usable, _ = services.create_key(owner=owner, name="usable")
+    services.create_key(owner=owner, name="off", is_active=False)
+    bob = django_user_model.objects.create_user("bob", is_active=False)
+    services.create_key(owner=bob, name="orphan")
+    changelist = reverse("admin:keys_apikey_changelist")
+
+    page = admin_client.get(changelist)
+    usable_only = admin_client.get(changelist, {"state": "usable"})
+    refused = admin_client.get(changelist, {"state": "refused"})
+
+    rows = {key.name: key.state() for key in page.context["cl"].result_list}
+    assert rows == {"usable": "usable", "off": "inactive", "orphan": "owner inactive"}
+    assert "owner inactive" in page.content.decode()
+    assert list(usable_only.context["cl"].result_list) == [usable]
+    assert {key.name for key in refused.context["cl"].result_list} == {"off", "orphan"}
+
+
 def test_a_display_prefix_is_still_searched(admin_client, owner):
     key, _ = services.create_key(owner=owner, name="findme")
     services.create_key(owner=owner, name="other")

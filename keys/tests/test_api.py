@@ -233,6 +233,18 @@ def test_it_retrieves_a_key_and_404s_an_unknown_one(api, key):
     assert api.get("/api/v1/keys/999999/").status_code == 404
 
 
+def test_each_key_says_whether_it_authenticates_now(api, key, alice, bob):
+    services.create_key(owner=alice, name="old", expires_at=timezone.now() + timedelta(seconds=1))
+    APIKey.objects.filter(name="old").update(expires_at=timezone.now() - timedelta(days=1))
+    services.create_key(owner=bob, name="bob's")
+    bob.is_active = False
+    bob.save()
+
+    states = {row["name"]: row["state"] for row in api.get("/api/v1/keys/").json()["results"]}
+
+    assert states == {"laptop": "usable", "old": "expired", "bob's": "owner inactive"}
+
+
 def test_deleting_a_key_keeps_its_logs(api, key):
     RequestLog.objects.create(
         created_at=timezone.now(),

@@ -192,10 +192,10 @@ def test_it_lists_keys_without_secrets_or_digests(alice, django_user_model, caps
     out = run(capsys, "list_keys")
 
     lines = out.splitlines()
-    assert lines[0].split() == "id prefix name owner active rate limit expires last used".split()
+    assert lines[0].split() == "id prefix name owner state rate limit expires last used".split()
     assert len(lines) == 3
-    assert lines[1].split()[:6] == [str(app.pk), f"{app.prefix}…", "app", "bob", "yes", "-"]
-    assert lines[2].split()[:6] == [str(ci.pk), f"{ci.prefix}…", "ci", "alice", "yes", "60/m"]
+    assert lines[1].split()[:6] == [str(app.pk), f"{app.prefix}…", "app", "bob", "usable", "-"]
+    assert lines[2].split()[:6] == [str(ci.pk), f"{ci.prefix}…", "ci", "alice", "usable", "60/m"]
     assert "gone" not in out
     for key, secret in ((ci, ci_secret), (app, app_secret), (gone, gone_secret)):
         assert secret not in out and key.digest not in out
@@ -212,8 +212,8 @@ def test_it_lists_inactive_keys_and_one_users_keys_on_request(alice, django_user
 
     rows = {line.split()[2]: line for line in out.splitlines()[1:]}
     assert set(rows) == {"gone", "app"}
-    assert rows["gone"].split()[4] == "no"
-    assert "(expired)" in rows["app"]
+    assert rows["gone"].split()[4] == "inactive"
+    assert rows["app"].split()[4] == "expired"
 
 
 def test_it_says_when_there_is_nothing_to_list_and_refuses_an_unknown_user(alice, capsys):

@@ -111,3 +111,48 @@ def test_it_rejects_a_bad_rate_limit_or_capability(owner):
         services.create_key(owner=owner, name="x", allowed_capabilities=["TELEPATHY"])
     assert "allowed_capabilities" in bad_capability.value.message_dict
     assert not APIKey.objects.exists()
+
+
+NOW = timezone.make_aware(timezone.datetime(2026, 6, 1, 12, 0))
+EXPIRIES = {"never": None, "past": NOW - timedelta(seconds=1), "future": NOW + timedelta(days=1)}
+
+
+def test_usable_and_refusal_agree_for_every_combination(django_user_model):
+    owners = {
+        True: django_user_model.objects.create_user("on"),
+        False: django_user_model.objects.create_user("off", is_active=False),
+    }
+    for owner_active, owner in owners.items():
+        for key_active in (True, False):
+            for expiry, expires_at in EXPIRIES.items():
+                name = f"key {key_active} owner {owner_active} expires {expiry}"
+                services.create_key(
+                    owner=owner, name=name, is_active=key_active, expires_at=expires_at
+                )
+    keys = list(APIKey.objects.select_related("owner"))
+    assert len(keys) == 12
+
+    let_through = {key for key in keys if key.refusal(now=NOW) is None}
+
+    assert set(APIKey.objects.usable(now=NOW)) == let_through
+    assert {key.name for key in let_through} == {
+        "key True owner True expires never",
+        "key True owner True expires future",
+    }
+
+
+def test_a_keys_state_names_its_refusal(owner, django_user_model):
+    usable, _ = services.create_key(owner=owner, name="usable")
+    off, _ = services.create_key(owner=owner, name="off", is_active=False)
+    old, _ = services.create_key(owner=owner, name="old", expires_at=EXPIRIES["past"])
+    bob = django_user_model.objects.create_user("bob", is_active=False)
+    orphan, _ = services.create_key(owner=bob, name="bob's")
+
+    states = {key.name: key.state(now=NOW) for key in (usable, off, old, orphan)}
+
+    assert states == {
+        "usable": "usable",
+        "off": "inactive",
+        "old": "expired",
+        "bob's": "owner inactive",
+    }

@@ -58,3 +58,18 @@ def test_logs_filter_by_outcome_and_model(admin_client, log):
     by_day = admin_client.get(changelist, {"created_at__year": timezone.now().year})
     assert by_day.status_code == 200
     assert len(by_day.context["cl"].result_list) == 2
+
+
+def test_a_whole_key_in_the_log_search_is_not_looked_up_or_echoed(admin_client, log):
+    secret = "ag-12345678" + "x" * 35  # the key this log's prefix belongs to
+    changelist = reverse("admin:logs_requestlog_changelist")
+
+    response = admin_client.get(changelist, {"q": secret, "outcome": "rate_limited"})
+    page = admin_client.get(response["Location"]).content.decode()
+    by_prefix = admin_client.get(changelist, {"q": log.key_prefix})
+
+    assert response.status_code == 302
+    assert response["Location"] == f"{changelist}?outcome=rate_limited"
+    assert secret not in page
+    assert "not searched here" in page
+    assert [r.request_id for r in by_prefix.context["cl"].result_list] == ["req-abc"]

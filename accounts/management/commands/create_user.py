@@ -3,7 +3,7 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.models import User
+from accounts import services
 from aethergate.lib.commands import describe
 
 
@@ -26,23 +26,18 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        user = User(
-            username=options["username"],
-            email=options["email"],
-            organization=options["organization"],
-            balance=options["balance"],
-            is_staff=options["staff"],
-        )
         # Consumers never log in; staff choose their own password afterwards,
         # so no password is ever passed on a command line or printed.
-        user.set_unusable_password()
         try:
-            user.full_clean()
+            user = services.create_user(
+                username=options["username"],
+                email=options["email"],
+                organization=options["organization"],
+                balance=options["balance"],
+                is_staff=options["staff"],
+            )
         except ValidationError as error:
             raise CommandError(describe(error)) from None
-        if user.balance is not None and user.balance < 0:
-            raise CommandError("balance: A balance cannot be set below zero.")
-        user.save()
         balance = "no prepaid balance" if user.balance is None else f"balance {user.balance}"
         self.stdout.write(self.style.SUCCESS(f"Created user {user.username} ({balance})."))
         if user.is_staff:

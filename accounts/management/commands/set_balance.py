@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts import services
 from accounts.models import User
-from aethergate.lib.commands import found
+from aethergate.lib.commands import describe, found
 
 NONE = "none"
 
@@ -56,14 +56,10 @@ class Command(BaseCommand):
             new = None
             if options["amount"].strip().lower() != NONE:
                 new = amount(options["amount"], user)
-                if new < 0:
-                    raise CommandError("A balance cannot be set below zero.")
-            services.edit_balance(user=user, seen=None, new=new)
-            # edit_balance writes with .update(); saving updated_at sends post_save
-            # and moves the change marker, so every gateway process reloads the
-            # balance (as the admin does).
-            user.save(update_fields=["updated_at"])
-            user.refresh_from_db(fields=["balance"])
+            try:
+                services.edit_balance(user=user, seen=None, new=new)
+            except ValidationError as error:
+                raise CommandError(describe(error)) from None
         shown = (
             "none (no prepaid enforcement)"
             if user.balance is None

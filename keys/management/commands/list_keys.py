@@ -7,7 +7,7 @@ from accounts.services import find_user
 from aethergate.lib.commands import found, table
 from keys.models import APIKey
 
-HEADERS = ("id", "prefix", "name", "owner", "active", "rate limit", "expires", "last used")
+HEADERS = ("id", "prefix", "name", "owner", "state", "rate limit", "expires", "last used")
 
 
 def when(moment) -> str:
@@ -24,6 +24,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        now = timezone.now()
         keys = APIKey.objects.select_related("owner").order_by("-created_at", "-pk")
         if options["user"]:
             found(find_user, options["user"])
@@ -36,9 +37,9 @@ class Command(BaseCommand):
                 f"{key.prefix}…",
                 key.name,
                 key.owner.username,
-                "yes" if key.is_active else "no",
+                key.state(now=now),
                 key.rate_limit or "-",
-                when(key.expires_at) + (" (expired)" if key.is_expired else ""),
+                when(key.expires_at),
                 when(key.last_used_at),
             )
             for key in keys
