@@ -9,7 +9,9 @@ production; only I/O is replaced.
 """
 
 import asyncio
+import inspect
 import json
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -112,23 +114,65 @@ def snapshot(
 # --------------------------------------------------------------------------- the upstream
 
 
-class FakeContent:
-    """`response.content`: `readany()` hands out the scripted pieces, then b""."""
+class Pause:
+    """A stream piece: the upstream stays silent for `seconds` (None: for ever) of loop time.
 
-    def __init__(self, pieces: list[bytes], gap: float = 0.0):
+    The pause is timed from when the reader first reaches it, so a reader that
+    gives up waiting and reads again (a keep-alive tick) waits only the rest.
+    """
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+
+
+class FakeContent:
+    """`response.content`: `readany()` hands out the scripted pieces, then b"".
+
+    A piece is bytes (returned), a `Pause` (waited out), an exception (raised:
+    a connection reset is `aiohttp.ClientPayloadError()`) or a callable (called
+    when reached, e.g. `disconnect.set` to make the client leave there).
+    """
+
+    def __init__(self, pieces: list, gap: float = 0.0):
         self._pieces = list(pieces)
         self._gap = gap
+        self._until: float | None = None  # when the current Pause ends
 
     async def readany(self) -> bytes:
         if self._gap:
             await asyncio.sleep(self._gap)  # a slow upstream, in the double only
-        return self._pieces.pop(0) if self._pieces else b""
+        while self._pieces:
+            piece = self._pieces[0]
+            if isinstance(piece, Pause):
+                await self._wait(piece)
+            self._pieces.pop(0)
+            if isinstance(piece, BaseException):
+                raise piece
+            if isinstance(piece, bytes):
+                return piece
+            if callable(piece):
+                piece()
+        return b""
+
+    @property
+    def unread(self) -> list:
+        """The pieces not yet read."""
+        return list(self._pieces)
+
+    async def _wait(self, pause: Pause) -> None:
+        if pause.seconds is None:
+            await asyncio.Event().wait()
+        loop = asyncio.get_running_loop()
+        if self._until is None:
+            self._until = loop.time() + pause.seconds
+        await asyncio.sleep(max(0.0, self._until - loop.time()))
+        self._until = None
 
 
 class FakeResponse:
     """An aiohttp-like response: status, content_length, content, async context manager."""
 
-    def __init__(self, status: int = 200, pieces: list[bytes] | None = None, gap: float = 0.0):
+    def __init__(self, status: int = 200, pieces: list | None = None, gap: float = 0.0):
         self.status = status
         self.content_length = None
         self.content = FakeContent(pieces or [], gap)
@@ -154,10 +198,19 @@ def chat_answer(text: str = "Hello!", usage: dict | None = None, **fields) -> by
     return json.dumps(body).encode()
 
 
-def sse(*events) -> list[bytes]:
-    """Stream pieces: each event a dict (sent as JSON) or bytes; ends with [DONE]."""
-    pieces = [b"data: " + (e if isinstance(e, bytes) else json.dumps(e).encode()) for e in events]
-    return [piece + b"\n\n" for piece in pieces] + [b"data: [DONE]\n\n"]
+def sse(*events, done: bool = True) -> list:
+    """Stream pieces: each event a dict (sent as JSON) or bytes; ends with [DONE] if `done`.
+
+    A `Pause`, an exception or a callable among `events` is passed on as a piece
+    (see FakeContent).
+    """
+    pieces = []
+    for event in events:
+        if isinstance(event, dict | bytes):
+            data = event if isinstance(event, bytes) else json.dumps(event).encode()
+            event = b"data: " + data + b"\n\n"
+        pieces.append(event)
+    return [*pieces, b"data: [DONE]\n\n"] if done else pieces
 
 
 def chunk(text: str | None = None, usage: dict | None = None, finish: str | None = None) -> dict:
@@ -171,9 +224,62 @@ def chunk(text: str | None = None, usage: dict | None = None, finish: str | None
     return body
 
 
-def answer_ok(_call) -> FakeResponse:
-    """A chat completion saying "Hello!", with usage 3 in, 2 out."""
-    return FakeResponse(200, [chat_answer(usage={"prompt_tokens": 3, "completion_tokens": 2})])
+def completion_answer(text: str = "Hello!", usage: dict | None = None) -> bytes:
+    """A text completion (`/v1/completions`) saying `text`."""
+    body = {"id": "cmpl-1", "object": "text_completion", "choices": [{"index": 0, "text": text}]}
+    if usage is not None:
+        body["usage"] = usage
+    return json.dumps(body).encode()
+
+
+def embedding_answer(*vectors: list[float], usage: dict | None = None) -> bytes:
+    """An embeddings answer with one item per vector, as floats."""
+    body = {
+        "object": "list",
+        "model": "upstream-name",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": vector}
+            for i, vector in enumerate(vectors)
+        ],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return json.dumps(body).encode()
+
+
+def error_body(message: str, code: str | None = "x") -> bytes:
+    """An upstream's OpenAI-shaped error."""
+    body = {"error": {"message": message, "type": "upstream_test", "param": None, "code": code}}
+    return json.dumps(body).encode()
+
+
+def error_answer(status: int, message: str, code: str | None = "x") -> FakeResponse:
+    """An upstream's answer with `status` and an OpenAI-shaped error."""
+    return FakeResponse(status, [error_body(message, code)])
+
+
+def streamed(*texts: str, usage: dict | None = None, done: bool = True) -> FakeResponse:
+    """A chat stream: one chunk per text, a finish chunk, then a usage chunk if `usage`."""
+    events = [chunk(text) for text in texts] + [chunk(finish="stop")]
+    if usage is not None:
+        events.append(chunk(usage=usage))
+    return FakeResponse(200, sse(*events, done=done))
+
+
+OK_USAGE = {"prompt_tokens": 3, "completion_tokens": 2}
+
+
+def answer_ok(call) -> FakeResponse:
+    """A chat completion saying "Hello!" (streamed as "Hel", "lo!"), with usage 3 in, 2 out."""
+    if call.stream:
+        return streamed("Hel", "lo!", usage=OK_USAGE)
+    return FakeResponse(200, [chat_answer(usage=OK_USAGE)])
+
+
+async def silent(_call) -> FakeResponse:
+    """An upstream that takes the request and never answers it (a script entry)."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -185,13 +291,15 @@ class Call:
     body: dict
     stream: bool
     request_id: str
+    cancelled: bool = False  # the gateway gave up before the response headers came
 
 
 class FakeUpstream:
     """`Runtime.upstream`: answers by endpoint name from `script`, records every call.
 
     A script entry is a FakeResponse, an exception to raise, or a callable
-    `(Call) -> FakeResponse`; `default` answers endpoints not in the script.
+    `(Call) -> FakeResponse` (or a coroutine function, e.g. `silent`);
+    `default` answers endpoints not in the script.
     """
 
     def __init__(self, default=None, **script):
@@ -205,6 +313,12 @@ class FakeUpstream:
         answer = self.script.get(endpoint.name, self.default)
         if callable(answer) and not isinstance(answer, FakeResponse):
             answer = answer(call)
+        if inspect.isawaitable(answer):
+            try:
+                answer = await answer
+            except asyncio.CancelledError:
+                call.cancelled = True
+                raise
         if isinstance(answer, BaseException):
             raise answer
         return answer
@@ -260,9 +374,12 @@ def runtime(
 
 @dataclass
 class Answer:
-    """What the client received: status, headers (lower-case names), body, and SSE events."""
+    """What the client received: status, headers (lower-case names), body, and SSE events.
 
-    status: int
+    `status` is None when nothing was sent (the client left before an answer).
+    """
+
+    status: int | None
     headers: dict[str, str]
     body: bytes
     messages: list[dict] = field(default_factory=list)
@@ -280,6 +397,52 @@ class Answer:
                 found.append("[DONE]" if data == b"[DONE]" else json.loads(data))
         return found
 
+    @property
+    def text(self) -> str:
+        """The generated text an SSE body's chunks carry (chat deltas or completion text)."""
+        return "".join(
+            (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+            for event in self.events
+            if event != "[DONE]" and "choices" in event
+            for choice in event["choices"]
+        )
+
+    @property
+    def frames(self) -> list[str]:
+        """The frames of an SSE body in order: `data: ...` events and `: keep-alive` comments."""
+        return [frame.decode() for frame in self.body.split(b"\n\n") if frame]
+
+
+REQUEST_ID = re.compile(r"^req_[0-9a-f]{24}$")
+
+
+def error_of(answer: Answer, status: int, code: str) -> dict:
+    """Assert `answer` is an OpenAI-shaped error with `status` and `code`; return the error."""
+    assert answer.status == status, answer.body
+    assert answer.headers["content-type"] == "application/json"
+    assert REQUEST_ID.match(answer.headers["x-request-id"])
+    body = answer.json()
+    assert list(body) == ["error"]
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def assert_no_internals(text: str | bytes, endpoint: EndpointInfo | None = None) -> None:
+    """Nothing of the upstream's address or credential (`endpoint_info()`'s) is in `text`."""
+    endpoint = endpoint or endpoint_info()
+    text = text.decode() if isinstance(text, bytes) else text
+    for internal in (endpoint.api_key, endpoint.base_url, "upstream.test", "10.0.0.7"):
+        assert internal not in text, internal
+
+
+# Loop steps a disconnect takes to reach the pipeline: the waiter wakes, the
+# waiting task returns, its done callback runs.
+CLOSE_STEPS = 5
+CALL_TIMEOUT_SECONDS = 10
+
 
 def call(
     rt: Runtime,
@@ -291,11 +454,15 @@ def call(
     headers: list[tuple[bytes, bytes]] | None = None,
     client: tuple[str, int] = ("127.0.0.1", 50000),
     disconnect: asyncio.Event | None = None,
+    closes_when_answered: bool = False,
 ) -> Answer:
     """Drive one request through `App.http` with `rt`; the body is JSON unless bytes.
 
     `disconnect`, when given, is awaited by the client's receive channel after
-    the body: set it to make the client leave. Runs its own event loop.
+    the body: set it to make the client leave (a script can set it at a chosen
+    point: a callable stream piece, or an upstream callable). With
+    `closes_when_answered`, the channel reports the end of the connection as
+    the last byte is sent, as servers do. Runs its own event loop.
     """
     raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
     all_headers = list(headers or [])
@@ -309,6 +476,7 @@ def call(
         "client": client,
     }
     sent: list[dict] = []
+    gone = disconnect or asyncio.Event()
 
     async def run() -> None:
         delivered = False
@@ -318,19 +486,38 @@ def call(
             if not delivered:
                 delivered = True
                 return {"type": "http.request", "body": raw, "more_body": False}
-            await (disconnect.wait() if disconnect else asyncio.Event().wait())
+            await gone.wait()
             return {"type": "http.disconnect"}
 
         async def send(message):
             sent.append(message)
+            last = message["type"] == "http.response.body" and not message.get("more_body")
+            if closes_when_answered and last:
+                gone.set()
+                for _ in range(CLOSE_STEPS):
+                    await asyncio.sleep(0)  # let the receive channel's waiter hear of it
 
-        await App().http(rt, scope, receive, send)
+        # A bound, so that a gateway that never ends a scripted silence fails the test
+        # (TimeoutError) instead of hanging it.
+        async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+            await App().http(rt, scope, receive, send)
 
     asyncio.run(run())
-    start = next(m for m in sent if m["type"] == "http.response.start")
+    start = next((m for m in sent if m["type"] == "http.response.start"), None)
     return Answer(
-        status=start["status"],
-        headers={k.decode(): v.decode() for k, v in start["headers"]},
+        status=start["status"] if start else None,
+        headers={k.decode(): v.decode() for k, v in start["headers"]} if start else {},
         body=b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
         messages=sent,
     )
+
+
+HELLO = [{"role": "user", "content": "hi there"}]
+
+
+def chat(
+    rt: Runtime, *, secret: str = SECRET, disconnect: asyncio.Event | None = None, **fields
+) -> Answer:
+    """POST a chat completion of `gpt-test` saying HELLO; `fields` are added or replace those."""
+    body = {"model": "gpt-test", "messages": HELLO, **fields}
+    return call(rt, "POST", "/v1/chat/completions", body, secret=secret, disconnect=disconnect)

@@ -228,42 +228,6 @@ def test_it_answers_408_when_a_body_stops_arriving(settings, gateway, make_model
 # --------------------------------------------------------------------------- upstream answers
 
 
-def json_answer(body, status=200, **headers):
-    async def handler(request):
-        return web.json_response(body, status=status, headers=headers)
-
-    return handler
-
-
-@pytest.mark.parametrize(
-    "handler",
-    [
-        json_answer({"unexpected": True}),
-        json_answer({"choices": "all of them"}),
-        json_answer(["not", "an", "object"]),
-        json_answer({"choices": []}, status=302, Location="http://127.0.0.1:1/elsewhere"),
-        json_answer({"choices": []}, status=204),
-    ],
-    ids=["no choices", "choices a string", "a list", "302 redirect", "204"],
-)
-def test_an_answer_not_shaped_like_a_completion_is_an_upstream_error_and_not_billed(
-    http, scripted, on_scripted, handler
-):
-    scripted.handler = handler
-    secret, user = on_scripted
-
-    response = http.post(
-        CHAT_PATH, json={"model": "gpt-test", "messages": MESSAGES}, headers=bearer(secret)
-    )
-
-    error_of(response, 502, "upstream_error")
-    (row,) = wait_for_rows(1)
-    assert (row.status, row.outcome, row.cost) == (502, "upstream_error", 0)
-    user.refresh_from_db()
-    assert user.balance == Decimal("100")
-    assert scripted.requests == 1  # a redirect is never followed
-
-
 def test_an_answer_that_inflates_past_the_limit_is_refused(settings, http, scripted, on_scripted):
     settings.AETHERGATE_MAX_RESPONSE_BYTES = MB
     bomb = gzip.compress(b'{"choices": [], "pad": "' + b"0" * 8 * MB + b'"}')
@@ -307,24 +271,6 @@ def streaming(*parts: bytes, pause: float = 0.0):
     return handler
 
 
-def test_a_stream_line_longer_than_the_limit_is_an_upstream_error(
-    settings, http, scripted, on_scripted
-):
-    settings.AETHERGATE_MAX_SSE_LINE_BYTES = 64 * 1024
-    scripted.handler = streaming(b"data: " + b"x" * 256 * 1024, b"x" * 256 * 1024)
-    secret, _ = on_scripted
-
-    response = http.post(
-        CHAT_PATH,
-        json={"model": "gpt-test", "messages": MESSAGES, "stream": True},
-        headers=bearer(secret),
-    )
-
-    error_of(response, 502, "upstream_error")
-    (row,) = wait_for_rows(1)
-    assert (row.status, row.cost) == (502, 0)
-
-
 def test_a_slow_client_is_not_cut_for_upstream_silence(http, gateway, scripted, on_scripted):
     # 12 MB of chunks, sent at once (more than the kernel's socket buffers hold),
     # then [DONE]; the endpoint's idle timeout is 2 s.
@@ -358,28 +304,6 @@ def test_a_slow_client_is_not_cut_for_upstream_silence(http, gateway, scripted, 
     assert answer.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
     (row,) = wait_for_rows(1)
     assert (row.status, row.outcome) == (200, "ok")
-
-
-def test_an_upstream_error_quoting_the_prompt_is_logged_without_it(
-    http, scripted, on_scripted, make_key
-):
-    quoted = "Your prompt was flagged: 'my secret plan'"
-    scripted.handler = json_answer(
-        {"error": {"message": quoted, "code": "content_filter"}}, status=400
-    )
-    secret, user = on_scripted
-    _, logging_secret = make_key(owner=user, name="content", log_content=True)
-
-    for key in (secret, logging_secret):
-        response = http.post(
-            CHAT_PATH, json={"model": "gpt-test", "messages": MESSAGES}, headers=bearer(key)
-        )
-        assert quoted in error_of(response, 400, "upstream_rejected")["message"]
-
-    quiet, logged = wait_for_rows(2)
-    assert "secret plan" not in quiet.error
-    assert quiet.error == "The upstream rejected the request (HTTP 400, code content_filter)."
-    assert "secret plan" in logged.error
 
 
 def test_an_error_after_a_stream_started_ends_it_with_an_error_event():
