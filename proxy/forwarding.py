@@ -44,6 +44,9 @@ async def forward(
     candidate: ModelInfo | None = model
     last_error = None
     while candidate is not None and len(tried) <= MAX_FALLBACK_DEPTH:
+        if candidate is not model:
+            # Counted here, where it is tried: past the depth cap, none is.
+            metrics.FALLBACKS.labels(ex.attempts[-1]["model"]).inc()
         tried.add(candidate.name)
         record = {"model": candidate.name, "endpoint": ""}
         ex.attempts.append(record)
@@ -69,10 +72,7 @@ def next_fallback(
 ) -> ModelInfo | None:
     if model.fallback is None or model.fallback in tried:
         return None
-    fallback = models.get(model.fallback)
-    if fallback is not None:
-        metrics.FALLBACKS.labels(model.name).inc()
-    return fallback
+    return models.get(model.fallback)
 
 
 def usable_endpoint(model: ModelInfo, model_name: str) -> EndpointInfo:

@@ -141,12 +141,6 @@ def test_it_stops_after_the_maximum_fallback_depth():
     assert done.error is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forwarding.next_fallback counts a fallback (metrics.FALLBACKS) before "
-    "forward's depth check, so the model at the cap is counted as handed on "
-    "although its fallback is never tried",
-)
 def test_it_counts_no_fallback_past_the_maximum_depth():
     names = [f"fw-cap-{n}" for n in range(MAX_FALLBACK_DEPTH + 2)]
     last_tried = names[MAX_FALLBACK_DEPTH]
