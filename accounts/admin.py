@@ -12,7 +12,6 @@ from accounts import services, throttling
 from accounts.models import APIToken, Lockout, User
 from accounts.permissions import PRIVILEGE_FIELDS, token_refusal, user_change_refusal
 from aethergate.lib.admin import GatewayAdmin, count, secret_once_page
-from keys.models import APIKey
 
 
 def _non_negative_balance(form):
@@ -47,20 +46,6 @@ class UserEditForm(UserChangeForm):
         return field.to_python(self.data.get(self.add_initial_prefix("balance")))
 
     clean_balance = _non_negative_balance
-
-
-class APIKeyInline(admin.TabularInline):
-    model = APIKey
-    fk_name = "owner"
-    fields = ("name", "prefix", "is_active", "rate_limit", "expires_at", "last_used_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
-    verbose_name_plural = "API keys (create keys under API keys)"
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(User)
@@ -156,7 +141,9 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         obj.refresh_from_db(fields=["balance"])
 
     def get_inlines(self, request, obj):
-        return [APIKeyInline] if obj else []
+        # `inlines` is filled by the apps above this one (keys adds a user's keys):
+        # accounts, at the bottom of the layers, imports none of them.
+        return self.inlines if obj else []
 
     def delete_notes(self, objs):
         logs = sum(user.request_logs.count() for user in objs)

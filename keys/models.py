@@ -122,6 +122,14 @@ class APIKey(models.Model):
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
 
+    @classmethod
+    def model_choices(cls) -> models.QuerySet:
+        """Every model `allowed_models` may name.
+
+        Reached through the field, not imported: models_registry sits above keys.
+        """
+        return cls.allowed_models.field.related_model.objects.all()
+
     def new_secret(self) -> str:
         """Give this key a fresh secret (not saved) and return it: its only clear copy."""
         secret, self.digest, self.prefix = hashed_secrets.issue(
