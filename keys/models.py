@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from aethergate.lib import hashed_secrets
 from aethergate.lib.capabilities import Capability
+from aethergate.lib.changes import ChangeQuerySet
 from aethergate.lib.ratelimit import validate_spec
 
 SECRET_PREFIX = "ag-"  # noqa: S105 -- the public marker of a key, not a secret
@@ -66,7 +67,7 @@ def refusal(*, is_active: bool, user_active: bool, expires_at, now) -> tuple[str
     return None
 
 
-class APIKeyQuerySet(models.QuerySet):
+class APIKeyQuerySet(ChangeQuerySet):
     def usable(self, *, now=None):
         """Keys that may authenticate at `now` (default: now): those `refusal` lets through."""
         now = now or timezone.now()
@@ -118,6 +119,9 @@ class APIKey(models.Model):
     class Meta:
         verbose_name = "API key"
         ordering = ["-created_at"]
+        # Django's deletes and related managers write through the base manager: this
+        # one stamps and announces them (aethergate.lib.changes).
+        base_manager_name = "objects"
 
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
