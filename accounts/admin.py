@@ -137,8 +137,10 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         if "balance" in form.changed_data:
             services.edit_balance(user=obj, seen=form.balance_seen(), new=obj.balance)
         columns = {f.name for f in obj._meta.concrete_fields} - {"balance", "id"}
-        obj.save(update_fields=[*columns.intersection(form.changed_data), "updated_at"])
-        obj.refresh_from_db(fields=["balance"])
+        changed_columns = columns.intersection(form.changed_data)
+        if changed_columns:
+            obj.save(update_fields=[*changed_columns, "updated_at"])
+        obj.refresh_from_db(fields=["balance", "updated_at"])
 
     def get_inlines(self, request, obj):
         # `inlines` is filled by the apps above this one (keys adds a user's keys):

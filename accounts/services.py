@@ -66,10 +66,7 @@ def credit_balance(*, user: User, amount: Decimal) -> Decimal:
     if not credited:
         raise NoPrepaidBalance(f"{user.username} has no prepaid balance; set one first.")
     _record_balance("credit", user, before)
-    # Saving only `updated_at` fires post_save, so /v1 sees the new balance at
-    # once in this process and through the change marker in the others.
-    user.save(update_fields=["updated_at"])
-    user.refresh_from_db(fields=["balance"])
+    user.refresh_from_db(fields=["balance", "updated_at"])
     return user.balance
 
 

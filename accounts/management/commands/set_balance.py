@@ -59,10 +59,6 @@ class Command(BaseCommand):
                 if new < 0:
                     raise CommandError("A balance cannot be set below zero.")
             services.edit_balance(user=user, seen=None, new=new)
-            # edit_balance writes with .update(); saving updated_at sends post_save
-            # and moves the change marker, so every gateway process reloads the
-            # balance (as the admin does).
-            user.save(update_fields=["updated_at"])
             user.refresh_from_db(fields=["balance"])
         shown = (
             "none (no prepaid enforcement)"
