@@ -71,6 +71,25 @@ def root_api(staff, bearer):
     return bearer(secret)
 
 
+@pytest.fixture
+def announced():
+    """The models `aethergate.lib.changes.changed` was sent for while the test runs, in order.
+
+    It is sent when a write commits: under the `db` fixture nothing commits, so wrap
+    the write in `django_capture_on_commit_callbacks(execute=True)`.
+    """
+    from aethergate.lib import changes
+
+    sent = []
+
+    def receiver(sender, **kwargs):
+        sent.append(sender)
+
+    changes.changed.connect(receiver, weak=False, dispatch_uid="test-announced")
+    yield sent
+    changes.changed.disconnect(dispatch_uid="test-announced")
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(tmp_path_factory):
     """Test on a SQLite file, as deployed, not Django's in-memory shared-cache default.

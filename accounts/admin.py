@@ -11,7 +11,6 @@ from accounts import services, throttling
 from accounts.models import APIToken, Lockout, User, looks_like_token
 from accounts.permissions import PRIVILEGE_FIELDS, token_refusal, user_change_refusal
 from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, secret_once_page
-from keys.models import APIKey
 
 
 class UserCreateForm(AdminUserCreationForm):
@@ -55,20 +54,6 @@ class UserEditForm(UserChangeForm):
         balance = self.cleaned_data["balance"]
         services.validate_balance(balance, current=self.balance_seen())
         return balance
-
-
-class APIKeyInline(admin.TabularInline):
-    model = APIKey
-    fk_name = "owner"
-    fields = ("name", "prefix", "is_active", "rate_limit", "expires_at", "last_used_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
-    verbose_name_plural = "API keys (create keys under API keys)"
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(User)
@@ -160,10 +145,15 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         if "balance" in form.changed_data:
             services.edit_balance(user=obj, seen=form.balance_seen(), new=obj.balance)
         columns = {f.name for f in obj._meta.concrete_fields} - {"balance", "id"}
-        obj.save(update_fields=[*columns.intersection(form.changed_data), "updated_at"])
+        changed_columns = columns.intersection(form.changed_data)
+        if changed_columns:
+            obj.save(update_fields=[*changed_columns, "updated_at"])
+        obj.refresh_from_db(fields=["balance", "updated_at"])
 
     def get_inlines(self, request, obj):
-        return [APIKeyInline] if obj else []
+        # `inlines` is filled by the apps above this one (keys adds a user's keys):
+        # accounts, at the bottom of the layers, imports none of them.
+        return self.inlines if obj else []
 
     def delete_notes(self, objs):
         logs = sum(user.request_logs.count() for user in objs)

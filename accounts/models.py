@@ -2,14 +2,20 @@
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import UserManager as DjangoUserManager
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
 from aethergate.lib import hashed_secrets
+from aethergate.lib.changes import ChangeQuerySet
 
 MONEY = {"max_digits": 20, "decimal_places": 10}
+
+
+class UserManager(DjangoUserManager.from_queryset(ChangeQuerySet)):
+    """Django's user manager, with writes that send no signal announced (lib.changes)."""
 
 
 class User(AbstractUser):
@@ -43,9 +49,14 @@ class User(AbstractUser):
     )
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = UserManager()
+
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
         ordering = ["username"]
+        # Django's deletes and related managers write through the base manager: this
+        # one stamps and announces them (aethergate.lib.changes).
+        base_manager_name = "objects"
 
 
 TOKEN_PREFIX = "agt-"  # noqa: S105 -- the public marker of a token, not a secret

@@ -119,7 +119,7 @@ def edit_balance(*, user: User, seen: Decimal | None, new: Decimal | None) -> No
     else:
         users.update(balance=F("balance") + (new - seen))
     _record_balance("update", user, before)
-    _announce_balance(user)
+    user.refresh_from_db(fields=["balance", "updated_at"])
 
 
 def _record_balance(action: str, user: User, before: Decimal | None) -> None:
@@ -142,15 +142,8 @@ def credit_balance(*, user: User, amount: Decimal) -> Decimal:
     if not credited:
         raise NoPrepaidBalance(f"{user.username} has no prepaid balance; set one first.")
     _record_balance("credit", user, before)
-    _announce_balance(user)
+    user.refresh_from_db(fields=["balance", "updated_at"])
     return user.balance
-
-
-def _announce_balance(user: User) -> None:
-    # Saving only `updated_at` fires post_save, so /v1 sees the new balance at
-    # once in this process and through the change marker in the others.
-    user.save(update_fields=["updated_at"])
-    user.refresh_from_db(fields=["balance"])
 
 
 def create_api_token(

@@ -10,9 +10,10 @@ from django.core.validators import MinValueValidator
 from django.db import models
 
 from aethergate.lib import addresses, crypto
+from aethergate.lib.changes import ChangeQuerySet
 
 
-class EndpointQuerySet(models.QuerySet):
+class EndpointQuerySet(ChangeQuerySet):
     def active(self):
         return self.filter(is_active=True)
 
@@ -149,6 +150,9 @@ class Endpoint(models.Model):
 
     class Meta:
         ordering = ["name"]
+        # Django's deletes and related managers write through the base manager: this
+        # one stamps and announces them (aethergate.lib.changes).
+        base_manager_name = "objects"
 
     def __str__(self):
         return self.name

@@ -1,4 +1,5 @@
-"""Admin for API keys: create (secret shown once), edit without rotating, rotate, find by secret."""
+"""Admin for API keys: create (secret shown once), edit without rotating, rotate, find by
+secret; and a user's keys on the user's page."""
 
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
@@ -12,6 +13,7 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.http import require_http_methods
 
+from accounts.admin import UserAdmin
 from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, secret_once_page
 from keys import services
 from keys.models import APIKey, looks_like_secret
@@ -49,6 +51,23 @@ class StateFilter(admin.SimpleListFilter):
         if self.value() == "refused":
             return queryset.exclude(pk__in=usable.values("pk"))
         return queryset
+class APIKeyInline(admin.TabularInline):
+    """A user's keys, read-only, on the user's page (accounts cannot import keys to add it)."""
+
+    model = APIKey
+    fk_name = "owner"
+    fields = ("name", "prefix", "is_active", "rate_limit", "expires_at", "last_used_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    verbose_name_plural = "API keys (create keys under API keys)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+UserAdmin.inlines = [*UserAdmin.inlines, APIKeyInline]
 
 
 @admin.register(APIKey)

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from aethergate.lib import hashed_secrets
 from aethergate.lib.capabilities import Capability
+from aethergate.lib.changes import ChangeQuerySet
 from aethergate.lib.ratelimit import validate_spec
 
 SECRET_PREFIX = "ag-"  # noqa: S105 -- the public marker of a key, not a secret
@@ -75,7 +76,7 @@ STATES = {
 }
 
 
-class APIKeyQuerySet(models.QuerySet):
+class APIKeyQuerySet(ChangeQuerySet):
     def usable(self, *, now=None):
         """Keys that may authenticate at `now` (default: now): those `refusal` lets through."""
         now = now or timezone.now()
@@ -143,9 +144,20 @@ class APIKey(models.Model):
     class Meta:
         verbose_name = "API key"
         ordering = ["-created_at"]
+        # Django's deletes and related managers write through the base manager: this
+        # one stamps and announces them (aethergate.lib.changes).
+        base_manager_name = "objects"
 
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def model_choices(cls) -> models.QuerySet:
+        """Every model `allowed_models` may name.
+
+        Reached through the field, not imported: models_registry sits above keys.
+        """
+        return cls.allowed_models.field.related_model.objects.all()
 
     def new_secret(self) -> str:
         """Give this key a fresh secret (not saved) and return it: its only clear copy."""

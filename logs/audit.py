@@ -93,7 +93,7 @@ def _saved(sender, instance, created, update_fields=None, **kwargs):
             if (value := f.value_from_object(instance)) != before[f.attname]
         }
         if not changes:
-            return  # e.g. saving only updated_at, to notify caches
+            return  # e.g. a save that changed nothing but updated_at
         if set(changes) == {"is_active"}:
             action = "activate" if instance.is_active else "deactivate"
         elif "digest" in changes:

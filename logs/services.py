@@ -99,13 +99,14 @@ def _write(records, users=None, keys=None) -> dict[int, Decimal]:
         for user_id, cost in charges.items():
             # One atomic UPDATE per user: concurrent batches and admin edits
             # cannot lose a charge. Users without a balance are not debited.
-            User.objects.filter(pk=user_id, balance__isnull=False).update(
+            # Unannounced: every catalog counts these charges itself.
+            User.objects.filter(pk=user_id, balance__isnull=False).update_unannounced(
                 balance=F("balance") - cost
             )
         for key_id, used in stale.items():
             APIKey.objects.filter(pk=key_id).filter(
                 Q(last_used_at__isnull=True) | Q(last_used_at__lt=used - LAST_USED_RESOLUTION)
-            ).update(last_used_at=used)
+            ).update_unannounced(last_used_at=used)
     _last_used_stored.update(stale)
     return dict(charges)
 

@@ -6,6 +6,7 @@ from django.db import models
 
 from accounts.models import MONEY
 from aethergate.lib.capabilities import Capability
+from aethergate.lib.changes import ChangeQuerySet
 from endpoints.models import Endpoint
 
 MAX_FALLBACK_DEPTH = 5
@@ -18,7 +19,7 @@ class BillingUnit(models.TextChoices):
     REQUEST = "REQUEST", "Request"
 
 
-class ModelQuerySet(models.QuerySet):
+class ModelQuerySet(ChangeQuerySet):
     def active(self):
         return self.filter(is_active=True)
 
@@ -105,6 +106,9 @@ class Model(models.Model):
 
     class Meta:
         ordering = ["name"]
+        # Django's deletes and related managers write through the base manager: this
+        # one stamps and announces them (aethergate.lib.changes).
+        base_manager_name = "objects"
 
     def __str__(self):
         return self.name

@@ -1,21 +1,34 @@
 from django.apps import AppConfig
-from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
+from aethergate.lib import changes
 
-def _announce(**_signal):
-    from aethergate.lib.changes import catalog_changed
-
-    catalog_changed.send(sender=None)
+_M2M_WRITES = frozenset({"post_add", "post_remove", "post_clear"})
 
 
-def _invalidate_on_commit(**_signal):
+def catalog_models() -> tuple:
+    """The models whose rows the `/v1` catalog holds (each writes through lib.changes)."""
+    from accounts.models import User
+    from endpoints.models import Endpoint
+    from keys.models import APIKey
+    from models_registry.models import Model
+
+    return (User, APIKey, Model, Endpoint)
+
+
+def _saved_or_deleted(sender, using=None, **_signal):
+    changes.announce(sender, using=using)
+
+
+def _m2m_changed(sender, action, using=None, **_signal):
+    if action in _M2M_WRITES:
+        changes.announce(sender, using=using)
+
+
+def _publish(**_signal):
     from proxy import broadcast
 
-    # After the commit, not at save(): a rebuild started inside the writing
-    # transaction would read the old rows and be taken as current.
-    transaction.on_commit(_announce)
-    transaction.on_commit(broadcast.publish)
+    broadcast.publish()
 
 
 class ProxyConfig(AppConfig):
@@ -23,13 +36,14 @@ class ProxyConfig(AppConfig):
     verbose_name = "Inference proxy"
 
     def ready(self):
-        from accounts.models import User
-        from endpoints.models import Endpoint
         from keys.models import APIKey
-        from models_registry.models import Model
 
-        # Any change to what /v1 reads marks this process's catalog stale.
-        for model in (User, APIKey, Model, Endpoint):
-            post_save.connect(_invalidate_on_commit, sender=model)
-            post_delete.connect(_invalidate_on_commit, sender=model)
-        m2m_changed.connect(_invalidate_on_commit, sender=APIKey.allowed_models.through)
+        # Every write to what /v1 reads is announced once it commits: save() and
+        # delete() through their signals, QuerySet.update() and bulk writes through
+        # the models' lib.changes QuerySet. Announcements go to the other processes;
+        # each running Runtime hears them itself (proxy.runtime).
+        for model in catalog_models():
+            post_save.connect(_saved_or_deleted, sender=model)
+            post_delete.connect(_saved_or_deleted, sender=model)
+        m2m_changed.connect(_m2m_changed, sender=APIKey.allowed_models.through)
+        changes.changed.connect(_publish)

@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
-from aethergate.lib.changes import catalog_changed
+from aethergate.lib import changes
 from aethergate.lib.ratelimit import make_limiter
 from logs.writer import LogWriter
 from proxy import broadcast
@@ -52,7 +52,7 @@ class Runtime:
         )
         runtime.writer.start()
         # Changes committed in this process, by the admin, the API or a command.
-        catalog_changed.connect(runtime._changed, weak=False, dispatch_uid=id(runtime))
+        changes.changed.connect(runtime._changed, weak=False, dispatch_uid=id(runtime))
         await catalog.refresh()
         loop = asyncio.get_running_loop()
         runtime._tasks = [loop.create_task(catalog.watch())]
@@ -70,7 +70,7 @@ class Runtime:
         return bool(limit) and self.active >= limit
 
     async def close(self) -> None:
-        catalog_changed.disconnect(dispatch_uid=id(self))
+        changes.changed.disconnect(dispatch_uid=id(self))
         for task in self._tasks:
             task.cancel()
         self._tasks = []

@@ -130,18 +130,18 @@ def test_it_lists_active_users_with_balance_and_key_count(capsys):
     ],
 )
 def test_it_sets_or_adds_to_a_balance_and_tells_the_gateway(
-    capsys, saves, start, args, expected, message
+    capsys, announced, django_capture_on_commit_callbacks, start, args, expected, message
 ):
     alice = User.objects.create_user("alice", balance=start)
     stamp = alice.updated_at
-    saves.clear()
 
-    out = run(capsys, "set_balance", "alice", *args)
+    with django_capture_on_commit_callbacks(execute=True):
+        out = run(capsys, "set_balance", "alice", *args)
 
     alice.refresh_from_db()
     assert alice.balance == expected
     assert message in out
-    assert saves == ["alice"] and alice.updated_at > stamp
+    assert announced == [User] and alice.updated_at > stamp
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@
 def set_active(obj, *, active: bool) -> bool:
     """Set `obj.is_active` to `active` and save it; return False when it already was.
 
-    Saved, not `.update()`d: post_save signals must fire so that caches of
-    keys, users, models and endpoints (the proxy's among them) see the change.
+    Saved, not `.update()`d: the audit log records an activation from the
+    post_save signal, with its actor.
     """
     if obj.is_active == active:
         return False

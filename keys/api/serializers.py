@@ -7,7 +7,6 @@ from aethergate.lib.api import CleanModelSerializer
 from aethergate.lib.capabilities import Capability
 from keys import services
 from keys.models import STATES, APIKey
-from models_registry.models import Model
 
 
 class KeySerializer(CleanModelSerializer):
@@ -30,7 +29,7 @@ class KeySerializer(CleanModelSerializer):
     allowed_models = serializers.SlugRelatedField(
         many=True,
         slug_field="name",
-        queryset=Model.objects.all(),
+        queryset=APIKey.model_choices(),
         required=False,
         help_text="Public model names this key may use. Empty: every model.",
     )

@@ -67,6 +67,20 @@ def test_a_batch_stores_rows_charges_balances_and_marks_last_use(key):
     assert set(RequestLog.objects.values_list("request_id", flat=True)) == {"a", "b"}
 
 
+def test_a_batch_charges_and_marks_last_use_without_announcing_a_catalog_change(key, announced):
+    # Every catalog counts its own charges and re-reads balances at each poll: an
+    # announcement (or a moved updated_at) would rebuild every catalog at every batch.
+    stamps = (key.owner.updated_at, key.updated_at)
+
+    write_batch([record(key)])
+
+    key.refresh_from_db()
+    key.owner.refresh_from_db()
+    assert key.owner.balance == Decimal("9.75") and key.last_used_at is not None
+    assert (key.owner.updated_at, key.updated_at) == stamps
+    assert announced == []
+
+
 def test_a_user_without_balance_is_not_debited_but_cost_is_recorded(key):
     key.owner.balance = None
     key.owner.save()

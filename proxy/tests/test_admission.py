@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 from django.db import OperationalError, connection
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
@@ -969,8 +970,9 @@ def test_it_serves_a_model_created_or_changed_while_running(http, make_model, ma
 
 
 def update_without_signals(model, pk, **fields):
-    """Change a row the way another process does: no signal reaches this process."""
-    return model.objects.filter(pk=pk).update(**fields, updated_at=timezone.now())
+    """Change a row the way another process does: nothing reaches this process but the
+    polled marker (a plain QuerySet, not the model's announcing one)."""
+    return QuerySet(model).filter(pk=pk).update(**fields, updated_at=timezone.now())
 
 
 def test_it_sees_a_key_deactivated_by_another_process_by_polling(http, make_model, make_key):
@@ -996,7 +998,7 @@ def test_it_sees_other_processes_changes_to_users_and_models_by_polling(
     error_of(chat(http, other, model="made elsewhere"), 404, "model_not_found")
 
     update_without_signals(User, user.pk, balance=Decimal("0"))
-    Model.objects.bulk_create(
+    QuerySet(Model).bulk_create(
         [Model(name="made elsewhere", upstream_name="echo", endpoint=endpoint)]
     )
     broke, elapsed = poll_until(lambda: chat(http, secret).status_code == 402, timeout=2.5)

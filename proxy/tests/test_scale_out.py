@@ -20,6 +20,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from keys.models import APIKey
 from logs.models import RequestLog
 from proxy.tests.processes import FaultProxy, ServerProcess, free_port
 from proxy.tests.test_forwarding import HELLO
@@ -188,6 +189,54 @@ def test_a_balance_spent_through_one_process_is_enforced_by_the_other(
     # The charge is stored by the first process; the second re-reads balances at each poll.
     wait_until(lambda: chat(second.url, secret).status_code == 402, timeout=3, interval=0.2)
     assert chat(first.url, secret).status_code == 402
+
+
+# --------------------------------------------------------------------------- writes without signals
+
+
+def one_gateway(started, **env) -> ServerProcess:
+    return started(ServerProcess.uvicorn(free_port(), gateway_env(**env)))
+
+
+def refused_as_inactive(url: str, secret: str) -> bool:
+    response = chat(url, secret)
+    return response.status_code == 403 and response.json()["error"]["code"] == "key_inactive"
+
+
+def test_a_queryset_update_stops_a_key_on_another_process_at_once_with_redis(
+    transactional_db, redis_server, prefix, started, make_model, make_key, settings
+):
+    # Polling slowed to a minute: only the announcement over Redis can be in time. This
+    # test process writes as a script or a command would, and announces on commit.
+    settings.REDIS_URL, settings.AETHERGATE_REDIS_PREFIX = redis_server.url, prefix
+    make_model()
+    key, secret = make_key()
+    gateway = one_gateway(
+        started,
+        REDIS_URL=redis_server.url,
+        AETHERGATE_REDIS_PREFIX=prefix,
+        AETHERGATE_CATALOG_POLL_SECONDS=60,
+    )
+    assert chat(gateway.url, secret).status_code == 200
+
+    APIKey.objects.filter(pk=key.pk).update(is_active=False)
+
+    wait_until(lambda: refused_as_inactive(gateway.url, secret), timeout=1)
+
+
+def test_without_redis_a_queryset_update_stops_a_key_on_another_process_within_a_poll(
+    transactional_db, started, make_model, make_key
+):
+    # The update stamps updated_at, which moves the marker every process polls.
+    make_model()
+    key, secret = make_key()
+    gateway = one_gateway(started, AETHERGATE_CATALOG_POLL_SECONDS=1)
+    assert chat(gateway.url, secret).status_code == 200
+
+    APIKey.objects.filter(pk=key.pk).update(is_active=False)
+
+    # One poll interval, and the reload it triggers.
+    wait_until(lambda: refused_as_inactive(gateway.url, secret), timeout=2)
 
 
 # --------------------------------------------------------------------------- Redis outage

@@ -10,7 +10,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from accounts.services import find_user
 from aethergate.lib.commands import describe, found
 from keys import services
-from models_registry.models import Model
+from keys.models import APIKey
 
 
 def split(value: str | None) -> list[str]:
@@ -66,7 +66,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         owner = found(find_user, options["user"])
         names = split(options["models"])
-        models = list(Model.objects.filter(name__in=names))
+        models = list(APIKey.model_choices().filter(name__in=names))
         unknown = sorted(set(names) - {m.name for m in models})
         if unknown:
             raise CommandError(f"Unknown model(s): {', '.join(unknown)}.")
