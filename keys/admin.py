@@ -51,6 +51,8 @@ class StateFilter(admin.SimpleListFilter):
         if self.value() == "refused":
             return queryset.exclude(pk__in=usable.values("pk"))
         return queryset
+
+
 class APIKeyInline(admin.TabularInline):
     """A user's keys, read-only, on the user's page (accounts cannot import keys to add it)."""
 
