@@ -11,8 +11,6 @@ in a worker thread).
 import asyncio
 import logging
 
-from django.utils import timezone
-
 from aethergate.lib import metrics
 from logs.models import Outcome
 from proxy import auth, errors, routes
@@ -74,7 +72,7 @@ class App:
         runtime.active += 1
         try:
             op = routes.resolve(scope["method"], scope["path"])
-            ex.key = await auth.authenticate(runtime, scope, now=timezone.now())
+            ex.key = await auth.authenticate(runtime, scope, now=ex.created_at)
             await op.handler(runtime, op, ex, scope, receive, responder)
         except APIError as error:
             ex.failed(error.status, error.outcome, error.log_message or error.message)
