@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -24,6 +25,7 @@ from proxy.snapshot import EndpointInfo, KeyInfo, ModelInfo, Snapshot
 from proxy.throttle import InvalidKeyThrottle
 
 SECRET = "ag-test-secret-0123456789"
+FAKE_KEY = "ag-Zq7Xk2Lp9Wm4Rt8Yb3Nc6Vd1Hf5Jg0QsUu"  # well-formed, in no snapshot
 
 
 class FakeClock:
@@ -60,7 +62,7 @@ def endpoint_info(**fields) -> EndpointInfo:
 
 def model_info(name: str = "gpt-test", **fields) -> ModelInfo:
     values = {
-        "id": abs(hash(name)) % 10_000,
+        "id": zlib.crc32(name.encode()) % 10_000,  # stable across runs, unlike hash()
         "name": name,
         "upstream_name": "echo",
         "capability": "TEXT",
@@ -384,6 +386,17 @@ class Answer:
     body: bytes
     messages: list[dict] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, sent: list[dict]) -> "Answer":
+        """The answer made of the ASGI messages `sent`, in order."""
+        start = next((m for m in sent if m["type"] == "http.response.start"), None)
+        return cls(
+            status=start["status"] if start else None,
+            headers={k.decode(): v.decode() for k, v in start["headers"]} if start else {},
+            body=b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
+            messages=sent,
+        )
+
     def json(self):
         return json.loads(self.body)
 
@@ -444,7 +457,48 @@ CLOSE_STEPS = 5
 CALL_TIMEOUT_SECONDS = 10
 
 
-def call(
+def request_scope(
+    method: str,
+    path: str,
+    *,
+    secret: str | None = SECRET,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    client: tuple[str, int] | None = ("127.0.0.1", 50000),
+) -> dict:
+    """An HTTP scope; `secret` (unless None) is sent as `Authorization: Bearer <secret>`."""
+    all_headers = list(headers or [])
+    if secret is not None:
+        all_headers.append((b"authorization", f"Bearer {secret}".encode()))
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": all_headers,
+        "client": client,
+    }
+
+
+async def drive(rt: Runtime, scope: dict, receive, *, on_last_byte=None) -> Answer:
+    """Run `App.http` once with `rt`, `scope` and the client's `receive`; what it sent.
+
+    `on_last_byte`, when given, is awaited as the last body message is sent.
+    """
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+        last = message["type"] == "http.response.body" and not message.get("more_body")
+        if on_last_byte is not None and last:
+            await on_last_byte()
+
+    # A bound, so that a gateway that never ends a scripted silence fails the test
+    # (TimeoutError) instead of hanging it.
+    async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+        await App().http(rt, scope, receive, send)
+    return Answer.of(sent)
+
+
+async def acall(
     rt: Runtime,
     method: str,
     path: str,
@@ -455,61 +509,46 @@ def call(
     client: tuple[str, int] = ("127.0.0.1", 50000),
     disconnect: asyncio.Event | None = None,
     closes_when_answered: bool = False,
+    piece_size: int | None = None,
 ) -> Answer:
+    """`call` in the running event loop (for several requests at once); see `call`."""
+    raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+    size = piece_size or len(raw) or 1
+    messages = [
+        {"type": "http.request", "body": raw[i : i + size], "more_body": True}
+        for i in range(0, len(raw), size)
+    ] or [{"type": "http.request", "body": b""}]
+    messages[-1]["more_body"] = False
+    gone = disconnect or asyncio.Event()
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def close() -> None:
+        gone.set()
+        for _ in range(CLOSE_STEPS):
+            await asyncio.sleep(0)  # let the receive channel's waiter hear of it
+
+    scope = request_scope(method, path, secret=secret, headers=headers, client=client)
+    return await drive(rt, scope, receive, on_last_byte=close if closes_when_answered else None)
+
+
+def call(rt: Runtime, method: str, path: str, body=None, **options) -> Answer:
     """Drive one request through `App.http` with `rt`; the body is JSON unless bytes.
 
+    `options`: `secret` (sent as a bearer unless None), `headers`, `client`;
     `disconnect`, when given, is awaited by the client's receive channel after
     the body: set it to make the client leave (a script can set it at a chosen
     point: a callable stream piece, or an upstream callable). With
     `closes_when_answered`, the channel reports the end of the connection as
-    the last byte is sent, as servers do. Runs its own event loop.
+    the last byte is sent, as servers do. `piece_size` sends the body in
+    messages of that many bytes, as a chunked upload arrives. Runs its own
+    event loop.
     """
-    raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
-    all_headers = list(headers or [])
-    if secret is not None:
-        all_headers.append((b"authorization", f"Bearer {secret}".encode()))
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "headers": all_headers,
-        "client": client,
-    }
-    sent: list[dict] = []
-    gone = disconnect or asyncio.Event()
-
-    async def run() -> None:
-        delivered = False
-
-        async def receive():
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-            last = message["type"] == "http.response.body" and not message.get("more_body")
-            if closes_when_answered and last:
-                gone.set()
-                for _ in range(CLOSE_STEPS):
-                    await asyncio.sleep(0)  # let the receive channel's waiter hear of it
-
-        # A bound, so that a gateway that never ends a scripted silence fails the test
-        # (TimeoutError) instead of hanging it.
-        async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
-            await App().http(rt, scope, receive, send)
-
-    asyncio.run(run())
-    start = next((m for m in sent if m["type"] == "http.response.start"), None)
-    return Answer(
-        status=start["status"] if start else None,
-        headers={k.decode(): v.decode() for k, v in start["headers"]} if start else {},
-        body=b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
-        messages=sent,
-    )
+    return asyncio.run(acall(rt, method, path, body, **options))
 
 
 HELLO = [{"role": "user", "content": "hi there"}]

@@ -1,16 +1,16 @@
-"""Hostile callers and careless upstreams at `/v1`: refused with clear errors, never a 500.
+"""Hostile callers and careless upstreams at `/v1`, over a real server: refused with clear
+errors, never a 500.
 
-Client input that the gateway cannot forward safely is a 400 before anything is
-spent (no upstream call, no rate-limit hit); an upstream answer that is not the
-operation's answer is an upstream error, never relayed as success nor billed;
-the HTTP server bounds headers and stalled bodies; invalid-key floods and
-overload get fast refusals. Each test runs the real gateway and observes it from
-outside.
+What needs real HTTP: the server bounds headers and stalled bodies, an
+upstream's inflating or endless answer and a slow client over real sockets,
+overload and the connection cap. Client bodies and headers refused before
+anything is spent are tested in process (test_validation.py, test_auth.py,
+test_asgi_io.py), as are upstream answers that only need a script
+(test_relay.py, test_forwarding_rules.py).
 """
 
 import asyncio
 import gzip
-import http.client as http_client
 import json
 import socket
 import time
@@ -20,19 +20,15 @@ import httpx
 import pytest
 from aiohttp import web
 
-from proxy.asgi_io import Responder
-from proxy.errors import APIError
 from proxy.tests.scripted import ScriptedUpstream
 from proxy.tests.test_admission import (
     CHAT_PATH,
     MESSAGES,
     bearer,
     error_of,
-    settle_logs,
     wait_for_rows,
 )
 from proxy.throttle import InvalidKeyThrottle
-from proxy.validation import check_body
 
 MB = 1024 * 1024
 
@@ -60,110 +56,7 @@ def on_scripted(scripted, make_endpoint, make_model, make_key):
     return secret, key.owner
 
 
-def post_raw(http, secret, content: bytes, headers=None) -> httpx.Response:
-    headers = {**bearer(secret), "content-type": "application/json", **(headers or {})}
-    return http.post(CHAT_PATH, content=content, headers=headers)
-
-
-def nested(depth: int, inner: str = "1") -> str:
-    return "[" * depth + inner + "]" * depth
-
-
 # --------------------------------------------------------------------------- client input
-
-HOSTILE_BODIES = {
-    "array 100,000 deep": (nested(100_000), "invalid_json"),
-    "object 1,000 deep": (
-        '{"model": "gpt-test", "messages": [], "metadata": '
-        + '{"a": ' * 1000
-        + "1"
-        + "}" * 1000
-        + "}",
-        "invalid_json",
-    ),
-    "1,000 deep inside messages": (
-        '{"model": "gpt-test", "messages": [{"role": "user", "content": ' + nested(1000) + "}]}",
-        "invalid_json",
-    ),
-    "lone surrogate": (
-        '{"model": "gpt-test", "messages": [{"role": "user", "content": "\\ud800"}]}',
-        "invalid_json",
-    ),
-    "NaN": ('{"model": "gpt-test", "messages": [], "temperature": NaN}', "invalid_json"),
-    "Infinity": ('{"model": "gpt-test", "messages": [], "top_p": 1e999}', "invalid_json"),
-    "messages a number": ('{"model": "gpt-test", "messages": 5}', "invalid_type"),
-    "a message a string": ('{"model": "gpt-test", "messages": ["hi"]}', "invalid_type"),
-    "stream a string": (
-        '{"model": "gpt-test", "messages": [], "stream": "true"}',
-        "invalid_type",
-    ),
-    "stream_options a list": (
-        '{"model": "gpt-test", "messages": [], "stream": true, "stream_options": []}',
-        "invalid_type",
-    ),
-}
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize("name", list(HOSTILE_BODIES))
-def test_it_refuses_hostile_bodies_with_400_before_anything_is_spent(
-    http, upstream, make_model, make_key, name, stream
-):
-    # An upstream that reports no usage: estimating it used to read `messages` and fail.
-    make_model(upstream_name="echo+nousage", rpm_limit=1)
-    _, secret = make_key()
-    body, code = HOSTILE_BODIES[name]
-    if stream and body.startswith("{") and '"stream"' not in body:
-        body = body[:-1] + ', "stream": true}'
-
-    response = post_raw(http, secret, body.encode())
-
-    error = error_of(response, 400, code)
-    assert "\\ud800" not in error["message"] and "NaN" not in error["message"]
-    assert upstream.received == []
-    # Nothing was spent: the model's one request a minute is still there.
-    ok = http.post(
-        CHAT_PATH, json={"model": "gpt-test", "messages": MESSAGES}, headers=bearer(secret)
-    )
-    assert ok.status_code == 200, ok.text
-    assert [r.status for r in settle_logs(http, secret)] == [400, 200, 200]
-
-
-def test_it_refuses_a_request_with_two_authorization_headers(gateway, make_model, make_key):
-    make_model()
-    _, secret = make_key()
-    host, port = gateway.base_url.removeprefix("http://").split(":")
-    connection = http_client.HTTPConnection(host, int(port), timeout=10)
-    body = json.dumps({"model": "gpt-test", "messages": MESSAGES})
-    connection.putrequest("POST", CHAT_PATH)
-    connection.putheader("Authorization", f"Bearer {secret}")
-    connection.putheader("Authorization", "Bearer ag-someone-else")
-    connection.putheader("Content-Type", "application/json")
-    connection.putheader("Content-Length", str(len(body)))
-    connection.endheaders(body.encode())
-    response = connection.getresponse()
-
-    assert response.status == 400
-    assert json.loads(response.read())["error"]["code"] == "duplicate_authorization"
-    connection.close()
-
-
-def test_a_body_fit_to_forward_has_its_routing_fields_removed_outside_model_data():
-    payload = {
-        "model": "m",
-        "api_base": "http://evil",
-        "extra": {"headers": {"x": "y"}, "keep": [{"base_url": "b", "n": 1}]},
-        "messages": [{"role": "user", "content": "hi", "api_key": "stays: model data"}],
-    }
-
-    check_body(payload, stream_allowed=True)
-
-    assert payload == {
-        "model": "m",
-        "extra": {"keep": [{"n": 1}]},
-        "messages": [{"role": "user", "content": "hi", "api_key": "stays: model data"}],
-    }
-
 
 # --------------------------------------------------------------------------- the HTTP server
 
@@ -306,23 +199,6 @@ def test_a_slow_client_is_not_cut_for_upstream_silence(http, gateway, scripted, 
     assert (row.status, row.outcome) == (200, "ok")
 
 
-def test_an_error_after_a_stream_started_ends_it_with_an_error_event():
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-
-    responder = Responder(send, "req_test")
-    responder.started = responder.streaming = True
-
-    asyncio.run(responder.error(APIError(500, "boom", type="api_error")))
-
-    assert [m["type"] for m in sent] == ["http.response.body"]
-    assert json.loads(sent[0]["body"].removeprefix(b"data: "))["error"]["message"] == "boom"
-    assert sent[0]["more_body"] is False
-    assert responder.finished
-
-
 # --------------------------------------------------------------------------- floods and load
 
 
@@ -332,25 +208,6 @@ class FakeClock:
 
     def __call__(self):
         return self.now
-
-
-def test_an_address_sending_invalid_keys_is_throttled_without_a_lookup(
-    gateway, http, make_model, make_key
-):
-    make_model()
-    _, secret = make_key()
-    clock = FakeClock()
-    gateway.app.runtime.key_throttle = InvalidKeyThrottle(5, clock=clock)
-
-    answers = [http.get("/v1/models", headers=bearer(f"ag-wrong-{i}")) for i in range(6)]
-
-    assert [a.status_code for a in answers] == [401] * 5 + [429]
-    assert error_of(answers[-1], 429, "too_many_invalid_keys")
-    assert 1 <= int(answers[-1].headers["retry-after"]) <= 60
-    # The address is refused whatever it sends, until its minute is over.
-    assert http.get("/v1/models", headers=bearer(secret)).status_code == 429
-    clock.now += 60
-    assert http.get("/v1/models", headers=bearer(secret)).status_code == 200
 
 
 def test_the_invalid_key_throttle_forgets_the_oldest_address_first():
