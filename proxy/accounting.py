@@ -16,12 +16,16 @@ from django.conf import settings
 from django.utils import timezone
 
 from aethergate.lib import metrics
-from logs.models import Outcome
+from logs.models import Outcome, RequestLog
 from logs.records import RequestRecord
 from proxy import usage
 from proxy.snapshot import KeyInfo, ModelInfo
 
 access_log = logging.getLogger("aethergate.requests")
+
+# What the log's columns hold of what a client sent: the rest is cut, not refused.
+MODEL_NAME_LENGTH = RequestLog._meta.get_field("model").max_length
+PATH_LENGTH = RequestLog._meta.get_field("path").max_length
 
 # Unique per process by a random prefix, then a counter: no system call per
 # request (os.urandom stood out in profiles). Ids identify; they are not secrets.
@@ -78,9 +82,9 @@ class Exchange:
             username=key.username,
             api_key_id=key.id,
             key_prefix=key.prefix,
-            model=self.model_name,
+            model=self.model_name[:MODEL_NAME_LENGTH],
             endpoint=self.endpoint,
-            path=self.path[:100],
+            path=self.path[:PATH_LENGTH],
             status=self.status,
             outcome=self.outcome.value,
             stream=self.stream,
