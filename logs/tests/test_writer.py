@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from aethergate.tests.test_ratelimit import FakeClock
+from aethergate.testing import FakeClock
 from keys import services
 from logs.models import RequestLog
 from logs.services import write_batch

@@ -10,7 +10,7 @@ from django.db import OperationalError
 from prometheus_client.parser import text_string_to_metric_families
 
 from aethergate.lib.jsonlog import JSONFormatter
-from aethergate.tests.test_ratelimit import FakeClock
+from aethergate.testing import FakeClock
 from logs.services import write_batch
 from proxy import ops
 from proxy.app import proxy
