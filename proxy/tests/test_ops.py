@@ -88,6 +88,7 @@ def test_it_is_not_ready_while_the_log_writer_makes_no_progress_and_ready_after(
     _, secret = make_key()
     writer, clock = proxy.writer, FakeClock()
     writer.clock = clock
+    writer.retry_seconds = 0.01  # retried at once when the database is back
 
     def locked(batch):
         raise OperationalError("database is locked")
