@@ -1,7 +1,9 @@
 """What every app's tests share: named personas, factories, `wait_for` and a `FakeClock`.
 
-Personas and factories write to the database (a test asks for `db` first);
-`wait_for` polls for an event, `FakeClock` stands in for the time. Permissions
+Personas and factories write to the database (a test asks for `db` first)
+and import models when called, so that helpers running before Django is set
+up (servers, processes) can import this module; `wait_for` polls for an
+event, `FakeClock` stands in for the time. Permissions
 are Django's own (`accounts.view_user`, …), granted to the user directly, as a
 superuser would in the admin. Tests only; nothing imports it at run time.
 """
@@ -11,7 +13,6 @@ import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.contrib.auth.models import Permission
 from django.db import OperationalError
 from django.db.models import Q
 
@@ -105,6 +106,8 @@ def wait_for_logs(count: int = 1, timeout: float = 5.0, **filters) -> list:
 
 def permissions(actions=CHANGE, apps=GATEWAY_APPS):
     """The Permission rows for `actions` ("view", "add", …) on every model of `apps`."""
+    from django.contrib.auth.models import Permission
+
     by_action = Q()
     for action in actions:
         by_action |= Q(codename__startswith=f"{action}_")

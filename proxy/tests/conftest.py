@@ -1,13 +1,14 @@
 """Fixtures for gateway tests: the upstream stand-in, a live gateway, data factories, clients."""
 
+import contextlib
 import socket
 import threading
-import time
 from dataclasses import dataclass
 
 import openai
 import pytest
 
+from aethergate.testing import NotYet, wait_for
 from proxy.tests.upstream import Upstream
 
 GATEWAY_START_SECONDS = 10.0
@@ -76,9 +77,8 @@ def gateway(transactional_db):
         target=server.run, kwargs={"sockets": [sock]}, name="gateway", daemon=True
     )
     thread.start()
-    deadline = time.monotonic() + GATEWAY_START_SECONDS
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.005)
+    with contextlib.suppress(NotYet):  # not started: stopped and reported below
+        wait_for(lambda: server.started or not thread.is_alive(), GATEWAY_START_SECONDS)
     if not server.started:
         server.should_exit = True
         thread.join(GATEWAY_STOP_SECONDS)

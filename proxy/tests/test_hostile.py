@@ -20,6 +20,8 @@ import httpx
 import pytest
 from aiohttp import web
 
+from aethergate.testing import FakeClock, wait_for_logs
+from endpoints.models import Endpoint
 from proxy.app import Exchange, proxy, send_error
 from proxy.errors import APIError
 from proxy.tests.scripted import ScriptedUpstream
@@ -29,12 +31,13 @@ from proxy.tests.test_admission import (
     bearer,
     error_of,
     settle_logs,
-    wait_for_rows,
 )
 from proxy.throttle import InvalidKeyThrottle
 from proxy.validation import check_body
 
 MB = 1024 * 1024
+# The upstream silence a stream is cut for, shortened so that a slow client's wait is short.
+IDLE_SECONDS = 1.0
 
 
 @pytest.fixture
@@ -210,6 +213,8 @@ def test_it_answers_408_when_a_body_stops_arriving(settings, gateway, make_model
     _, secret = make_key()
     head = (
         f"POST {CHAT_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n"
+        # Closed after the answer: read to the end, not to the keep-alive timeout.
+        "Connection: close\r\n"
         "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
     ).encode()
 
@@ -257,7 +262,7 @@ def test_an_answer_not_shaped_like_a_completion_is_an_upstream_error_and_not_bil
     )
 
     error_of(response, 502, "upstream_error")
-    (row,) = wait_for_rows(1)
+    (row,) = wait_for_logs(1)
     assert (row.status, row.outcome, row.cost) == (502, "upstream_error", 0)
     user.refresh_from_db()
     assert user.balance == Decimal("100")
@@ -321,16 +326,19 @@ def test_a_stream_line_longer_than_the_limit_is_an_upstream_error(
     )
 
     error_of(response, 502, "upstream_error")
-    (row,) = wait_for_rows(1)
+    (row,) = wait_for_logs(1)
     assert (row.status, row.cost) == (502, 0)
 
 
 def test_a_slow_client_is_not_cut_for_upstream_silence(http, gateway, scripted, on_scripted):
     # 12 MB of chunks, sent at once (more than the kernel's socket buffers hold),
-    # then [DONE]; the endpoint's idle timeout is 2 s.
+    # then [DONE]; the endpoint's idle timeout is 1 s.
     pieces = [sse(chunk("x" * 16 * 1024)) for _ in range(768)] + [sse(b"[DONE]")]
     scripted.handler = streaming(*pieces)
     secret, _ = on_scripted
+    endpoint = Endpoint.objects.get(name="scripted")
+    endpoint.idle_timeout = IDLE_SECONDS
+    endpoint.save()
     body = json.dumps({"model": "gpt-test", "messages": MESSAGES, "stream": True}).encode()
     request = (
         f"POST {CHAT_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n"
@@ -345,7 +353,7 @@ def test_a_slow_client_is_not_cut_for_upstream_silence(http, gateway, scripted, 
     sock.connect((host, int(port)))
     sock.sendall(request)
 
-    time.sleep(3)  # the client reads nothing for longer than the idle timeout
+    time.sleep(IDLE_SECONDS * 1.5)  # the client reads nothing for longer than the idle timeout
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MB)  # then reads quickly
     answer = b""
     while data := sock.recv(65536):
@@ -356,7 +364,7 @@ def test_a_slow_client_is_not_cut_for_upstream_silence(http, gateway, scripted, 
     assert answer.count(b'"chat.completion.chunk"') == 768
     assert b'"error"' not in answer
     assert answer.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
-    (row,) = wait_for_rows(1)
+    (row,) = wait_for_logs(1)
     assert (row.status, row.outcome) == (200, "ok")
 
 
@@ -376,7 +384,7 @@ def test_an_upstream_error_quoting_the_prompt_is_logged_without_it(
         )
         assert quoted in error_of(response, 400, "upstream_rejected")["message"]
 
-    quiet, logged = wait_for_rows(2)
+    quiet, logged = wait_for_logs(2)
     assert "secret plan" not in quiet.error
     assert quiet.error == "The upstream rejected the request (HTTP 400, code content_filter)."
     assert "secret plan" in logged.error
@@ -398,14 +406,6 @@ def test_an_error_after_a_stream_started_ends_it_with_an_error_event():
 
 
 # --------------------------------------------------------------------------- floods and load
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_an_address_sending_invalid_keys_is_throttled_without_a_lookup(http, make_model, make_key):

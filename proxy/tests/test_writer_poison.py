@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 
+from aethergate.testing import wait_for_logs
 from proxy import usage
 from proxy.app import ProxyApp, proxy
 from proxy.faults import FaultReporter
@@ -15,7 +16,6 @@ from proxy.tests.test_forwarding import (
     HELLO_TEXT,
     post,
     stream_lines,
-    wait_for_logs,
 )
 from proxy.tests.upstream import DEFAULT_CHUNKS, stream_text
 
