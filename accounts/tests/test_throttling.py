@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts import services, throttling
 from accounts.models import Lockout, LoginFailure
+from aethergate.testing import FakeClock
 from logs.models import AuditEntry
 
 pytestmark = pytest.mark.django_db
@@ -33,11 +34,12 @@ def limits(settings):
 def later(monkeypatch):
     """`later(seconds)`: set the throttle's clock, stopped at 0 until then, instead of sleeping."""
     start = timezone.now()
+    clock = FakeClock(start)
+    monkeypatch.setattr(throttling, "clock", clock)
 
     def move(seconds: float):
-        monkeypatch.setattr(throttling, "clock", lambda: start + timedelta(seconds=seconds))
+        clock.now = start + timedelta(seconds=seconds)
 
-    move(0)
     return move
 
 
