@@ -17,10 +17,33 @@ def _plain_static_storage(settings, tmp_path_factory):
     }
 
 
+# --------------------------------------------------------------------------- personas
+# The people of aethergate.testing, as fixtures; a test module may override one.
+
+
 @pytest.fixture
-def staff(django_user_model):
-    """A superuser logged in nowhere yet; use `admin_client` for a logged-in client."""
-    return django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+def alice(db):
+    """The prepaid consumer: balance 10, of Acme."""
+    from aethergate.testing import prepaid_consumer
+
+    return prepaid_consumer()
+
+
+@pytest.fixture
+def bob(db):
+    """A second consumer, without a prepaid balance."""
+    from aethergate.testing import second_consumer
+
+    return second_consumer()
+
+
+@pytest.fixture
+def staff(db):
+    """The superuser `root` (password ROOT_PASSWORD), logged in nowhere yet; use
+    `admin_client` for a logged-in client."""
+    from aethergate.testing import superuser
+
+    return superuser()
 
 
 @pytest.fixture
@@ -56,19 +79,17 @@ def bearer(api_client_class):
 @pytest.fixture
 def api(ops, bearer):
     """A management API client authenticated with a staff API token of `ops`."""
-    from accounts import services
+    from aethergate.testing import api_token
 
-    _, secret = services.create_api_token(user=ops, name="tests")
-    return bearer(secret)
+    return bearer(api_token(ops))
 
 
 @pytest.fixture
 def root_api(staff, bearer):
     """A management API client authenticated with a staff API token of the superuser `staff`."""
-    from accounts import services
+    from aethergate.testing import api_token
 
-    _, secret = services.create_api_token(user=staff, name="root")
-    return bearer(secret)
+    return bearer(api_token(staff, "root"))
 
 
 @pytest.fixture

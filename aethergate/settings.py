@@ -117,6 +117,8 @@ elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
 REDIS_URL = env.str("REDIS_URL", default="")
 # Prefix of every Redis key AetherGate writes, so that one Redis can serve several installations.
 AETHERGATE_REDIS_PREFIX = env.str("AETHERGATE_REDIS_PREFIX", default="aethergate")
+# Seconds between attempts to reach Redis again while limits are per process.
+AETHERGATE_REDIS_RETRY_SECONDS = env.float("AETHERGATE_REDIS_RETRY_SECONDS", default=1.0)
 
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # Request ids named in one "set aside" line; a batch of bad records says how many more.
 MAX_IDS_LOGGED = 100
+# The longest wait between two attempts to write during an outage.
+MAX_RETRY_SECONDS = 10.0
 
 
 class LogWriter:
@@ -33,7 +35,9 @@ class LogWriter:
     AETHERGATE_LOG_BUFFER_MAX records the oldest are dropped and counted.
     `on_settled(charges)` is told what each stored batch charged per user;
     `write` is the storage seam (tests pass a failing one), `clock` the time
-    seam of `health`.
+    seam of `health`, `retry_seconds` the unit of the back-off after an
+    outage (`retry_seconds` * 2**n after n failures in a row, at most
+    MAX_RETRY_SECONDS; tests shorten it).
     """
 
     def __init__(
@@ -42,11 +46,13 @@ class LogWriter:
         write=write_batch,
         on_rejected: Callable[[dict], None] | None = None,
         clock=time.monotonic,
+        retry_seconds: float = 0.5,
     ):
         self.on_settled = on_settled
         self.on_rejected = on_rejected
         self.write = write
         self.clock = clock
+        self.retry_seconds = retry_seconds
         self.pending: deque[RequestRecord] = deque()
         self.written = 0
         self.failed_batches = 0
@@ -119,7 +125,8 @@ class LogWriter:
                 failures += 1
                 # Back off, but let close() interrupt the wait.
                 try:
-                    await asyncio.wait_for(self._stop.wait(), min(0.5 * 2**failures, 10.0))
+                    backoff = min(self.retry_seconds * 2**failures, MAX_RETRY_SECONDS)
+                    await asyncio.wait_for(self._stop.wait(), backoff)
                 except TimeoutError:
                     pass
                 break
@@ -234,7 +241,7 @@ class LogWriter:
             self._task = None
         while self.pending and loop.time() < deadline:
             if not await self._write_one_batch():
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(self.retry_seconds)
         if self.pending:
             log.error("Shutting down with %d request logs unwritten", len(self.pending))
 

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts import services, throttling
 from accounts.models import Lockout, LoginFailure
+from aethergate.testing import FakeClock
 from logs.models import AuditEntry
 
 pytestmark = pytest.mark.django_db
@@ -33,11 +34,12 @@ def limits(settings):
 def later(monkeypatch):
     """`later(seconds)`: set the throttle's clock, stopped at 0 until then, instead of sleeping."""
     start = timezone.now()
+    clock = FakeClock(start)
+    monkeypatch.setattr(throttling, "clock", clock)
 
     def move(seconds: float):
-        monkeypatch.setattr(throttling, "clock", lambda: start + timedelta(seconds=seconds))
+        clock.now = start + timedelta(seconds=seconds)
 
-    move(0)
     return move
 
 
@@ -54,7 +56,7 @@ def logged_in(client) -> bool:
 # Admin -------------------------------------------------------------------------------------
 
 
-def test_the_admin_refuses_the_right_password_after_the_configured_failures(client, staff):
+def test_the_admin_refuses_the_right_password_after_the_configured_failures(client, staff, later):
     statuses = [log_in(client, "root", f"wrong-{n}").status_code for n in range(30)]
 
     assert statuses[:4] == [200] * 4
@@ -138,7 +140,9 @@ def token_secret(ops):
     return secret
 
 
-def test_a_token_is_refused_after_the_configured_failures_for_its_prefix(bearer, token_secret):
+def test_a_token_is_refused_after_the_configured_failures_for_its_prefix(
+    bearer, token_secret, later
+):
     guess = token_secret[:12] + "x" * (len(token_secret) - 12)
     statuses = [
         bearer(guess).get("/api/v1/users/", REMOTE_ADDR=f"198.51.100.{n}").status_code

@@ -7,6 +7,7 @@ from collections import deque
 from typing import NamedTuple
 
 import redis.asyncio as aioredis
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from redis.exceptions import RedisError
 
@@ -179,18 +180,23 @@ class LocalLimiter:
 
 # The same stepped window as LocalLimiter, in one hash per (scope, window)
 # (field: step index, value: requests), decided for every tier of a request
-# in one atomic round trip. Times are the Redis server's, so hosts with
-# skewed clocks still share one window. Every key expires with its window.
+# in one atomic round trip. Times are the Redis server's (ARGV[2] empty), so
+# hosts with skewed clocks still share one window; a limiter given a clock
+# passes its time in ARGV[2] instead. Every key expires with its window.
+# ARGV: steps, now, then limit and seconds per key.
 # Returns {allowed, tier index, remaining, reset ms, retry-after ms}.
 _STEPPED_WINDOW = """
 local steps = tonumber(ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(ARGV[2])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 local refused, best = nil, nil
 local current = {}
 for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i])
-  local step = tonumber(ARGV[2 * i + 1]) / steps
+  local limit = tonumber(ARGV[2 * i + 1])
+  local step = tonumber(ARGV[2 * i + 2]) / steps
   current[i] = math.floor(now / step)
   local raw = redis.call('HGETALL', KEYS[i])
   local counts, total = {}, 0
@@ -222,7 +228,7 @@ for i = 1, #KEYS do
 end
 if refused then return refused end
 for i = 1, #KEYS do
-  local step = tonumber(ARGV[2 * i + 1]) / steps
+  local step = tonumber(ARGV[2 * i + 2]) / steps
   redis.call('HINCRBY', KEYS[i], string.format('%d', current[i]), 1)
   redis.call('PEXPIRE', KEYS[i], math.ceil((steps + 2) * step * 1000))
 end
@@ -236,25 +242,39 @@ class RedisLimiter:
     When Redis cannot be reached, requests are decided by a LocalLimiter
     (per-process limits, never none) with a warning and a metric; Redis is
     tried again after `retry_seconds` and takes over as soon as it answers.
+
+    Windows run on the Redis server's clock unless `clock` is given (tests
+    pass a fake one): then that clock times the windows, the retry and the
+    local fallback alike.
     """
 
-    def __init__(self, url: str, *, prefix: str = "aethergate", timeout: float = 0.5):
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "aethergate",
+        timeout: float = 0.5,
+        retry_seconds: float = 1.0,
+        clock=None,
+    ):
         self.redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self.script = self.redis.register_script(_STEPPED_WINDOW)
         self.prefix = f"{prefix}:rl:"
-        self.local = LocalLimiter()
-        self.retry_seconds = 1.0
+        self.server_time = clock is None
+        self.clock = clock or time.monotonic
+        self.local = LocalLimiter(self.clock)
+        self.retry_seconds = retry_seconds
         self.down_until = 0.0
 
     async def hit(self, checks: list[tuple[str, Rate]]) -> Decision:
         if not checks:
             return Decision(True, 0, 2**31, 0.0)
-        if time.monotonic() < self.down_until:
+        if self.clock() < self.down_until:
             return await self.local.hit(checks)
         keys = [f"{self.prefix}{scope}:{rate.seconds}" for scope, rate in checks]
-        args = [STEPS]
+        args = [STEPS, "" if self.server_time else repr(self.clock())]
         for _, rate in checks:
             args += [rate.limit, rate.seconds]
         try:
@@ -266,7 +286,7 @@ class RedisLimiter:
                     type(exc).__name__,
                 )
                 metrics.LIMITER_FALLBACKS.inc()
-            self.down_until = time.monotonic() + self.retry_seconds
+            self.down_until = self.clock() + self.retry_seconds
             return await self.local.hit(checks)
         if self.down_until:
             log.warning("Redis is reachable again: rate limits are shared again")
@@ -289,5 +309,11 @@ def _result(decision: Decision) -> str:
 
 
 def make_limiter(redis_url: str, prefix: str) -> "LocalLimiter | RedisLimiter":
-    """The shared limiter when Redis is configured, else the in-process one."""
-    return RedisLimiter(redis_url, prefix=prefix) if redis_url else LocalLimiter()
+    """The shared limiter when Redis is configured, else the in-process one.
+
+    After a failure, Redis is tried again every AETHERGATE_REDIS_RETRY_SECONDS.
+    """
+    if not redis_url:
+        return LocalLimiter()
+    retry = settings.AETHERGATE_REDIS_RETRY_SECONDS
+    return RedisLimiter(redis_url, prefix=prefix, retry_seconds=retry)

@@ -16,7 +16,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from aethergate import server
+from aethergate.testing import NotYet, wait_for
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -165,23 +165,24 @@ def gateway(tmp_path_factory):
         stdout=out,
         stderr=subprocess.STDOUT,
     )
+
+    def answering():
+        if proc.poll() is not None:
+            pytest.fail(f"uvicorn exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            login = f"{url}/admin/login/"  # plain http on loopback, built above
+            with urllib.request.urlopen(login, timeout=2) as response:  # noqa: S310
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
     try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"uvicorn exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                login = f"{url}/admin/login/"  # plain http on loopback, built above
-                with urllib.request.urlopen(login, timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"uvicorn did not answer within {SERVER_START_SECONDS}s:\n{log.read_text()}"
-                )
-            time.sleep(0.2)
+        try:
+            wait_for(answering, SERVER_START_SECONDS, interval=0.2)
+        except NotYet:
+            pytest.fail(
+                f"uvicorn did not answer within {SERVER_START_SECONDS}s:\n{log.read_text()}"
+            )
         yield Server(url, password, log, workdir)
     finally:
         proc.terminate()

@@ -1,11 +1,27 @@
-"""Rate-limit spec parsing and the in-process limiter."""
+"""Rate-limit specs, and the limiter contract: every limiter, local or Redis, behaves alike.
 
+The contract tests run against `LocalLimiter` and `RedisLimiter` (on a private
+redis-server), both timed by one FakeClock. What only one of them does is
+tested apart: the local limiter's memory here, Redis' sharing, expiry and
+fallback in test_ratelimit_redis.py.
+"""
+
+import asyncio
 import random
+import secrets
 
 import pytest
 from django.core.exceptions import ValidationError
 
-from aethergate.lib.ratelimit import STEPS, LocalLimiter, Rate, parse_spec, validate_spec
+from aethergate.lib.ratelimit import (
+    STEPS,
+    LocalLimiter,
+    Rate,
+    RedisLimiter,
+    parse_spec,
+    validate_spec,
+)
+from aethergate.testing import FakeClock
 
 
 @pytest.mark.parametrize(
@@ -39,83 +55,128 @@ def test_it_rejects_a_zero_count():
         validate_spec("0/m")
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
+# --------------------------------------------------------------------------- the contract
 
 
-def hit(limiter, *checks):
-    return limiter._hit(list(checks))
+@pytest.fixture
+def clock():
+    return FakeClock()
 
 
-def test_it_admits_exactly_the_limit_in_any_window():
-    clock = FakeClock()
-    limiter = LocalLimiter(clock)
-    rate = Rate(3, 60)
+@pytest.fixture(params=["local", "redis"])
+def hit(request, clock):
+    """`hit(*checks)` → the Decision of one request on a new limiter, timed by `clock`."""
+    if request.param == "local":
+        limiter = LocalLimiter(clock)
+    else:
+        server = request.getfixturevalue("redis_server")
+        prefix = "t" + secrets.token_hex(4)
+        limiter = RedisLimiter(server.url, prefix=prefix, clock=clock)
+    # One loop for the whole test: a Redis connection belongs to the loop that opened it.
+    loop = asyncio.new_event_loop()
+    yield lambda *checks: loop.run_until_complete(limiter.hit(list(checks)))
+    loop.run_until_complete(limiter.close())
+    loop.close()
 
-    admitted = [hit(limiter, ("k1", rate)).allowed for _ in range(5)]
 
-    assert admitted == [True, True, True, False, False]
+def test_it_admits_exactly_the_limit_then_refuses_and_says_when_to_retry(hit):
+    decisions = [hit(("k1", Rate(5, 60))) for _ in range(7)]
+
+    assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
+    assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0, 0, 0]
+    assert {(d.limit, d.scope) for d in decisions} == {(5, "k1")}
+    refused = decisions[5]
+    # In 1 s steps (1/60 of the window): up to one step later than an exact log.
+    assert 60 <= refused.retry_after <= 61
+    assert refused.reset == pytest.approx(refused.retry_after, abs=0.001)
+    assert all(0 < d.reset <= 61 and d.retry_after == 0 for d in decisions[:5])
 
 
-def test_the_window_slides_instead_of_resetting_at_a_boundary():
-    clock = FakeClock()
-    limiter = LocalLimiter(clock)
+def test_the_window_slides_instead_of_resetting_at_a_boundary(hit, clock):
     rate = Rate(2, 60)
-    hit(limiter, ("k", rate))
-    clock.now += 50
-    hit(limiter, ("k", rate))
+    hit(("k", rate))
+    clock.advance(50)
+    hit(("k", rate))
 
-    clock.now += 15  # 65 s after the first, 15 s after the second
-    assert hit(limiter, ("k", rate)).allowed
-    refused = hit(limiter, ("k", rate))
+    clock.advance(15)  # 65 s after the first, 15 s after the second
+    assert hit(("k", rate)).allowed
+    refused = hit(("k", rate))
 
     assert not refused.allowed
     # When the request at +50 s leaves the window, counted in 1 s steps: 45 s, or one step more.
     assert 45 <= refused.retry_after <= 46
 
 
-def test_a_refusal_by_one_tier_is_counted_by_none():
-    limiter = LocalLimiter(FakeClock())
+def test_a_whole_window_later_the_limit_is_available_again(hit, clock):
+    rate = Rate(2, 1)
+    first = [hit(("k1", rate)).allowed for _ in range(3)]
+    clock.advance(1.05)  # the window and the step it began in
+    later = [hit(("k1", rate)).allowed for _ in range(3)]
+
+    assert first == later == [True, True, False]
+
+
+def test_several_rates_on_one_scope_each_hold(hit, clock):
+    per_second, per_minute = ("k", Rate(2, 1)), ("k", Rate(3, 60))
+
+    assert [hit(per_second, per_minute).allowed for _ in range(3)] == [True, True, False]
+    clock.advance(1.05)
+    admitted = hit(per_second, per_minute)
+    refused = hit(per_second, per_minute)
+
+    assert (admitted.allowed, admitted.limit, admitted.remaining) == (True, 3, 0)
+    # Refused by the minute: its retry is the minute's, not the second's.
+    assert (refused.allowed, refused.limit) == (False, 3)
+    assert 58 <= refused.retry_after <= 60
+
+
+def test_a_refusal_by_one_tier_is_counted_by_none(hit):
     key, model = ("k", Rate(5, 60)), ("m", Rate(1, 60))
 
-    assert hit(limiter, key, model).allowed
-    refused = hit(limiter, key, model)
+    assert hit(key, model).allowed
+    refused = hit(key, model)
     assert not refused.allowed
     assert refused.scope == "m"
 
-    remaining = [hit(limiter, key).remaining for _ in range(4)]
+    remaining = [hit(key).remaining for _ in range(4)]
     assert remaining == [3, 2, 1, 0]
-    assert not hit(limiter, key).allowed
+    assert not hit(key).allowed
 
 
-def test_it_reports_the_tightest_tier_for_headers():
-    limiter = LocalLimiter(FakeClock())
+def test_scopes_are_counted_apart(hit):
+    rate = Rate(1, 60)
 
-    decision = hit(limiter, ("k", Rate(100, 60)), ("m", Rate(3, 60)))
+    assert hit(("k1", rate)).allowed
+    assert not hit(("k1", rate)).allowed
+    other = hit(("k2", rate))
 
-    assert (decision.limit, decision.remaining) == (3, 2)
-
-
-def test_no_tier_means_no_limit():
-    limiter = LocalLimiter(FakeClock())
-    assert all(hit(limiter).allowed for _ in range(1000))
+    assert (other.allowed, other.scope, other.remaining) == (True, "k2", 0)
 
 
-def test_it_never_admits_more_than_the_limit_in_any_window():
+def test_it_reports_the_tightest_tier_for_headers(hit):
+    decision = hit(("k", Rate(100, 60)), ("m", Rate(3, 60)))
+
+    assert (decision.allowed, decision.scope, decision.limit, decision.remaining) == (
+        True,
+        "m",
+        3,
+        2,
+    )
+
+
+def test_no_tier_means_no_limit(hit):
+    assert all(hit().allowed for _ in range(1000))
+
+
+def test_it_never_admits_more_than_the_limit_in_any_window(hit, clock):
     # Random arrivals, checked against the exact definition: for each admitted
     # request, the admitted ones in the window ending at it.
     rng = random.Random(7)  # noqa: S311 -- reproducible arrivals, not secrets
-    clock = FakeClock()
-    limiter = LocalLimiter(clock)
     rate = Rate(10, 60)
     admitted = []
-    for _ in range(3000):
-        clock.now += rng.expovariate(1 / 0.8)
-        if hit(limiter, ("k", rate)).allowed:
+    for _ in range(1200):
+        clock.advance(rng.expovariate(1 / 0.8))
+        if hit(("k", rate)).allowed:
             admitted.append(clock.now)
     assert len(admitted) > 100  # the limiter did admit, across many windows
     for i, t in enumerate(admitted):
@@ -123,13 +184,16 @@ def test_it_never_admits_more_than_the_limit_in_any_window():
         assert len(in_window) <= rate.limit
 
 
-def test_its_memory_per_window_does_not_grow_with_the_rate():
+# --------------------------------------------------------------------------- the local limiter
+
+
+def test_the_local_limiters_memory_per_window_does_not_grow_with_the_rate():
     clock = FakeClock()
     limiter = LocalLimiter(clock)
     rate = Rate(10**9, 60)
     for _ in range(120_000):  # 1,000 a second for two minutes
-        clock.now += 0.001
-        assert hit(limiter, ("k", rate)).allowed
+        clock.advance(0.001)
+        assert limiter._hit([("k", rate)]).allowed
     (window,) = limiter._windows.values()
     assert len(window.counts) <= STEPS + 1
     assert window.total <= 61_000

@@ -34,16 +34,6 @@ def api_client_class():
 
 
 @pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice")
-
-
-@pytest.fixture
-def bob(django_user_model):
-    return django_user_model.objects.create_user("bob")
-
-
-@pytest.fixture
 def llama(db):
     return Model.objects.create(name="llama3", upstream_name="llama3:8b")
 

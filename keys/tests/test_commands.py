@@ -19,11 +19,6 @@ SECRET_LINE = re.compile(r"^(ag-[A-Za-z0-9_-]{43})$", re.MULTILINE)
 
 
 @pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice")
-
-
-@pytest.fixture
 def saves():
     """The API keys post_save was sent for while the test runs."""
     sent = []

@@ -33,13 +33,6 @@ def endpoint():
     return Endpoint.objects.create(name="local", base_url="http://127.0.0.1:11434/v1")
 
 
-@pytest.fixture
-def root_api(staff, bearer):
-    """The superuser `root` on the management API with a real staff token."""
-    _, secret = accounts.create_api_token(user=staff, name="audit")
-    return bearer(secret)
-
-
 def last(**filters) -> AuditEntry:
     return AuditEntry.objects.filter(**filters).order_by("id").last()
 

@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from aethergate.tests.test_ratelimit import FakeClock
+from aethergate.testing import FakeClock, await_for
 from keys import services
 from logs.models import RequestLog
 from logs.records import RequestRecord
@@ -116,14 +116,11 @@ def test_a_failed_batch_is_retried_not_dropped(key, settings):
 
     async def scenario():
         settled = []
-        writer = LogWriter(on_settled=settled.append, write=flaky)
+        writer = LogWriter(on_settled=settled.append, write=flaky, retry_seconds=0.01)
         writer.start()
         writer.submit(record(key, request_id="x"))
         writer.submit(record(key, request_id="y"))
-        for _ in range(500):
-            if writer.written == 2:
-                break
-            await asyncio.sleep(0.01)
+        await await_for(lambda: writer.written == 2)
         await writer.close()
         return writer, settled
 
@@ -192,15 +189,6 @@ def test_close_waits_for_a_batch_already_being_written(key, settings):
 
 
 # --------------------------------------------------------------------------- poison and outages
-
-
-async def until(condition):
-    """Let the writer's loop run until `condition()` holds (bounded to 5 s: a poll, not a timer)."""
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met within 5 s")
 
 
 def rejected_total() -> float:
@@ -307,11 +295,11 @@ def test_an_outage_keeps_the_whole_batch_and_retries_it_whole(key, settings, err
         return write_batch(batch)
 
     async def scenario():
-        writer = LogWriter(write=down_once)
+        writer = LogWriter(write=down_once, retry_seconds=0.01)
         writer.start()
         for i in range(3):
             writer.submit(record(key, request_id=f"r{i}"))
-        await until(lambda: writer.written == 3)
+        await await_for(lambda: writer.written == 3)
         await writer.close()
         return writer
 
@@ -337,7 +325,12 @@ def test_an_outage_while_splitting_keeps_what_is_left_and_charges_nothing_twice(
     settled, released = [], []
 
     async def scenario():
-        writer = LogWriter(on_settled=settled.append, write=write, on_rejected=released.append)
+        writer = LogWriter(
+            on_settled=settled.append,
+            write=write,
+            on_rejected=released.append,
+            retry_seconds=0.01,
+        )
         for name in ("a", "b", "c", "bad", "d", "e"):
             bad = {"input_units": 2**63} if name == "bad" else {}
             writer.submit(record(key, request_id=name, **bad))
@@ -385,19 +378,19 @@ def test_it_reports_stalled_when_records_wait_without_progress_and_ok_after(key,
         raise OperationalError("database is locked")
 
     async def scenario():
-        writer = LogWriter(write=down, clock=clock)
+        writer = LogWriter(write=down, clock=clock, retry_seconds=0.01)
         assert writer.health() == "ok"
-        clock.now += 3600  # idle for an hour: the next record starts a new wait
+        clock.advance(3600)  # idle for an hour: the next record starts a new wait
         writer.start()
         writer.submit(record(key, request_id="a"))
         writer.submit(record(key, request_id="b"))
-        await until(lambda: writer.failed_batches >= 1)
-        clock.now += 29
+        await await_for(lambda: writer.failed_batches >= 1)
+        clock.advance(29)
         early = writer.health()
-        clock.now += 2
+        clock.advance(2)
         stalled = writer.health()
         writer.write = write_batch
-        await until(lambda: writer.written == 2)
+        await await_for(lambda: writer.written == 2)
         recovered = writer.health()
         await writer.close()
         return early, stalled, recovered
@@ -421,9 +414,9 @@ def test_it_reports_how_long_ago_the_last_success_was(key, settings):
         writer.submit(record(key, request_id="a"))
         await writer.close()
         writer.write = down
-        clock.now += 10
+        clock.advance(10)
         writer.submit(record(key, request_id="b"))
-        clock.now += 45
+        clock.advance(45)
         return writer.health()
 
     assert asyncio.run(scenario()) == "stalled: 1 records waiting, last success 55 s ago"

@@ -1,13 +1,14 @@
 """Fixtures for gateway tests: the upstream stand-in, a live gateway, data factories, clients."""
 
+import contextlib
 import socket
 import threading
-import time
 from dataclasses import dataclass
 
 import openai
 import pytest
 
+from aethergate import testing
 from proxy.tests.upstream import Upstream
 
 GATEWAY_START_SECONDS = 10.0
@@ -79,9 +80,10 @@ def gateway(transactional_db):
         target=server.run, kwargs={"sockets": [sock]}, name="gateway", daemon=True
     )
     thread.start()
-    deadline = time.monotonic() + GATEWAY_START_SECONDS
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.005)
+    with contextlib.suppress(testing.NotYet):  # not started: stopped and reported below
+        testing.wait_for(
+            lambda: server.started or not thread.is_alive(), GATEWAY_START_SECONDS, interval=0.005
+        )
     if not server.started:
         server.should_exit = True
         thread.join(GATEWAY_STOP_SECONDS)
@@ -111,14 +113,7 @@ def gateway(transactional_db):
 @pytest.fixture
 def make_user(db):
     """`make_user(username="alice", balance=None, is_active=True, **fields)` → a saved User."""
-    from accounts.models import User
-
-    def make(username="alice", balance=None, is_active=True, **fields):
-        return User.objects.create_user(
-            username=username, balance=balance, is_active=is_active, **fields
-        )
-
-    return make
+    return testing.make_user
 
 
 @pytest.fixture
@@ -127,13 +122,9 @@ def make_endpoint(db, upstream):
 
     `base_url` defaults to the stand-in's; the credential is stored encrypted.
     """
-    from endpoints.models import Endpoint
 
     def make(name="stand-in", base_url=None, api_key=UPSTREAM_API_KEY, **fields):
-        endpoint = Endpoint(name=name, base_url=base_url or upstream.base_url, **fields)
-        endpoint.set_api_key(api_key)
-        endpoint.save()
-        return endpoint
+        return testing.make_endpoint(name, base_url or upstream.base_url, api_key, **fields)
 
     return make
 
@@ -144,8 +135,6 @@ def make_model(db, make_endpoint):
 
     Without `endpoint`, one endpoint on the stand-in is made (by the first call) and shared.
     """
-    from models_registry.models import Model
-
     shared = []
 
     def make(name="gpt-test", upstream_name="echo", endpoint=None, **fields):
@@ -153,9 +142,7 @@ def make_model(db, make_endpoint):
             if not shared:
                 shared.append(make_endpoint())
             endpoint = shared[0]
-        return Model.objects.create(
-            name=name, upstream_name=upstream_name, endpoint=endpoint, **fields
-        )
+        return testing.make_model(name, upstream_name, endpoint, **fields)
 
     return make
 
@@ -166,8 +153,6 @@ def make_key(db, make_user):
 
     Without `owner`, one user ("alice") is made (by the first call) and shared.
     """
-    from keys.services import create_key
-
     shared = []
 
     def make(owner=None, name="test", **fields):
@@ -175,7 +160,7 @@ def make_key(db, make_user):
             if not shared:
                 shared.append(make_user())
             owner = shared[0]
-        return create_key(owner=owner, name=name, **fields)
+        return testing.make_key(owner, name, **fields)
 
     return make
 

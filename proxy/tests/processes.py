@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from aethergate import server
+from aethergate.testing import NotYet, wait_for
 
 # The repository root (proxy/tests/processes.py is two levels below it): servers run from
 # there so `aethergate.asgi` and `gunicorn.conf.py` resolve as they do in production.
@@ -106,14 +107,17 @@ def _check_can_start(proc: subprocess.Popen | None, port: int, what: str) -> Non
 
 def _wait_until(ready, proc: subprocess.Popen, timeout: float) -> str:
     """Poll `ready()` until true: "" then, else why not (the process exited, or time ran out)."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            return f"exited with code {proc.returncode}"
-        if time.monotonic() > deadline:
-            return f"was not ready within {timeout} s"
-        time.sleep(POLL_SECONDS)
-    return ""
+
+    def settled():
+        if ready():
+            return "ready"
+        return "exited" if proc.poll() is not None else None
+
+    try:
+        state = wait_for(settled, timeout, interval=POLL_SECONDS)
+    except NotYet:
+        return f"was not ready within {timeout} s"
+    return "" if state == "ready" else f"exited with code {proc.returncode}"
 
 
 class RedisServer:

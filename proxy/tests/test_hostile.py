@@ -20,17 +20,20 @@ import httpx
 import pytest
 from aiohttp import web
 
+from aethergate.testing import FakeClock, wait_for_logs
+from endpoints.models import Endpoint
 from proxy.tests.scripted import ScriptedUpstream
 from proxy.tests.test_admission import (
     CHAT_PATH,
     MESSAGES,
     bearer,
     error_of,
-    wait_for_rows,
 )
 from proxy.throttle import InvalidKeyThrottle
 
 MB = 1024 * 1024
+# The upstream silence a stream is cut for, shortened so that a slow client's wait is short.
+IDLE_SECONDS = 1.0
 
 
 @pytest.fixture
@@ -103,6 +106,8 @@ def test_it_answers_408_when_a_body_stops_arriving(settings, gateway, make_model
     _, secret = make_key()
     head = (
         f"POST {CHAT_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n"
+        # Closed after the answer: read to the end, not to the keep-alive timeout.
+        "Connection: close\r\n"
         "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
     ).encode()
 
@@ -166,10 +171,13 @@ def streaming(*parts: bytes, pause: float = 0.0):
 
 def test_a_slow_client_is_not_cut_for_upstream_silence(http, gateway, scripted, on_scripted):
     # 12 MB of chunks, sent at once (more than the kernel's socket buffers hold),
-    # then [DONE]; the endpoint's idle timeout is 2 s.
+    # then [DONE]; the endpoint's idle timeout is 1 s.
     pieces = [sse(chunk("x" * 16 * 1024)) for _ in range(768)] + [sse(b"[DONE]")]
     scripted.handler = streaming(*pieces)
     secret, _ = on_scripted
+    endpoint = Endpoint.objects.get(name="scripted")
+    endpoint.idle_timeout = IDLE_SECONDS
+    endpoint.save()
     body = json.dumps({"model": "gpt-test", "messages": MESSAGES, "stream": True}).encode()
     request = (
         f"POST {CHAT_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n"
@@ -184,7 +192,7 @@ def test_a_slow_client_is_not_cut_for_upstream_silence(http, gateway, scripted, 
     sock.connect((host, int(port)))
     sock.sendall(request)
 
-    time.sleep(3)  # the client reads nothing for longer than the idle timeout
+    time.sleep(IDLE_SECONDS * 1.5)  # the client reads nothing for longer than the idle timeout
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MB)  # then reads quickly
     answer = b""
     while data := sock.recv(65536):
@@ -195,19 +203,11 @@ def test_a_slow_client_is_not_cut_for_upstream_silence(http, gateway, scripted, 
     assert answer.count(b'"chat.completion.chunk"') == 768
     assert b'"error"' not in answer
     assert answer.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
-    (row,) = wait_for_rows(1)
+    (row,) = wait_for_logs(1)
     assert (row.status, row.outcome) == (200, "ok")
 
 
 # --------------------------------------------------------------------------- floods and load
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_the_invalid_key_throttle_forgets_the_oldest_address_first():

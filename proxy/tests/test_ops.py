@@ -10,11 +10,10 @@ from django.db import OperationalError
 from prometheus_client.parser import text_string_to_metric_families
 
 from aethergate.lib.jsonlog import JSONFormatter
-from aethergate.tests.test_ratelimit import FakeClock
+from aethergate.testing import FakeClock, wait_for, wait_for_logs
 from logs.services import write_batch
 from proxy import ops
-from proxy.tests.test_forwarding import HELLO, wait_for_logs
-from proxy.tests.test_scale_out import wait_until
+from proxy.tests.test_forwarding import HELLO
 
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 
@@ -84,19 +83,20 @@ def test_it_is_not_ready_while_the_log_writer_makes_no_progress_and_ready_after(
     _, secret = make_key()
     writer, clock = gateway.app.runtime.writer, FakeClock()
     writer.clock = clock
+    writer.retry_seconds = 0.01  # retried at once when the database is back
 
     def locked(batch):
         raise OperationalError("database is locked")
 
     writer.write = locked
     client_for(secret).chat.completions.create(model="gpt-test", messages=HELLO)
-    wait_until(lambda: writer.failed_batches >= 1, timeout=5)
+    wait_for(lambda: writer.failed_batches >= 1, timeout=5)
     assert httpx.get(f"{gateway.base_url}/health/ready").status_code == 200
     clock.now += 61
 
     stalled = httpx.get(f"{gateway.base_url}/health/ready")
     writer.write = write_batch
-    wait_until(lambda: writer.written >= 1, timeout=15)
+    wait_for(lambda: writer.written >= 1, timeout=15)
     recovered = httpx.get(f"{gateway.base_url}/health/ready")
 
     assert stalled.status_code == 503

@@ -20,6 +20,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from aethergate.testing import wait_for, wait_for_logs
 from keys.models import APIKey
 from logs.models import RequestLog
 from proxy.tests.processes import FaultProxy, ServerProcess, free_port
@@ -64,21 +65,6 @@ def chat(base_url: str, secret: str, model: str = "gpt-test") -> httpx.Response:
         json={"model": model, "messages": HELLO},
         timeout=10,
     )
-
-
-def wait_until(condition, timeout: float, interval: float = 0.02) -> float:
-    """Seconds until `condition()` held; fails the test if it did not within `timeout`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"not within {timeout} s", pytrace=False)
-        time.sleep(interval)
-    return time.monotonic() - started
-
-
-def logged(count: int, timeout: float) -> list[RequestLog]:
-    wait_until(lambda: RequestLog.objects.count() >= count, timeout, interval=0.1)
-    return list(RequestLog.objects.order_by("created_at"))
 
 
 @pytest.fixture
@@ -151,8 +137,7 @@ def test_a_change_made_through_one_process_reaches_the_other_within_2_s(
         f"{first.url}/api/v1/keys/{key.pk}/", json={"is_active": False}, headers=admin
     )
     assert response.status_code == 200, response.text
-    took = wait_until(lambda: chat(second.url, secret).status_code == 403, timeout=2)
-    assert took < 2
+    wait_for(lambda: chat(second.url, secret).status_code == 403, timeout=2)
 
     _, other_secret = make_key(name="other")
     assert chat(second.url, other_secret, "second-model").status_code == 200
@@ -160,7 +145,7 @@ def test_a_change_made_through_one_process_reaches_the_other_within_2_s(
         f"{first.url}/api/v1/models/{second_model.pk}/", json={"is_active": False}, headers=admin
     )
     assert response.status_code == 200, response.text
-    wait_until(lambda: chat(second.url, other_secret, "second-model").status_code == 404, 2)
+    wait_for(lambda: chat(second.url, other_secret, "second-model").status_code == 404, 2)
 
 
 def test_without_redis_a_rotation_still_reaches_every_process_within_2_s(
@@ -175,7 +160,7 @@ def test_without_redis_a_rotation_still_reaches_every_process_within_2_s(
     )
     assert response.status_code == 200, response.text
     new_secret = response.json()["secret"]
-    wait_until(lambda: chat(second.url, secret).status_code == 401, timeout=2)
+    wait_for(lambda: chat(second.url, secret).status_code == 401, timeout=2)
     assert chat(second.url, new_secret).status_code == 200
 
 
@@ -187,7 +172,7 @@ def test_a_balance_spent_through_one_process_is_enforced_by_the_other(
     first, second = two_gateways(started)
     assert chat(first.url, secret).status_code == 200
     # The charge is stored by the first process; the second re-reads balances at each poll.
-    wait_until(lambda: chat(second.url, secret).status_code == 402, timeout=3, interval=0.2)
+    wait_for(lambda: chat(second.url, secret).status_code == 402, timeout=3, interval=0.2)
     assert chat(first.url, secret).status_code == 402
 
 
@@ -221,7 +206,7 @@ def test_a_queryset_update_stops_a_key_on_another_process_at_once_with_redis(
 
     APIKey.objects.filter(pk=key.pk).update(is_active=False)
 
-    wait_until(lambda: refused_as_inactive(gateway.url, secret), timeout=1)
+    wait_for(lambda: refused_as_inactive(gateway.url, secret), timeout=1, what="the key refused")
 
 
 def test_without_redis_a_queryset_update_stops_a_key_on_another_process_within_a_poll(
@@ -236,7 +221,7 @@ def test_without_redis_a_queryset_update_stops_a_key_on_another_process_within_a
     APIKey.objects.filter(pk=key.pk).update(is_active=False)
 
     # One poll interval, and the reload it triggers.
-    wait_until(lambda: refused_as_inactive(gateway.url, secret), timeout=2)
+    wait_for(lambda: refused_as_inactive(gateway.url, secret), timeout=2, what="the key refused")
 
 
 # --------------------------------------------------------------------------- Redis outage
@@ -247,13 +232,12 @@ def test_it_limits_locally_while_redis_is_down_and_shares_limits_again_after(
 ):
     make_model()
     key, secret = make_key(rate_limit="5/m")
-    (gateway,) = [
-        started(
-            ServerProcess.uvicorn(
-                free_port(), gateway_env(REDIS_URL=redis_server.url, AETHERGATE_REDIS_PREFIX=prefix)
-            )
-        )
-    ]
+    env = gateway_env(
+        REDIS_URL=redis_server.url,
+        AETHERGATE_REDIS_PREFIX=prefix,
+        AETHERGATE_REDIS_RETRY_SECONDS=0.2,
+    )
+    gateway = started(ServerProcess.uvicorn(free_port(), env))
     ready = f"{gateway.url}/health/ready"
     assert [chat(gateway.url, secret).status_code for _ in range(3)] == [200] * 3
     window = f"{prefix}:rl:k{key.pk}:60"
@@ -269,8 +253,10 @@ def test_it_limits_locally_while_redis_is_down_and_shares_limits_again_after(
         assert httpx.get(ready).json()["rate_limits"] == "local (Redis unreachable)"
     finally:
         redis_server.restart()  # empty: the shared window starts again
-    time.sleep(1.1)  # the limiter tries Redis again a second after it failed
-    assert [chat(gateway.url, secret).status_code for _ in range(6)] == [200] * 5 + [429]
+    # Refused by this process's own count until its limiter tries Redis again (0.2 s after
+    # the last failure), whose window is empty.
+    wait_for(lambda: chat(gateway.url, secret).status_code == 200, timeout=5, interval=0.05)
+    assert [chat(gateway.url, secret).status_code for _ in range(5)] == [200] * 4 + [429]
     client = redis.Redis.from_url(redis_server.url)
     assert sum(map(int, client.hvals(window))) == 5
     assert client.pttl(window) > 0
@@ -333,12 +319,12 @@ def test_sigterm_lets_every_stream_finish_logs_them_all_and_exits_0(
         first_chunks.wait(timeout=10)
         server.signal(signal.SIGTERM)
         # Draining: not ready any more, while the streams go on.
-        wait_until(lambda: httpx.get(f"{server.url}/health/ready").status_code == 503, 1)
+        wait_for(lambda: httpx.get(f"{server.url}/health/ready").status_code == 503, 1)
         texts = [future.result(timeout=30) for future in futures]
     assert server.wait(timeout=30) == 0
     expected = stream_text(chat_answer(HELLO)[0])
     assert texts == [expected] * 10
-    rows = logged(10, timeout=5)
+    rows = wait_for_logs(10, timeout=5)
     assert len(rows) == 10
     assert {(row.outcome, row.status, row.stream) for row in rows} == {("ok", 200, True)}
     assert all(row.output_units == 20 for row in rows)
@@ -365,7 +351,7 @@ def test_a_stream_still_running_after_the_grace_period_is_cut_and_logged_as_such
             pass
     assert server.wait(timeout=30) == 0
     assert time.monotonic() - started_at < 8  # well before the stream would have ended
-    (row,) = logged(1, timeout=5)
+    (row,) = wait_for_logs(1, timeout=5)
     assert (row.status, row.outcome, row.stream) == (503, "gateway_error", True)
     assert "shut down" in row.error
     client.close()
@@ -393,22 +379,22 @@ def test_during_a_database_outage_known_keys_work_unknown_get_503_and_logs_catch
             )
         )
         assert chat(gateway.url, secret).status_code == 200
-        logged(1, timeout=5)
+        wait_for_logs(1, timeout=5)
 
         cable.cut()
         unknown = "ag-" + "x" * 43
-        wait_until(lambda: chat(gateway.url, unknown).status_code == 503, timeout=5)
+        wait_for(lambda: chat(gateway.url, unknown).status_code == 503, timeout=5)
         response = chat(gateway.url, unknown)
         assert response.json()["error"]["code"] == "service_unavailable"
         assert [chat(gateway.url, secret).status_code for _ in range(5)] == [200] * 5
         ready = httpx.get(f"{gateway.url}/health/ready", timeout=10)
         assert (ready.status_code, ready.json()["database"]) == (503, "unreachable")
         assert httpx.get(f"{gateway.url}/health/live").status_code == 200
-        time.sleep(1)  # the writer fails at least once against the cut database
+        wait_for(lambda: "request logs failed" in gateway.log_text(), timeout=10)
         assert RequestLog.objects.count() == 1
 
         cable.restore()
-        rows = logged(6, timeout=30)
+        rows = wait_for_logs(6, timeout=30)
         assert len(rows) == 6
         assert all(row.status == 200 for row in rows)
         assert chat(gateway.url, unknown).status_code == 401

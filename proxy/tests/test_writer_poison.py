@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import pytest
 
+from aethergate.testing import wait_for_logs
 from proxy import usage
 from proxy.tests.test_forwarding import (
     HELLO,
@@ -12,7 +13,6 @@ from proxy.tests.test_forwarding import (
     HELLO_TEXT,
     post,
     stream_lines,
-    wait_for_logs,
 )
 from proxy.tests.upstream import DEFAULT_CHUNKS, stream_text
 

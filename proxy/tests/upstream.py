@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from aethergate.testing import wait_for
+
 PREFIX = "Hello from upstream: "
 DEFAULT_CHUNKS = 20
 EMBEDDING_DIMENSIONS = 8
@@ -311,9 +313,7 @@ class Upstream:
 
     def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[Received]:
         """Block until at least `count` requests were received; return `received` (a copy)."""
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for(lambda: len(self.received) >= count, timeout, interval=0.005, what="requests")
         with self._lock:
             return list(self.received)
 
