@@ -61,7 +61,7 @@ class App:
                 return
 
     async def http(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
-        ex = Exchange(path=scope["path"])
+        ex = Exchange(path=scope["path"], created_at=runtime.clock())
         responder = Responder(send, ex.request_id)
         if runtime.overloaded():
             # Shed load at once rather than queue: a fast 503 lets the client

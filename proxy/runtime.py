@@ -13,6 +13,7 @@ import threading
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
+from django.utils import timezone
 
 from aethergate.lib import changes
 from aethergate.lib.ratelimit import make_limiter
@@ -36,6 +37,7 @@ class Runtime:
         self.upstream = upstream
         self.key_throttle = key_throttle
         self.faults = FaultReporter()
+        self.clock = timezone.now  # the wall clock requests arrive by (a seam for tests)
         self.draining = False  # SIGTERM came: readiness says no, requests are still served
         self.active = 0  # /v1 requests in progress
         self._tasks: list[asyncio.Task] = []

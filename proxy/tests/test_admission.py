@@ -90,14 +90,14 @@ def warm_up(async_client_for, secret) -> None:
 
 
 def test_it_refuses_a_key_whose_expiry_passes_while_the_gateway_runs(
-    http, make_model, make_key, monkeypatch
+    gateway, http, make_model, make_key
 ):
     make_model()
     _, secret = make_key(expires_at=timezone.now() + timedelta(hours=1))
 
     assert chat(http, secret).status_code == 200
     # An hour later, with nothing written: the expiry is judged at each request.
-    monkeypatch.setattr(timezone, "now", FakeClock(timezone.now() + timedelta(hours=1)))
+    gateway.app.runtime.clock = FakeClock(timezone.now() + timedelta(hours=1))
 
     error_of(chat(http, secret), 403, "key_expired")
 
