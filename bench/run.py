@@ -4,7 +4,8 @@ Run: make bench (or `python bench/run.py --help`); `make bench-smoke` for a quic
 
 What it starts (all on 127.0.0.1, each in its own process group, all killed
 on exit or Ctrl-C):
-- a mock OpenAI upstream (bench/upstream.py, aiohttp): instant non-stream
+- a mock OpenAI upstream (bench/upstream.py; aiohttp, or `--upstream raw`,
+  a bare asyncio protocol several times faster): instant non-stream
   answers, and streams of 20 content chunks + a usage chunk + [DONE];
 - AetherGate itself: uvicorn, one worker, on a fresh SQLite file (default) or
   a freshly recreated PostgreSQL database (`--db postgres`), with one user,
@@ -633,7 +634,8 @@ def fmt(value, digits=2, width=8) -> str:
 
 def render(results: dict, targets: list[dict], soak: dict | None, config: dict) -> str:
     lines = [
-        f"AetherGate benchmark: {config['db']}, {config['duration']:g} s per run after "
+        f"AetherGate benchmark: {config['db']}, {config['upstream']} mock upstream, "
+        f"{config['duration']:g} s per run after "
         f"{config['warmup']:g} s warm-up, {config['repeat']} run(s) per scenario"
         + (" (median of runs)" if config["repeat"] > 1 else ""),
         "",
@@ -726,6 +728,8 @@ def parse_args(argv=None):
     parser.add_argument("--soak", type=int, default=0, help="N non-stream requests (0: no soak)")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: auto)")
     parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
+    parser.add_argument("--upstream", choices=("aiohttp", "raw"), default="aiohttp",
+                        help="mock upstream (bench/upstream.py); raw is the faster")  # fmt: skip
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample the gateway with py-spy into this folder")  # fmt: skip
     args = parser.parse_args(argv)
@@ -802,11 +806,12 @@ def main(argv=None) -> int:
         )
 
         upstream_port, gateway_port = free_port(), free_port()
-        print(f"bench: mock upstream on :{upstream_port}, gateway on :{gateway_port}, "
-              f"db {args.db}, cores {cores or 'unpinned'}", flush=True)  # fmt: skip
+        print(f"bench: mock upstream ({args.upstream}) on :{upstream_port}, gateway on "
+              f":{gateway_port}, db {args.db}, cores {cores or 'unpinned'}",
+              flush=True)  # fmt: skip
         with open(workdir / "upstream.log", "wb") as log_file:  # the child keeps its own fd
             upstream = procs.start(
-                [PYTHON, str(BENCH / "upstream.py"), str(upstream_port)],
+                [PYTHON, str(BENCH / "upstream.py"), str(upstream_port), "--server", args.upstream],
                 role="upstream",
                 stdout=log_file,
                 stderr=log_file,
