@@ -29,9 +29,12 @@ TEXT_FIELDS = ("prompt_text", "completion_text", "error")
 
 def record_bytes(record: dict) -> int:
     """About the memory `record` holds: the fixed part plus the storage of its texts."""
-    return RECORD_OVERHEAD_BYTES + sum(
-        sys.getsizeof(text) for name in TEXT_FIELDS if (text := record.get(name))
-    )
+    size = RECORD_OVERHEAD_BYTES
+    for name in TEXT_FIELDS:  # a loop: a generator expression took twice as long
+        text = record.get(name)
+        if text:
+            size += sys.getsizeof(text)
+    return size
 
 
 class LogWriter:
