@@ -54,15 +54,26 @@ clean:
 
 # Benchmark: direct-to-upstream vs through AetherGate (bench/run.py; needs `wrk`).
 # Every scenario runs REPEAT times (the median is reported), then a soak of
-# SOAK requests checks memory. BENCH_DB=postgres uses PostgreSQL; BENCH_ARGS
-# passes more flags (see `python bench/run.py --help`).
+# SOAK requests checks memory, then STALL seconds of load with the log table
+# locked (the log writer's buffer at its bound). BENCH_DB=postgres uses
+# PostgreSQL; UPSTREAM=raw a mock upstream several times faster than aiohttp's;
+# BENCH_ARGS passes more flags (see `python bench/run.py --help`).
+# `make bench-memory`: the peak RSS target alone, in front of the raw upstream.
 BENCH_DB ?= sqlite
 REPEAT ?= 3
 SOAK ?= 100000
-.PHONY: bench bench-smoke
+STALL ?= 15
+UPSTREAM ?= aiohttp
+.PHONY: bench bench-smoke bench-memory
 
 bench: $(VENV)/.dev
-	$(BIN)/python bench/run.py --db $(BENCH_DB) --repeat $(REPEAT) $(if $(SOAK),--soak $(SOAK)) $(BENCH_ARGS)
+	$(BIN)/python bench/run.py --db $(BENCH_DB) --upstream $(UPSTREAM) --repeat $(REPEAT) \
+		$(if $(SOAK),--soak $(SOAK)) $(if $(STALL),--stall $(STALL)) $(BENCH_ARGS)
+
+bench-memory: $(VENV)/.dev
+	$(BIN)/python bench/run.py --db $(BENCH_DB) --upstream raw --only "non-stream c=64" \
+		--soak $(SOAK) --stall 30 $(BENCH_ARGS)
 
 bench-smoke: $(VENV)/.dev
-	$(BIN)/python bench/run.py --db $(BENCH_DB) --duration 5 --warmup 1 $(BENCH_ARGS)
+	$(BIN)/python bench/run.py --db $(BENCH_DB) --upstream $(UPSTREAM) --duration 5 --warmup 1 \
+		$(BENCH_ARGS)

@@ -233,10 +233,18 @@ AETHERGATE_BODY_READ_TIMEOUT_SECONDS = env.float(
 AETHERGATE_CATALOG_POLL_SECONDS = env.float("AETHERGATE_CATALOG_POLL_SECONDS", default=1.0)
 # A ": keep-alive" comment is sent when an upstream stream is silent this long.
 AETHERGATE_SSE_KEEPALIVE_SECONDS = env.float("AETHERGATE_SSE_KEEPALIVE_SECONDS", default=15.0)
-# The log writer: records per batch, seconds between flushes, bounded buffer.
+# The log writer: records per batch, seconds between flushes, and the buffer of
+# records not yet stored, bounded in count and in (estimated) memory: a record
+# takes about 1.5 KB, plus its prompt and completion when its key logs content.
+# Past either bound the oldest are dropped (counted). A worker idles at about
+# 80 MB (SQLite) to 90 MB (PostgreSQL); 8 MB of records keeps its peak under
+# 100 MB through a database outage (README "Benchmark": `--stall`).
 AETHERGATE_LOG_BATCH_SIZE = env.int("AETHERGATE_LOG_BATCH_SIZE", default=500)
 AETHERGATE_LOG_FLUSH_SECONDS = env.float("AETHERGATE_LOG_FLUSH_SECONDS", default=0.2)
-AETHERGATE_LOG_BUFFER_MAX = env.int("AETHERGATE_LOG_BUFFER_MAX", default=100_000)
+AETHERGATE_LOG_BUFFER_MAX = env.int("AETHERGATE_LOG_BUFFER_MAX", default=10_000)
+AETHERGATE_LOG_BUFFER_MAX_BYTES = env.int(
+    "AETHERGATE_LOG_BUFFER_MAX_BYTES", default=8 * 1024 * 1024
+)
 # /health/ready answers 503 once records have waited this long with no batch
 # stored (nor a refused record set aside): a writer that cannot make progress.
 AETHERGATE_LOG_STALL_SECONDS = env.float("AETHERGATE_LOG_STALL_SECONDS", default=60.0)

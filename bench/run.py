@@ -4,7 +4,8 @@ Run: make bench (or `python bench/run.py --help`); `make bench-smoke` for a quic
 
 What it starts (all on 127.0.0.1, each in its own process group, all killed
 on exit or Ctrl-C):
-- a mock OpenAI upstream (bench/upstream.py, aiohttp): instant non-stream
+- a mock OpenAI upstream (bench/upstream.py; aiohttp, or `--upstream raw`,
+  a bare asyncio protocol several times faster): instant non-stream
   answers, and streams of 20 content chunks + a usage chunk + [DONE];
 - AetherGate itself: uvicorn, one worker, on a fresh SQLite file (default) or
   a freshly recreated PostgreSQL database (`--db postgres`), with one user,
@@ -34,9 +35,12 @@ not for reporting), writes the raw stacks to DIR and prints the functions
 holding the most samples. Only threads holding the GIL are sampled, so the
 shares are of CPU time, not of time spent waiting. `--soak N` then sends N
 non-stream requests through the gateway in one wrk run, sampling its RSS
-every second. Results go to bench-results/bench-<db>-<timestamp>.json with
-machine information and a pass/fail per target. Exit status: 0 when the
-benchmark ran (targets missed or not), non-zero when setup failed.
+every second. `--stall S` then keeps the load on for S seconds with the
+request-log table locked, as in a database outage: the log writer's buffer
+fills to its bound, and the RSS that costs counts in the peak. Results go
+to bench-results/bench-<db>-<timestamp>.json with machine information and a
+pass/fail per target. Exit status: 0 when the benchmark ran (targets
+missed or not), non-zero when setup failed.
 """
 
 # ruff: noqa: S603, S607 -- a harness: it starts its own tools with fixed argument lists.
@@ -58,6 +62,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,6 +199,30 @@ def memory_mb(pid: int, field: str) -> float:
     return float("nan")
 
 
+class RssSampler:
+    """Samples a process's VmRSS (MB) every second in a thread, for the `with` block."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(memory_mb(self.pid, "VmRSS"))
+            self._stop.wait(1.0)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(memory_mb(self.pid, "VmRSS"))
+
+
 # Database -------------------------------------------------------------------
 
 
@@ -239,6 +268,25 @@ class LogRows:
             elif time.monotonic() - since >= quiet:
                 break
         return rows
+
+    @contextmanager
+    def locked(self):
+        """Hold `logs_requestlog` locked for the `with` block: the gateway's log writes wait.
+
+        SQLite: an exclusive transaction (a write waits up to the gateway's busy
+        timeout, 20 s, then fails and is retried); PostgreSQL: ACCESS EXCLUSIVE.
+        """
+        self.count()  # connected
+        if self.db == "sqlite":
+            self._conn.execute("BEGIN EXCLUSIVE")
+            try:
+                yield
+            finally:
+                self._conn.execute("COMMIT")
+        else:
+            with self._conn.transaction():
+                self._conn.execute("LOCK TABLE logs_requestlog IN ACCESS EXCLUSIVE MODE")
+                yield
 
     def close(self) -> None:
         if self._conn is not None:
@@ -469,30 +517,15 @@ class Bench:
         concurrency = 64
         bound = total / 500 + 60  # seconds: generous even at a few hundred requests/s
         baseline = self.rows.settle()
-        samples: list[tuple[float, float]] = []
-        stop = threading.Event()
-
-        def sample() -> None:
-            started = time.monotonic()
-            while not stop.is_set():
-                samples.append((time.monotonic() - started, memory_mb(self.pid, "VmRSS")))
-                stop.wait(1.0)
-
-        sampler = threading.Thread(target=sample, daemon=True)
         print(f"  soak: {total} non-stream requests at c={concurrency} …", flush=True)
         cpu_before = cpu_seconds(self.pid)
-        sampler.start()
-        try:
+        with RssSampler(self.pid) as sampler:
             result = run_wrk(self.procs, self.gateway, concurrency, bound, stop_after=total)
-        finally:
-            stop.set()
-            sampler.join()
-        samples.append((samples[-1][0] if samples else 0.0, memory_mb(self.pid, "VmRSS")))
         expected = baseline + result["requests"]
         backlog = max(0, expected - self.rows.count())
         drained, drain_s, _ = self.rows.wait_for(expected, max(60.0, total / 1000))
         cpu_ms = (cpu_seconds(self.pid) - cpu_before) * 1000 / max(result["requests"], 1)
-        rss = [mb for _, mb in samples]
+        rss = sampler.samples
 
         def at(fraction: float) -> float:
             return rss[min(len(rss) - 1, max(0, round(fraction * len(rss)) - 1))]
@@ -515,6 +548,36 @@ class Bench:
             "grew": growth > 0.05,
             "peak_rss_mb": memory_mb(self.pid, "VmHWM"),
             "rss_samples_mb": [round(mb, 1) for mb in rss],
+        }
+
+    def stall(self, seconds: float) -> dict:
+        """Non-stream load at c=64 while the log table is locked for `seconds`, then 5 s free.
+
+        The log writer can store nothing meanwhile, as in a database outage or
+        one too slow for the traffic: its buffer fills to its bound and the
+        oldest records are dropped. What this measures is the memory that
+        costs (RSS sampled every second) and what was not stored.
+        """
+        concurrency, after = 64, 5.0
+        baseline = self.rows.settle()
+        print(f"  stall: log table locked for {seconds:g} s under c={concurrency} …", flush=True)
+        with RssSampler(self.pid) as sampler:
+            with self.rows.locked():
+                locked = run_wrk(self.procs, self.gateway, concurrency, seconds)
+            unlocked = run_wrk(self.procs, self.gateway, concurrency, after)
+        # The blocked batch goes in at once; a failed one waits out its backoff.
+        stored = self.rows.settle(quiet=3.0, timeout=90) - baseline
+        requests = locked["requests"] + unlocked["requests"]
+        return {
+            "seconds": seconds,
+            "requests": requests,
+            "errors": locked["errors"] + unlocked["errors"],
+            "rps_locked": locked["rps"],
+            "stored": stored,
+            "not_stored": max(0, requests - stored),
+            "max_rss_mb": max(sampler.samples),
+            "peak_rss_mb": memory_mb(self.pid, "VmHWM"),
+            "rss_samples_mb": [round(mb, 1) for mb in sampler.samples],
         }
 
 
@@ -555,9 +618,12 @@ def summarize(scenario: Scenario, runs: dict) -> dict:
     return out
 
 
-def evaluate(results: dict, soak: dict | None, peak_rss: float) -> list[dict]:
+def evaluate(results: dict, soak: dict | None, peak_rss: float, stall=None) -> list[dict]:
+    """Pass/fail per target. A partial run (--only) checks the memory targets only."""
+    rss_note = "stall included" if stall else ""
     if len(results) < len(SCENARIOS):
-        return []  # a partial run (--only) checks no target
+        rss = target("peak RSS of the gateway (VmHWM)", peak_rss, 100, "MB", "<=", rss_note)
+        return [rss, soak_target(soak)] if soak else [rss]
     ns1, ns64 = results["non-stream c=1"], results["non-stream c=64"]
     st1, st32 = results["stream c=1"], results["stream c=32"]
     gw64 = ns64["gateway"]
@@ -578,26 +644,31 @@ def evaluate(results: dict, soak: dict | None, peak_rss: float) -> list[dict]:
     ]
     out = []
     for name, value, limit, unit, op in targets:
-        ok = value <= limit if op == "<=" else value >= limit
-        note = ""
+        row = target(name, value, limit, unit, op, rss_note if unit == "MB" else "")
         if name.startswith("non-stream requests/s"):
-            note = (
+            row["note"] = (
                 f"all logged: {'yes' if gw64['all_logged'] else 'NO'}, backlog at stop "
                 f"{gw64['log_backlog']:.0f} (≤ 1 s of traffic: {'yes' if keeps_up else 'NO'})"
             )
-            ok = ok and keeps_up and gw64["errors"] == 0
-        out.append(
-            {"target": name, "value": value, "limit": limit, "unit": unit, "op": op,
-             "pass": ok, "note": note}
-        )  # fmt: skip
+            row["pass"] = row["pass"] and keeps_up and gw64["errors"] == 0
+        out.append(row)
     if soak:
-        out.append(
-            {"target": "soak: RSS growth over the second half",
-             "value": soak["second_half_growth"] * 100,
-             "limit": 5, "unit": "%", "op": "<=", "pass": not soak["grew"],
-             "note": f"{soak['requests']} requests, all logged: {soak['all_logged']}"}
-        )  # fmt: skip
+        out.append(soak_target(soak))
     return out
+
+
+def target(name, value, limit, unit, op, note="") -> dict:
+    ok = value <= limit if op == "<=" else value >= limit
+    return {"target": name, "value": value, "limit": limit, "unit": unit, "op": op,
+            "pass": ok, "note": note}  # fmt: skip
+
+
+def soak_target(soak: dict) -> dict:
+    note = f"{soak['requests']} requests, all logged: {soak['all_logged']}"
+    growth = soak["second_half_growth"] * 100
+    row = target("soak: RSS growth over the second half", growth, 5, "%", "<=", note)
+    row["pass"] = not soak["grew"]
+    return row
 
 
 def top_functions(path: Path, most: int = 25) -> str:
@@ -631,9 +702,10 @@ def fmt(value, digits=2, width=8) -> str:
     return f"{value:.{digits}f}".rjust(width)
 
 
-def render(results: dict, targets: list[dict], soak: dict | None, config: dict) -> str:
+def render(results, targets, soak: dict | None, stall: dict | None, config: dict) -> str:
     lines = [
-        f"AetherGate benchmark: {config['db']}, {config['duration']:g} s per run after "
+        f"AetherGate benchmark: {config['db']}, {config['upstream']} mock upstream, "
+        f"{config['duration']:g} s per run after "
         f"{config['warmup']:g} s warm-up, {config['repeat']} run(s) per scenario"
         + (" (median of runs)" if config["repeat"] > 1 else ""),
         "",
@@ -668,6 +740,14 @@ def render(results: dict, targets: list[dict], soak: dict | None, config: dict) 
             + " / ".join(f"{q[k]:.1f}" for k in ("25%", "50%", "75%", "100%"))
             + f"; second half {soak['second_half_growth'] * 100:+.1f}%"
             + (" (GREW)" if soak["grew"] else " (stable)"),
+        ]
+    if stall:
+        lines += [
+            "",
+            f"stall: log table locked {stall['seconds']:g} s under c=64: {stall['requests']} "
+            f"requests ({stall['rps_locked']:.0f} req/s while locked), errors {stall['errors']}, "
+            f"{stall['not_stored']} not stored (buffer bound), "
+            f"RSS max {stall['max_rss_mb']:.1f} MB",
         ]
     lines += ["", f"{'target':<45} {'value':>10} {'limit':>12}  result"]
     for t in targets:
@@ -724,8 +804,12 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (median)")
     parser.add_argument("--soak", type=int, default=0, help="N non-stream requests (0: no soak)")
+    parser.add_argument("--stall", type=float, default=0,
+                        help="then S seconds of load, log table locked (0: none)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: auto)")
     parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
+    parser.add_argument("--upstream", choices=("aiohttp", "raw"), default="aiohttp",
+                        help="mock upstream (bench/upstream.py); raw is the faster")  # fmt: skip
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample the gateway with py-spy into this folder")  # fmt: skip
     args = parser.parse_args(argv)
@@ -802,11 +886,12 @@ def main(argv=None) -> int:
         )
 
         upstream_port, gateway_port = free_port(), free_port()
-        print(f"bench: mock upstream on :{upstream_port}, gateway on :{gateway_port}, "
-              f"db {args.db}, cores {cores or 'unpinned'}", flush=True)  # fmt: skip
+        print(f"bench: mock upstream ({args.upstream}) on :{upstream_port}, gateway on "
+              f":{gateway_port}, db {args.db}, cores {cores or 'unpinned'}",
+              flush=True)  # fmt: skip
         with open(workdir / "upstream.log", "wb") as log_file:  # the child keeps its own fd
             upstream = procs.start(
-                [PYTHON, str(BENCH / "upstream.py"), str(upstream_port)],
+                [PYTHON, str(BENCH / "upstream.py"), str(upstream_port), "--server", args.upstream],
                 role="upstream",
                 stdout=log_file,
                 stderr=log_file,
@@ -842,14 +927,15 @@ def main(argv=None) -> int:
         bench = Bench(args, procs, direct, through, gateway.pid, rows)
         results = bench.run()
         soak = bench.soak(args.soak) if args.soak else None
+        stall = bench.stall(args.stall) if args.stall else None
         if gateway.poll() is not None:
             raise SetupError(f"AetherGate exited during the run ({gateway.returncode})")
         peak_rss = memory_mb(gateway.pid, "VmHWM")
-        targets = evaluate(results, soak, peak_rss)
+        targets = evaluate(results, soak, peak_rss, stall)
         config = {k: v for k, v in vars(args).items() if k not in ("output", "pg_url", "profile")}
         if args.db == "postgres":
             config["pg_url"] = args.pg_url
-        table = render(results, targets, soak, config)
+        table = render(results, targets, soak, stall, config)
         print("\n" + table)
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -861,6 +947,7 @@ def main(argv=None) -> int:
             "cores": cores,
             "scenarios": results,
             "soak": soak,
+            "stall": stall,
             "peak_rss_mb": peak_rss,
             "targets": targets,
             "table": table,

@@ -73,6 +73,11 @@ LOG_QUEUE = Gauge(
     "Request records waiting for the log writer.",
     multiprocess_mode="livesum",
 )
+LOG_QUEUE_BYTES = Gauge(
+    "aethergate_log_queue_bytes",
+    "Memory held by request records not yet stored (estimated), being written included.",
+    multiprocess_mode="livesum",
+)
 LOG_BATCHES = Counter(
     "aethergate_log_batches",
     "Log-writer batches (and parts of split ones), by result: ok, failed (kept), split.",

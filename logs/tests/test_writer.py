@@ -5,6 +5,7 @@ import logging
 import sqlite3
 import threading
 import time
+import tracemalloc
 from decimal import Decimal
 
 import pytest
@@ -16,7 +17,7 @@ from keys import services
 from logs.models import RequestLog
 from logs.records import RequestRecord
 from logs.services import write_batch
-from logs.writer import LogWriter
+from logs.writer import RECORD_OVERHEAD_BYTES, LogWriter, record_bytes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -165,6 +166,110 @@ def test_the_buffer_is_bounded_and_counts_drops(key, settings):
     assert [r.request_id for r in writer.pending] == ["r2", "r3", "r4"]
     # What the dropped records would have charged is no longer counted against the user.
     assert released == [{key.owner_id: Decimal("0.1")}, {key.owner_id: Decimal("0.2")}]
+
+
+def test_the_buffer_is_bounded_in_memory_and_drops_the_oldest_first(key, settings):
+    settings.AETHERGATE_LOG_BATCH_SIZE = 100
+    prompt = "p" * 10_000
+    one = record_bytes(record(key, prompt_text=prompt))
+    settings.AETHERGATE_LOG_BUFFER_MAX_BYTES = 3 * one
+    released = []
+    writer = LogWriter(on_rejected=released.append)
+
+    for i in range(5):
+        writer.submit(record(key, request_id=f"r{i}", cost=f"0.{i + 1}", prompt_text=prompt))
+
+    assert writer.dropped == 2
+    assert [r.request_id for r in writer.pending] == ["r2", "r3", "r4"]
+    assert writer.held_bytes == 3 * one
+    assert REGISTRY.get_sample_value("aethergate_log_queue_bytes") == 3 * one
+    assert released == [{key.owner_id: Decimal("0.1")}, {key.owner_id: Decimal("0.2")}]
+
+
+def test_a_record_counts_the_memory_its_texts_take(key):
+    small = record(key)
+    ascii_text = record(key, prompt_text="x" * 10_000, completion_text="y" * 5_000)
+    emoji = record(key, completion_text="\N{GRINNING FACE}" * 10_000)  # 4 bytes a character
+
+    assert record_bytes(small) == RECORD_OVERHEAD_BYTES
+    assert record_bytes(ascii_text) >= RECORD_OVERHEAD_BYTES + 15_000
+    assert record_bytes(emoji) >= RECORD_OVERHEAD_BYTES + 40_000
+
+
+def test_the_fixed_part_of_the_estimate_covers_a_whole_record_without_content():
+    # Every field the proxy hands over, with typical values; only the texts vary.
+    def full_record(i):
+        return RequestRecord(
+            **{
+                "created_at": timezone.now(),
+                "request_id": f"req_3685e52b69ff{i:012x}",
+                "user_id": 1000 + i,
+                "username": "consumer",
+                "api_key_id": 2000 + i,
+                "key_prefix": "ag-eM4S5vCM",
+                "model": "llama3",
+                "endpoint": "local",
+                "path": "/v1/chat/completions",
+                "status": 200,
+                "outcome": "ok",
+                "stream": True,
+                "latency_ms": 1000 + i,
+                "ttft_ms": 300 + i,
+                "input_units": 1000 + i,
+                "output_units": 2000 + i,
+                "usage_estimated": False,
+                "cost": Decimal("0.000123") + i,
+                "prompt_text": "",
+                "completion_text": "",
+                "error": "",
+                "attempts": [{"model": "llama3", "endpoint": "local", "status": 200}],
+            }
+        )
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = [full_record(i) for i in range(1000)]
+        per_record = (tracemalloc.get_traced_memory()[0] - before) / len(held)
+    finally:
+        tracemalloc.stop()
+
+    assert per_record <= RECORD_OVERHEAD_BYTES <= 2 * per_record
+
+
+def test_the_batch_being_written_counts_against_the_bound_and_is_never_dropped(key, settings):
+    settings.AETHERGATE_LOG_FLUSH_SECONDS = 0.01
+    settings.AETHERGATE_LOG_BUFFER_MAX = 4
+    started, release = threading.Event(), threading.Event()
+
+    def held_up(batch):
+        started.set()
+        assert release.wait(5)
+        return write_batch(batch)
+
+    async def scenario():
+        writer = LogWriter(write=held_up)
+        writer.start()
+        writer.submit(record(key, request_id="first"))
+        writer.submit(record(key, request_id="second"))
+        assert await asyncio.to_thread(started.wait, 5)
+        for name in ("a", "b", "c", "d"):
+            writer.submit(record(key, request_id=name))
+        waiting = [r.request_id for r in writer.pending]
+        held = writer.held_bytes
+        release.set()
+        await await_for(lambda: writer.written == 4)
+        await writer.close()
+        return writer, waiting, held
+
+    writer, waiting, held = asyncio.run(scenario())
+
+    assert waiting == ["c", "d"]  # 2 in flight + 2 waiting: the 4 allowed
+    assert held == 4 * record_bytes(record(key))
+    assert writer.dropped == 2
+    assert writer.held_bytes == 0
+    stored = set(RequestLog.objects.values_list("request_id", flat=True))
+    assert stored == {"first", "second", "c", "d"}
 
 
 def test_close_waits_for_a_batch_already_being_written(key, settings):
