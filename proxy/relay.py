@@ -70,6 +70,7 @@ async def relay_stream(
     )
     done = False
     counted = None
+    send = responder.send  # once per chunk below: no method call in between
     try:
         async for event in events:
             if event is KEEPALIVE:
@@ -91,13 +92,20 @@ async def relay_stream(
                     continue
                 del chunk["usage"]
             chunk["model"] = ex.model_name
-            for piece in chunk_text(chunk):
-                ex.completion.append(piece)
+            text = chunk_text(chunk)
+            if text:
+                ex.completion.append(text)
                 if ex.ttft is None:
                     ex.ttft = time.perf_counter() - ex.started
             if not responder.started:
                 await responder.start_stream(headers)
-            await responder.chunk(b"data: " + dumps(chunk) + b"\n\n")
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + dumps(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
         if not done:
             raise UpstreamStreamError("the upstream ended the stream early")
     except Exception as exc:  # a broken stream or a chunk not shaped like OpenAI's

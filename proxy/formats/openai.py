@@ -56,11 +56,11 @@ def answer_text(data: dict) -> str:
     return "".join(p for p in parts if isinstance(p, str))
 
 
-def chunk_text(chunk: dict) -> list[str]:
-    """The pieces of generated text a stream chunk carries."""
-    pieces = []
+def chunk_text(chunk: dict) -> str:
+    """The generated text a stream chunk carries ("" for none)."""
+    text = ""
     for choice in chunk.get("choices") or ():
         piece = (choice.get("delta") or {}).get("content") or choice.get("text")
         if piece and isinstance(piece, str):
-            pieces.append(piece)
-    return pieces
+            text += piece
+    return text

@@ -140,16 +140,16 @@ def test_it_reads_the_generated_text_of_a_whole_answer(answer, text):
 
 
 @pytest.mark.parametrize(
-    "chunk, pieces",
+    "chunk, text",
     [
-        ({"choices": [{"delta": {"content": "Hel"}}, {"delta": {"content": "lo"}}]}, ["Hel", "lo"]),
-        ({"choices": [{"text": "say"}]}, ["say"]),
-        ({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, []),
-        ({"choices": [{"delta": {}, "finish_reason": "stop"}]}, []),
-        ({"choices": [{"delta": {"content": ["a"]}}]}, []),
-        ({"choices": [], "usage": {"prompt_tokens": 1}}, []),
+        ({"choices": [{"delta": {"content": "Hel"}}, {"delta": {"content": "lo"}}]}, "Hello"),
+        ({"choices": [{"text": "say"}]}, "say"),
+        ({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, ""),
+        ({"choices": [{"delta": {}, "finish_reason": "stop"}]}, ""),
+        ({"choices": [{"delta": {"content": ["a"]}}]}, ""),
+        ({"choices": [], "usage": {"prompt_tokens": 1}}, ""),
     ],
     ids=["chat", "completions", "empty", "finish", "not text", "usage only"],
 )
-def test_it_reads_the_pieces_of_text_a_stream_chunk_carries(chunk, pieces):
-    assert openai.chunk_text(chunk) == pieces
+def test_it_reads_the_text_a_stream_chunk_carries(chunk, text):
+    assert openai.chunk_text(chunk) == text
