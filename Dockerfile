@@ -1,17 +1,33 @@
+# syntax=docker/dockerfile:1
 # AetherGate production image: gunicorn with uvicorn workers, non-root.
-FROM python:3.11-slim
+#
+# BASE: any Debian-family image with Python 3.11+ and its venv module (the
+# official slim image by default; CI builds from a debootstrapped Debian).
+# PYTHON: that image's interpreter.
+# A private CA for pip (a TLS-inspecting proxy, a private index) is passed as a
+# build secret, used by the install step and never stored in a layer:
+#   docker build --secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt .
+ARG BASE=python:3.11-slim
+FROM ${BASE}
+ARG PYTHON=python3
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    AETHERGATE_ENV_FILE=
+    AETHERGATE_ENV_FILE= \
+    VIRTUAL_ENV=/opt/aethergate \
+    PATH=/opt/aethergate/bin:$PATH
 
 WORKDIR /app
-RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin aethergate
+RUN useradd --uid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin aethergate \
+ && ${PYTHON} -c 'import sys; sys.exit(sys.version_info < (3, 11) and "AetherGate needs Python 3.11+")' \
+ && ${PYTHON} -m venv ${VIRTUAL_ENV}
 
 COPY requirements.txt .
-RUN pip install -r requirements.txt
+RUN --mount=type=secret,id=pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+ && pip install -r requirements.txt
 
 COPY . .
 # collectstatic only reads files; the key exists for this build step alone.
