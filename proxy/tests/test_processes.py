@@ -223,7 +223,12 @@ def test_it_cuts_a_redis_connection():
 def test_it_resets_clients_when_the_target_is_down():
     target_port = free_port()  # nothing listens there
     with FaultProxy("127.0.0.1", target_port) as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        try:
+            sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        except (BrokenPipeError, ConnectionResetError):
+            # The reset can come before connect() returns (seen under load): broken, as asked.
+            return
+        with sock:
             _assert_broken(sock)
 
 
