@@ -208,6 +208,14 @@ MATRIX = {
         Call("get", "/admin/accounts/lockout/{lockout}/change/", ADMIN_READ),
         Call("post", "/admin/accounts/lockout/{lockout}/change/", admin(403, 403, 302, 302), {}),
     ],
+    # Backup and restore (aethergate/backup/admin.py): as the API's backup route.
+    "admin/backup/": [
+        Call("get", "/admin/backup/", ADMIN_READ),
+        Call("get", "/admin/backup/?download=1", ADMIN_READ),
+        Call("get", "/admin/backup/?download=1&include_secrets=1", ADMIN_SUPER),
+        Call("post", "/admin/backup/", ADMIN_SUPER, {}),
+        Call("post", "/admin/backup/", ADMIN_SUPER, {"confirm": "no-such-upload"}),
+    ],
     # The management API
     "api/v1/": [Call("get", "/api/v1/", API_STAFF)],
     "api/v1/^users/$": [
