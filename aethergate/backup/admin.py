@@ -7,8 +7,11 @@ session, so the confirmation imports exactly the file that was dry-run
 without sending the document (and any secrets in it) back through the page.
 """
 
+import os
 import secrets
+import stat
 import tempfile
+import time
 from pathlib import Path
 
 from django import forms
@@ -22,6 +25,8 @@ from aethergate.backup.export import write_private_file
 from aethergate.backup.schema import LABELS, BackupError
 
 STAGED = "aethergate_backup_staged"  # session key: {"token", "name", "grant_privileges"}
+# An upload not confirmed within this long is deleted by the next upload.
+STAGED_SECONDS = 3600
 
 
 class UploadForm(forms.Form):
@@ -33,10 +38,25 @@ class UploadForm(forms.Form):
 
 
 def staging_dir() -> Path:
-    """Where uploads wait for their confirmation (created 0700)."""
+    """Where uploads wait for their confirmation: a directory only this user may enter.
+
+    Refused (BackupError) if it is a link or someone else's: whoever could write
+    there could swap a staged file between its dry run and its confirmation.
+    """
     path = Path(tempfile.gettempdir()) / "aethergate-backup-uploads"
     path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise BackupError(f"{path} must be a directory only this server's user may enter.")
     return path
+
+
+def sweep(now: float | None = None) -> None:
+    """Delete staged uploads older than STAGED_SECONDS (abandoned dry runs)."""
+    cutoff = (time.time() if now is None else now) - STAGED_SECONDS
+    for staged in staging_dir().glob("*.json"):
+        if staged.stat().st_mtime < cutoff:
+            staged.unlink(missing_ok=True)
 
 
 def _staged_path(token: str) -> Path:
@@ -79,33 +99,34 @@ def backup_view(request, admin_site):
     if request.method == "POST":
         if not user.is_superuser:
             raise PermissionDenied
-        if "confirm" in request.POST:
-            context.update(_confirm(request))
-        else:
-            context.update(_dry_run(request))
+        step = _confirm if "confirm" in request.POST else _dry_run
+        try:
+            context.update(step(request))
+        except BackupError as error:
+            context["error"] = f"Nothing was imported. {error}"
     # No cache: the admin's views are never_cache (admin_site.admin_view).
     return TemplateResponse(request, "admin/aethergate/backup.html", context)
 
 
 def _dry_run(request) -> dict:
+    """Check and dry-run the uploaded file, then stage it for _confirm; raises BackupError."""
     form = UploadForm(request.POST, request.FILES)
     if not form.is_valid():
         return {"form": form}
     upload = form.cleaned_data["file"]
     grant = form.cleaned_data["grant_privileges"]
-    try:
-        text = service.read_upload(upload, upload.size)
-        report = service.import_text(text, dry_run=True, grant_privileges=grant)
-    except BackupError as error:
-        return {"form": form, "error": f"Nothing was imported. {error}"}
-    _discard(request.session.get(STAGED))
     token = secrets.token_urlsafe(24)
+    text = service.read_upload(upload, upload.size)
+    report = service.import_text(text, dry_run=True, grant_privileges=grant)
+    _discard(request.session.get(STAGED))
+    sweep()
     write_private_file(str(_staged_path(token)), text)
     request.session[STAGED] = {"token": token, "name": upload.name, "grant_privileges": grant}
     return {"report": report, "rows": _rows(report), "staged": request.session[STAGED]}
 
 
 def _confirm(request) -> dict:
+    """Import the staged file the session names, once; raises BackupError."""
     staged = request.session.pop(STAGED, None)
     if not staged or not secrets.compare_digest(staged["token"], request.POST["confirm"]):
         _discard(staged)
@@ -117,8 +138,5 @@ def _confirm(request) -> dict:
         return {"error": "That upload is no longer waiting: upload the file again."}
     finally:
         path.unlink(missing_ok=True)
-    try:
-        report = service.import_text(text, grant_privileges=staged["grant_privileges"])
-    except BackupError as error:
-        return {"error": f"Nothing was imported. {error}"}
+    report = service.import_text(text, grant_privileges=staged["grant_privileges"])
     return {"report": report, "rows": _rows(report), "imported": staged["name"]}

@@ -2,13 +2,14 @@
 
 import io
 import json
+import os
 
 import pytest
 from django.test import Client
 
 from accounts.models import User
 from aethergate.backup import export_backup
-from aethergate.backup.admin import STAGED, staging_dir
+from aethergate.backup.admin import STAGED, STAGED_SECONDS, staging_dir, sweep
 from aethergate.backup.tests.conftest import without_time
 from aethergate.testing import VIEW, make_staff
 from endpoints.models import Endpoint
@@ -117,3 +118,17 @@ def test_a_bad_file_is_refused_with_its_reason_and_nothing_is_staged(data, root)
 
     assert "Nothing was imported. users[0]" in response.content.decode()
     assert STAGED not in root.session
+
+
+def test_the_sweep_deletes_only_uploads_left_unconfirmed_too_long():
+    old, recent = staging_dir() / "old-test-upload.json", staging_dir() / "new-test-upload.json"
+    for path in (old, recent):
+        path.write_text("{}")
+    now = recent.stat().st_mtime
+    os.utime(old, (now - STAGED_SECONDS - 1, now - STAGED_SECONDS - 1))
+
+    sweep(now=now)
+
+    assert not old.exists()
+    assert recent.exists()
+    recent.unlink()
