@@ -8,6 +8,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.exceptions import NotAuthenticated
 from rest_framework.routers import APIRootView
 
+from aethergate.backup.api import BackupView
+
 
 class DocsView(SpectacularSwaggerView):
     """The Swagger UI page; a browser without credentials is sent to the admin login first."""
@@ -22,7 +24,9 @@ api_root = {name: f"{name[:-1]}-list" for name in ("users", "keys", "endpoints",
 api = [
     path(
         "",
-        APIRootView.as_view(api_root_dict={**api_root, "audit": "audit-list", "stats": "stats"}),
+        APIRootView.as_view(
+            api_root_dict={**api_root, "audit": "audit-list", "stats": "stats", "backup": "backup"}
+        ),
         name="root",
     ),
     path("", include("accounts.api.urls")),
@@ -30,6 +34,7 @@ api = [
     path("", include("endpoints.api.urls")),
     path("", include("models_registry.api.urls")),
     path("", include("logs.api.urls")),
+    path("backup/", BackupView.as_view(), name="backup"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", DocsView.as_view(url_name="api:schema"), name="docs"),
 ]

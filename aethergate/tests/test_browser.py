@@ -10,6 +10,7 @@ It skips when Chromium or Playwright is missing, unless AETHERGATE_REQUIRE_BROWS
 (CI sets it), in which case it fails instead.
 """
 
+import json
 import os
 import re
 import secrets
@@ -280,13 +281,15 @@ def _assert_gone(page, changelist, name):
 # --------------------------------------------------------------------------- the test
 
 
-def test_first_run_staff_flow(browser, gateway, tmp_path_factory):
-    shots = tmp_path_factory.mktemp("screenshots")
-    context = browser.new_context(base_url=gateway.url, viewport={"width": 1280, "height": 900})
+def _drive(browser, gateway, shots, walk):
+    """Run `walk(page, gateway, shots)` in a new browser context; on failure, show why."""
+    context = browser.new_context(
+        base_url=gateway.url, viewport={"width": 1280, "height": 900}, accept_downloads=True
+    )
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     try:
-        _walk(page, gateway, shots)
+        walk(page, gateway, shots)
     except BaseException:
         failed = shots / "failure.png"
         try:
@@ -301,14 +304,26 @@ def test_first_run_staff_flow(browser, gateway, tmp_path_factory):
     print(f"screenshots in {shots}")
 
 
-def _walk(page, gateway, shots):
-    # Log in as the admin `ensure_admin` created.
+def _log_in(page, gateway):
+    """Log in as the admin `ensure_admin` created."""
     page.goto("/admin/login/")
     page.locator("#id_username").fill(ADMIN_USERNAME)
     page.locator("#id_password").fill(gateway.admin_password)
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#content h1")).to_have_text("Gateway administration")
     expect(page.locator("#user-tools")).to_contain_text(ADMIN_USERNAME)
+
+
+def test_first_run_staff_flow(browser, gateway, tmp_path_factory):
+    _drive(browser, gateway, tmp_path_factory.mktemp("screenshots"), _walk)
+
+
+def test_backup_and_restore_page(browser, gateway, tmp_path_factory):
+    _drive(browser, gateway, tmp_path_factory.mktemp("backup-screenshots"), _walk_backup)
+
+
+def _walk(page, gateway, shots):
+    _log_in(page, gateway)
 
     # A consumer user, without a password (consumers only use API keys).
     page.goto(USERS + "add/")
@@ -493,3 +508,46 @@ def _walk(page, gateway, shots):
     for value in (credential, secret, new_secret):
         assert value not in log
     assert not re.search(r"Traceback|Internal Server Error", log)
+
+
+def _walk_backup(page, gateway, shots):
+    """Download a backup from the index's link, then upload an edited copy: dry run, confirm."""
+    _log_in(page, gateway)
+    expect(page.locator("#backup-module")).to_contain_text("Backup and restore")
+    page.screenshot(path=shots / "b0-index-link.png", full_page=True)
+    page.get_by_role("link", name="Backup and restore").click()
+    expect(page.locator("#content h1")).to_have_text("Backup and restore")
+    page.locator("#id_include_secrets").check()
+    page.screenshot(path=shots / "b1-backup-page.png", full_page=True)
+    with page.expect_download() as waiting:
+        page.get_by_role("button", name="Download").click()
+    download = waiting.value
+    assert download.suggested_filename.endswith("-with-secrets.json")
+    document = json.loads(Path(download.path()).read_text())
+    assert document["format"] == "aethergate-backup"
+    assert ADMIN_USERNAME in [user["username"] for user in document["users"]]
+
+    # The same backup with one more endpoint: the dry run says so and saves nothing.
+    document["endpoints"].append({"name": "restored-upstream", "base_url": "http://127.0.0.1:9/v1"})
+    edited = shots / "edited-backup.json"
+    edited.write_text(json.dumps(document))
+    page.locator("#id_file").set_input_files(str(edited))
+    page.get_by_role("button", name="Upload and dry-run").click()
+    report = page.locator("#backup-report")
+    expect(report).to_contain_text("Dry run of edited-backup.json")
+    created = report.locator("tr.tally", has_text="Endpoints").locator("td").first
+    expect(created).to_have_text("1")
+    page.screenshot(path=shots / "b2-dry-run-report.png", full_page=True)
+    page.goto(ENDPOINTS)
+    expect(page.get_by_role("link", name="restored-upstream", exact=True)).to_have_count(0)
+
+    # Upload again and confirm: the endpoint is there.
+    page.goto("/admin/backup/")
+    page.locator("#id_file").set_input_files(str(edited))
+    page.get_by_role("button", name="Upload and dry-run").click()
+    page.get_by_role("button", name="Confirm the import").click()
+    expect(page.locator("#backup-report")).to_contain_text("Imported edited-backup.json")
+    page.screenshot(path=shots / "b3-imported-report.png", full_page=True)
+    page.goto(ENDPOINTS)
+    expect(page.get_by_role("link", name="restored-upstream", exact=True)).to_have_count(1)
+    assert not re.search(r"Traceback|Internal Server Error", gateway.log_text())

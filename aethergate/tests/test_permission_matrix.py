@@ -41,6 +41,7 @@ def statuses(anon, key, none, view, change, sup, master):
 # The management API: token and master-key callers; view perms read, change perms write.
 API_READ = statuses(401, 401, 403, 200, 200, 200, 200)
 API_STAFF = statuses(401, 401, 200, 200, 200, 200, 200)  # no data: any active staff
+API_SUPER = statuses(401, 401, 403, 403, 403, 200, 200)
 
 
 def api_write(ok):
@@ -121,6 +122,9 @@ def api_read_only(resource, obj):
         ],
     }
 
+
+# A backup that creates one user (an import of it changes the database).
+BACKUP = {"format": "aethergate-backup", "version": 1, "users": [{"username": "carol"}]}
 
 MATRIX = {
     "": [Call("get", "/", statuses(*[302] * 7))],
@@ -204,6 +208,14 @@ MATRIX = {
         Call("get", "/admin/accounts/lockout/{lockout}/change/", ADMIN_READ),
         Call("post", "/admin/accounts/lockout/{lockout}/change/", admin(403, 403, 302, 302), {}),
     ],
+    # Backup and restore (aethergate/backup/admin.py): as the API's backup route.
+    "admin/backup/": [
+        Call("get", "/admin/backup/", ADMIN_READ),
+        Call("get", "/admin/backup/?download=1", ADMIN_READ),
+        Call("get", "/admin/backup/?download=1&include_secrets=1", ADMIN_SUPER),
+        Call("post", "/admin/backup/", ADMIN_SUPER, {}),
+        Call("post", "/admin/backup/", ADMIN_SUPER, {"confirm": "no-such-upload"}),
+    ],
     # The management API
     "api/v1/": [Call("get", "/api/v1/", API_STAFF)],
     "api/v1/^users/$": [
@@ -251,6 +263,14 @@ MATRIX = {
     **api_read_only("logs", "log"),
     **api_read_only("audit", "audit"),
     "api/v1/stats/": [Call("get", "/api/v1/stats/", API_READ)],
+    # Backups (aethergate/backup/api.py): a plain export needs the view permission on every
+    # backed-up kind; secrets and every import (it can change any object) superusers only.
+    "api/v1/backup/": [
+        Call("get", "/api/v1/backup/", API_READ),
+        Call("get", "/api/v1/backup/?include_secrets=true", API_SUPER),
+        Call("post", "/api/v1/backup/?dry_run=true", API_SUPER, BACKUP),
+        Call("post", "/api/v1/backup/", API_SUPER, BACKUP),
+    ],
     "api/v1/schema/": [Call("get", "/api/v1/schema/", API_STAFF)],
     # A browser without credentials is sent to the admin login; a bad credential is 401.
     "api/v1/docs/": [Call("get", "/api/v1/docs/", statuses(302, 401, 200, 200, 200, 200, 200))],

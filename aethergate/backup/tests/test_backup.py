@@ -6,7 +6,6 @@ import os
 import stat
 import subprocess
 import sys
-from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,80 +17,15 @@ from django.db import connection
 from django.db.models.signals import post_save
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
 from accounts.models import User
 from aethergate import backup
+from aethergate.backup.tests.conftest import CREDENTIAL, ROOT_PASSWORD, wipe, without_time
 from endpoints.models import Endpoint
 from keys.models import APIKey, digest
-from keys.services import create_key, rotate_key
 from models_registry.models import Model
 
 pytestmark = pytest.mark.django_db
-
-CREDENTIAL = "sk-upstream-credential-0123456789"
-ROOT_PASSWORD = "pw-root-for-backups-123"
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # PBKDF2's deliberate slowness would dominate these tests' runtime.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def data():
-    """A small but complete configuration; returns the consumer secrets by key name."""
-    local = Endpoint.objects.create(name="local", base_url="http://127.0.0.1:11434/v1")
-    openai = Endpoint(
-        name="openai",
-        base_url="https://api.openai.com/v1",
-        rpm_limit=100,
-        day_limit=5000,
-        connect_timeout=3.5,
-        total_timeout=300.0,
-    )
-    openai.set_api_key(CREDENTIAL)
-    openai.save()
-    gpt = Model.objects.create(
-        name="gpt-4o",
-        upstream_name="gpt-4o-2024-08-06",
-        endpoint=openai,
-        price_in=Decimal("0.0000025"),
-        price_out=Decimal("0.00001"),
-    )
-    llama = Model.objects.create(
-        name="llama3", upstream_name="llama3:8b", endpoint=local, fallback=gpt, rpm_limit=10
-    )
-    Model.objects.create(
-        name="embed",
-        upstream_name="nomic-embed-text",
-        capability="EMBEDDING",
-        billing_unit="REQUEST",
-        is_active=False,
-    )
-    alice = User.objects.create_user(
-        "alice",
-        email="alice@example.com",
-        first_name="Alice",
-        organization="Acme",
-        balance=Decimal("10.5"),
-    )
-    bob = User.objects.create_user("bob", is_active=False)
-    User.objects.create_superuser("root", "root@example.com", ROOT_PASSWORD)
-    _, ci = create_key(
-        owner=alice,
-        name="ci",
-        rate_limit="60/m,1000/d",
-        allowed_capabilities=["TEXT", "EMBEDDING"],
-        allowed_models=[llama, gpt],
-        log_content=True,
-        expires_at=timezone.now() + timedelta(days=30),
-    )
-    old, _ = create_key(owner=alice, name="old", is_active=False)
-    rotated = rotate_key(key=old)
-    _, bobs = create_key(owner=bob, name="bob's")
-    return {"ci": ci, "old": rotated, "bob's": bobs}
 
 
 @pytest.fixture
@@ -109,16 +43,6 @@ def saves():
     post_save.connect(receiver, weak=False, dispatch_uid="test-backup-saves")
     yield sent
     post_save.disconnect(dispatch_uid="test-backup-saves")
-
-
-def without_time(document: dict) -> dict:
-    return {k: v for k, v in document.items() if k != "exported_at"}
-
-
-def wipe() -> None:
-    User.objects.all().delete()  # and their keys
-    Model.objects.all().delete()
-    Endpoint.objects.all().delete()
 
 
 def export(**options) -> dict:

@@ -3,6 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from aethergate import backup
+from aethergate.backup import service
 
 SECRETS_WARNING = (
     "This backup holds upstream credentials in clear and password hashes: keep it "
@@ -29,10 +30,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         include_secrets = options["include_secrets"]
         try:
-            document = backup.export_backup(include_secrets=include_secrets)
+            document, text = service.export_text(include_secrets=include_secrets)
         except backup.BackupError as error:
             raise CommandError(str(error)) from None
-        text = backup.dumps(document)
         output = options["output"]
         if output in (None, "-"):
             self.stdout.write(text, ending="")

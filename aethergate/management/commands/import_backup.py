@@ -6,6 +6,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from aethergate import backup
+from aethergate.backup import service
 
 
 class Command(BaseCommand):
@@ -52,8 +53,8 @@ class Command(BaseCommand):
         except OSError as error:
             raise CommandError(f"Cannot read {path}: {error.strerror or error}") from None
         try:
-            report = backup.import_backup(
-                backup.loads(text),
+            report = service.import_text(
+                text,
                 dry_run=options["dry_run"],
                 grant_privileges=options["grant_privileges"],
             )
@@ -65,7 +66,7 @@ class Command(BaseCommand):
         else:
             self.stdout.write(self.style.SUCCESS(f"Imported an {report.source}:"))
         width = max(len(label) for label in backup.LABELS.values())
-        for kind in ("endpoints", "models", "users", "api_keys"):
+        for kind in service.ORDER:
             tally = report.tallies[kind]
             self.stdout.write(
                 f"  {backup.LABELS[kind].ljust(width)}  {tally.created} created, "
