@@ -66,14 +66,25 @@ OPERATIONS = (
 RETRIEVE_MODEL = Operation("GET", listing.PREFIX + "{model}", listing.retrieve_model)
 
 _BY_ROUTE = {(op.method, op.path): op for op in OPERATIONS}
+_METHODS: dict[str, list[str]] = {}
+for _op in OPERATIONS:
+    _METHODS.setdefault(_op.path, []).append(_op.method)
 
 
 def resolve(method: str, path: str) -> Operation:
-    """The operation for `method` and `path` (a trailing slash ignored), or a 404."""
+    """The operation for `method` and `path` (a trailing slash ignored).
+
+    A known path asked with another method is a 405 naming the methods it
+    serves; any other path a 404.
+    """
     path = path.rstrip("/")
     op = _BY_ROUTE.get((method, path))
-    if op is None and method == "GET" and path.startswith(listing.PREFIX):
-        op = RETRIEVE_MODEL
-    if op is None:
-        raise errors.unknown_url(method, path)
-    return op
+    if op is not None:
+        return op
+    if path.startswith(listing.PREFIX):
+        if method == "GET":
+            return RETRIEVE_MODEL
+        raise errors.method_not_allowed(method, path, [RETRIEVE_MODEL.method])
+    if path in _METHODS:
+        raise errors.method_not_allowed(method, path, _METHODS[path])
+    raise errors.unknown_url(method, path)
