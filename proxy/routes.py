@@ -7,7 +7,7 @@ in `proxy.formats`.
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy import errors, listing, pipeline
+from proxy import errors, listing, pipeline, validation
 from proxy.formats import openai
 
 
@@ -31,13 +31,14 @@ class Operation:
     prepare: Callable | None = None
     finish: Callable | None = None
     upstream_path: str = ""  # default: `path` without its /v1
+    schema: validation.Schema | None = None  # what its JSON body must be
 
     def __post_init__(self):
         if not self.upstream_path:
             object.__setattr__(self, "upstream_path", self.path.removeprefix("/v1"))
 
 
-def _generation(path: str) -> Operation:
+def _generation(path: str, schema: validation.Schema) -> Operation:
     return Operation(
         "POST",
         path,
@@ -46,12 +47,13 @@ def _generation(path: str) -> Operation:
         streams=True,
         answer_items="choices",
         prepare=openai.prepare_generation,
+        schema=schema,
     )
 
 
 OPERATIONS = (
-    _generation("/v1/chat/completions"),
-    _generation("/v1/completions"),
+    _generation("/v1/chat/completions", validation.CHAT),
+    _generation("/v1/completions", validation.COMPLETIONS),
     Operation(
         "POST",
         "/v1/embeddings",
@@ -60,6 +62,7 @@ OPERATIONS = (
         answer_items="data",
         prepare=openai.prepare_embeddings,
         finish=openai.finish_embeddings,
+        schema=validation.EMBEDDINGS,
     ),
     Operation("GET", "/v1/models", listing.list_models),
 )

@@ -252,12 +252,12 @@ def test_it_encodes_base64_embeddings_as_little_endian_float32():
 def test_it_returns_float_embeddings_as_they_came(fields):
     rt = answering(FakeResponse(200, [fakes.embedding_answer(VECTOR, [1, 2])]), EMBED)
 
-    answer = embed(rt, input=["alpha", [1, 2, 3]], **fields)
+    answer = embed(rt, input=["alpha", "beta"], **fields)
 
     assert [d["embedding"] for d in answer.json()["data"]] == [VECTOR, [1, 2]]
     assert rt.upstream.calls[0].body == {
         "model": "echo-embed",
-        "input": ["alpha", [1, 2, 3]],
+        "input": ["alpha", "beta"],
         "encoding_format": "float",
     }
 
