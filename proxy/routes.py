@@ -7,7 +7,7 @@ in `proxy.formats`.
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy import errors, listing, pipeline
+from proxy import errors, listing, pipeline, validation
 from proxy.formats import openai
 
 
@@ -31,13 +31,14 @@ class Operation:
     prepare: Callable | None = None
     finish: Callable | None = None
     upstream_path: str = ""  # default: `path` without its /v1
+    schema: validation.Schema | None = None  # what its JSON body must be
 
     def __post_init__(self):
         if not self.upstream_path:
             object.__setattr__(self, "upstream_path", self.path.removeprefix("/v1"))
 
 
-def _generation(path: str) -> Operation:
+def _generation(path: str, schema: validation.Schema) -> Operation:
     return Operation(
         "POST",
         path,
@@ -46,12 +47,13 @@ def _generation(path: str) -> Operation:
         streams=True,
         answer_items="choices",
         prepare=openai.prepare_generation,
+        schema=schema,
     )
 
 
 OPERATIONS = (
-    _generation("/v1/chat/completions"),
-    _generation("/v1/completions"),
+    _generation("/v1/chat/completions", validation.CHAT),
+    _generation("/v1/completions", validation.COMPLETIONS),
     Operation(
         "POST",
         "/v1/embeddings",
@@ -60,20 +62,32 @@ OPERATIONS = (
         answer_items="data",
         prepare=openai.prepare_embeddings,
         finish=openai.finish_embeddings,
+        schema=validation.EMBEDDINGS,
     ),
     Operation("GET", "/v1/models", listing.list_models),
 )
 RETRIEVE_MODEL = Operation("GET", listing.PREFIX + "{model}", listing.retrieve_model)
 
 _BY_ROUTE = {(op.method, op.path): op for op in OPERATIONS}
+_METHODS: dict[str, list[str]] = {}
+for _op in OPERATIONS:
+    _METHODS.setdefault(_op.path, []).append(_op.method)
 
 
 def resolve(method: str, path: str) -> Operation:
-    """The operation for `method` and `path` (a trailing slash ignored), or a 404."""
+    """The operation for `method` and `path` (a trailing slash ignored).
+
+    A known path asked with another method is a 405 naming the methods it
+    serves; any other path a 404.
+    """
     path = path.rstrip("/")
     op = _BY_ROUTE.get((method, path))
-    if op is None and method == "GET" and path.startswith(listing.PREFIX):
-        op = RETRIEVE_MODEL
-    if op is None:
-        raise errors.unknown_url(method, path)
-    return op
+    if op is not None:
+        return op
+    if path.startswith(listing.PREFIX):
+        if method == "GET":
+            return RETRIEVE_MODEL
+        raise errors.method_not_allowed(method, path, [RETRIEVE_MODEL.method])
+    if path in _METHODS:
+        raise errors.method_not_allowed(method, path, _METHODS[path])
+    raise errors.unknown_url(method, path)
