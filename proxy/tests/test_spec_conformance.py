@@ -122,7 +122,21 @@ def conformance_spec() -> dict:
     schemas["Embedding"]["properties"]["embedding"] = {
         "anyOf": [vector, {"type": "string", "contentEncoding": "base64"}]
     }
+    # 6. Some request objects say `additionalProperties: false` (no response object does);
+    # DESIGN.md: "unknown fields pass through", for upstreams' extensions.
+    _allow_unknown_fields(raw)
     return raw
+
+
+def _allow_unknown_fields(value) -> None:
+    if isinstance(value, dict):
+        if value.get("additionalProperties") is False:
+            del value["additionalProperties"]
+        for child in value.values():
+            _allow_unknown_fields(child)
+    elif isinstance(value, list):
+        for child in value:
+            _allow_unknown_fields(child)
 
 
 def run_config(
