@@ -18,8 +18,10 @@ class Operation:
     `handler(runtime, op, ex, scope, receive, responder)` answers it.
     Inference operations also name the model `capability` they need,
     whether they `streams`, the list an answer must hold (`answer_items`),
-    `prepare(payload, model, stream) -> bytes` for the upstream body, and
-    `finish(data, payload)` to adjust an answer in place before it is sent.
+    `prepare(payload, model, stream) -> bytes` for the upstream body,
+    `finish(data, payload, ex)` to make an answer the spec's shape in place
+    before it is sent, and, for streams, `finish_chunk(chunk, ex) -> bool`
+    (whether the chunk finishes a choice) for each chunk.
     """
 
     method: str
@@ -30,6 +32,7 @@ class Operation:
     answer_items: str = ""
     prepare: Callable | None = None
     finish: Callable | None = None
+    finish_chunk: Callable | None = None
     upstream_path: str = ""  # default: `path` without its /v1
     schema: validation.Schema | None = None  # what its JSON body must be
 
@@ -38,7 +41,7 @@ class Operation:
             object.__setattr__(self, "upstream_path", self.path.removeprefix("/v1"))
 
 
-def _generation(path: str, schema: validation.Schema) -> Operation:
+def _generation(path: str, schema: validation.Schema, finish, finish_chunk) -> Operation:
     return Operation(
         "POST",
         path,
@@ -47,13 +50,22 @@ def _generation(path: str, schema: validation.Schema) -> Operation:
         streams=True,
         answer_items="choices",
         prepare=openai.prepare_generation,
+        finish=finish,
+        finish_chunk=finish_chunk,
         schema=schema,
     )
 
 
 OPERATIONS = (
-    _generation("/v1/chat/completions", validation.CHAT),
-    _generation("/v1/completions", validation.COMPLETIONS),
+    _generation(
+        "/v1/chat/completions", validation.CHAT, openai.finish_chat, openai.finish_chat_chunk
+    ),
+    _generation(
+        "/v1/completions",
+        validation.COMPLETIONS,
+        openai.finish_completion,
+        openai.finish_completion_chunk,
+    ),
     Operation(
         "POST",
         "/v1/embeddings",
