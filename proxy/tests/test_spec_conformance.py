@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.core.failures import FailureGroup
 from schemathesis.generation.meta import CoverageScenario
 
@@ -42,6 +42,7 @@ FUZZ_EXAMPLES = 40
 STREAM_EXAMPLES = 15
 # Exception 4 below: CreateCompletionResponse as a stream chunk.
 COMPLETION_CHUNK = "CreateCompletionStreamChunk"
+NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # see "no-shrink" below
 SLOW_RUN = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
 
 # Checks of every run; each run adds its own.
@@ -155,6 +156,9 @@ def run_config(
         "deterministic": True,
         "database": "none",
         "with-security-parameters": keys,
+        # Shrinking a failure costs hundreds of requests (minutes); the failing case is
+        # reported as found, with a curl line to replay it.
+        "no-shrink": True,
     }
     if phase == "fuzzing":
         generation["max-examples"] = FUZZ_EXAMPLES
@@ -329,7 +333,7 @@ def stream_strategy(path: str):
     return valid[path]["POST"].as_strategy()
 
 
-def stream_events(served: Served, case) -> tuple[httpx.Response, list[str]]:
+def stream_events(served: Served, case) -> tuple[httpx.Response, list[str], dict]:
     use_registered_model(case)
     # With the usage chunk, whose `choices` is empty, checked too.
     options = {**(case.body.get("stream_options") or {}), "include_usage": True}
@@ -342,23 +346,27 @@ def stream_events(served: Served, case) -> tuple[httpx.Response, list[str]]:
         timeout=10,
     ) as response:
         response.read()
-        return response, sse_events(response)
+        return response, sse_events(response), body
 
 
-def assert_events_conform(response: httpx.Response, events: list[str], schema_name: str):
-    assert response.status_code == 200, response.text[:500]
+def assert_events_conform(response, events: list[str], body: dict, schema_name: str):
+    # Hypothesis shows a case as `case=`: the body is in each message instead.
+    sent = f"\nfor the body {json.dumps(body)[:1000]}"
+    assert response.status_code == 200, response.text[:500] + sent
     assert response.headers["content-type"].startswith("text/event-stream")
-    assert events, "the stream sent no events"
-    assert events[-1] == "[DONE]", f"the stream ended with {events[-1][:200]!r}"
+    assert events, "the stream sent no events" + sent
+    assert events[-1] == "[DONE]", f"the stream ended with {events[-1][:200]!r}" + sent
     validator = spec.validator(schema_name, RAW)
     for index, event in enumerate(events[:-1]):
-        assert event != "[DONE]", f"event {index} is a [DONE] before the end"
+        assert event != "[DONE]", f"event {index} is a [DONE] before the end" + sent
         chunk = json.loads(event)
         errors = [
             f"{'/'.join(map(str, e.absolute_path)) or '(event)'}: {e.message}"
             for e in validator.iter_errors(chunk)
         ]
-        assert not errors, f"event {index} of {len(events)} breaks {schema_name}: {errors}\n{event}"
+        assert not errors, (
+            f"event {index} of {len(events)} breaks {schema_name}: {errors}\n{event}" + sent
+        )
 
 
 # No deadline: how long a request takes on a shared machine is not what is tested.
@@ -368,12 +376,13 @@ def assert_events_conform(response: httpx.Response, events: list[str], schema_na
     derandomize=True,
     database=None,
     deadline=None,
+    phases=NO_SHRINK,
     suppress_health_check=SLOW_RUN,
 )
 def test_each_event_of_a_valid_chat_stream_is_a_spec_chunk(case, served):
-    response, events = stream_events(served, case)
+    response, events, body = stream_events(served, case)
 
-    assert_events_conform(response, events, STREAMS["/chat/completions"])
+    assert_events_conform(response, events, body, STREAMS["/chat/completions"])
 
 
 @given(case=stream_strategy("/completions"))
@@ -382,9 +391,10 @@ def test_each_event_of_a_valid_chat_stream_is_a_spec_chunk(case, served):
     derandomize=True,
     database=None,
     deadline=None,
+    phases=NO_SHRINK,
     suppress_health_check=SLOW_RUN,
 )
 def test_each_event_of_a_valid_completion_stream_is_a_spec_completion(case, served):
-    response, events = stream_events(served, case)
+    response, events, body = stream_events(served, case)
 
-    assert_events_conform(response, events, STREAMS["/completions"])
+    assert_events_conform(response, events, body, STREAMS["/completions"])
