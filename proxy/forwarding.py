@@ -7,7 +7,9 @@ HTTP or formats); the classifiers turn what an upstream did into a
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import aiohttp
 
@@ -163,11 +165,7 @@ def rejection(status: int, body: bytes | None, endpoint: EndpointInfo, *, log_co
     Upstreams quote the prompt in their messages ("Your prompt was flagged:
     ..."): the client may see it, the log only when the key logs content.
     """
-    try:
-        error = loads(body)["error"]
-        detail, code = str(error["message"]), error.get("code")
-    except Exception:
-        detail, code = f"HTTP {status}", None
+    detail, code = upstream_reason(status, body)
     logged = f"The upstream rejected the request (HTTP {status}"
     logged += f", code {str(code)[:100]})." if code else ")."
     return APIError(
@@ -177,3 +175,50 @@ def rejection(status: int, body: bytes | None, endpoint: EndpointInfo, *, log_co
         outcome=Outcome.INVALID_REQUEST,
         log_message=None if log_content else logged,
     )
+
+
+_TAGS = re.compile(r"<[^>]*>")
+
+
+def upstream_reason(status: int, body: bytes | None) -> tuple[str, object]:
+    """(message, code) of an upstream's error body, in whichever shape its server uses.
+
+    OpenAI, Ollama and llama.cpp nest `{"error": {"message", "code"}}`; LM Studio
+    sends `{"error": "text"}`, vLLM before 0.10.1 a flat `{"object": "error",
+    "message"}`, FastAPI servers (llama-cpp-python) `{"detail": ...}`. Anything
+    else is named by its status, with its first line of text if it has one.
+    """
+    try:
+        phrase = f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        phrase = f"HTTP {status}"
+    if body is None:
+        return phrase, None
+    try:
+        data = loads(body)
+    except ValueError:
+        text = _TAGS.sub(" ", body.decode("utf-8", "replace")).strip()
+        first = text.splitlines()[0].strip()[:200] if text else ""
+        return (f"{phrase}: {first}" if first else f"{phrase}, with an empty body"), None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"], error.get("code")
+        if isinstance(error, str) and error:
+            return error, None
+        if isinstance(data.get("message"), str):
+            return data["message"], data.get("code")
+        detail = data.get("detail")
+        if isinstance(detail, str) and detail:
+            return detail, None
+        if isinstance(detail, list):  # FastAPI's validation errors: [{"loc", "msg"}, ...]
+            found = [_field_error(item) for item in detail if isinstance(item, dict)]
+            if found:
+                return "; ".join(found), None
+    return phrase, None
+
+
+def _field_error(item: dict) -> str:
+    place = ".".join(str(part) for part in item.get("loc") or () if part != "body")
+    message = str(item.get("msg", "invalid"))
+    return f"{place}: {message}" if place else message

@@ -6,6 +6,7 @@ it. Accounting happens after, in the ASGI entry's `finally`.
 """
 
 import asyncio
+import uuid
 
 from django.conf import settings
 
@@ -89,13 +90,18 @@ async def call_upstream(
     """One attempt: `model`'s upstream called, its failure classified, or its answer relayed."""
     endpoint = forwarding.usable_endpoint(model, ex.model_name)
     record["endpoint"] = ex.endpoint = endpoint.name
+    # Upstreams parse this header: llama-cpp-python refuses anything but a UUID
+    # (400, empty body) and vLLM makes it the engine's request id, which must be
+    # unique in flight. A fresh UUID per attempt, kept in the log's attempts,
+    # correlates both logs; the client's own id never goes upstream.
+    record["upstream_request_id"] = upstream_id = str(uuid.uuid4())
     ex.model = model
     body = op.prepare(payload, model, ex.stream)
     deadline = asyncio.get_running_loop().time() + endpoint.first_byte_timeout
     try:
         async with asyncio.timeout_at(deadline):
             response = await runtime.upstream.post(
-                endpoint, op.upstream_path, body, stream=ex.stream, request_id=ex.request_id
+                endpoint, op.upstream_path, body, stream=ex.stream, request_id=upstream_id
             )
     except forwarding.CONNECTION_ERRORS as exc:
         raise forwarding.connection_failure(exc, endpoint, ex.model_name) from None

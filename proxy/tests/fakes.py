@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import re
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -560,3 +561,15 @@ def chat(
     """POST a chat completion of `gpt-test` saying HELLO; `fields` are added or replace those."""
     body = {"model": "gpt-test", "messages": HELLO, **fields}
     return call(rt, "POST", "/v1/chat/completions", body, secret=secret, disconnect=disconnect)
+
+
+def without_upstream_ids(attempts: list[dict]) -> list[dict]:
+    """A log's attempts without their `upstream_request_id`, each checked to be a UUID."""
+    stripped = []
+    for attempt in attempts:
+        attempt = dict(attempt)
+        sent = attempt.pop("upstream_request_id", None)
+        if sent is not None:
+            assert str(uuid.UUID(sent)) == sent, sent
+        stripped.append(attempt)
+    return stripped

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from decimal import Decimal
 
 import httpx
@@ -20,6 +21,7 @@ import pytest
 
 from aethergate.testing import wait_for_logs
 from proxy.tests.conftest import UPSTREAM_API_KEY
+from proxy.tests.fakes import without_upstream_ids
 from proxy.tests.test_pipeline import PASSTHROUGH
 from proxy.tests.upstream import (
     chat_answer,
@@ -120,6 +122,39 @@ def test_it_sends_the_endpoint_credential_and_no_client_header_upstream(
     assert not [name for name in headers if name.startswith("x-stainless")]
     assert "openai" not in headers.get("user-agent", "").lower()
     assert not [value for value in headers.values() if secret in value]
+
+
+def test_it_sends_a_fresh_uuid_request_id_upstream_and_logs_it_with_the_attempt(
+    gateway, upstream, model, secret, client_for
+):
+    # As llama-cpp-python's server, the stand-in answers 400 to a request id that is
+    # not a UUID; the client's own id (any string) must never be what goes upstream.
+    raw = client_for(secret).chat.completions.with_raw_response.create(
+        model="gpt-test", messages=HELLO, extra_headers={"X-Request-ID": "client-chosen-id"}
+    )
+
+    assert raw.http_response.status_code == 200
+    sent = [r.headers["x-request-id"] for r in upstream.received]
+    assert len(sent) == 1 and str(uuid.UUID(sent[0])) == sent[0]
+    row = only_log()
+    assert row.request_id == raw.headers["x-request-id"] != sent[0]
+    assert [a["upstream_request_id"] for a in row.attempts] == sent
+
+
+def test_each_attempt_gets_its_own_upstream_request_id(gateway, upstream, make_model, secret):
+    fallback = make_model("backup", upstream_name="echo")
+    make_model("gpt-test", upstream_name="fail=503", fallback=fallback)
+
+    assert (
+        post(
+            gateway, secret, "/chat/completions", {"model": "gpt-test", "messages": HELLO}
+        ).status_code
+        == 200
+    )
+
+    sent = [r.headers["x-request-id"] for r in upstream.received]
+    assert len(sent) == 2 and len(set(sent)) == 2
+    assert [a["upstream_request_id"] for a in only_log().attempts] == sent
 
 
 # --------------------------------------------------------------------------- pass-through
@@ -424,7 +459,9 @@ def test_it_writes_one_log_row_with_the_upstreams_usage_and_cost(
     assert row.cost == (
         HELLO_PROMPT_TOKENS * Decimal("0.001") + HELLO_COMPLETION_TOKENS * Decimal("0.002")
     )
-    assert row.attempts == [{"model": "gpt-test", "endpoint": "stand-in", "status": 200}]
+    assert without_upstream_ids(row.attempts) == [
+        {"model": "gpt-test", "endpoint": "stand-in", "status": 200}
+    ]
     assert (row.prompt_text, row.completion_text) == ("", "")
     assert row.request_id == response.headers["x-request-id"]
 

@@ -272,13 +272,39 @@ def test_a_rejection_is_logged_without_its_reason_unless_the_key_logs_content():
 
 
 @pytest.mark.parametrize(
-    "body", [None, b"", b"<html>Bad Request</html>", b'{"error": "flat"}', b'{"detail": "x"}']
+    ("body", "reason"),
+    [
+        (None, "HTTP 409 Conflict"),
+        (b"", "HTTP 409 Conflict, with an empty body"),
+        (
+            b"<html><h1>Bad Request</h1>\n<p>more</p></html>",
+            "HTTP 409 Conflict: Bad Request",
+        ),
+        (b"[1, 2]", "HTTP 409 Conflict"),
+        # LM Studio; vLLM before 0.10.1; llama-cpp-python (FastAPI) and its validation errors
+        (b'{"error": "flat"}', "flat"),
+        (b'{"object": "error", "message": "vllm says", "type": "BadRequestError"}', "vllm says"),
+        (b'{"detail": "Invalid API key"}', "Invalid API key"),
+        (
+            b'{"detail": [{"loc": ["body", "messages"], "msg": "Field required"}]}',
+            "messages: Field required",
+        ),
+    ],
 )
-def test_a_rejection_without_an_openai_error_names_its_status(body):
-    found = rejection(body, status=422)
+def test_a_rejection_in_any_servers_shape_says_what_the_upstream_said(body, reason):
+    found = rejection(body, status=409)
 
-    assert found.message == "The upstream rejected the request: HTTP 422"
-    assert found.log_message == "The upstream rejected the request (HTTP 422)."
+    assert found.message == f"The upstream rejected the request: {reason}"
+    assert found.log_message == "The upstream rejected the request (HTTP 409)."
+
+
+def test_llama_cpps_numeric_error_code_is_logged():
+    raw = b'{"error": {"code": 400, "message": "the request exceeds the context", "type": "x"}}'
+
+    found = rejection(raw)
+
+    assert found.message == "The upstream rejected the request: the request exceeds the context"
+    assert found.log_message == "The upstream rejected the request (HTTP 400, code 400)."
 
 
 def test_a_rejections_message_and_logged_code_are_bounded():
@@ -322,7 +348,7 @@ def test_a_rejections_body_is_read_for_its_reason():
 def test_a_rejection_body_too_large_or_broken_is_named_by_its_status(pieces):
     found = classify(FakeResponse(400, pieces))
 
-    assert found.message == "The upstream rejected the request: HTTP 400"
+    assert found.message == "The upstream rejected the request: HTTP 400 Bad Request"
 
 
 def test_no_answer_in_time_is_a_504_another_candidate_may_replace():
@@ -442,7 +468,10 @@ def test_it_falls_back_when_the_upstream_fails_before_answering(kind, stream):
     assert [c.body["model"] for c in rt.upstream.calls] == ["failing", "echo+backup"]
     (record,) = rt.writer.records
     assert (record.model, record.status, record.outcome) == ("gpt-test", 200, "ok")
-    first, second = record.attempts
+    assert [a["upstream_request_id"] for a in record.attempts] == [
+        c.request_id for c in rt.upstream.calls
+    ]
+    first, second = fakes.without_upstream_ids(record.attempts)
     assert set(first) <= {"model", "endpoint", "status", "error"}
     assert (first["model"], first["endpoint"]) == ("gpt-test", "primary")
     assert first["error"]

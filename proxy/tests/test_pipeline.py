@@ -2,6 +2,7 @@
 across models, and a client that leaves before its answer is complete."""
 
 import asyncio
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -26,7 +27,11 @@ def test_it_routes_the_public_name_to_the_upstream_name_on_the_models_endpoint()
         "echo+x",
     )
     assert sent.stream is False
-    assert sent.request_id == answer.headers["x-request-id"]
+    # A UUID of its own goes upstream, kept with the attempt in the log.
+    (record,) = rt.writer.records
+    assert sent.request_id == record.attempts[0]["upstream_request_id"]
+    assert str(uuid.UUID(sent.request_id)) == sent.request_id
+    assert record.request_id == answer.headers["x-request-id"] != sent.request_id
     assert answer.json()["model"] == "gpt-public"
     assert answer.json()["choices"][0]["message"]["content"] == "Hello!"
     (record,) = rt.writer.records

@@ -248,7 +248,9 @@ class Upstream:
     content chunks). An embedding is 8 floats in [-1, 1] derived from a hash of its input,
     always sent as floats whatever `encoding_format` asks.
 
-    Every request is appended to `received` before its flags act. Each `Received` then records
+    Like llama-cpp-python's server, it answers 400 with an empty body to an `X-Request-ID`
+    that is not a UUID, whatever the model. Every request is appended to `received` before
+    its flags act. Each `Received` then records
     how it ended: `finished_at` when the whole answer was written, `closed_early`/`closed_at`
     when the client went away first (handlers are cancelled the moment the connection drops),
     or `aborted` when the stand-in dropped the connection itself (`reset`, `silent` at 60 s).
@@ -397,7 +399,7 @@ class Upstream:
         try:
             body = record.json if isinstance(record.json, dict) else {}
             flags = parse_flags(body.get("model", "")) if flagged else Flags()
-            response = self._unauthorized(record)
+            response = self._unauthorized(record) or _bad_request_id(record)
             if response is None and flagged and not isinstance(record.json, dict):
                 response = web.json_response(
                     {
@@ -646,3 +648,16 @@ def _usage(prompt_tokens: int, completion_tokens: int, absurd: str = "") -> dict
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+def _bad_request_id(record: Received) -> web.Response | None:
+    """As llama-cpp-python's server (starlette-context): an X-Request-ID that is not a UUID
+    gets 400 with an empty body, before anything else."""
+    value = record.headers.get("x-request-id")
+    if value is None:
+        return None
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return web.Response(status=400)
+    return None
