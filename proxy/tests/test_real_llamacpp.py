@@ -130,9 +130,14 @@ def stream_lines(url, payload, headers=None) -> tuple[httpx.Response, list[str]]
     return response, lines
 
 
+def unpack_float32(raw: bytes) -> list[float]:
+    """The little-endian float32 numbers in `raw` (OpenAI's base64 embeddings, decoded)."""
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
 def float32(vector) -> list[float]:
     """`vector` rounded to float32, as the gateway's base64 carries it."""
-    return list(struct.unpack(f"<{len(vector)}f", struct.pack(f"<{len(vector)}f", *vector)))
+    return unpack_float32(struct.pack(f"<{len(vector)}f", *vector))
 
 
 def assert_chat_answer(body: dict, model: str = CHAT):
@@ -168,6 +173,10 @@ def test_it_shows_what_the_real_server_accepts_and_answers_directly(llama_server
     as_base64 = direct.post(
         "/embeddings", json={"model": EMBED_MODEL, "input": "hi", "encoding_format": "base64"}
     )
+    completion_cap = direct.post(
+        "/chat/completions",
+        json={"model": CHAT_MODEL, "messages": HELLO, "max_completion_tokens": MAX_TOKENS},
+    )
 
     assert with_uuid.status_code == 200
     body = with_uuid.json()
@@ -185,6 +194,8 @@ def test_it_shows_what_the_real_server_accepts_and_answers_directly(llama_server
     assert all("usage" not in chunk and chunk["choices"] for chunk in chunks)
     # And floats for base64: the gateway must encode them.
     assert isinstance(as_base64.json()["data"][0]["embedding"], list)
+    # max_completion_tokens is not one of its fields: it writes until the context is full.
+    assert completion_cap.json()["usage"]["total_tokens"] == N_CTX
 
 
 # --------------------------------------------------------------------------- chat
@@ -213,6 +224,20 @@ def test_it_relays_a_chat_completion_to_the_sync_sdk(llama_server, direct, sdk):
         expected["usage"]["prompt_tokens"],
         expected["usage"]["completion_tokens"],
     )
+
+
+def test_it_holds_the_server_to_max_completion_tokens(direct, sdk):
+    # The SDKs' current name for max_tokens (LangChain sends only it); llama-cpp-python
+    # knows only max_tokens, and without one writes until its context is full.
+    expected = upstream_chat(direct)
+
+    completion = sdk.chat.completions.create(
+        model=CHAT, messages=HELLO, max_completion_tokens=MAX_TOKENS, temperature=0
+    )
+
+    assert completion.usage.completion_tokens == MAX_TOKENS
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.choices[0].message.content == expected["choices"][0]["message"]["content"]
 
 
 def test_it_streams_a_chat_completion_without_usage_unless_asked(direct, sdk):
@@ -386,7 +411,7 @@ def test_it_answers_embeddings_as_floats_and_as_base64_of_the_same_vectors(gatew
     assert as_base64.status_code == 200
     encoded = [item["embedding"] for item in as_base64.json()["data"]]
     assert all(isinstance(vector, str) for vector in encoded)
-    decoded = [list(struct.unpack(f"<{len(v)}f", base64.b64decode(v))) for v in encoded]
+    decoded = [unpack_float32(base64.b64decode(vector)) for vector in encoded]
     assert decoded == [float32(vector) for vector in expected]
     assert {len(vector) for vector in decoded} == {64}
 
@@ -463,3 +488,37 @@ def test_it_answers_400_with_the_servers_reason_for_a_prompt_over_the_context(sd
     assert answered(llama_server)[before:] == [("POST", "/v1/chat/completions", 400)]
     row = wait_for_logs(1)[0]
     assert (row.status, row.outcome) == (400, "invalid_request")
+
+
+def test_it_answers_502_for_a_streamed_prompt_over_the_context_and_serves_the_next(
+    gateway, secret, llama_server, direct
+):
+    # The server checks the context only once its stream began: a 200, then the connection
+    # closes with no event at all. Nothing says why, so this cannot be the 400 above.
+    long_prompt = [{"role": "user", "content": "hello " * N_CTX}]
+    expected = upstream_text(direct)
+    before = len(answered(llama_server))
+
+    response, lines = stream_lines(
+        f"{gateway.v1}/chat/completions",
+        {"model": CHAT, "messages": long_prompt, "stream": True, **GREEDY},
+        auth(secret),
+    )
+    after = httpx.post(
+        f"{gateway.v1}/chat/completions",
+        json={"model": CHAT, "messages": HELLO, **GREEDY},
+        headers=auth(secret),
+        timeout=TIMEOUT,
+    )
+
+    # An error before any byte was relayed, never an empty stream passed off as an answer.
+    assert response.status_code == 502
+    assert response.headers["content-type"].startswith("application/json")
+    error = json.loads("".join(lines))["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "upstream_error")
+    assert CHAT in error["message"]
+    # The broken connection is not reused: the next request is answered.
+    assert after.status_code == 200, after.text
+    assert after.json()["choices"][0]["message"]["content"] == expected
+    assert answered(llama_server)[before:] == [("POST", "/v1/chat/completions", 200)] * 2
+    assert [row.outcome for row in wait_for_logs(2)] == ["upstream_error", "ok"]
