@@ -104,8 +104,6 @@ class LlamaServer:
                 "HOST": LOOPBACK,
                 "PORT": str(self.port),
                 "CONFIG_FILE": str(self.config),
-                "OMP_NUM_THREADS": "1",
-                "VIRTUAL_ENV": str(LLAMA_VENV),
             },
             port=self.port,
             ready_path="/v1/models",
@@ -114,10 +112,12 @@ class LlamaServer:
 
     @property
     def url(self) -> str:
+        """The server's root URL (no trailing slash)."""
         return self.process.url
 
     @property
     def v1(self) -> str:
+        """Its OpenAI base URL, as an endpoint's base_url."""
         return f"{self.url}/v1"
 
     def log_text(self) -> str:
