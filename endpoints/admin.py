@@ -45,6 +45,7 @@ class EndpointAdmin(GatewayAdmin):
     list_display = (
         "name",
         "base_url",
+        "kind",
         "credential",
         "rpm_limit",
         "day_limit",
@@ -52,11 +53,12 @@ class EndpointAdmin(GatewayAdmin):
         "updated_at",
     )
     list_editable = ("is_active",)
-    list_filter = ("is_active",)
+    list_filter = ("kind", "is_active")
+    radio_fields = {"kind": admin.VERTICAL}
     search_fields = ("name", "base_url")
     readonly_fields = ("credential_status", "created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("name", "base_url", "is_active")}),
+        (None, {"fields": ("name", "base_url", "kind", "is_active")}),
         ("Credential", {"fields": ("credential_status", "new_api_key", "clear_api_key")}),
         ("Limits", {"fields": ("rpm_limit", "day_limit")}),
         (

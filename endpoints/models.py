@@ -88,11 +88,24 @@ class Endpoint(models.Model):
     and API only set, replace or clear it (`set_api_key`).
     """
 
+    class Kind(models.TextChoices):
+        """Which server software an endpoint is, for the proxy's per-server adjustments."""
+
+        # GENERIC is the default because the proxy's adjustments for it must suit any server.
+        GENERIC = "generic", "OpenAI-compatible (other)"
+        OPENAI = "openai", "OpenAI"
+        VLLM = "vllm", "vLLM"
+        OLLAMA = "ollama", "Ollama"
+        LLAMA_CPP = "llama_cpp", "llama.cpp server (llama-server)"
+        LLAMA_CPP_PYTHON = "llama_cpp_python", "llama-cpp-python server"
+        LMSTUDIO = "lmstudio", "LM Studio"
+
     # The fields the management API and the backup carry, in their order;
     # each adds its own around them (aethergate/tests/test_field_lists.py).
     shared_fields = (
         "name",
         "base_url",
+        "kind",
         "rpm_limit",
         "day_limit",
         "connect_timeout",
@@ -107,6 +120,14 @@ class Endpoint(models.Model):
         "base URL",
         max_length=500,
         help_text="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1",
+    )
+    kind = models.CharField(
+        max_length=20,
+        choices=Kind.choices,
+        default=Kind.GENERIC,
+        help_text="The server software behind the URL: it selects the adjustments the gateway "
+        'makes to requests and answers for that server. The default, "OpenAI-compatible '
+        '(other)" (generic), is safe for any OpenAI-compatible server.',
     )
     # Only the Fernet token is stored; it is decrypted where a request needs it.
     api_key_encrypted = models.TextField(blank=True, default="", editable=False)

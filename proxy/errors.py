@@ -111,6 +111,16 @@ def unknown_url(method: str, path: str) -> APIError:
     return APIError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
 
 
+def method_not_allowed(method: str, path: str, allowed: list[str]) -> APIError:
+    methods = ", ".join(allowed)
+    return APIError(
+        405,
+        f"{method} is not allowed on {path}; use {methods}.",
+        code="method_not_allowed",
+        headers={"allow": methods},
+    )
+
+
 def internal() -> APIError:
     return APIError(
         500,

@@ -16,7 +16,7 @@ import aiohttp
 from aethergate.lib import metrics
 from logs.models import Outcome
 from models_registry.models import MAX_FALLBACK_DEPTH
-from proxy import errors, upstream
+from proxy import dialects, errors, upstream
 from proxy.codec import loads
 from proxy.errors import APIError, Retryable
 from proxy.snapshot import EndpointInfo, ModelInfo
@@ -147,16 +147,34 @@ def status_failure(status: int, model_name: str) -> Exception | None:
 
 
 async def failure(response, endpoint: EndpointInfo, model_name: str, *, log_content: bool):
-    """What a non-2xx upstream response means, reading its body only for a rejection."""
-    found = status_failure(response.status, model_name)
-    if found is not None:
+    """What a non-2xx upstream response means, reading its body only for a rejection.
+
+    A server whose dialect answers malformed requests with 500 (llama.cpp) is
+    taken at its word when its 500 carries an error message: a rejection,
+    neither retried nor a reason to fall back. A bare 500 is still a failure.
+    """
+    status = response.status
+    found = status_failure(status, model_name)
+    suspect = status == 500 and dialects.of(endpoint).faults_as_500
+    if found is not None and not suspect:
         return found
     try:
         async with asyncio.timeout(UPSTREAM_ERROR_SECONDS):
             body = await upstream.read_body(response, limit=UPSTREAM_ERROR_BYTES)
     except Exception:
         body = None
-    return rejection(response.status, body, endpoint, log_content=log_content)
+    if suspect and not has_message(body):
+        return found
+    return rejection(status, body, endpoint, log_content=log_content)
+
+
+def has_message(body: bytes | None) -> bool:
+    """Whether an error body is JSON with an error message in it."""
+    try:
+        error = loads(body).get("error")
+    except Exception:
+        return False
+    return isinstance(error, dict) and isinstance(error.get("message"), str)
 
 
 def rejection(status: int, body: bytes | None, endpoint: EndpointInfo, *, log_content: bool):

@@ -25,7 +25,7 @@ async def infer(
 ) -> None:
     """Answer one inference call of operation `op` for the authenticated `ex.key`."""
     payload = parse(await read_body(scope, receive, settings.AETHERGATE_MAX_BODY_BYTES))
-    check_body(payload, stream_allowed=op.streams)
+    check_body(payload, op.schema)
     ex.model_name = name = payload["model"]
     ex.stream = op.streams and payload.get("stream") is True
     if ex.key.log_content:

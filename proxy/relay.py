@@ -20,7 +20,7 @@ from proxy.accounting import Exchange
 from proxy.asgi_io import Responder
 from proxy.codec import dumps, loads
 from proxy.errors import Retryable
-from proxy.formats.openai import answer_text, chunk_text
+from proxy.formats.openai import answer_text, chunk_text, usage_chunk
 from proxy.streaming import KEEPALIVE, UpstreamStreamError, sse_events
 
 # What a JSON answer not shaped like the operation's raises while it is read.
@@ -38,19 +38,20 @@ async def relay_json(
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise ValueError("not shaped like the operation's answer")
         data["model"] = ex.model_name
-        counted = usage.from_upstream(data.get("usage"))
         text = answer_text(data)
-        if op.finish is not None:
-            op.finish(data, payload)
+        ex.input_units, ex.output_units, ex.estimated = usage.count(
+            usage.from_upstream(data.get("usage")), payload, text
+        )
+        op.finish(data, payload, ex)
         body = dumps(data)
     except TimeoutError:
         raise Retryable("timeout", errors.upstream_timeout(ex.model_name)) from None
     except MALFORMED:
-        # Not JSON, too large, or not shaped like an OpenAI answer.
+        # Not JSON, too large, or not shaped like an OpenAI answer: nothing to bill.
+        ex.input_units = ex.output_units = 0
         raise Retryable("invalid response", errors.invalid_response(ex.model_name)) from None
     if ex.key.log_content:
         ex.completion.append(text)
-    ex.input_units, ex.output_units, ex.estimated = usage.count(counted, payload, text)
     ex.ttft = time.perf_counter() - ex.started
     await responder.json(200, body, headers)
 
@@ -68,8 +69,10 @@ async def relay_stream(
         keepalive=settings.AETHERGATE_SSE_KEEPALIVE_SECONDS,
         max_line=settings.AETHERGATE_MAX_SSE_LINE_BYTES,
     )
-    done = False
+    done = finished = usage_sent = False
     counted = None
+    last = None
+    finish_chunk = op.finish_chunk
     send = responder.send  # once per chunk below: no method call in between
     try:
         async for event in events:
@@ -86,12 +89,19 @@ async def relay_stream(
                 raise UpstreamStreamError("invalid chunk")
             if "error" in chunk:
                 raise UpstreamStreamError("the upstream reported an error")
-            counted = usage.from_upstream(chunk.get("usage")) or counted
+            reported = usage.from_upstream(chunk.get("usage"))
+            if reported:
+                counted = reported
             if not wants_usage and "usage" in chunk:
                 if not chunk.get("choices"):
                     continue
                 del chunk["usage"]
+            chunk.setdefault("choices", [])
             chunk["model"] = ex.model_name
+            if finish_chunk(chunk, ex):
+                finished = True
+            usage_sent = usage_sent or reported is not None
+            last = chunk
             text = chunk_text(chunk)
             if text:
                 ex.completion.append(text)
@@ -108,6 +118,23 @@ async def relay_stream(
             )
         if not done:
             raise UpstreamStreamError("the upstream ended the stream early")
+        if not finished:
+            # llama-cpp-python ends a stream another request interrupted with a bare
+            # [DONE]: the answer is cut short, which the client must be told.
+            raise UpstreamStreamError("the upstream ended the stream without a finish reason")
+        if wants_usage and not usage_sent:
+            # The client asked for usage and the upstream (llama-cpp-python, LM Studio)
+            # sent none: the gateway's own count, flagged as estimated in the log.
+            ex.input_units, ex.output_units, ex.estimated = usage.count(
+                counted, payload, "".join(ex.completion)
+            )
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + dumps(usage_chunk(last, ex)) + b"\n\n",
+                    "more_body": True,
+                }
+            )
     except Exception as exc:  # a broken stream or a chunk not shaped like OpenAI's
         timed_out = isinstance(exc, TimeoutError)
         if timed_out:

@@ -7,7 +7,7 @@ in `proxy.formats`.
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy import errors, listing, pipeline
+from proxy import errors, listing, pipeline, validation
 from proxy.formats import openai
 
 
@@ -18,8 +18,10 @@ class Operation:
     `handler(runtime, op, ex, scope, receive, responder)` answers it.
     Inference operations also name the model `capability` they need,
     whether they `streams`, the list an answer must hold (`answer_items`),
-    `prepare(payload, model, stream) -> bytes` for the upstream body, and
-    `finish(data, payload)` to adjust an answer in place before it is sent.
+    `prepare(payload, model, stream) -> bytes` for the upstream body,
+    `finish(data, payload, ex)` to make an answer the spec's shape in place
+    before it is sent, and, for streams, `finish_chunk(chunk, ex) -> bool`
+    (whether the chunk finishes a choice) for each chunk.
     """
 
     method: str
@@ -30,14 +32,16 @@ class Operation:
     answer_items: str = ""
     prepare: Callable | None = None
     finish: Callable | None = None
+    finish_chunk: Callable | None = None
     upstream_path: str = ""  # default: `path` without its /v1
+    schema: validation.Schema | None = None  # what its JSON body must be
 
     def __post_init__(self):
         if not self.upstream_path:
             object.__setattr__(self, "upstream_path", self.path.removeprefix("/v1"))
 
 
-def _generation(path: str) -> Operation:
+def _generation(path: str, schema: validation.Schema, finish, finish_chunk) -> Operation:
     return Operation(
         "POST",
         path,
@@ -46,12 +50,22 @@ def _generation(path: str) -> Operation:
         streams=True,
         answer_items="choices",
         prepare=openai.prepare_generation,
+        finish=finish,
+        finish_chunk=finish_chunk,
+        schema=schema,
     )
 
 
 OPERATIONS = (
-    _generation("/v1/chat/completions"),
-    _generation("/v1/completions"),
+    _generation(
+        "/v1/chat/completions", validation.CHAT, openai.finish_chat, openai.finish_chat_chunk
+    ),
+    _generation(
+        "/v1/completions",
+        validation.COMPLETIONS,
+        openai.finish_completion,
+        openai.finish_completion_chunk,
+    ),
     Operation(
         "POST",
         "/v1/embeddings",
@@ -60,20 +74,32 @@ OPERATIONS = (
         answer_items="data",
         prepare=openai.prepare_embeddings,
         finish=openai.finish_embeddings,
+        schema=validation.EMBEDDINGS,
     ),
     Operation("GET", "/v1/models", listing.list_models),
 )
 RETRIEVE_MODEL = Operation("GET", listing.PREFIX + "{model}", listing.retrieve_model)
 
 _BY_ROUTE = {(op.method, op.path): op for op in OPERATIONS}
+_METHODS: dict[str, list[str]] = {}
+for _op in OPERATIONS:
+    _METHODS.setdefault(_op.path, []).append(_op.method)
 
 
 def resolve(method: str, path: str) -> Operation:
-    """The operation for `method` and `path` (a trailing slash ignored), or a 404."""
+    """The operation for `method` and `path` (a trailing slash ignored).
+
+    A known path asked with another method is a 405 naming the methods it
+    serves; any other path a 404.
+    """
     path = path.rstrip("/")
     op = _BY_ROUTE.get((method, path))
-    if op is None and method == "GET" and path.startswith(listing.PREFIX):
-        op = RETRIEVE_MODEL
-    if op is None:
-        raise errors.unknown_url(method, path)
-    return op
+    if op is not None:
+        return op
+    if path.startswith(listing.PREFIX):
+        if method == "GET":
+            return RETRIEVE_MODEL
+        raise errors.method_not_allowed(method, path, [RETRIEVE_MODEL.method])
+    if path in _METHODS:
+        raise errors.method_not_allowed(method, path, _METHODS[path])
+    raise errors.unknown_url(method, path)

@@ -60,6 +60,7 @@ class EndpointInfo:
     id: int
     name: str
     base_url: str
+    kind: str  # Endpoint.Kind: which server software, for per-server adjustments
     api_key: str
     usable: bool
     rates: tuple[Rate, ...]
@@ -82,6 +83,7 @@ class EndpointInfo:
             id=endpoint.pk,
             name=endpoint.name,
             base_url=endpoint.base_url.rstrip("/"),
+            kind=endpoint.kind,
             api_key=credential,
             usable=usable,
             rates=_rates(endpoint.rpm_limit, endpoint.day_limit),

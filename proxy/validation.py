@@ -1,10 +1,17 @@
 """What a client's JSON body must be before anything is spent on it (pure).
 
-The body is walked once, without recursion: nesting is bounded, fields that
-could redirect the upstream call are removed, and the fields the gateway
-itself reads must have the types the OpenAI spec gives them. Fields the
-gateway does not read pass through as sent.
+The body is walked once, without recursion: nesting is bounded and fields
+that could redirect the upstream call are removed. Then each operation's
+`Schema` checks what the official OpenAI spec (`openai-openapi.yaml`) says
+of its fields: required ones present, types, numeric ranges, array lengths,
+and the shape of each chat message. A field the spec does not name passes
+through as sent (upstreams have extensions); enumerations other than the
+gateway's own are left to the upstream, which may know more values than
+OpenAI. proxy/tests/test_validation_spec.py holds the table to the spec.
 """
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from proxy.codec import MAX_CLIENT_DEPTH
 from proxy.errors import APIError, bad_request
@@ -18,23 +25,56 @@ MODEL_DATA_FIELDS = frozenset(
     {"messages", "tools", "functions", "tool_choice", "response_format", "prompt", "input"}
 )
 
-_TYPE_NAMES = {
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    list: "an array",
-    dict: "an object",
+# JSON's types by Python's: a bool is not an integer here, as in JSON Schema.
+_KINDS = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
     type(None): "null",
 }
+_NAMES = {
+    "boolean": "a boolean",
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "array": "an array",
+    "object": "an object",
+    "null": "null",
+}
+NUMBER = ("number", "integer")
 
 
-def check_body(payload: dict, *, stream_allowed: bool) -> None:
-    """Raise a 400 APIError unless `payload` is fit to forward; strip routing fields in place.
+def kind(value) -> str:
+    return _KINDS.get(type(value), "other")
 
-    `stream_allowed` is False for operations without streaming (embeddings),
-    which ignore `stream` as the gateway always has.
-    """
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One field: its JSON types, the spec's bounds, and a check of each item of an array."""
+
+    types: tuple[str, ...]
+    minimum: float | None = None
+    maximum: float | None = None
+    min_items: int | None = None
+    max_items: int | None = None
+    items: Callable[[str, object], None] | None = None
+    shape: Callable[[str, object], None] | None = None  # a check of the whole value
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """An operation's body: `required` fields (null allowed for those in `nullable`) and rules."""
+
+    required: tuple[str, ...]
+    rules: dict[str, Rule]
+    nullable: frozenset[str] = field(default_factory=frozenset)
+
+
+def check_body(payload: dict, schema: Schema) -> None:
+    """Raise a 400 APIError unless `payload` is fit to forward; strip routing fields in place."""
     _walk(payload)
     model = payload.get("model")
     if not isinstance(model, str) or not model:
@@ -43,25 +83,63 @@ def check_body(payload: dict, *, stream_allowed: bool) -> None:
         raise bad_request(
             "You must provide a model parameter.", code="missing_model", param="model"
         )
-    if stream_allowed:
-        _expect(payload, "stream", bool)
-        options = _expect(payload, "stream_options", dict)
-        if options:
-            _expect(options, "include_usage", bool, param="stream_options.include_usage")
-    messages = _expect(payload, "messages", list)
-    for index, message in enumerate(messages or ()):
-        if not isinstance(message, dict):
-            raise invalid_type(f"messages[{index}]", "an object", message)
-    _expect(payload, "prompt", (str, list))
-    _expect(payload, "input", (str, list))
-    encoding = _expect(payload, "encoding_format", str)
-    if encoding is not None and encoding not in ("float", "base64"):
-        raise bad_request(
-            f"Invalid value for 'encoding_format': '{encoding[:40]}'. "
-            "Supported values are: 'float' and 'base64'.",
-            code="invalid_value",
-            param="encoding_format",
-        )
+    for name in schema.required:
+        if payload.get(name) is None and not (name in schema.nullable and name in payload):
+            raise bad_request(
+                f"Missing required parameter: '{name}'.",
+                code="missing_required_parameter",
+                param=name,
+            )
+    rules = schema.rules
+    for name in rules.keys() & payload.keys():
+        value = payload[name]
+        if value is not None:
+            check(name, value, rules[name])
+    options = payload.get("stream_options")
+    if isinstance(options, dict) and "stream_options" in rules:
+        check_field(options, "include_usage", Rule(("boolean",)), "stream_options.include_usage")
+    encoding = payload.get("encoding_format")
+    if "encoding_format" in rules and encoding is not None and encoding not in ENCODINGS:
+        raise invalid_value("encoding_format", encoding, ENCODINGS)
+
+
+def check(param: str, value, rule: Rule) -> None:
+    """Raise the 400 for `value` of `param` unless it meets `rule`."""
+    found = kind(value)
+    if found not in rule.types and not (found == "integer" and "number" in rule.types):
+        raise invalid_type(param, " or ".join(_NAMES[t] for t in rule.types), value)
+    if found in NUMBER:
+        if rule.minimum is not None and value < rule.minimum:
+            raise out_of_range(param, value, found, "below", "minimum", ">=", rule.minimum)
+        if rule.maximum is not None and value > rule.maximum:
+            raise out_of_range(param, value, found, "above", "maximum", "<=", rule.maximum)
+    elif found == "array":
+        if rule.min_items is not None and len(value) < rule.min_items:
+            raise bad_request(
+                f"Invalid '{param}': empty array. Expected an array with minimum length "
+                f"{rule.min_items}, but got an array with length {len(value)} instead.",
+                code="empty_array" if not value else "array_below_min_length",
+                param=param,
+            )
+        if rule.max_items is not None and len(value) > rule.max_items:
+            raise bad_request(
+                f"Invalid '{param}': array too long. Expected an array with maximum length "
+                f"{rule.max_items}, but got an array with length {len(value)} instead.",
+                code="array_above_max_length",
+                param=param,
+            )
+        if rule.items is not None:
+            check_item = rule.items
+            for index, item in enumerate(value):
+                check_item(f"{param}[{index}]", item)
+    if rule.shape is not None:
+        rule.shape(param, value)
+
+
+def check_field(body: dict, name: str, rule: Rule, param: str) -> None:
+    value = body.get(name)
+    if value is not None:
+        check(param, value, rule)
 
 
 def _walk(payload: dict) -> None:
@@ -88,19 +166,198 @@ def _walk(payload: dict) -> None:
                     stack.append((child, depth + 1, strip))
 
 
-def _expect(body: dict, name: str, types, *, param: str | None = None):
-    """The value of `name` in `body` if absent, null or of `types`; else a 400."""
-    value = body.get(name)
-    if value is None or isinstance(value, types):
-        return value
-    expected = types if isinstance(types, tuple) else (types,)
-    raise invalid_type(param or name, " or ".join(_TYPE_NAMES[t] for t in expected), value)
+# ----------------------------------------------------------------- errors
 
 
 def invalid_type(param: str, expected: str, value) -> APIError:
-    got = _TYPE_NAMES.get(type(value), "a value of another type")
+    got = _NAMES.get(kind(value), "a value of another type")
     return bad_request(
         f"Invalid type for '{param}': expected {expected}, but got {got} instead.",
         code="invalid_type",
         param=param,
     )
+
+
+def invalid_value(param: str, value, supported) -> APIError:
+    shown = str(value)[:40]
+    names = ", ".join(f"'{s}'" for s in supported)
+    return bad_request(
+        f"Invalid value for '{param}': '{shown}'. Supported values are: {names}.",
+        code="invalid_value",
+        param=param,
+    )
+
+
+def out_of_range(param, value, found, side, bound, sign, limit) -> APIError:
+    what = "integer" if found == "integer" else "decimal"
+    shown = repr(value) if found == "number" else str(value)
+    limit = int(limit) if float(limit).is_integer() else limit
+    return bad_request(
+        f"Invalid '{param}': {what} {side} {bound} value. Expected a value {sign} {limit}, "
+        f"but got {shown[:40]} instead.",
+        code=f"{what}_{side}_{bound[:3]}_value",
+        param=param,
+    )
+
+
+# ----------------------------------------------------------------- items
+
+
+def _string(param: str, item) -> None:
+    if not isinstance(item, str):
+        raise invalid_type(param, "a string", item)
+
+
+def _token(param: str, item) -> None:
+    if kind(item) != "integer":
+        raise invalid_type(param, "an integer", item)
+
+
+def _token_array(param: str, item) -> None:
+    check(param, item, Rule(("array",), min_items=1, items=_token))
+
+
+def _texts_or_tokens(param: str, value) -> None:
+    """A prompt or input: a string, or an array all of strings, of tokens or of token arrays."""
+    if isinstance(value, str) or not value:
+        return
+    first = kind(value[0])
+    item = {"string": _string, "integer": _token, "array": _token_array}.get(first)
+    if item is None:
+        raise invalid_type(f"{param}[0]", "a string, an integer or an array of integers", value[0])
+    for index, piece in enumerate(value):
+        item(f"{param}[{index}]", piece)
+
+
+def _content_part(param: str, part) -> None:
+    if not isinstance(part, dict):
+        raise invalid_type(param, "an object", part)
+    check_field(part, "type", Rule(("string",)), f"{param}.type")
+    if "type" not in part:
+        raise bad_request(
+            f"Missing required parameter: '{param}.type'.",
+            code="missing_required_parameter",
+            param=f"{param}.type",
+        )
+
+
+ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+CONTENT = Rule(("string", "array"), items=_content_part)
+# The roles whose content the spec requires (assistant: optional with tool calls).
+CONTENT_REQUIRED = frozenset({"system", "user", "tool", "developer", "function"})
+
+
+def _message(param: str, message) -> None:
+    """One chat message as the spec's ChatCompletionRequestMessage has it."""
+    if not isinstance(message, dict):
+        raise invalid_type(param, "an object", message)
+    role = message.get("role")
+    if role is None:
+        raise bad_request(
+            f"Missing required parameter: '{param}.role'.",
+            code="missing_required_parameter",
+            param=f"{param}.role",
+        )
+    if role not in ROLES:
+        if not isinstance(role, str):
+            raise invalid_type(f"{param}.role", "a string", role)
+        raise invalid_value(f"{param}.role", role, ROLES)
+    content = message.get("content")
+    if content is None:
+        # The function role's content is nullable; it must still be there.
+        if role in CONTENT_REQUIRED and not (role == "function" and "content" in message):
+            raise bad_request(
+                f"Missing required parameter: '{param}.content'.",
+                code="missing_required_parameter",
+                param=f"{param}.content",
+            )
+    else:
+        check(f"{param}.content", content, CONTENT)
+    check_field(message, "name", Rule(("string",)), f"{param}.name")
+    if role == "tool":
+        _required_string(message, "tool_call_id", param)
+    elif role == "function":
+        _required_string(message, "name", param)
+    elif role == "assistant":
+        check_field(message, "tool_calls", Rule(("array",)), f"{param}.tool_calls")
+
+
+def _required_string(body: dict, name: str, param: str) -> None:
+    if body.get(name) is None:
+        raise bad_request(
+            f"Missing required parameter: '{param}.{name}'.",
+            code="missing_required_parameter",
+            param=f"{param}.{name}",
+        )
+    check(f"{param}.{name}", body[name], Rule(("string",)))
+
+
+# ----------------------------------------------------------------- the operations
+
+PENALTY = Rule(NUMBER, minimum=-2, maximum=2)
+STOP = Rule(("string", "array"), min_items=1, max_items=4, items=_string)
+COMMON = {
+    "frequency_penalty": PENALTY,
+    "presence_penalty": PENALTY,
+    "temperature": Rule(NUMBER, minimum=0, maximum=2),
+    "top_p": Rule(NUMBER, minimum=0, maximum=1),
+    "n": Rule(("integer",), minimum=1, maximum=128),
+    "stop": STOP,
+    "seed": Rule(("integer",)),
+    "logit_bias": Rule(("object",)),
+    "stream": Rule(("boolean",)),
+    "stream_options": Rule(("object",)),
+    "user": Rule(("string",)),
+}
+
+CHAT = Schema(
+    required=("model", "messages"),
+    rules={
+        **COMMON,
+        "messages": Rule(("array",), min_items=1, items=_message),
+        "max_tokens": Rule(("integer",)),
+        "max_completion_tokens": Rule(("integer",)),
+        "logprobs": Rule(("boolean",)),
+        "top_logprobs": Rule(("integer",), minimum=0, maximum=20),
+        "store": Rule(("boolean",)),
+        "parallel_tool_calls": Rule(("boolean",)),
+        "tools": Rule(("array",)),
+        "functions": Rule(("array",), min_items=1, max_items=128),
+        "tool_choice": Rule(("string", "object")),
+        "function_call": Rule(("string", "object")),
+        "response_format": Rule(("object",)),
+        "metadata": Rule(("object",)),
+        "modalities": Rule(("array",)),
+        "audio": Rule(("object",)),
+        "prediction": Rule(("object",)),
+        "web_search_options": Rule(("object",)),
+        "reasoning_effort": Rule(("string",)),
+        "service_tier": Rule(("string",)),
+        "verbosity": Rule(("string",)),
+    },
+)
+
+COMPLETIONS = Schema(
+    required=("model", "prompt"),
+    nullable=frozenset({"prompt"}),
+    rules={
+        **COMMON,
+        "prompt": Rule(("string", "array"), shape=_texts_or_tokens),
+        "best_of": Rule(("integer",), minimum=0, maximum=20),
+        "echo": Rule(("boolean",)),
+        "logprobs": Rule(("integer",), minimum=0, maximum=5),
+        "max_tokens": Rule(("integer",), minimum=0),
+        "suffix": Rule(("string",)),
+    },
+)
+
+ENCODINGS = ("float", "base64")
+EMBEDDINGS = Schema(
+    required=("model", "input"),
+    rules={
+        "input": Rule(("string", "array"), min_items=1, max_items=2048, shape=_texts_or_tokens),
+        "encoding_format": Rule(("string",)),
+        "dimensions": Rule(("integer",), minimum=1),
+        "user": Rule(("string",)),
+    },
+)

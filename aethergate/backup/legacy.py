@@ -9,12 +9,14 @@ does an AetherGate export's.
 
 from datetime import UTC
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from urllib.parse import urlsplit
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import User
 from aethergate.backup.schema import KINDS, BackupError, decimal_text
+from endpoints.models import Endpoint
 
 MONEY_STEP = Decimal(10) ** -User._meta.get_field("balance").decimal_places
 
@@ -90,6 +92,25 @@ def _register(ids: dict, old_id, value, where: str) -> None:
 
 OLLAMA = {"ollama", "ollama_chat"}
 OPENAI_COMPATIBLE = {"openai", "hosted_vllm"}
+OPENAI_HOST = "api.openai.com"
+
+
+def _legacy_kind(providers: set[str], base_url) -> str | None:
+    """The kind of an endpoint whose served models had these LiteLLM providers, if sure.
+
+    Only a sure sign gives a server's kind; without one, None: the endpoint is
+    created generic (which suits every OpenAI-compatible server), and one
+    imported before keeps the kind staff may have chosen since.
+    """
+    if providers and providers <= OLLAMA:
+        return Endpoint.Kind.OLLAMA
+    try:
+        host = urlsplit(base_url).hostname if isinstance(base_url, str) else None
+    except ValueError:  # a bad URL: the importer's validation names it
+        host = None
+    if providers == {"openai"} and host == OPENAI_HOST:
+        return Endpoint.Kind.OPENAI
+    return None
 
 
 def translate(data: dict) -> tuple[dict, list[str]]:
@@ -127,6 +148,9 @@ def translate(data: dict) -> tuple[dict, list[str]]:
         endpoints.append(row)
 
     models, ollama_endpoints = [], []
+    # Per endpoint row (by identity: its name may be anything until checked), the
+    # providers of the models it serves after the import.
+    providers: dict[int, set[str]] = {}
     for index, item in _entries(data, "models"):
         name = item.get("id")
         where = f'models[{index}] ("{name}")'
@@ -161,6 +185,9 @@ def translate(data: dict) -> tuple[dict, list[str]]:
             row["endpoint"] = endpoint_rows[endpoint_id]["name"]
             if provider in OLLAMA:
                 ollama_endpoints.append(endpoint_rows[endpoint_id])
+            if provider in OLLAMA | OPENAI_COMPATIBLE:
+                # The others are imported inactive: they say nothing of this server.
+                providers.setdefault(id(endpoint_rows[endpoint_id]), set()).add(provider)
         if provider not in OLLAMA | OPENAI_COMPATIBLE:
             row["is_active"] = False
             warnings.append(
@@ -169,6 +196,11 @@ def translate(data: dict) -> tuple[dict, list[str]]:
                 "endpoint (a proxy or the provider's compatibility URL), then activate it."
             )
         models.append(row)
+
+    for row in endpoints:
+        kind = _legacy_kind(providers.get(id(row), set()), row.get("base_url"))
+        if kind:
+            row["kind"] = kind
 
     for row in ollama_endpoints:
         url = row.get("base_url")

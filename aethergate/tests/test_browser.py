@@ -344,6 +344,7 @@ def _walk(page, gateway, shots):
     page.goto(ENDPOINTS + "add/")
     page.locator("#id_name").fill("e2e-upstream")
     page.locator("#id_base_url").fill("http://127.0.0.1:9/v1")
+    page.locator("input[name='kind'][value='vllm']").check()
     page.locator("#id_new_api_key").fill(credential)
     _save(page)
     _success(page, "was added successfully")
@@ -351,6 +352,7 @@ def _walk(page, gateway, shots):
     expect(_row(page, "e2e-upstream").locator("td.field-credential img")).to_have_attribute(
         "alt", "True"
     )
+    expect(_row(page, "e2e-upstream").locator("td.field-kind")).to_have_text("vLLM")
     _open_change_page(page, ENDPOINTS, "e2e-upstream")
     expect(page.locator(".field-credential_status .readonly")).to_have_text("set")
     expect(page.locator("#id_new_api_key")).to_have_value("")

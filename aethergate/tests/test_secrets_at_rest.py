@@ -35,6 +35,7 @@ def test_secrets_are_absent_from_every_table_and_the_database_file(admin_client,
         {
             "name": "openai",
             "base_url": "https://api.openai.com/v1",
+            "kind": "openai",
             "new_api_key": CREDENTIAL,
             "is_active": "on",
             "connect_timeout": "5",

@@ -1,5 +1,7 @@
 """Endpoints in admin: the upstream credential is write-only."""
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -15,6 +17,7 @@ def form(**overrides):
     return {
         "name": "local-vllm",
         "base_url": "http://127.0.0.1:8001/v1",
+        "kind": "generic",
         "is_active": "on",
         "connect_timeout": "5",
         "first_byte_timeout": "120",
@@ -74,6 +77,36 @@ def test_a_credential_is_replaced_or_cleared(admin_client):
     assert not endpoint.has_credential
     page = admin_client.get(url).content.decode()
     assert "not set" in page
+
+
+def test_the_kind_is_chosen_among_radio_buttons_generic_first_and_checked(admin_client):
+    page = admin_client.get(reverse("admin:endpoints_endpoint_add")).content.decode()
+
+    radios = re.findall(r'<input type="radio" name="kind" value="(\w+)"[^>]*>', page)
+    assert radios == [value for value, _ in Endpoint.Kind.choices]
+    assert re.search(r'<input type="radio" name="kind" value="generic"[^>]*checked', page)
+    assert "llama-cpp-python server" in page
+
+
+def test_it_saves_the_kind_and_lists_and_filters_endpoints_by_it(admin_client):
+    admin_client.post(reverse("admin:endpoints_endpoint_add"), form(kind="vllm"))
+    Endpoint.objects.create(name="ollama", base_url="http://127.0.0.1:11434/v1", kind="ollama")
+    changelist = reverse("admin:endpoints_endpoint_changelist")
+
+    assert Endpoint.objects.get(name="local-vllm").kind == "vllm"
+    listed = admin_client.get(changelist)
+    assert [e.name for e in listed.context["cl"].result_list] == ["local-vllm", "ollama"]
+    assert '<td class="field-kind">vLLM</td>' in listed.content.decode()
+    filtered = admin_client.get(changelist, {"kind__exact": "ollama"})
+    assert [e.name for e in filtered.context["cl"].result_list] == ["ollama"]
+
+
+def test_it_refuses_a_kind_that_is_not_a_choice(admin_client):
+    response = admin_client.post(reverse("admin:endpoints_endpoint_add"), form(kind="triton"))
+
+    assert response.status_code == 200
+    assert list(response.context["adminform"].form.errors) == ["kind"]
+    assert not Endpoint.objects.exists()
 
 
 def test_it_refuses_a_bad_url_or_limit_without_echoing_the_credential(admin_client):

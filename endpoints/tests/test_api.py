@@ -54,6 +54,52 @@ def test_it_creates_an_endpoint_without_a_credential(api):
     assert (data["connect_timeout"], data["total_timeout"]) == (5.0, 600.0)
 
 
+def test_it_creates_an_endpoint_of_the_kind_given_and_changes_it(api):
+    response = api.post(
+        "/api/v1/endpoints/",
+        {"name": "llama", "base_url": "http://10.0.0.5:8080/v1", "kind": "llama_cpp"},
+    )
+
+    assert response.status_code == 201
+    assert response.json()["kind"] == "llama_cpp"
+    endpoint = Endpoint.objects.get()
+    assert endpoint.kind == Endpoint.Kind.LLAMA_CPP
+    changed = api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"kind": "llama_cpp_python"})
+    assert (changed.status_code, changed.json()["kind"]) == (200, "llama_cpp_python")
+    endpoint.refresh_from_db()
+    assert endpoint.kind == "llama_cpp_python"
+
+
+def test_an_endpoint_created_without_a_kind_is_generic(api):
+    response = api.post("/api/v1/endpoints/", {"name": "any", "base_url": "http://10.0.0.5/v1"})
+
+    assert (response.status_code, response.json()["kind"]) == (201, "generic")
+    assert Endpoint.objects.get().kind == "generic"
+
+
+def test_a_kind_that_is_not_a_choice_is_a_field_error(api, endpoint):
+    created = api.post(
+        "/api/v1/endpoints/", {"name": "x", "base_url": "http://x.example/v1", "kind": "triton"}
+    )
+    changed = api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"kind": "OpenAI"})
+
+    assert (created.status_code, created.json()) == (
+        400,
+        {"kind": ['"triton" is not a valid choice.']},
+    )
+    assert (changed.status_code, list(changed.json())) == (400, ["kind"])
+    assert list(Endpoint.objects.values_list("name", "kind")) == [("openai", "generic")]
+
+
+def test_the_schema_describes_the_kind_as_an_enum_of_every_choice(api):
+    schema = api.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+    components = schema["components"]["schemas"]
+    kind = components["Endpoint"]["properties"]["kind"]
+    enum = components[kind["allOf"][0]["$ref"].rsplit("/", 1)[1]]["enum"]
+    assert enum == [value for value, _ in Endpoint.Kind.choices]
+
+
 def test_omitting_the_credential_keeps_it(api, endpoint):
     response = api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"rpm_limit": 60})
 

@@ -1,18 +1,24 @@
 """OpenAI's own formats (chat, completions, embeddings): the gateway only sets what it owns.
 
-`prepare_*` build the upstream body from the client's; `finish_*` adjust an
-upstream answer in place before it is sent; `*_text` read what a log keeps.
+`prepare_*` build the upstream body from the client's, adapted to the
+endpoint's dialect; `finish_*` make an upstream answer the official schema
+in place before it is sent; `*_text` read what a log keeps.
 """
 
 import base64
 import struct
 
+from proxy import dialects
 from proxy.codec import dumps
 from proxy.snapshot import ModelInfo
 
 
 def prepare_generation(payload: dict, model: ModelInfo, stream: bool) -> bytes:
-    """Chat and completions: the upstream's model name, and usage always reported on streams."""
+    """Chat and completions: the upstream's name, usage always asked for on streams.
+
+    `stream_options` goes only with a stream (vLLM refuses it otherwise), and
+    the endpoint's dialect adapts the rest.
+    """
     body = dict(payload)
     body["model"] = model.upstream_name
     if stream:
@@ -21,29 +27,138 @@ def prepare_generation(payload: dict, model: ModelInfo, stream: bool) -> bytes:
             **(options if isinstance(options, dict) else {}),
             "include_usage": True,
         }
+    else:
+        body.pop("stream_options", None)
+    dialects.adapt_generation(body, dialects.of(model.endpoint))
     return dumps(body)
 
 
 def prepare_embeddings(payload: dict, model: ModelInfo, stream: bool) -> bytes:
     body = dict(payload)
     body["model"] = model.upstream_name
+    dialects.adapt_embeddings(body, dialects.of(model.endpoint))
     # Floats are what every upstream speaks; base64 is made here if asked for.
     body["encoding_format"] = "float"
     return dumps(body)
 
 
-def finish_embeddings(data: dict, payload: dict) -> None:
-    """Vectors as the client asked: floats as they came, or base64 of little-endian float32.
+# Answers are made the official schema whatever the server sent: the fields
+# a client may rely on are always there, with the gateway's values where the
+# server's cannot be trusted. `ex` is the request's Exchange, its usage counted.
+
+
+def finish_chat(data: dict, payload: dict, ex) -> None:
+    _identify(data, ex, "chat.completion")
+    for index, choice in enumerate(data["choices"]):
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise ValueError("a choice without a message")
+        message.setdefault("role", "assistant")
+        message.setdefault("content", None)
+        message.setdefault("refusal", None)
+        _choice(choice, index)
+    _usage(data, ex)
+
+
+def finish_completion(data: dict, payload: dict, ex) -> None:
+    _identify(data, ex, "text_completion")
+    for index, choice in enumerate(data["choices"]):
+        if not isinstance(choice.get("text"), str):
+            raise ValueError("a choice without text")
+        _choice(choice, index)
+    _usage(data, ex)
+
+
+def finish_embeddings(data: dict, payload: dict, ex) -> None:
+    """The spec's list of embeddings, vectors as the client asked: floats as they came, or
+    base64 of little-endian float32.
 
     Raises struct.error or TypeError for a vector that is not numbers.
     """
-    if payload.get("encoding_format") != "base64":
-        return
-    for item in data.get("data") or ():
-        vector = item.get("embedding") if isinstance(item, dict) else None
-        if isinstance(vector, list):
+    data["object"] = "list"
+    base64_wanted = payload.get("encoding_format") == "base64"
+    for index, item in enumerate(data["data"]):
+        vector = item.get("embedding")
+        # llama.cpp adds a stray `encoding_format` to each item: only the spec's fields go on.
+        for name in item.keys() - {"object", "index", "embedding"}:
+            del item[name]
+        item["object"] = "embedding"
+        item.setdefault("index", index)
+        if base64_wanted and isinstance(vector, list):
             packed = struct.pack(f"<{len(vector)}f", *vector)
             item["embedding"] = base64.b64encode(packed).decode()
+    if ex.estimated or not isinstance(data.get("usage"), dict):
+        data["usage"] = {"prompt_tokens": ex.input_units, "total_tokens": ex.input_units}
+
+
+def _choice(choice: dict, index: int) -> None:
+    choice.setdefault("index", index)
+    choice.setdefault("logprobs", None)
+    if choice.get("finish_reason") is None:
+        choice["finish_reason"] = "stop"
+
+
+def _identify(data: dict, ex, kind: str) -> None:
+    """`id`, `object` and `created` as the spec has them (`model` is set by the relay)."""
+    answer = data.get("id")
+    if not isinstance(answer, str) or not answer or dialects.of(ex.model.endpoint).rewrites_ids:
+        data["id"] = answer_id(ex, kind)
+    data["object"] = kind
+    if type(data.get("created")) is not int:
+        data["created"] = int(ex.created_at.timestamp())
+
+
+def answer_id(ex, kind: str) -> str:
+    prefix = "cmpl-" if kind == "text_completion" else "chatcmpl-"
+    return prefix + ex.request_id.removeprefix("req_")
+
+
+def _usage(data: dict, ex) -> None:
+    """The upstream's usage when it was used; else the gateway's counts."""
+    if ex.estimated or not isinstance(data.get("usage"), dict):
+        data["usage"] = usage_object(ex)
+
+
+def usage_object(ex) -> dict:
+    return {
+        "prompt_tokens": ex.input_units,
+        "completion_tokens": ex.output_units,
+        "total_tokens": ex.input_units + ex.output_units,
+    }
+
+
+def finish_chat_chunk(chunk: dict, ex) -> bool:
+    """Make one chat stream chunk the spec's shape; whether it finishes a choice."""
+    return _chunk(chunk, ex, "chat.completion.chunk", "delta")
+
+
+def finish_completion_chunk(chunk: dict, ex) -> bool:
+    return _chunk(chunk, ex, "text_completion", "text")
+
+
+def _chunk(chunk: dict, ex, kind: str, part: str) -> bool:
+    _identify(chunk, ex, kind)
+    finished = False
+    for index, choice in enumerate(chunk["choices"]):
+        if not isinstance(choice, dict):
+            raise ValueError("a choice that is not an object")
+        choice.setdefault("index", index)
+        choice.setdefault(part, {} if part == "delta" else "")
+        if choice.setdefault("finish_reason", None) is not None:
+            finished = True
+    return finished
+
+
+def usage_chunk(last: dict, ex) -> dict:
+    """The closing chunk OpenAI sends with `stream_options.include_usage`, after `last`."""
+    return {
+        "id": last["id"],
+        "object": last["object"],
+        "created": last["created"],
+        "model": ex.model_name,
+        "choices": [],
+        "usage": usage_object(ex),
+    }
 
 
 def answer_text(data: dict) -> str:

@@ -50,6 +50,7 @@ def endpoint_info(**fields) -> EndpointInfo:
         "id": 1,
         "name": "stand-in",
         "base_url": "http://upstream.test/v1",
+        "kind": "generic",
         "api_key": "sk-upstream-secret",
         "usable": True,
         "rates": (),

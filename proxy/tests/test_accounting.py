@@ -159,7 +159,8 @@ def test_it_gives_every_response_a_unique_request_id_that_its_record_keeps():
         "401": call(rt, "POST", CHAT_PATH, CHAT, secret=FAKE_KEY),
         "401 without header": call(rt, "GET", "/v1/models", secret=None),
         "404 unknown url": call(rt, "POST", "/v1/nope"),
-        "404 unknown url without key": call(rt, "GET", CHAT_PATH, secret=None),
+        "404 unknown url without key": call(rt, "GET", "/v1/nope", secret=None),
+        "405 wrong method without key": call(rt, "GET", CHAT_PATH, secret=None),
         "400": call(rt, "POST", CHAT_PATH, b"{"),
         "models": call(rt, "GET", "/v1/models"),
     }
@@ -171,6 +172,7 @@ def test_it_gives_every_response_a_unique_request_id_that_its_record_keeps():
         "401 without header": 401,
         "404 unknown url": 404,
         "404 unknown url without key": 404,
+        "405 wrong method without key": 405,
         "400": 400,
         "models": 200,
     }

@@ -161,8 +161,10 @@ def test_each_attempt_gets_its_own_upstream_request_id(gateway, upstream, make_m
 
 
 def test_it_passes_the_sdks_fields_and_extra_body_through(
-    gateway, upstream, model, secret, client_for
+    gateway, upstream, make_model, make_endpoint, secret, client_for
 ):
+    # OpenAI itself: the dialect that changes nothing (proxy/dialects.py).
+    make_model(endpoint=make_endpoint(kind="openai"))
     client = client_for(secret)
 
     client.chat.completions.create(

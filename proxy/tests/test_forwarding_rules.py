@@ -351,6 +351,42 @@ def test_a_rejection_body_too_large_or_broken_is_named_by_its_status(pieces):
     assert found.message == "The upstream rejected the request: HTTP 400 Bad Request"
 
 
+@pytest.mark.parametrize("kind", ["llama_cpp", "llama_cpp_python"])
+def test_a_500_with_an_error_message_from_llama_cpp_is_a_final_rejection(kind):
+    # llama.cpp answers a malformed request (bad tool arguments, a template error) with 500.
+    found = asyncio.run(
+        forwarding.failure(
+            fakes.error_answer(500, "Failed to parse tool call arguments"),
+            endpoint_info(kind=kind),
+            "gpt-public",
+            log_content=False,
+        )
+    )
+
+    assert not isinstance(found, Retryable)
+    assert (found.status, found.code) == (400, "upstream_rejected")
+    assert found.message == "The upstream rejected the request: Failed to parse tool call arguments"
+
+
+@pytest.mark.parametrize(
+    ("kind", "pieces"),
+    [
+        ("llama_cpp", [b"Internal Server Error"]),
+        ("llama_cpp_python", [b""]),
+        ("generic", [fakes.error_body("Failed to parse tool call arguments")]),
+        ("vllm", [fakes.error_body("engine dead")]),
+    ],
+)
+def test_any_other_500_is_a_failure_another_candidate_may_replace(kind, pieces):
+    found = asyncio.run(
+        forwarding.failure(
+            FakeResponse(500, pieces), endpoint_info(kind=kind), "gpt-public", log_content=False
+        )
+    )
+
+    assert isinstance(found, Retryable) and found.reason == "HTTP 500"
+
+
 def test_no_answer_in_time_is_a_504_another_candidate_may_replace():
     found = forwarding.connection_failure(TimeoutError(), endpoint_info(), "gpt-public")
 

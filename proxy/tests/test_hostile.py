@@ -150,10 +150,9 @@ def sse(*events: bytes) -> bytes:
     return b"".join(b"data: " + e + b"\n\n" for e in events)
 
 
-def chunk(text: str) -> bytes:
-    return json.dumps(
-        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]}
-    ).encode()
+def chunk(text: str, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+    return json.dumps({"object": "chat.completion.chunk", "choices": [choice]}).encode()
 
 
 def streaming(*parts: bytes, pause: float = 0.0):
@@ -172,7 +171,8 @@ def streaming(*parts: bytes, pause: float = 0.0):
 def test_a_slow_client_is_not_cut_for_upstream_silence(http, gateway, scripted, on_scripted):
     # 12 MB of chunks, sent at once (more than the kernel's socket buffers hold),
     # then [DONE]; the endpoint's idle timeout is 1 s.
-    pieces = [sse(chunk("x" * 16 * 1024)) for _ in range(768)] + [sse(b"[DONE]")]
+    pieces = [sse(chunk("x" * 16 * 1024)) for _ in range(767)]
+    pieces += [sse(chunk("x", finish="stop")), sse(b"[DONE]")]
     scripted.handler = streaming(*pieces)
     secret, _ = on_scripted
     endpoint = Endpoint.objects.get(name="scripted")

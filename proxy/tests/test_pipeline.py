@@ -74,9 +74,13 @@ PASSTHROUGH = {
 }
 
 
-def sent_body(**fields) -> dict:
-    """The body that reached the upstream for a chat call of `gpt-test` with `fields`."""
-    rt = fakes.runtime()
+def sent_body(kind="openai", **fields) -> dict:
+    """The body that reached an upstream of `kind` for a chat call of `gpt-test` with `fields`.
+
+    OpenAI's is the dialect that changes nothing (proxy/dialects.py).
+    """
+    model = fakes.model_info(endpoint=fakes.endpoint_info(kind=kind))
+    rt = fakes.runtime(fakes.snapshot(models=[model]))
     answer = fakes.chat(rt, **fields)
     assert answer.status == 200, answer.body
     (sent,) = rt.upstream.calls

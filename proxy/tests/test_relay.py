@@ -252,12 +252,12 @@ def test_it_encodes_base64_embeddings_as_little_endian_float32():
 def test_it_returns_float_embeddings_as_they_came(fields):
     rt = answering(FakeResponse(200, [fakes.embedding_answer(VECTOR, [1, 2])]), EMBED)
 
-    answer = embed(rt, input=["alpha", [1, 2, 3]], **fields)
+    answer = embed(rt, input=["alpha", "beta"], **fields)
 
     assert [d["embedding"] for d in answer.json()["data"]] == [VECTOR, [1, 2]]
     assert rt.upstream.calls[0].body == {
         "model": "echo-embed",
-        "input": ["alpha", [1, 2, 3]],
+        "input": ["alpha", "beta"],
         "encoding_format": "float",
     }
 
@@ -516,3 +516,67 @@ def test_it_relays_a_chunk_for_each_upstream_chunk_as_it_arrives():
         [{"index": 0, "delta": {"content": " two"}, "finish_reason": None}],
     ]
     assert all(m.get("more_body") for m in answer.messages[1:-1])
+
+
+# --------------------------------------------------------------------------- normalised answers
+
+
+def test_it_sends_its_own_usage_chunk_when_the_upstream_ignores_include_usage():
+    # llama-cpp-python and LM Studio drop stream_options: no usage ever comes.
+    rt = answering(fakes.streamed("Hel", "lo"))
+
+    answer = fakes.chat(rt, stream=True, stream_options={"include_usage": True})
+
+    *chunks, last, done = answer.events
+    assert done == "[DONE]"
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["Hel", "lo", None]
+    (record,) = rt.writer.records
+    assert record.usage_estimated is True
+    assert last == {
+        "id": chunks[-1]["id"],
+        "object": "chat.completion.chunk",
+        "created": chunks[-1]["created"],
+        "model": "gpt-test",
+        "choices": [],
+        "usage": {
+            "prompt_tokens": record.input_units,
+            "completion_tokens": record.output_units,
+            "total_tokens": record.input_units + record.output_units,
+        },
+    }
+    assert record.output_units == usage.estimate_tokens("Hello") > 0
+
+
+def test_it_sends_no_usage_chunk_of_its_own_to_a_client_that_did_not_ask():
+    rt = answering(fakes.streamed("Hel", "lo"))
+
+    answer = fakes.chat(rt, stream=True)
+
+    assert [c for c in answer.events[:-1] if not c["choices"] or "usage" in c] == []
+
+
+def test_a_stream_ended_without_a_finish_reason_is_an_error_event_not_done():
+    # llama-cpp-python ends a stream another request interrupted with a bare [DONE].
+    rt = answering(FakeResponse(200, sse(chunk("Hel"), chunk("lo"))))
+
+    answer = fakes.chat(rt, stream=True)
+
+    assert "[DONE]" not in answer.events
+    assert answer.events[-1]["error"]["code"] == "upstream_error"
+    (record,) = rt.writer.records
+    assert (record.status, record.outcome) == (502, "upstream_error")
+
+
+def test_a_json_answer_without_usage_gets_the_gateways_count():
+    rt = answering(FakeResponse(200, [fakes.chat_answer("Hi there")]))
+
+    answer = fakes.chat(rt)
+
+    (record,) = rt.writer.records
+    assert record.usage_estimated is True
+    assert answer.json()["usage"] == {
+        "prompt_tokens": record.input_units,
+        "completion_tokens": record.output_units,
+        "total_tokens": record.input_units + record.output_units,
+    }
+    assert answer.json()["choices"][0]["message"]["refusal"] is None

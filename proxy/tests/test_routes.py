@@ -5,7 +5,7 @@ import pytest
 from proxy import routes
 from proxy.errors import APIError
 from proxy.tests import fakes
-from proxy.tests.fakes import FAKE_KEY, call, error_of
+from proxy.tests.fakes import call, error_of
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -15,12 +15,8 @@ def test_it_answers_unknown_v1_urls_with_404_before_checking_the_key():
     requests = [
         ("POST", "/v1/nope", None),
         ("POST", "/v1/nope", fakes.SECRET),
-        ("GET", "/v1/chat/completions", None),
-        ("GET", "/v1/chat/completions", fakes.SECRET),
-        ("GET", "/v1/embeddings", FAKE_KEY),
-        ("POST", "/v1/models", fakes.SECRET),
-        ("DELETE", "/v1/completions", fakes.SECRET),
         ("POST", "/v1/chat/completions/extra", fakes.SECRET),
+        ("GET", "/v1/chat", fakes.SECRET),
         ("GET", "/v1", None),
     ]
 
@@ -33,6 +29,32 @@ def test_it_answers_unknown_v1_urls_with_404_before_checking_the_key():
     assert rt.upstream.calls == []
     assert rt.writer.records == []  # refused before the key was read: no account to log under
     assert rt.key_throttle.retry_after("127.0.0.1") == 0  # and no invalid key counted
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v1/chat/completions", "POST"),
+        ("TRACE", "/v1/chat/completions", "POST"),
+        ("PUT", "/v1/completions/", "POST"),
+        ("GET", "/v1/embeddings", "POST"),
+        ("POST", "/v1/models", "GET"),
+        ("DELETE", "/v1/models", "GET"),
+        ("DELETE", "/v1/models/gpt-test", "GET"),
+        ("POST", "/v1/models/openai/gpt-4o", "GET"),
+        ("OPTIONS", "/v1/chat/completions", "POST"),
+    ],
+)
+def test_a_known_path_with_another_method_is_405_naming_the_allowed_ones(method, path, allowed):
+    rt = fakes.runtime()
+
+    answer = call(rt, method, path, CHAT if method in ("POST", "PUT") else None, secret=None)
+
+    error = error_of(answer, 405, "method_not_allowed")
+    assert answer.headers["allow"] == allowed
+    assert error["message"] == f"{method} is not allowed on {path.rstrip('/')}; use {allowed}."
+    assert answer.headers["x-request-id"]
+    assert rt.upstream.calls == [] and rt.writer.records == []
 
 
 def test_it_ignores_a_trailing_slash():
@@ -78,4 +100,4 @@ def test_only_get_retrieves_a_model():
     for method in ("POST", "PUT", "DELETE"):
         with pytest.raises(APIError) as refused:
             routes.resolve(method, "/v1/models/gpt-test")
-        assert (refused.value.status, refused.value.code) == (404, "unknown_url")
+        assert (refused.value.status, refused.value.code) == (405, "method_not_allowed")

@@ -10,7 +10,7 @@ import pytest
 from proxy.errors import APIError
 from proxy.tests import fakes
 from proxy.tests.fakes import call, error_of
-from proxy.validation import check_body
+from proxy.validation import CHAT, COMPLETIONS, EMBEDDINGS, check_body
 
 CHAT_PATH = "/v1/chat/completions"
 PATHS = (CHAT_PATH, "/v1/completions", "/v1/embeddings")
@@ -53,10 +53,11 @@ def assert_refused_before_the_model(rt, answers, paths):
         )
 
 
+HI = '"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]'
 HOSTILE_BODIES = {
     "array 100,000 deep": (nested(100_000), "invalid_json"),
     "object 1,000 deep": (
-        '{"model": "gpt-test", "messages": [], "metadata": '
+        '{"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "metadata": '
         + '{"a": ' * 1000
         + "1"
         + "}" * 1000
@@ -71,16 +72,22 @@ HOSTILE_BODIES = {
         '{"model": "gpt-test", "messages": [{"role": "user", "content": "\\ud800"}]}',
         "invalid_json",
     ),
-    "NaN": ('{"model": "gpt-test", "messages": [], "temperature": NaN}', "invalid_json"),
-    "Infinity": ('{"model": "gpt-test", "messages": [], "top_p": 1e999}', "invalid_json"),
+    "NaN": (
+        "{" + HI + ', "temperature": NaN}',
+        "invalid_json",
+    ),
+    "Infinity": (
+        "{" + HI + ', "top_p": 1e999}',
+        "invalid_json",
+    ),
     "messages a number": ('{"model": "gpt-test", "messages": 5}', "invalid_type"),
     "a message a string": ('{"model": "gpt-test", "messages": ["hi"]}', "invalid_type"),
     "stream a string": (
-        '{"model": "gpt-test", "messages": [], "stream": "true"}',
+        "{" + HI + ', "stream": "true"}',
         "invalid_type",
     ),
     "stream_options a list": (
-        '{"model": "gpt-test", "messages": [], "stream": true, "stream_options": []}',
+        "{" + HI + ', "stream": true, "stream_options": []}',
         "invalid_type",
     ),
 }
@@ -134,57 +141,214 @@ def test_it_refuses_a_request_without_a_model_with_400_missing_model():
     assert_refused_before_the_model(rt, answers, PATHS)
 
 
-def refusal(payload: dict, *, stream_allowed: bool = True) -> APIError:
+CHAT_BODY = {"model": "m", "messages": MESSAGES}
+SCHEMAS = {"chat": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS}
+BASE = {
+    "chat": CHAT_BODY,
+    "completions": {"model": "m", "prompt": "hi"},
+    "embeddings": {"model": "m", "input": "hi"},
+}
+
+
+def refusal(payload: dict, schema=CHAT) -> APIError:
     with pytest.raises(APIError) as refused:
-        check_body(payload, stream_allowed=stream_allowed)
+        check_body(payload, schema)
     assert refused.value.status == 400
     return refused.value
 
 
 def test_it_names_the_field_and_both_types_when_a_type_is_wrong():
     cases = {
-        "model": ({"model": 5}, "expected a string, but got an integer"),
+        "model": (
+            {"model": 5, "messages": MESSAGES},
+            CHAT,
+            "expected a string, but got an integer",
+        ),
         "stream_options.include_usage": (
-            {"model": "m", "stream_options": {"include_usage": "yes"}},
+            {**CHAT_BODY, "stream_options": {"include_usage": "yes"}},
+            CHAT,
             "expected a boolean, but got a string",
         ),
         "messages[1]": (
-            {"model": "m", "messages": [{"role": "user"}, None]},
+            {"model": "m", "messages": [*MESSAGES, None]},
+            CHAT,
             "expected an object, but got null",
         ),
         "prompt": (
             {"model": "m", "prompt": 3.5},
+            COMPLETIONS,
             "expected a string or an array, but got a number",
         ),
-        "input": ({"model": "m", "input": {"a": 1}}, "expected a string or an array"),
+        "input": ({"model": "m", "input": {"a": 1}}, EMBEDDINGS, "expected a string or an array"),
+        "temperature": ({**CHAT_BODY, "temperature": "hot"}, CHAT, "expected a number"),
+        "n": ({**CHAT_BODY, "n": 1.5}, CHAT, "expected an integer, but got a number"),
+        "logprobs": ({**CHAT_BODY, "logprobs": 1}, CHAT, "expected a boolean, but got an integer"),
+        "max_tokens": (
+            {**CHAT_BODY, "max_tokens": True},
+            CHAT,
+            "expected an integer, but got a boolean",
+        ),
+        "stop[1]": ({**CHAT_BODY, "stop": ["a", 2]}, CHAT, "expected a string"),
+        "messages[0].content[0]": (
+            {"model": "m", "messages": [{"role": "user", "content": ["hi"]}]},
+            CHAT,
+            "expected an object, but got a string",
+        ),
+        "prompt[1]": ({"model": "m", "prompt": ["a", 1]}, COMPLETIONS, "expected a string"),
+        "input[0][1]": ({"model": "m", "input": [[1, "x"]]}, EMBEDDINGS, "expected an integer"),
     }
 
-    for param, (payload, said) in cases.items():
-        error = refusal(payload)
-        assert (error.code, error.param) == ("invalid_type", param)
-        assert said in error.message
+    for param, (payload, schema, said) in cases.items():
+        error = refusal(payload, schema)
+        assert (error.code, error.param) == ("invalid_type", param), param
+        assert said in error.message, (param, error.message)
 
 
-def test_null_stands_for_an_absent_field():
-    check_body(
-        {"model": "m", "messages": None, "stream": None, "stream_options": None},
-        stream_allowed=True,
+@pytest.mark.parametrize(
+    ("operation", "payload", "param"),
+    [
+        ("chat", {"model": "m"}, "messages"),
+        ("chat", {"model": "m", "messages": None}, "messages"),
+        ("completions", {"model": "m"}, "prompt"),
+        ("embeddings", {"model": "m"}, "input"),
+        ("chat", {"model": "m", "messages": [{"content": "hi"}]}, "messages[0].role"),
+        ("chat", {"model": "m", "messages": [{"role": "user"}]}, "messages[0].content"),
+        (
+            "chat",
+            {"model": "m", "messages": [{"role": "system", "content": None}]},
+            "messages[0].content",
+        ),
+        (
+            "chat",
+            {"model": "m", "messages": [{"role": "tool", "content": "42"}]},
+            "messages[0].tool_call_id",
+        ),
+        (
+            "chat",
+            {"model": "m", "messages": [{"role": "function", "content": None}]},
+            "messages[0].name",
+        ),
+        (
+            "chat",
+            {"model": "m", "messages": [{"role": "user", "content": [{"text": "hi"}]}]},
+            "messages[0].content[0].type",
+        ),
+    ],
+)
+def test_it_names_a_missing_required_field(operation, payload, param):
+    error = refusal(payload, SCHEMAS[operation])
+
+    assert (error.code, error.param) == ("missing_required_parameter", param)
+    assert error.message == f"Missing required parameter: '{param}'."
+
+
+def test_it_accepts_every_role_and_content_form_the_spec_gives():
+    messages = [
+        {"role": "developer", "content": "be brief"},
+        {"role": "system", "content": [{"type": "text", "text": "be kind"}]},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        {"role": "function", "name": "f", "content": None},
+        {"role": "assistant", "content": "done", "name": "bot", "refusal": None},
+    ]
+
+    check_body({"model": "m", "messages": messages}, CHAT)
+
+
+def test_it_refuses_a_role_the_spec_does_not_know():
+    error = refusal({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]})
+
+    assert (error.code, error.param) == ("invalid_value", "messages[0].role")
+    assert "'wizard'" in error.message and "'developer'" in error.message
+
+
+@pytest.mark.parametrize(
+    ("operation", "field", "value", "code"),
+    [
+        ("chat", "messages", [], "empty_array"),
+        ("chat", "temperature", 2.5, "decimal_above_max_value"),
+        ("chat", "temperature", -0.1, "decimal_below_min_value"),
+        ("chat", "top_p", 1.01, "decimal_above_max_value"),
+        ("chat", "frequency_penalty", -3, "integer_below_min_value"),
+        ("chat", "presence_penalty", 2.01, "decimal_above_max_value"),
+        ("chat", "n", 0, "integer_below_min_value"),
+        ("chat", "n", 129, "integer_above_max_value"),
+        ("chat", "top_logprobs", 21, "integer_above_max_value"),
+        ("chat", "stop", ["a", "b", "c", "d", "e"], "array_above_max_length"),
+        ("chat", "stop", [], "empty_array"),
+        ("completions", "best_of", 21, "integer_above_max_value"),
+        ("completions", "logprobs", 6, "integer_above_max_value"),
+        ("completions", "max_tokens", -1, "integer_below_min_value"),
+        ("embeddings", "input", [], "empty_array"),
+        ("embeddings", "input", ["x"] * 2049, "array_above_max_length"),
+        ("embeddings", "dimensions", 0, "integer_below_min_value"),
+    ],
+)
+def test_it_refuses_a_value_outside_the_specs_range(operation, field, value, code):
+    error = refusal({**BASE[operation], field: value}, SCHEMAS[operation])
+
+    assert (error.code, error.param) == (code, field)
+    assert error.message.startswith(f"Invalid '{field}': ")
+
+
+def test_it_names_the_bound_and_the_value_out_of_range():
+    error = refusal({**CHAT_BODY, "temperature": 2.5})
+
+    assert error.message == (
+        "Invalid 'temperature': decimal above maximum value. "
+        "Expected a value <= 2, but got 2.5 instead."
     )
+
+
+def test_values_at_the_specs_bounds_pass():
+    check_body(
+        {**CHAT_BODY, "temperature": 2, "top_p": 0, "n": 128, "top_logprobs": 20, "stop": "x"},
+        CHAT,
+    )
+    check_body({"model": "m", "prompt": [[1, 2], [3]], "best_of": 0, "max_tokens": 0}, COMPLETIONS)
+    check_body({"model": "m", "input": ["x"] * 2048, "dimensions": 1}, EMBEDDINGS)
+    check_body({"model": "m", "input": [1, 2, 3]}, EMBEDDINGS)
+
+
+def test_a_completion_prompt_may_be_null_as_the_spec_allows():
+    check_body({"model": "m", "prompt": None}, COMPLETIONS)
+
+
+def test_fields_the_spec_does_not_name_pass_through_unchanged():
+    payload = {**CHAT_BODY, "top_k": 40, "repetition_penalty": "any", "chat_template_kwargs": {}}
+
+    check_body(payload, CHAT)
+
+    assert payload["top_k"] == 40 and payload["repetition_penalty"] == "any"
+
+
+def test_null_stands_for_an_absent_optional_field():
+    check_body({**CHAT_BODY, "stream": None, "stream_options": None, "temperature": None}, CHAT)
 
 
 def test_an_operation_without_streaming_ignores_stream_as_it_always_has():
     payload = {"model": "m", "input": "hi", "stream": "yes", "stream_options": 3}
 
-    check_body(payload, stream_allowed=False)
+    check_body(payload, EMBEDDINGS)
 
-    assert refusal(dict(payload)).param == "stream"
+    assert refusal({**CHAT_BODY, "stream": "yes"}).param == "stream"
 
 
 def test_it_accepts_only_the_documented_encoding_formats():
     for encoding in ("float", "base64"):
-        check_body({"model": "m", "input": "hi", "encoding_format": encoding}, stream_allowed=False)
+        check_body({"model": "m", "input": "hi", "encoding_format": encoding}, EMBEDDINGS)
 
-    error = refusal({"model": "m", "encoding_format": "x" * 100}, stream_allowed=False)
+    error = refusal({"model": "m", "input": "hi", "encoding_format": "x" * 100}, EMBEDDINGS)
 
     assert (error.code, error.param) == ("invalid_value", "encoding_format")
     assert "x" * 40 in error.message and "x" * 41 not in error.message
+
+
+def test_a_chat_body_without_messages_reaches_no_upstream():
+    rt = fakes.runtime()
+
+    answer = call(rt, "POST", CHAT_PATH, {"model": "gpt-test"})
+
+    assert error_of(answer, 400, "missing_required_parameter")["param"] == "messages"
+    assert rt.upstream.calls == []

@@ -38,6 +38,7 @@ def data():
     openai = Endpoint(
         name="openai",
         base_url="https://api.openai.com/v1",
+        kind=Endpoint.Kind.OPENAI,
         rpm_limit=100,
         day_limit=5000,
         connect_timeout=3.5,

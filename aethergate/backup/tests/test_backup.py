@@ -84,6 +84,7 @@ def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
     assert document["endpoints"][1] == {
         "name": "openai",
         "base_url": "https://api.openai.com/v1",
+        "kind": "openai",
         "rpm_limit": 100,
         "day_limit": 5000,
         "connect_timeout": 3.5,
@@ -94,6 +95,7 @@ def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
         "has_credential": True,
     }
     assert document["endpoints"][0]["has_credential"] is False
+    assert document["endpoints"][0]["kind"] == "generic"
     assert document["models"][2] == {
         "name": "llama3",
         "upstream_name": "llama3:8b",
@@ -351,6 +353,7 @@ def test_one_invalid_row_rejects_the_whole_file_and_is_named(data):
         ("users", 0, {"email": "not-an-email"}, 'users[0] ("alice"): email: Enter a valid'),
         ("api_keys", 0, {"rate_limit": "lots"}, 'rate_limit: "lots" is not a rate'),
         ("endpoints", 0, {"day_limit": 0}, "day_limit: Ensure this value is greater than or"),
+        ("endpoints", 1, {"kind": "triton"}, "kind: Value 'triton' is not a valid choice."),
     ],
 )
 def test_a_bad_row_or_unknown_reference_is_named_and_nothing_changes(
@@ -365,6 +368,19 @@ def test_a_bad_row_or_unknown_reference_is_named_and_nothing_changes(
 
     assert message in str(error.value)
     assert without_time(export(include_secrets=True)) == without_time(before)
+
+
+def test_an_export_from_before_kinds_imports_new_endpoints_as_generic_and_keeps_known_ones(data):
+    document = export(include_secrets=True)
+    for row in document["endpoints"]:
+        del row["kind"]
+    Endpoint.objects.filter(name="local").delete()
+
+    report = import_(document)
+
+    assert counts(report)["endpoints"] == (1, 0, 1)
+    kinds = dict(Endpoint.objects.values_list("name", "kind"))
+    assert kinds == {"local": "generic", "openai": "openai"}
 
 
 def test_it_refuses_fallbacks_that_loop(data):

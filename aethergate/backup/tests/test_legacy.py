@@ -75,6 +75,59 @@ def test_it_maps_endpoints_renaming_duplicates_and_fixing_ollama_urls():
 
 
 @pytest.mark.django_db
+def test_it_gives_each_endpoint_the_kind_its_models_litellm_names_show():
+    import_(legacy_backup())
+
+    # OpenAI's also carried an anthropic/ model: imported inactive, it says nothing of the server.
+    assert dict(Endpoint.objects.values_list("name", "kind")) == {
+        "Local Ollama": "ollama",
+        "Local Ollama (2)": "ollama",
+        "OpenAI": "openai",
+    }
+
+
+def one_endpoint(base_url: str, litellm_names: list[str]) -> dict:
+    """An earlier-version backup of one endpoint serving models of these LiteLLM names."""
+    models = [
+        {"id": f"m{index}", "litellm_name": name, "endpoint_id": 1}
+        for index, name in enumerate(litellm_names)
+    ]
+    endpoints = [{"id": 1, "name": "upstream", "base_url": base_url}]
+    return {"version": 1, "data": {"endpoints": endpoints, "models": models}}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("base_url", "litellm_names", "kind"),
+    [
+        ("http://10.0.0.5:11434", ["ollama/llama3", "ollama_chat/qwen3"], "ollama"),
+        ("http://10.0.0.5:11434", ["ollama/llama3", "anthropic/claude-3-5-haiku"], "ollama"),
+        ("http://10.0.0.5:11434/v1", ["ollama/llama3", "openai/llama3"], "generic"),
+        ("https://api.openai.com/v1", ["openai/gpt-4o", "gpt-4o-mini"], "openai"),
+        ("https://api.openai.com/v1", ["openai/gpt-4o", "hosted_vllm/qwen3"], "generic"),
+        ("https://openrouter.ai/api/v1", ["openai/gpt-4o"], "generic"),
+        ("http://10.0.0.5:8000/v1", ["hosted_vllm/qwen3"], "generic"),
+        ("https://api.openai.com/v1", [], "generic"),
+    ],
+)
+def test_an_endpoints_kind_is_ollama_or_openai_only_on_a_sure_sign(base_url, litellm_names, kind):
+    import_(one_endpoint(base_url, litellm_names))
+
+    assert Endpoint.objects.get().kind == kind
+
+
+@pytest.mark.django_db
+def test_a_repeated_import_keeps_a_kind_chosen_where_the_file_gave_no_sure_sign():
+    import_(one_endpoint("http://10.0.0.5:8000/v1", ["openai/qwen3"]))
+    Endpoint.objects.update(kind=Endpoint.Kind.VLLM)
+
+    report = import_(one_endpoint("http://10.0.0.5:8000/v1", ["openai/qwen3"]))
+
+    assert report.tallies["endpoints"].unchanged == 1
+    assert Endpoint.objects.get().kind == "vllm"
+
+
+@pytest.mark.django_db
 def test_it_maps_litellm_names_prices_limits_and_fallbacks():
     import_(legacy_backup())
 
