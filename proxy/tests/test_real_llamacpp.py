@@ -61,7 +61,7 @@ ACCESS_LINE = re.compile(r'"(GET|POST) (/v1/[a-z/]+) HTTP/1\.1" (\d{3})')
 @pytest.fixture
 def secret(transactional_db, llama_server):
     """The key of a consumer, and the three models on an endpoint at the real server."""
-    endpoint = testing.make_endpoint("llama-cpp-python", llama_server.v1)
+    endpoint = testing.make_endpoint("llama-cpp-python", llama_server.v1, kind="llama_cpp_python")
     testing.make_model(CHAT, CHAT_MODEL, endpoint, capability=Capability.TEXT)
     testing.make_model(EMBED, EMBED_MODEL, endpoint, capability=Capability.EMBEDDING)
     testing.make_model(TOOLS, TOOLS_MODEL, endpoint, capability=Capability.TEXT)
@@ -280,12 +280,19 @@ def test_it_ends_a_stream_with_a_usage_chunk_when_asked(gateway, secret, direct)
     assert last["choices"] == []
     assert last["model"] == CHAT
     assert last["usage"]["prompt_tokens"] > 0
-    assert 0 < last["usage"]["completion_tokens"] <= MAX_TOKENS
+    assert last["usage"]["completion_tokens"] > 0
     assert (
         last["usage"]["total_tokens"]
         == last["usage"]["prompt_tokens"] + last["usage"]["completion_tokens"]
     )
     assert all(c.get("usage") is None and c["choices"] for c in content_chunks)
+    # The server counted nothing: the numbers are the gateway's estimate, and say so.
+    row = wait_for_logs(1)[0]
+    assert (row.outcome, row.usage_estimated) == ("ok", True)
+    assert (row.input_units, row.output_units) == (
+        last["usage"]["prompt_tokens"],
+        last["usage"]["completion_tokens"],
+    )
 
 
 def test_it_serves_the_async_sdk_chat_stream_and_embeddings(gateway, secret, direct):
@@ -387,6 +394,100 @@ def test_it_serves_curl_non_stream_and_stream(gateway, secret, direct):
     chunks = [json.loads(event) for event in events[:-1]]
     assert {chunk["model"] for chunk in chunks} == {CHAT}
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == expected
+
+
+# --------------------------------------------------------------------------- its dialect
+
+
+def test_it_adapts_messages_the_server_would_fail_on(gateway, secret, direct):
+    # A `developer` message (the SDKs' new system role) and an assistant turn without text:
+    # llama-cpp-python's request schema has neither, and answers 500 to both.
+    conversations = {
+        "developer": [{"role": "developer", "content": "Be brief."}, *HELLO],
+        "null content": [*HELLO, {"role": "assistant", "content": None}, *HELLO],
+    }
+
+    for name, messages in conversations.items():
+        refused = direct.post(
+            "/chat/completions", json={"model": CHAT_MODEL, "messages": messages, **GREEDY}
+        )
+        response = httpx.post(
+            f"{gateway.v1}/chat/completions",
+            json={"model": CHAT, "messages": messages, **GREEDY},
+            headers=auth(secret),
+            timeout=TIMEOUT,
+        )
+
+        assert refused.status_code == 500, name
+        assert "validation error" in refused.json()["error"]["message"], name
+        assert response.status_code == 200, (name, response.text)
+        assert_chat_answer(response.json())
+
+
+def test_it_sends_text_parts_as_the_plain_text_the_server_takes(gateway, secret, direct):
+    # OpenAI takes every role's content as an array of text parts (SDKs and LangChain send
+    # them); llama-cpp-python takes parts for user messages only, and a GGUF chat template
+    # that joins strings fails on them even there (a 500). Text parts are the same text.
+    parts = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Again."}]},
+    ]
+    plain = [
+        {**message, "content": "".join(p["text"] for p in message["content"])} for message in parts
+    ]
+    expected = upstream_chat(direct, plain)
+
+    response = httpx.post(
+        f"{gateway.v1}/chat/completions",
+        json={"model": CHAT, "messages": parts, **GREEDY},
+        headers=auth(secret),
+        timeout=TIMEOUT,
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_chat_answer(body)
+    assert body["choices"][0]["message"]["content"] == expected["choices"][0]["message"]["content"]
+    assert body["usage"]["prompt_tokens"] == expected["usage"]["prompt_tokens"]
+
+
+def test_it_refuses_what_the_server_cannot_do_before_calling_it(gateway, secret, llama_server):
+    # The server would answer these wrongly (one choice for n=2, vectors of its own size
+    # whatever `dimensions` says) or fail with a 500 (json_schema, token arrays).
+    refused = {
+        "n": ("/chat/completions", {"model": CHAT, "messages": HELLO, "n": 2, **GREEDY}),
+        "response_format": (
+            "/chat/completions",
+            {
+                "model": CHAT,
+                "messages": HELLO,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "answer", "schema": {"type": "object"}},
+                },
+                **GREEDY,
+            },
+        ),
+        "dimensions": ("/embeddings", {"model": EMBED, "input": "hi", "dimensions": 8}),
+        "input": ("/embeddings", {"model": EMBED, "input": [[1, 2, 3]]}),
+    }
+    before = len(answered(llama_server))
+
+    for param, (path, payload) in refused.items():
+        response = httpx.post(
+            f"{gateway.v1}{path}", json=payload, headers=auth(secret), timeout=TIMEOUT
+        )
+
+        assert response.status_code == 400, (param, response.text)
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("unsupported_parameter", param)
+        assert "llama_cpp_python" in error["message"]
+    assert answered(llama_server)[before:] == []
 
 
 # --------------------------------------------------------------------------- embeddings

@@ -27,10 +27,11 @@ WEIGHT_SCALE = 0.02
 # picks the same token on every run despite float rounding; its own matrix (not tied to the
 # embeddings, which would make the model repeat its last token) gives varied text.
 OUTPUT_SCALE = 1.0
-# A plain ChatML template: llama-cpp-python renders it with Jinja2 (as "chat_template.default").
+# A plain ChatML template, rendered by llama-cpp-python with Jinja2 ("chat_template.default").
+# It joins strings, as many models' own templates do: content that is not a string fails.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') + '<|im_end|>\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
