@@ -490,6 +490,37 @@ def test_it_refuses_what_the_server_cannot_do_before_calling_it(gateway, secret,
     assert answered(llama_server)[before:] == []
 
 
+def test_it_serves_the_server_as_a_generic_endpoint_too(gateway, secret, llama_server, direct):
+    # An operator who left the endpoint's kind at its default: what any server gets must
+    # be enough for the everyday calls (LangChain's max_completion_tokens, a usage chunk).
+    from langchain_openai import ChatOpenAI
+
+    generic = testing.make_endpoint("generic", llama_server.v1)
+    testing.make_model("generic-chat", CHAT_MODEL, generic, capability=Capability.TEXT)
+
+    llm = ChatOpenAI(
+        base_url=gateway.v1,
+        api_key=secret,
+        model="generic-chat",
+        temperature=0,
+        max_tokens=MAX_TOKENS,
+        max_retries=0,
+        timeout=TIMEOUT,
+        stream_usage=True,
+    )
+    expected = upstream_text(direct, [{"role": "user", "content": "hi"}])
+
+    answer = llm.invoke("hi")
+    chunks = list(llm.stream("hi"))
+
+    assert answer.content == expected
+    assert answer.response_metadata["model_name"] == "generic-chat"
+    assert "".join(chunk.content for chunk in chunks) == expected
+    usage = sum(chunks[1:], chunks[0]).usage_metadata
+    assert usage["input_tokens"] > 0
+    assert usage["output_tokens"] > 0
+
+
 # --------------------------------------------------------------------------- embeddings
 
 
