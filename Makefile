@@ -9,7 +9,7 @@ PORT ?= 8000
 TEST_ENV := AETHERGATE_ENV_FILE= DEBUG=false \
 	SECRET_KEY=$${SECRET_KEY:-test-only-secret-key-not-for-any-deployment}
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean llama
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit("AetherGate needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -45,12 +45,18 @@ test: $(VENV)/.dev
 	$(TEST_ENV) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
+# llama-cpp-python's server in .venv-llama, for the tests against a real upstream
+# (proxy/tests/test_real_llamacpp.py; they skip without it). Compiled once into
+# ${XDG_CACHE_HOME:-~/.cache}/aethergate-ci, then reused: see .ci/llama.
+llama:
+	.ci/llama
+
 format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) .venv-llama staticfiles .pytest_cache .ruff_cache .import_linter_cache
 
 # Benchmark: direct-to-upstream vs through AetherGate (bench/run.py; needs `wrk`).
 # Every scenario runs REPEAT times (the median is reported), then a soak of

@@ -28,6 +28,9 @@ class Dialect:
     several_choices: bool = True
     # An assistant message with `content: null` (after tool calls): llama-cpp-python 500s.
     null_content: bool = True
+    # Content as an array of text parts: llama-cpp-python takes parts on user messages
+    # only, and GGUF chat templates that join strings fail on them there too (500).
+    text_parts: bool = True
     # `response_format: json_schema`: llama-cpp-python 500s.
     json_schema: bool = True
     # `response_format: json_object`: LM Studio refuses it, and takes a json_schema instead.
@@ -63,6 +66,7 @@ DIALECTS = {
             "llama_cpp_python",
             several_choices=False,
             null_content=False,
+            text_parts=False,
             json_schema=False,
             dimensions=False,
             token_input=False,
@@ -91,7 +95,9 @@ def adapt_generation(body: dict, dialect: Dialect) -> None:
     if not dialect.several_choices and isinstance(n, int) and n > 1:
         raise unsupported(dialect, "n", "more than one choice (n > 1)")
     messages = body.get("messages")
-    if isinstance(messages, list) and not (dialect.developer_role and dialect.null_content):
+    if isinstance(messages, list) and not (
+        dialect.developer_role and dialect.null_content and dialect.text_parts
+    ):
         body["messages"] = [_adapt_message(m, dialect) for m in messages]
     response_format = body.get("response_format")
     kind = response_format.get("type") if isinstance(response_format, dict) else None
@@ -108,11 +114,22 @@ def adapt_generation(body: dict, dialect: Dialect) -> None:
 
 def _adapt_message(message: dict, dialect: Dialect) -> dict:
     role, content = message.get("role"), message.get("content")
+    changed = {}
     if role == "developer" and not dialect.developer_role:
-        return {**message, "role": "system"}
+        changed["role"] = "system"
     if role == "assistant" and content is None and not dialect.null_content:
-        return {**message, "content": ""}
-    return message
+        changed["content"] = ""
+    elif isinstance(content, list) and not dialect.text_parts and _only_text(content):
+        # The same text: the parts' texts joined as OpenAI's models read them.
+        changed["content"] = "".join(part["text"] for part in content)
+    return {**message, **changed} if changed else message
+
+
+def _only_text(parts: list) -> bool:
+    return all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in parts
+    )
 
 
 def adapt_embeddings(body: dict, dialect: Dialect) -> None:

@@ -220,7 +220,7 @@ def upstream_reason(status: int, body: bytes | None) -> tuple[str, object]:
         return (f"{phrase}: {first}" if first else f"{phrase}, with an empty body"), None
     if isinstance(data, dict):
         error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
+        if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
             return error["message"], error.get("code")
         if isinstance(error, str) and error:
             return error, None

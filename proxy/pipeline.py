@@ -6,7 +6,7 @@ it. Accounting happens after, in the ASGI entry's `finally`.
 """
 
 import asyncio
-import uuid
+import random
 
 from django.conf import settings
 
@@ -70,6 +70,18 @@ async def infer(
         watcher.cancel()
 
 
+# The version (4) and variant (RFC 9562) bits of a random UUID.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def request_uuid() -> str:
+    """A random version-4 UUID, as text: an id, not a secret, so not from os.urandom,
+    whose system call made str(uuid.uuid4()) about 5x slower here."""
+    h = f"{random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def parse(body: bytes) -> dict:
     """The client's JSON object, or a 400 saying where it is not one."""
     try:
@@ -94,7 +106,7 @@ async def call_upstream(
     # (400, empty body) and vLLM makes it the engine's request id, which must be
     # unique in flight. A fresh UUID per attempt, kept in the log's attempts,
     # correlates both logs; the client's own id never goes upstream.
-    record["upstream_request_id"] = upstream_id = str(uuid.uuid4())
+    record["upstream_request_id"] = upstream_id = request_uuid()
     ex.model = model
     body = op.prepare(payload, model, ex.stream)
     deadline = asyncio.get_running_loop().time() + endpoint.first_byte_timeout

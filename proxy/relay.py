@@ -72,7 +72,7 @@ async def relay_stream(
     done = finished = usage_sent = False
     counted = None
     last = None
-    finish_chunk = op.finish_chunk
+    shape = op.chunk_shaper(ex)
     send = responder.send  # once per chunk below: no method call in between
     try:
         async for event in events:
@@ -98,7 +98,7 @@ async def relay_stream(
                 del chunk["usage"]
             chunk.setdefault("choices", [])
             chunk["model"] = ex.model_name
-            if finish_chunk(chunk, ex):
+            if shape(chunk):
                 finished = True
             usage_sent = usage_sent or reported is not None
             last = chunk

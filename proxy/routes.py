@@ -20,8 +20,8 @@ class Operation:
     whether they `streams`, the list an answer must hold (`answer_items`),
     `prepare(payload, model, stream) -> bytes` for the upstream body,
     `finish(data, payload, ex)` to make an answer the spec's shape in place
-    before it is sent, and, for streams, `finish_chunk(chunk, ex) -> bool`
-    (whether the chunk finishes a choice) for each chunk.
+    before it is sent, and, for streams, `chunk_shaper(ex)`, the function
+    that does the same to each chunk and says whether it finishes a choice.
     """
 
     method: str
@@ -32,7 +32,7 @@ class Operation:
     answer_items: str = ""
     prepare: Callable | None = None
     finish: Callable | None = None
-    finish_chunk: Callable | None = None
+    chunk_shaper: Callable | None = None
     upstream_path: str = ""  # default: `path` without its /v1
     schema: validation.Schema | None = None  # what its JSON body must be
 
@@ -41,7 +41,7 @@ class Operation:
             object.__setattr__(self, "upstream_path", self.path.removeprefix("/v1"))
 
 
-def _generation(path: str, schema: validation.Schema, finish, finish_chunk) -> Operation:
+def _generation(path: str, schema: validation.Schema, finish, chunk_shaper) -> Operation:
     return Operation(
         "POST",
         path,
@@ -51,20 +51,18 @@ def _generation(path: str, schema: validation.Schema, finish, finish_chunk) -> O
         answer_items="choices",
         prepare=openai.prepare_generation,
         finish=finish,
-        finish_chunk=finish_chunk,
+        chunk_shaper=chunk_shaper,
         schema=schema,
     )
 
 
 OPERATIONS = (
-    _generation(
-        "/v1/chat/completions", validation.CHAT, openai.finish_chat, openai.finish_chat_chunk
-    ),
+    _generation("/v1/chat/completions", validation.CHAT, openai.finish_chat, openai.chat_chunks),
     _generation(
         "/v1/completions",
         validation.COMPLETIONS,
         openai.finish_completion,
-        openai.finish_completion_chunk,
+        openai.completion_chunks,
     ),
     Operation(
         "POST",

@@ -152,15 +152,18 @@ async def read_body(response: aiohttp.ClientResponse, *, limit: int | None = Non
     return b"".join(chunks)
 
 
-# URLs, IPv4 addresses and bearer-like tokens in an upstream's message.
+# URLs, IPv4 addresses, bearer-like tokens and absolute file paths in an upstream's message.
 _INTERNALS = re.compile(
-    r"[a-z][a-z0-9+.-]*://\S+|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|\b(?:sk|key|tok)-[\w-]{6,}",
+    r"[a-z][a-z0-9+.-]*://\S+|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|\b(?:sk|key|tok)-[\w-]{6,}"
+    r"|(?<![\w/])/(?:[\w.-]+/)+[\w.-]+",
     re.IGNORECASE,
 )
 
 
 def scrub(text: str, endpoint: EndpointInfo) -> str:
-    """An upstream's message made fit for a client: no URL, address or credential in it."""
+    """An upstream's message made fit for a client: no URL, address, credential, file path
+    or traceback in it (llama-cpp-python puts its traceback in its 500s)."""
+    text = text.split("Traceback (most recent call last)", 1)[0].rstrip()
     for secret in filter(None, (endpoint.api_key, endpoint.base_url)):
         text = text.replace(secret, "[redacted]")
     return _INTERNALS.sub("[redacted]", text)[:1000]

@@ -85,19 +85,15 @@ def check_body(payload: dict, schema: Schema) -> None:
         )
     for name in schema.required:
         if payload.get(name) is None and not (name in schema.nullable and name in payload):
-            raise bad_request(
-                f"Missing required parameter: '{name}'.",
-                code="missing_required_parameter",
-                param=name,
-            )
+            raise missing(name)
     rules = schema.rules
-    for name in rules.keys() & payload.keys():
-        value = payload[name]
-        if value is not None:
-            check(name, value, rules[name])
+    for name, value in payload.items():
+        rule = rules.get(name)
+        if rule is not None and value is not None:
+            check(name, value, rule)
     options = payload.get("stream_options")
     if isinstance(options, dict) and "stream_options" in rules:
-        check_field(options, "include_usage", Rule(("boolean",)), "stream_options.include_usage")
+        check_field(options, "include_usage", BOOLEAN, "stream_options.include_usage")
     encoding = payload.get("encoding_format")
     if "encoding_format" in rules and encoding is not None and encoding not in ENCODINGS:
         raise invalid_value("encoding_format", encoding, ENCODINGS)
@@ -178,6 +174,12 @@ def invalid_type(param: str, expected: str, value) -> APIError:
     )
 
 
+def missing(param: str) -> APIError:
+    return bad_request(
+        f"Missing required parameter: '{param}'.", code="missing_required_parameter", param=param
+    )
+
+
 def invalid_value(param: str, value, supported) -> APIError:
     shown = str(value)[:40]
     names = ", ".join(f"'{s}'" for s in supported)
@@ -232,33 +234,32 @@ def _texts_or_tokens(param: str, value) -> None:
 def _content_part(param: str, part) -> None:
     if not isinstance(part, dict):
         raise invalid_type(param, "an object", part)
-    check_field(part, "type", Rule(("string",)), f"{param}.type")
-    if "type" not in part:
-        raise bad_request(
-            f"Missing required parameter: '{param}.type'.",
-            code="missing_required_parameter",
-            param=f"{param}.type",
-        )
+    kind_of_part = part.get("type")
+    if kind_of_part is None:
+        raise missing(f"{param}.type")
+    if type(kind_of_part) is not str:
+        raise invalid_type(f"{param}.type", "a string", kind_of_part)
 
 
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+STRING, ARRAY, BOOLEAN = Rule(("string",)), Rule(("array",)), Rule(("boolean",))
 CONTENT = Rule(("string", "array"), items=_content_part)
 # The roles whose content the spec requires (assistant: optional with tool calls).
 CONTENT_REQUIRED = frozenset({"system", "user", "tool", "developer", "function"})
 
 
 def _message(param: str, message) -> None:
-    """One chat message as the spec's ChatCompletionRequestMessage has it."""
-    if not isinstance(message, dict):
+    """One chat message as the spec's ChatCompletionRequestMessage has it.
+
+    Every request passes here once a message: the usual case (a known role,
+    string content) is checked without building a name or a rule.
+    """
+    if type(message) is not dict:
         raise invalid_type(param, "an object", message)
     role = message.get("role")
-    if role is None:
-        raise bad_request(
-            f"Missing required parameter: '{param}.role'.",
-            code="missing_required_parameter",
-            param=f"{param}.role",
-        )
-    if role not in ROLES:
+    if type(role) is not str or role not in ROLES:
+        if role is None:
+            raise missing(f"{param}.role")
         if not isinstance(role, str):
             raise invalid_type(f"{param}.role", "a string", role)
         raise invalid_value(f"{param}.role", role, ROLES)
@@ -266,30 +267,24 @@ def _message(param: str, message) -> None:
     if content is None:
         # The function role's content is nullable; it must still be there.
         if role in CONTENT_REQUIRED and not (role == "function" and "content" in message):
-            raise bad_request(
-                f"Missing required parameter: '{param}.content'.",
-                code="missing_required_parameter",
-                param=f"{param}.content",
-            )
-    else:
+            raise missing(f"{param}.content")
+    elif type(content) is not str:
         check(f"{param}.content", content, CONTENT)
-    check_field(message, "name", Rule(("string",)), f"{param}.name")
+    name = message.get("name")
+    if name is not None and type(name) is not str:
+        raise invalid_type(f"{param}.name", "a string", name)
     if role == "tool":
         _required_string(message, "tool_call_id", param)
     elif role == "function":
         _required_string(message, "name", param)
     elif role == "assistant":
-        check_field(message, "tool_calls", Rule(("array",)), f"{param}.tool_calls")
+        check_field(message, "tool_calls", ARRAY, f"{param}.tool_calls")
 
 
 def _required_string(body: dict, name: str, param: str) -> None:
     if body.get(name) is None:
-        raise bad_request(
-            f"Missing required parameter: '{param}.{name}'.",
-            code="missing_required_parameter",
-            param=f"{param}.{name}",
-        )
-    check(f"{param}.{name}", body[name], Rule(("string",)))
+        raise missing(f"{param}.{name}")
+    check(f"{param}.{name}", body[name], STRING)
 
 
 # ----------------------------------------------------------------- the operations

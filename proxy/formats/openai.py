@@ -127,26 +127,43 @@ def usage_object(ex) -> dict:
     }
 
 
-def finish_chat_chunk(chunk: dict, ex) -> bool:
-    """Make one chat stream chunk the spec's shape; whether it finishes a choice."""
-    return _chunk(chunk, ex, "chat.completion.chunk", "delta")
+def chat_chunks(ex):
+    """The function that makes each chat stream chunk of `ex` the spec's shape, in place,
+    and says whether the chunk finishes a choice."""
+    return _chunk_shaper(ex, "chat.completion.chunk", "delta")
 
 
-def finish_completion_chunk(chunk: dict, ex) -> bool:
-    return _chunk(chunk, ex, "text_completion", "text")
+def completion_chunks(ex):
+    return _chunk_shaper(ex, "text_completion", "text")
 
 
-def _chunk(chunk: dict, ex, kind: str, part: str) -> bool:
-    _identify(chunk, ex, kind)
-    finished = False
-    for index, choice in enumerate(chunk["choices"]):
-        if not isinstance(choice, dict):
-            raise ValueError("a choice that is not an object")
-        choice.setdefault("index", index)
-        choice.setdefault(part, {} if part == "delta" else "")
-        if choice.setdefault("finish_reason", None) is not None:
-            finished = True
-    return finished
+def _chunk_shaper(ex, kind: str, part: str):
+    # Made once a stream: per chunk, only what each chunk may lack is looked at.
+    own_id = answer_id(ex, kind)
+    rewrite = dialects.of(ex.model.endpoint).rewrites_ids
+    created = int(ex.created_at.timestamp())
+
+    def shape(chunk: dict) -> bool:
+        if rewrite or type(chunk.get("id")) is not str:
+            chunk["id"] = own_id
+        chunk["object"] = kind
+        if type(chunk.get("created")) is not int:
+            chunk["created"] = created
+        finished = False
+        for index, choice in enumerate(chunk["choices"]):
+            if type(choice) is not dict:
+                raise ValueError("a choice that is not an object")
+            if "index" not in choice:
+                choice["index"] = index
+            if part not in choice:
+                choice[part] = {} if part == "delta" else ""
+            if choice.get("finish_reason") is not None:
+                finished = True
+            elif "finish_reason" not in choice:
+                choice["finish_reason"] = None
+        return finished
+
+    return shape
 
 
 def usage_chunk(last: dict, ex) -> dict:

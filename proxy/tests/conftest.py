@@ -32,6 +32,24 @@ def upstream(_upstream_session):
     _upstream_session.reset()
 
 
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama-cpp-python's real server on a tiny generated model, for the whole run.
+
+    Aliases `tiny-chat`, `tiny-embed` and `tiny-tools` (proxy/tests/llamacpp.py). Skipped
+    without .venv-llama (`make llama`), unless AETHERGATE_REQUIRE_LLAMA=1 (CI): then failed.
+    """
+    from proxy.tests import llamacpp
+
+    reason = llamacpp.missing()
+    if reason:
+        if llamacpp.required():
+            pytest.fail(f"{llamacpp.REQUIRE_ENV}=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    with llamacpp.LlamaServer(tmp_path_factory.mktemp("llama")) as server:
+        yield server
+
+
 @dataclass
 class Gateway:
     """A live AetherGate served by uvicorn: `base_url` is its root, `v1` the OpenAI base URL."""

@@ -83,6 +83,17 @@ def test_llama_cpp_python_gets_empty_text_for_an_assistants_null_content():
     assert sent("vllm", messages=messages)["messages"][-1]["content"] is None
 
 
+def test_llama_cpp_python_gets_text_parts_as_plain_text_and_other_parts_as_they_are():
+    text = [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]
+    image = [{"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {}}]
+    messages = [{"role": "system", "content": text}, {"role": "user", "content": image}]
+
+    body = sent("llama_cpp_python", messages=messages)
+
+    assert body["messages"] == [{"role": "system", "content": "hi there"}, messages[1]]
+    assert sent("generic", messages=messages)["messages"] == messages
+
+
 @pytest.mark.parametrize("kind", ["ollama", "llama_cpp_python", "lmstudio"])
 def test_more_than_one_choice_is_refused_where_the_server_would_answer_one(kind):
     with pytest.raises(APIError) as refused:

@@ -223,8 +223,9 @@ def test_a_stream_chunk_gets_the_specs_fields_and_says_whether_it_finishes():
     first = {"id": "chatcmpl-up", "choices": [{"delta": {"content": "Hi"}}]}
     last = {"id": "chatcmpl-up", "created": 9, "choices": [{"delta": {}, "finish_reason": "stop"}]}
 
-    assert openai.finish_chat_chunk(first, ex) is False
-    assert openai.finish_chat_chunk(last, ex) is True
+    shape = openai.chat_chunks(ex)
+    assert shape(first) is False
+    assert shape(last) is True
 
     assert first["object"] == last["object"] == "chat.completion.chunk"
     assert first["choices"] == [{"delta": {"content": "Hi"}, "index": 0, "finish_reason": None}]

@@ -298,6 +298,28 @@ def test_a_rejection_in_any_servers_shape_says_what_the_upstream_said(body, reas
     assert found.log_message == "The upstream rejected the request (HTTP 409)."
 
 
+def test_a_rejection_keeps_no_traceback_or_file_path_of_the_upstreams():
+    # llama-cpp-python's 500 for a request it cannot validate (seen on 0.3.36).
+    message = (
+        "1 validation error for CreateChatCompletionRequest\nmessages.0.content: bad in "
+        "/opt/venv/lib/python3.11/site-packages/llama_cpp/server/app.py line 3\n"
+        'Traceback (most recent call last):\n  File "/root/x.py", line 1'
+    )
+
+    found = rejection(fakes.error_body(message))
+
+    assert found.message == (
+        "The upstream rejected the request: 1 validation error for "
+        "CreateChatCompletionRequest\nmessages.0.content: bad in [redacted] line 3"
+    )
+
+
+def test_an_empty_error_message_is_named_by_its_status():
+    found = rejection(fakes.error_body(""), status=500)
+
+    assert found.message == "The upstream rejected the request: HTTP 500 Internal Server Error"
+
+
 def test_llama_cpps_numeric_error_code_is_logged():
     raw = b'{"error": {"code": 400, "message": "the request exceeds the context", "type": "x"}}'
 
