@@ -19,6 +19,15 @@ def headers_named(scope: Scope, name: bytes) -> list[bytes]:
     return [value for key, value in scope["headers"] if key == name]
 
 
+def sends_json(scope: Scope) -> bool:
+    """Whether the body is announced as JSON (`application/json`, `…+json`) or not at all."""
+    for value in headers_named(scope, b"content-type"):
+        media = value.split(b";", 1)[0].strip().lower()
+        if media != JSON and not media.endswith(b"+json"):
+            return False
+    return True
+
+
 def client_address(scope: Scope) -> str:
     client = scope.get("client")
     return client[0] if client else ""

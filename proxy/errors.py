@@ -131,6 +131,14 @@ def internal() -> APIError:
     )
 
 
+def not_json() -> APIError:
+    return APIError(
+        415,
+        "The request body must be JSON, sent with 'Content-Type: application/json'.",
+        code="unsupported_media_type",
+    )
+
+
 def too_large(limit: int) -> APIError:
     return APIError(
         413, f"The request body is larger than {limit} bytes.", code="request_too_large"

@@ -11,9 +11,9 @@ import random
 from django.conf import settings
 
 from logs.models import Outcome
-from proxy import admission, forwarding, relay
+from proxy import admission, errors, forwarding, relay
 from proxy.accounting import Exchange
-from proxy.asgi_io import Receive, Responder, Scope, read_body, wait_for_disconnect
+from proxy.asgi_io import Receive, Responder, Scope, read_body, sends_json, wait_for_disconnect
 from proxy.codec import dumps, loads_client
 from proxy.errors import bad_request
 from proxy.snapshot import ModelInfo
@@ -24,6 +24,8 @@ async def infer(
     runtime, op, ex: Exchange, scope: Scope, receive: Receive, responder: Responder
 ) -> None:
     """Answer one inference call of operation `op` for the authenticated `ex.key`."""
+    if not sends_json(scope):
+        raise errors.not_json()
     payload = parse(await read_body(scope, receive, settings.AETHERGATE_MAX_BODY_BYTES))
     check_body(payload, op.schema)
     ex.model_name = name = payload["model"]

@@ -2,12 +2,16 @@
 
 The body is walked once, without recursion: nesting is bounded and fields
 that could redirect the upstream call are removed. Then each operation's
-`Schema` checks what the official OpenAI spec (`openai-openapi.yaml`) says
-of its fields: required ones present, types, numeric ranges, array lengths,
-and the shape of each chat message. A field the spec does not name passes
-through as sent (upstreams have extensions); enumerations other than the
-gateway's own are left to the upstream, which may know more values than
-OpenAI. proxy/tests/test_validation_spec.py holds the table to the spec.
+`Schema` checks what the official OpenAI spec (proxy/tests/spec/openai.yaml)
+says of its fields: required ones present, types, numeric ranges, array and
+string lengths, and inside the objects the spec defines (messages, content
+parts, tools, tool calls, tool choice, response format). A field the spec
+does not name passes through as sent (upstreams have extensions), as do the
+insides of objects the gateway does not read (audio, prediction, web search
+and moderation options); enumerations other than the gateway's own are left
+to the upstream, which may know more values than OpenAI. null stands for an
+absent optional field. proxy/tests/test_validation_spec.py holds the table
+to the spec.
 """
 
 from collections.abc import Callable
@@ -60,6 +64,8 @@ class Rule:
     maximum: float | None = None
     min_items: int | None = None
     max_items: int | None = None
+    max_length: int | None = None  # of a string
+    nullable: bool = False  # inside an object: whether null is allowed (top level: always)
     items: Callable[[str, object], None] | None = None
     shape: Callable[[str, object], None] | None = None  # a check of the whole value
 
@@ -91,9 +97,6 @@ def check_body(payload: dict, schema: Schema) -> None:
         rule = rules.get(name)
         if rule is not None and value is not None:
             check(name, value, rule)
-    options = payload.get("stream_options")
-    if isinstance(options, dict) and "stream_options" in rules:
-        check_field(options, "include_usage", BOOLEAN, "stream_options.include_usage")
     encoding = payload.get("encoding_format")
     if "encoding_format" in rules and encoding is not None and encoding not in ENCODINGS:
         raise invalid_value("encoding_format", encoding, ENCODINGS)
@@ -102,6 +105,17 @@ def check_body(payload: dict, schema: Schema) -> None:
 def check(param: str, value, rule: Rule) -> None:
     """Raise the 400 for `value` of `param` unless it meets `rule`."""
     found = kind(value)
+    if found == "number" and "integer" in rule.types and value.is_integer():
+        # 3.0 is an integer to JSON Schema, and to OpenAI; the parser reads an integer
+        # past 64 bits as a float too, rounded, so past int64 it is beyond any bound.
+        found = "integer"
+        if abs(value) >= 2**63 and (rule.minimum is not None or rule.maximum is not None):
+            side = "below" if value < 0 else "above"
+            bound, sign, limit = (
+                ("minimum", ">=", rule.minimum) if value < 0 else ("maximum", "<=", rule.maximum)
+            )
+            if limit is not None:
+                raise out_of_range(param, value, found, side, bound, sign, limit)
     if found not in rule.types and not (found == "integer" and "number" in rule.types):
         raise invalid_type(param, " or ".join(_NAMES[t] for t in rule.types), value)
     if found in NUMBER:
@@ -109,6 +123,14 @@ def check(param: str, value, rule: Rule) -> None:
             raise out_of_range(param, value, found, "below", "minimum", ">=", rule.minimum)
         if rule.maximum is not None and value > rule.maximum:
             raise out_of_range(param, value, found, "above", "maximum", "<=", rule.maximum)
+    elif found == "string":
+        if rule.max_length is not None and len(value) > rule.max_length:
+            raise bad_request(
+                f"Invalid '{param}': string too long. Expected a string with maximum length "
+                f"{rule.max_length}, but got a string with length {len(value)} instead.",
+                code="string_above_max_length",
+                param=param,
+            )
     elif found == "array":
         if rule.min_items is not None and len(value) < rule.min_items:
             raise bad_request(
@@ -130,12 +152,6 @@ def check(param: str, value, rule: Rule) -> None:
                 check_item(f"{param}[{index}]", item)
     if rule.shape is not None:
         rule.shape(param, value)
-
-
-def check_field(body: dict, name: str, rule: Rule, param: str) -> None:
-    value = body.get(name)
-    if value is not None:
-        check(param, value, rule)
 
 
 def _walk(payload: dict) -> None:
@@ -211,7 +227,7 @@ def _string(param: str, item) -> None:
 
 
 def _token(param: str, item) -> None:
-    if kind(item) != "integer":
+    if type(item) is not int and not (type(item) is float and item.is_integer()):
         raise invalid_type(param, "an integer", item)
 
 
@@ -231,19 +247,198 @@ def _texts_or_tokens(param: str, value) -> None:
         item(f"{param}[{index}]", piece)
 
 
-def _content_part(param: str, part) -> None:
-    if not isinstance(part, dict):
-        raise invalid_type(param, "an object", part)
-    kind_of_part = part.get("type")
-    if kind_of_part is None:
-        raise missing(f"{param}.type")
-    if type(kind_of_part) is not str:
-        raise invalid_type(f"{param}.type", "a string", kind_of_part)
+def shape(required: tuple[str, ...] = (), /, **rules: Rule):
+    """The check of an object: `required` fields present (not null), each of `rules` met."""
+
+    def check_object(param: str, value) -> None:
+        if type(value) is not dict:
+            raise invalid_type(param, "an object", value)
+        for name in required:
+            if value.get(name) is None:
+                raise missing(f"{param}.{name}")
+        for name, rule in rules.items():
+            field_value = value.get(name)
+            if field_value is not None:
+                check(f"{param}.{name}", field_value, rule)
+            elif name in value and not rule.nullable:
+                check(f"{param}.{name}", field_value, rule)  # refused: null is not its type
+
+    return check_object
+
+
+def one_of(values: tuple[str, ...], check_object=None):
+    """A string among `values`, or an object `check_object` accepts."""
+
+    def check_value(param: str, value) -> None:
+        if type(value) is str:
+            if value not in values:
+                raise invalid_value(param, value, values)
+        elif check_object is not None:
+            check_object(param, value)
+
+    return check_value
+
+
+def by_type(shapes: dict, *, closed: bool = False):
+    """The check of an object with a string `type`, then of the shape its type names.
+
+    A type the gateway does not know is the upstream's to judge (OpenAI adds
+    new ones, servers have their own), unless the set is `closed`. A value
+    that is not an object (a `tool_choice` string) is left to its rule's types.
+    """
+
+    def check_typed(param: str, value) -> None:
+        if type(value) is not dict:
+            return
+        kind_of = value.get("type")
+        if kind_of is None:
+            raise missing(f"{param}.type")
+        if type(kind_of) is not str:
+            raise invalid_type(f"{param}.type", "a string", kind_of)
+        found = shapes.get(kind_of)
+        if found is not None:
+            found(param, value)
+        elif closed:
+            raise invalid_value(f"{param}.type", kind_of, tuple(shapes))
+
+    return check_typed
+
+
+def each(rule: Rule):
+    """An `items` check: every item meets `rule`."""
+    return lambda param, item: check(param, item, rule)
+
+
+def objects(check_object) -> Rule:
+    return Rule(("object",), shape=check_object)
 
 
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 STRING, ARRAY, BOOLEAN = Rule(("string",)), Rule(("array",)), Rule(("boolean",))
-CONTENT = Rule(("string", "array"), items=_content_part)
+OBJECT, INTEGER = Rule(("object",)), Rule(("integer",))
+
+# The objects inside a chat request that the spec defines (ChatCompletionTool,
+# ChatCompletionMessageToolCall, the content parts, ResponseFormatJsonSchema, ...).
+NULLABLE_BOOLEAN = Rule(("boolean",), nullable=True)
+FUNCTION = shape(
+    ("name",), name=STRING, description=STRING, parameters=OBJECT, strict=NULLABLE_BOOLEAN
+)
+NAMED = objects(shape(("name",), name=STRING))
+TOOL = by_type(
+    {
+        "function": shape(("function",), function=objects(FUNCTION)),
+        "custom": shape(
+            ("custom",),
+            custom=objects(shape(("name",), name=STRING, description=STRING, format=OBJECT)),
+        ),
+    },
+    closed=True,  # chat tools are functions or custom ones, at OpenAI as at vLLM or Ollama
+)
+CALLED = objects(shape(("name", "arguments"), name=STRING, arguments=STRING))
+TOOL_CALL = by_type(
+    {
+        "function": shape(("id", "function"), id=STRING, function=CALLED),
+        "custom": shape(
+            ("id", "custom"),
+            id=STRING,
+            custom=objects(shape(("name", "input"), name=STRING, input=STRING)),
+        ),
+    },
+    closed=True,
+)
+TOOL_CHOICE = one_of(
+    ("none", "auto", "required"),
+    by_type(
+        {
+            "function": shape(("function",), function=NAMED),
+            "custom": shape(("custom",), custom=NAMED),
+            "allowed_tools": shape(
+                ("allowed_tools",),
+                allowed_tools=objects(
+                    shape(
+                        ("mode", "tools"),
+                        mode=Rule(("string",), shape=one_of(("auto", "required"))),
+                        tools=Rule(("array",), items=each(OBJECT)),
+                    )
+                ),
+            ),
+        },
+        closed=True,
+    ),
+)
+FUNCTION_CALL = one_of(("none", "auto"), NAMED.shape)
+BREAKPOINT = OBJECT  # prompt_cache_breakpoint, on any part: its insides are the upstream's
+TEXT_PART = shape(("text",), text=STRING, prompt_cache_breakpoint=BREAKPOINT)
+USER_PART = by_type(
+    {
+        "text": TEXT_PART,
+        "image_url": shape(
+            ("image_url",),
+            image_url=objects(shape(("url",), url=STRING, detail=STRING)),
+            prompt_cache_breakpoint=BREAKPOINT,
+        ),
+        "input_audio": shape(
+            ("input_audio",),
+            input_audio=objects(shape(("data", "format"), data=STRING, format=STRING)),
+            prompt_cache_breakpoint=BREAKPOINT,
+        ),
+        "file": shape(
+            ("file",),
+            file=objects(shape((), file_data=STRING, file_id=STRING, filename=STRING)),
+            prompt_cache_breakpoint=BREAKPOINT,
+        ),
+    }
+)  # open: vLLM takes video_url and audio_url parts, OpenAI adds kinds
+
+
+def _content(part_check) -> Rule:
+    return Rule(("string", "array"), min_items=1, items=each(objects(part_check)))
+
+
+# What each role's content parts may be, as the spec has it: text only but for the user's
+# and the assistant's (which may hold a refusal).
+CONTENT = {
+    "user": _content(USER_PART),
+    "assistant": _content(
+        by_type({"text": TEXT_PART, "refusal": shape(("refusal",), refusal=STRING)}, closed=True)
+    ),
+}
+TEXT_CONTENT = _content(by_type({"text": TEXT_PART}, closed=True))
+RESPONSE_FORMAT = by_type(
+    {
+        "text": shape(),
+        "json_object": shape(),
+        "json_schema": shape(
+            ("json_schema",),
+            json_schema=objects(
+                shape(
+                    ("name",),
+                    name=STRING,
+                    description=STRING,
+                    schema=OBJECT,
+                    strict=NULLABLE_BOOLEAN,
+                )
+            ),
+        ),
+        "structural_tag": shape(),  # vLLM's structured output
+    },
+    closed=True,
+)
+ASSISTANT = shape(
+    (),
+    refusal=Rule(("string",), nullable=True),
+    tool_calls=Rule(("array",), items=each(objects(TOOL_CALL))),
+    function_call=Rule(("object",), shape=CALLED.shape, nullable=True),
+    audio=Rule(("object",), shape=shape(("id",), id=STRING), nullable=True),
+)
+STREAM_OPTIONS = shape((), include_usage=BOOLEAN, include_obfuscation=BOOLEAN)
+
+
+def _integers(param: str, value: dict) -> None:
+    for name, bias in value.items():
+        check(f"{param}.{name}", bias, INTEGER)
+
+
 # The roles whose content the spec requires (assistant: optional with tool calls).
 CONTENT_REQUIRED = frozenset({"system", "user", "tool", "developer", "function"})
 
@@ -269,16 +464,16 @@ def _message(param: str, message) -> None:
         if role in CONTENT_REQUIRED and not (role == "function" and "content" in message):
             raise missing(f"{param}.content")
     elif type(content) is not str:
-        check(f"{param}.content", content, CONTENT)
-    name = message.get("name")
-    if name is not None and type(name) is not str:
+        check(f"{param}.content", content, CONTENT.get(role, TEXT_CONTENT))
+    name = message.get("name", "")
+    if type(name) is not str:  # null too: inside a message, only content may be null
         raise invalid_type(f"{param}.name", "a string", name)
     if role == "tool":
         _required_string(message, "tool_call_id", param)
     elif role == "function":
         _required_string(message, "name", param)
     elif role == "assistant":
-        check_field(message, "tool_calls", ARRAY, f"{param}.tool_calls")
+        ASSISTANT(param, message)
 
 
 def _required_string(body: dict, name: str, param: str) -> None:
@@ -290,6 +485,7 @@ def _required_string(body: dict, name: str, param: str) -> None:
 # ----------------------------------------------------------------- the operations
 
 PENALTY = Rule(NUMBER, minimum=-2, maximum=2)
+INT64 = Rule(("integer",), minimum=-(2**63), maximum=2**63 - 1)
 STOP = Rule(("string", "array"), min_items=1, max_items=4, items=_string)
 COMMON = {
     "frequency_penalty": PENALTY,
@@ -298,10 +494,9 @@ COMMON = {
     "top_p": Rule(NUMBER, minimum=0, maximum=1),
     "n": Rule(("integer",), minimum=1, maximum=128),
     "stop": STOP,
-    "seed": Rule(("integer",)),
-    "logit_bias": Rule(("object",)),
+    "logit_bias": Rule(("object",), shape=_integers),
     "stream": Rule(("boolean",)),
-    "stream_options": Rule(("object",)),
+    "stream_options": objects(STREAM_OPTIONS),
     "user": Rule(("string",)),
 }
 
@@ -310,23 +505,29 @@ CHAT = Schema(
     rules={
         **COMMON,
         "messages": Rule(("array",), min_items=1, items=_message),
+        "seed": INT64,
         "max_tokens": Rule(("integer",)),
         "max_completion_tokens": Rule(("integer",)),
         "logprobs": Rule(("boolean",)),
         "top_logprobs": Rule(("integer",), minimum=0, maximum=20),
         "store": Rule(("boolean",)),
         "parallel_tool_calls": Rule(("boolean",)),
-        "tools": Rule(("array",)),
-        "functions": Rule(("array",), min_items=1, max_items=128),
-        "tool_choice": Rule(("string", "object")),
-        "function_call": Rule(("string", "object")),
-        "response_format": Rule(("object",)),
+        "tools": Rule(("array",), items=each(objects(TOOL))),
+        "functions": Rule(("array",), min_items=1, max_items=128, items=each(objects(FUNCTION))),
+        "tool_choice": Rule(("string", "object"), shape=TOOL_CHOICE),
+        "function_call": Rule(("string", "object"), shape=FUNCTION_CALL),
+        "response_format": objects(RESPONSE_FORMAT),
         "metadata": Rule(("object",)),
-        "modalities": Rule(("array",)),
+        "modalities": Rule(("array",), items=_string),
         "audio": Rule(("object",)),
         "prediction": Rule(("object",)),
         "web_search_options": Rule(("object",)),
         "reasoning_effort": Rule(("string",)),
+        "safety_identifier": Rule(("string",), max_length=64),
+        "prompt_cache_key": Rule(("string",)),
+        "prompt_cache_retention": Rule(("string",)),
+        "prompt_cache_options": Rule(("object",)),
+        "moderation": Rule(("object",)),
         "service_tier": Rule(("string",)),
         "verbosity": Rule(("string",)),
     },
@@ -339,6 +540,7 @@ COMPLETIONS = Schema(
         **COMMON,
         "prompt": Rule(("string", "array"), shape=_texts_or_tokens),
         "best_of": Rule(("integer",), minimum=0, maximum=20),
+        "seed": INT64,
         "echo": Rule(("boolean",)),
         "logprobs": Rule(("integer",), minimum=0, maximum=5),
         "max_tokens": Rule(("integer",), minimum=0),

@@ -161,6 +161,8 @@ def _chunk_shaper(ex, kind: str, part: str):
                 finished = True
             elif "finish_reason" not in choice:
                 choice["finish_reason"] = None
+            if part == "text" and "logprobs" not in choice:
+                choice["logprobs"] = None  # required in a completion's choices
         return finished
 
     return shape

@@ -254,8 +254,6 @@ def raw_bodies(base: dict) -> dict[str, bytes]:
         "Infinity": ("{" + inner + ', "temperature": Infinity}').encode(),
         "-Infinity": ("{" + inner + ', "top_p": -Infinity}').encode(),
         "1e999 (past a double)": ("{" + inner + ', "temperature": 1e999}').encode(),
-        "duplicate model": ("{" + inner + f', "model": "{base["model"]}-other"' + "}").encode(),
-        "duplicate key": ("{" + inner + ', "user": "a", "user": "b"}').encode(),
         f"an array {DEPTH:,} deep": b"[" * DEPTH + b"]" * DEPTH,
         f"an object {DEPTH:,} deep in a field": (
             "{" + inner + ', "metadata": ' + '{"a": ' * DEPTH + "1" + "}" * DEPTH + "}"
@@ -331,19 +329,61 @@ def test_it_refuses_a_body_past_the_limit_with_413_and_a_wrong_one_under_it_with
     assert_all_refused(results)
 
 
-def test_it_refuses_huge_arrays(served):
+def test_it_refuses_huge_arrays_past_the_specs_bounds(served):
     results = {
-        f"{HUGE:,} messages": send(served, CHAT, {"model": MODEL, "messages": MESSAGES * HUGE}),
-        # The spec: at most 2048 inputs.
+        # The spec: at most 2048 inputs, 4 stop sequences, 128 functions.
         f"{HUGE:,} inputs to embed": send(
-            served, "/v1/embeddings", {"model": EMBEDDING_MODEL, "input": ["hi"] * HUGE}
+            served,
+            "/v1/embeddings",
+            {"model": EMBEDDING_MODEL, "input": ["hi"] * HUGE},
+            param="input",
         ),
-        f"{HUGE:,} prompts": send(
-            served, "/v1/completions", {"model": MODEL, "prompt": ["hi"] * HUGE}
+        f"{HUGE:,} stop sequences": send(
+            served, CHAT, {"model": MODEL, "messages": MESSAGES, "stop": ["x"] * HUGE}, param="stop"
+        ),
+        f"{HUGE:,} functions": send(
+            served,
+            CHAT,
+            {"model": MODEL, "messages": MESSAGES, "functions": [{"name": "f"}] * HUGE},
+            param="functions",
         ),
     }
 
     assert_all_refused(results)
+
+
+def test_huge_arrays_the_spec_does_not_bound_are_served_whole_under_the_body_limit(served):
+    # The spec bounds neither messages nor prompts: the body limit does (test above).
+    client, upstream = served
+    bodies = {
+        CHAT: {"model": MODEL, "messages": MESSAGES * HUGE},
+        "/v1/completions": {"model": MODEL, "prompt": ["hi"] * HUGE},
+    }
+
+    for path, body in bodies.items():
+        upstream.reset()
+        assert client.post(path, json=body).status_code == 200
+        (received,) = upstream.received
+        field = "messages" if path == CHAT else "prompt"
+        assert received.json[field] == body[field]
+
+
+def test_a_repeated_key_counts_with_its_last_value_as_json_parsers_read_it(served):
+    # RFC 8259 leaves duplicate names to the parser; orjson, Python's json and
+    # JavaScript's JSON.parse all keep the last one, so that is what is checked and sent.
+    client, upstream = served
+    base = json.dumps({"model": MODEL, "messages": MESSAGES})
+
+    refused = client.post(
+        CHAT, content=(base[:-1] + ', "n": "x", "n": 2.5}').encode(), headers=JSON
+    )
+    served_once = client.post(
+        CHAT, content=(base[:-1] + ', "user": "a", "user": "b"}').encode(), headers=JSON
+    )
+
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "n"
+    assert served_once.status_code == 200
+    assert [r.json["user"] for r in upstream.received] == ["b"]
 
 
 # --------------------------------------------------------------------------- chat messages

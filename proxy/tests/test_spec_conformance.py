@@ -126,7 +126,132 @@ def conformance_spec() -> dict:
     # 6. Some request objects say `additionalProperties: false` (no response object does);
     # DESIGN.md: "unknown fields pass through", for upstreams' extensions.
     _allow_unknown_fields(raw)
+    # 7 (nested). Likewise inside: a content part's cache breakpoint, a custom tool's
+    # grammar (the gateway checks only the tool's name and type).
+    _unread_inside(schemas)
+    # 8 (nested). A content part's `type` and values (`detail`, audio `format`) are left to
+    # the upstream: vLLM takes `video_url` and `audio_url` parts, OpenAI adds new ones.
+    # A user's part of a type the gateway does not know passes as the upstream's too.
+    for name in [f"ChatCompletionRequestMessageContentPart{k}" for k in ("Image", "Audio", "File")]:
+        schemas[name] = _without_enums(schemas[name], schemas)
+        schemas[name]["properties"]["type"].pop("format", None)
+        for field in schemas[name]["properties"].values():
+            for inner in field.get("properties", {}).values():
+                inner.pop("format", None)  # image_url.url as a URI: the upstream fetches it
+    for name in ["ChatCompletionRequestUserMessageContentPart"]:
+        union = schemas[name]
+        parts = union["oneOf"]
+        known = [resolve_type(part, schemas) for part in parts]
+        other = {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"type": "string", "not": {"enum": known}}},
+        }
+        schemas[name] = {"anyOf": [*parts, other]}
+    for name in REQUESTS:
+        fields = _properties(schemas[name], schemas)
+        required = _required(schemas[name], schemas)
+        # 7. The insides of objects the gateway does not read are the upstream's to check:
+        # servers extend them, and OpenAI changes them (proxy/validation.py).
+        for field in UNREAD_OBJECTS:
+            if field in fields:
+                fields[field] = {"type": "object"}
+        # 8. Enumerations of values the gateway does not act on are left to the upstream,
+        # which may know more than OpenAI (vLLM's and Ollama's reasoning efforts, tiers).
+        for field in OPEN_ENUMS:
+            if field in fields:
+                fields[field] = _without_enums(fields[field], schemas)
+        # 9. null stands for an absent optional field, as the SDKs and LangChain send it.
+        for field, node in list(fields.items()):
+            if field not in required:
+                fields[field] = {"anyOf": [node, {"type": "null"}]}
     return raw
+
+
+REQUESTS = ("CreateChatCompletionRequest", "CreateCompletionRequest", "CreateEmbeddingRequest")
+OPEN_ENUMS = (
+    "service_tier",
+    "reasoning_effort",
+    "verbosity",
+    "modalities",
+    "prompt_cache_retention",
+)
+UNREAD_OBJECTS = (
+    "audio",
+    "prediction",
+    "web_search_options",
+    "moderation",
+    "prompt_cache_options",
+    "metadata",
+)
+
+
+def _unread_inside(value) -> None:
+    if isinstance(value, dict):
+        properties = value.get("properties")
+        if isinstance(properties, dict):
+            for name in ("prompt_cache_breakpoint",):
+                if name in properties:
+                    properties[name] = {"type": "object"}
+            custom = properties.get("custom")
+            if isinstance(custom, dict) and "format" in custom.get("properties", {}):
+                custom["properties"]["format"] = {"type": "object"}
+        for child in value.values():
+            _unread_inside(child)
+    elif isinstance(value, list):
+        for child in value:
+            _unread_inside(child)
+
+
+def resolve_type(part: dict, schemas: dict) -> str:
+    """The `type` value a content part's schema (a reference) is named by."""
+    node = schemas[part["$ref"].rsplit("/", 1)[1]] if "$ref" in part else part
+    return node["properties"]["type"].get("enum", [node["properties"]["type"].get("const")])[0]
+
+
+def _merged(node: dict, schemas: dict) -> list[dict]:
+    """`node` and every `allOf` part it is made of, references followed."""
+    while "$ref" in node:
+        node = schemas[node["$ref"].rsplit("/", 1)[1]]
+    parts = [node]
+    for part in node.get("allOf", ()):
+        parts += _merged(part, schemas)
+    return parts
+
+
+class _Fields(dict):
+    """A request's field name → schema, where setting a field writes to the part defining it."""
+
+    def __init__(self, owners: dict):
+        super().__init__({name: owner[name] for name, owner in owners.items()})
+        self._owners = owners
+
+    def __setitem__(self, name, value):
+        self._owners[name][name] = value
+        super().__setitem__(name, value)
+
+
+def _properties(request: dict, schemas: dict) -> _Fields:
+    owners = {}
+    for part in _merged(request, schemas):
+        for name in part.get("properties", {}):
+            owners.setdefault(name, part["properties"])
+    return _Fields(owners)
+
+
+def _required(request: dict, schemas: dict) -> set:
+    return {name for part in _merged(request, schemas) for name in part.get("required", ())}
+
+
+def _without_enums(node, schemas):
+    """`node` (references followed) with no `enum` anywhere in it."""
+    if isinstance(node, list):
+        return [_without_enums(child, schemas) for child in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        return _without_enums(schemas[node["$ref"].rsplit("/", 1)[1]], schemas)
+    return {k: _without_enums(v, schemas) for k, v in node.items() if k != "enum"}
 
 
 def _allow_unknown_fields(value) -> None:
@@ -271,10 +396,30 @@ def use_registered_model(case) -> None:
         case.path_parameters["model"] = model
 
 
+def lone_surrogates(value) -> bool:
+    """Whether a string in `value` (keys included) holds half of a UTF-16 surrogate pair."""
+    if isinstance(value, str):
+        return any("\ud800" <= char <= "\udfff" for char in value)
+    if isinstance(value, dict):
+        return any(lone_surrogates(k) or lone_surrogates(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(lone_surrogates(item) for item in value)
+    return False
+
+
 def call(case, served: Served):
     """Send `case` and run its checks; a refusal must not have reached the stand-in, and
     an inference call served must have reached it once."""
     use_registered_model(case)
+    if lone_surrogates(case.body):
+        # 10. A string the spec allows may hold a lone surrogate (`"\ud800"`), which is no
+        # text: UTF-8 cannot carry it, and the gateway refuses it as invalid JSON.
+        response = case.call(
+            base_url=served.gateway.v1, headers={"Authorization": f"Bearer {served.secret}"}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_json"
+        return response
     if (case.headers or {}).get("Authorization") == f"Bearer {KEY_PLACEHOLDER}":
         case.headers["Authorization"] = f"Bearer {served.secret}"
     before = len(served.upstream.received)

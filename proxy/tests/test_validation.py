@@ -247,7 +247,13 @@ def test_it_accepts_every_role_and_content_form_the_spec_gives():
         {"role": "developer", "content": "be brief"},
         {"role": "system", "content": [{"type": "text", "text": "be kind"}]},
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "42"},
         {"role": "function", "name": "f", "content": None},
         {"role": "assistant", "content": "done", "name": "bot", "refusal": None},
@@ -267,6 +273,7 @@ def test_it_refuses_a_role_the_spec_does_not_know():
     ("operation", "field", "value", "code"),
     [
         ("chat", "messages", [], "empty_array"),
+        ("chat", "safety_identifier", "x" * 65, "string_above_max_length"),
         ("chat", "temperature", 2.5, "decimal_above_max_value"),
         ("chat", "temperature", -0.1, "decimal_below_min_value"),
         ("chat", "top_p", 1.01, "decimal_above_max_value"),
@@ -352,3 +359,92 @@ def test_a_chat_body_without_messages_reaches_no_upstream():
 
     assert error_of(answer, 400, "missing_required_parameter")["param"] == "messages"
     assert rt.upstream.calls == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "code"),
+    [
+        ({"tools": [{"type": "function"}]}, "tools[0].function", "missing_required_parameter"),
+        (
+            {"tools": [{"type": "function", "function": {"name": 5}}]},
+            "tools[0].function.name",
+            "invalid_type",
+        ),
+        ({"tools": [{"function": {"name": "f"}}]}, "tools[0].type", "missing_required_parameter"),
+        (
+            {"tool_choice": {"type": "function"}},
+            "tool_choice.function",
+            "missing_required_parameter",
+        ),
+        ({"response_format": {}}, "response_format.type", "missing_required_parameter"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format.json_schema.name",
+            "missing_required_parameter",
+        ),
+        ({"functions": [{"description": "x"}]}, "functions[0].name", "missing_required_parameter"),
+        ({"logit_bias": {"50256": "x"}}, "logit_bias.50256", "invalid_type"),
+        ({"logit_bias": {"50256": 1.5}}, "logit_bias.50256", "invalid_type"),
+        (
+            {"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto"}}},
+            "tool_choice.allowed_tools.tools",
+            "missing_required_parameter",
+        ),
+        ({"tool_choice": "sometimes"}, "tool_choice", "invalid_value"),
+        ({"tool_choice": {"type": "magic"}}, "tool_choice.type", "invalid_value"),
+        (
+            {"stream_options": {"include_obfuscation": 1}},
+            "stream_options.include_obfuscation",
+            "invalid_type",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content[0].text",
+            "missing_required_parameter",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content[0].image_url.url",
+            "missing_required_parameter",
+        ),
+        ({"messages": [{"role": "user", "content": []}]}, "messages[0].content", "empty_array"),
+        (
+            {"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]},
+            "messages[0].tool_calls[0].function",
+            "missing_required_parameter",
+        ),
+        (
+            {"messages": [{"role": "assistant", "content": "x", "refusal": 1}]},
+            "messages[0].refusal",
+            "invalid_type",
+        ),
+    ],
+)
+def test_it_checks_inside_the_objects_the_spec_defines(fields, param, code):
+    error = refusal({**CHAT_BODY, **fields})
+
+    assert (error.code, error.param) == (code, param)
+
+
+def test_a_type_the_gateway_does_not_know_is_left_to_the_upstream():
+    parts = [{"type": "video_url", "video_url": {"url": "x"}}, {"type": "text", "text": "hi"}]
+
+    check_body({"model": "m", "messages": [{"role": "user", "content": parts}]}, CHAT)
+    with pytest.raises(APIError):  # but for tools: chat tools are functions or custom ones
+        check_body({**CHAT_BODY, "tools": [{"type": "mcp", "server": "x"}]}, CHAT)
+
+
+def test_an_integral_number_is_an_integer_as_json_schema_has_it():
+    check_body({**CHAT_BODY, "n": 3.0, "max_tokens": 10.0, "seed": 7.0}, CHAT)
+    check_body({"model": "m", "input": [[1.0, 2.0]], "dimensions": 8.0}, EMBEDDINGS)
+
+    assert refusal({**CHAT_BODY, "n": 2.5}).code == "invalid_type"
+
+
+def test_an_integer_past_64_bits_is_an_integer_and_past_int64s_bounds():
+    # orjson reads an integer past 64 bits as a float, rounded: -(2**63) - 1 becomes -(2**63).
+    check_body({**CHAT_BODY, "logit_bias": {"1": 2**70}}, CHAT)
+
+    error = refusal({**CHAT_BODY, "seed": float(-(2**63) - 1)})
+
+    assert (error.code, error.param) == ("integer_below_min_value", "seed")

@@ -334,7 +334,9 @@ class Upstream:
 
     async def _serve(self, sock, ready) -> None:
         self._stopped = asyncio.Event()
-        app = web.Application()
+        # As large as the gateway forwards (AETHERGATE_MAX_BODY_BYTES, 20 MiB by default),
+        # so that `received` holds every body that reached it.
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
