@@ -515,8 +515,7 @@ def assert_events_conform(response, events: list[str], body: dict, schema_name: 
 
 
 # No deadline: how long a request takes on a shared machine is not what is tested.
-@given(case=stream_strategy("/chat/completions"))
-@settings(
+STREAM_RUN = settings(
     max_examples=STREAM_EXAMPLES,
     derandomize=True,
     database=None,
@@ -524,6 +523,10 @@ def assert_events_conform(response, events: list[str], body: dict, schema_name: 
     phases=NO_SHRINK,
     suppress_health_check=SLOW_RUN,
 )
+
+
+@given(case=stream_strategy("/chat/completions"))
+@STREAM_RUN
 def test_each_event_of_a_valid_chat_stream_is_a_spec_chunk(case, served):
     response, events, body = stream_events(served, case)
 
@@ -531,14 +534,7 @@ def test_each_event_of_a_valid_chat_stream_is_a_spec_chunk(case, served):
 
 
 @given(case=stream_strategy("/completions"))
-@settings(
-    max_examples=STREAM_EXAMPLES,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    phases=NO_SHRINK,
-    suppress_health_check=SLOW_RUN,
-)
+@STREAM_RUN
 def test_each_event_of_a_valid_completion_stream_is_a_spec_completion(case, served):
     response, events, body = stream_events(served, case)
 
