@@ -109,13 +109,12 @@ def check(param: str, value, rule: Rule) -> None:
         # 3.0 is an integer to JSON Schema, and to OpenAI; the parser reads an integer
         # past 64 bits as a float too, rounded, so past int64 it is beyond any bound.
         found = "integer"
-        if abs(value) >= 2**63 and (rule.minimum is not None or rule.maximum is not None):
-            side = "below" if value < 0 else "above"
-            bound, sign, limit = (
-                ("minimum", ">=", rule.minimum) if value < 0 else ("maximum", "<=", rule.maximum)
+        limit = rule.minimum if value < 0 else rule.maximum
+        if abs(value) >= 2**63 and limit is not None:
+            side, bound, sign = (
+                ("below", "minimum", ">=") if value < 0 else ("above", "maximum", "<=")
             )
-            if limit is not None:
-                raise out_of_range(param, value, found, side, bound, sign, limit)
+            raise out_of_range(param, value, found, side, bound, sign, limit)
     if found not in rule.types and not (found == "integer" and "number" in rule.types):
         raise invalid_type(param, " or ".join(_NAMES[t] for t in rule.types), value)
     if found in NUMBER:
