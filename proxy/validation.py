@@ -313,7 +313,7 @@ def objects(check_object) -> Rule:
 
 
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
-STRING, ARRAY, BOOLEAN = Rule(("string",)), Rule(("array",)), Rule(("boolean",))
+STRING, BOOLEAN = Rule(("string",)), Rule(("boolean",))
 OBJECT, INTEGER = Rule(("object",)), Rule(("integer",))
 
 # The objects inside a chat request that the spec defines (ChatCompletionTool,
