@@ -3,6 +3,7 @@
 Every variable is listed, with its default, in `.env.example`.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -130,6 +131,13 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("AETHERGATE_TIME_ZONE", default="UTC")
+# How money is shown to people (balances, prices, costs); stored amounts keep 10 decimals.
+# Read as written: django-environ takes a value starting with "$" for the name of
+# another variable, and "$" alone sends it into endless recursion.
+AETHERGATE_CURRENCY_SYMBOL = os.environ.get("AETHERGATE_CURRENCY_SYMBOL", "$")
+AETHERGATE_CURRENCY_DECIMALS = env.int("AETHERGATE_CURRENCY_DECIMALS", default=2)
+if not 0 <= AETHERGATE_CURRENCY_DECIMALS <= 10:
+    sys.exit("AetherGate: AETHERGATE_CURRENCY_DECIMALS must be 0 to 10.")
 USE_I18N = True
 USE_TZ = True
 
