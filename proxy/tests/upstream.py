@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import re
 import socket
 import struct
 import threading
@@ -14,9 +18,10 @@ import time
 import uuid
 from typing import Any
 
-from aiohttp import web
+from aiohttp import MultipartReader, web
 
 from aethergate.testing import wait_for
+from proxy.tests import media
 
 PREFIX = "Hello from upstream: "
 DEFAULT_CHUNKS = 20
@@ -25,8 +30,35 @@ SILENT_CAP_SECONDS = 60.0
 DEFAULT_MODEL_IDS = ("echo", "echo-embed")
 ERROR_TEMPLATE = "upstream says {code} (internal host 10.0.0.7, key sk-upstream-secret)"
 START_TIMEOUT_SECONDS = 10.0
+# Images: `n` PNGs of `size` (this when `auto` or absent); usage counts per image.
+DEFAULT_IMAGE_SIZE = (1024, 1024)
+IMAGE_SIZES = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")  # WIDTHxHEIGHT
+IMAGE_OUTPUT_TOKENS = 100  # `usage.output_tokens` per image returned
+MAX_IMAGES = 10
+MAX_IMAGE_SIDE = 4096  # pixels: a larger PNG would take the stand-in too long to make
+REVISED_PROMPT_PREFIX = "A revised picture of: "  # `revised_prompt` (dall-e-3 names only)
+# Audio in: a WAV's length comes from its header; any other file is taken to be a
+# 128 kbit/s MP3, 16000 bytes a second.
+NON_WAV_BYTES_PER_SECOND = 16000
+AUDIO_TOKENS_PER_SECOND = 10  # audio tokens in token-shaped usage (transcript and speech streams)
+TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+UPLOAD_CHUNK_BYTES = 64 * 1024  # an upload is read, hashed and counted this much at a time
+UPLOAD_HEAD_BYTES = 64 * 1024  # what is kept of it: enough for a WAV header
+# Audio out: a WAV (whatever `response_format` labels it) lasting this long per character of
+# `input`, divided by `speed`.
+SPEECH_SECONDS_PER_CHARACTER = 0.05
+SPEECH_RATE = media.WAV_RATE
+SPEECH_CONTENT_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+SPEECH_MAX_INPUT = 4096
 
-_TRUE_FLAGS = {"nousage", "silent", "malformed", "nodone"}
+_TRUE_FLAGS = {"nousage", "silent", "malformed", "nodone", "noduration"}
 _FLOAT_FLAGS = {"slow", "gap"}
 _INT_FLAGS = {"chunks", "fail", "reset"}
 # `usage=KIND`: every count in `usage` (prompt, completion, total) becomes this value.
@@ -49,6 +81,7 @@ class Flags:
     silent: bool = False
     malformed: bool = False
     nodone: bool = False
+    noduration: bool = False
     slow: float = 0.0
     gap: float = 0.0
     chunks: int = DEFAULT_CHUNKS
@@ -161,6 +194,60 @@ def _embedding_tokens(item: Any) -> int:
     return len(item) if isinstance(item, list) else _words(str(item))
 
 
+def image_usage(prompt: str, n: int) -> dict:
+    """The `usage` of `n` images for `prompt`: its words in, `IMAGE_OUTPUT_TOKENS` per image out."""
+    text_tokens = _words(prompt)
+    output_tokens = IMAGE_OUTPUT_TOKENS * n
+    return {
+        "input_tokens": text_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": text_tokens + output_tokens,
+        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0},
+    }
+
+
+def audio_seconds(upload: Upload | None) -> float:
+    """How long the stand-in takes an uploaded file to last: a WAV's header says; any other
+    file counts `NON_WAV_BYTES_PER_SECOND` bytes a second."""
+    if upload is None:
+        return 0.0
+    seconds = upload.duration
+    return seconds if seconds is not None else upload.size / NON_WAV_BYTES_PER_SECOND
+
+
+def seconds_text(seconds: float) -> str:
+    """`seconds` to at most 3 decimals, without trailing zeros: 90.0 -> "90", 1.5 -> "1.5"."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+def transcript_text(seconds: float, task: str = "transcribe") -> str:
+    """The text a transcription (`task` "transcribe") or translation ("translate") answers."""
+    verb = "transcribed" if task == "transcribe" else "translated"
+    return f"{PREFIX}{verb} {seconds_text(seconds)} seconds of audio"
+
+
+def audio_tokens(seconds: float) -> int:
+    """The audio tokens `seconds` of audio count for in token-shaped usage."""
+    return math.ceil(seconds * AUDIO_TOKENS_PER_SECOND)
+
+
+def speech_seconds(text: str, speed: float = 1.0) -> float:
+    """How long the speech for `text` at `speed` lasts (`SPEECH_SECONDS_PER_CHARACTER`)."""
+    return len(text) * SPEECH_SECONDS_PER_CHARACTER / speed
+
+
+def speech_audio(text: str, speed: float = 1.0) -> bytes:
+    """The bytes `/v1/audio/speech` answers for `text`: a WAV whatever the format asked."""
+    return media.wav_bytes(speech_seconds(text, speed), rate=SPEECH_RATE)
+
+
+def split_bytes(data: bytes, pieces: int) -> list[bytes]:
+    """`data` in `pieces` consecutive parts of near-equal length (fewer if it is shorter)."""
+    count = max(1, min(pieces, len(data)))
+    bounds = [len(data) * i // count for i in range(count + 1)]
+    return [data[bounds[i] : bounds[i + 1]] for i in range(count)]
+
+
 def error_body(code: int) -> dict:
     """The OpenAI-shaped error `fail=CODE` answers, with internals the gateway must not echo."""
     return {
@@ -173,7 +260,43 @@ def error_body(code: int) -> dict:
     }
 
 
+def invalid_request(message: str, param: str | None = None, code: str | None = None):
+    """A 400 in OpenAI's error shape, as it refuses a request it cannot take."""
+    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    return web.json_response({"error": error}, status=400)
+
+
+def _missing(param: str) -> web.Response:
+    return invalid_request(
+        f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
+    )
+
+
 # --------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass
+class Upload:
+    """One file part of a multipart request as it arrived: counted and hashed, not kept.
+
+    `size` grows while the part is read; `sha256` (hex) and `complete` are set once it was
+    read to its end. Only its first `UPLOAD_HEAD_BYTES` are kept (`head`), so that a test
+    measuring the gateway's memory while it relays a large upload does not count a copy
+    held here: the stand-in runs in the test's process.
+    """
+
+    field: str | None
+    filename: str
+    content_type: str | None
+    size: int = 0
+    sha256: str | None = None
+    complete: bool = False
+    head: bytes = dataclasses.field(default=b"", repr=False)
+
+    @property
+    def duration(self) -> float | None:
+        """The seconds its WAV header states (no more than what arrived); None if no WAV."""
+        return media.wav_duration(self.head, size=self.size)
 
 
 @dataclasses.dataclass
@@ -183,6 +306,11 @@ class Received:
     Exactly one of `finished_at` (answer fully written), `closed_at` (client left first;
     `closed_early` is then True) or `aborted` (the stand-in dropped the connection) is set
     once `done` is; times are `time.monotonic()` values.
+
+    A JSON request has `json` and `body`; a multipart one (the audio uploads) is recorded
+    on arrival, before its body is read, then gets its text parts in `fields` (in order;
+    `form` maps each name to its last value) and its file parts in `uploads` as they are
+    read; its `body` stays empty.
     """
 
     method: str
@@ -190,6 +318,8 @@ class Received:
     headers: dict[str, str]
     json: Any
     body: bytes = b""
+    fields: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    uploads: list[Upload] = dataclasses.field(default_factory=list)
     received_at: float = dataclasses.field(default_factory=time.monotonic)
     closed_early: bool = False
     closed_at: float | None = None
@@ -198,8 +328,29 @@ class Received:
     done: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False)
 
     @property
+    def form(self) -> dict[str, str]:
+        return dict(self.fields)
+
+    @property
+    def file(self) -> Upload | None:
+        """The first file part named `file`, the one the audio routes transcribe."""
+        return next((u for u in self.uploads if u.field == "file"), None)
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("content-type")
+
+    @property
+    def content_length(self) -> int | None:
+        """The `Content-Length` header as a number; None when absent (chunked) or not one."""
+        value = self.headers.get("content-length", "")
+        return int(value) if value.isdigit() else None
+
+    @property
     def model(self) -> str | None:
-        return self.json.get("model") if isinstance(self.json, dict) else None
+        if isinstance(self.json, dict):
+            return self.json.get("model")
+        return self.form.get("model")
 
     def wait_done(self, timeout: float = 5.0) -> bool:
         """Block until the answer finished, was cut by the client or aborted; False on timeout."""
@@ -264,6 +415,8 @@ class Upstream:
         self.model_ids: list[str] = list(DEFAULT_MODEL_IDS)
         # When set, requests must carry `Authorization: Bearer <it>` or get a 401.
         self.require_api_key: str | None = None
+        # The images answered as URLs, by name: GET /files/<name>.png serves them.
+        self.files: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -304,6 +457,7 @@ class Upstream:
         """Forget received requests and per-test overrides."""
         with self._lock:
             self.received.clear()
+            self.files.clear()
         self.model_ids = list(DEFAULT_MODEL_IDS)
         self.require_api_key = None
 
@@ -341,6 +495,11 @@ class Upstream:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
+        app.router.add_post("/v1/audio/translations", self._translations)
+        app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_get("/files/{name}", self._file)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         # Cancelling handlers when the client disconnects is what lets a record tell, at
         # once, that the gateway closed its upstream request.
@@ -357,8 +516,10 @@ class Upstream:
 
     # ----------------------------------------------------------------- plumbing
 
-    async def _record(self, request: web.Request) -> Received:
-        body = await request.read()
+    async def _record(self, request: web.Request, *, form: bool = False) -> Received:
+        """Append a record of `request`: a JSON one once its body is read, a multipart
+        one (`form`) at once, its parts being read by `_read_form` afterwards."""
+        body = b"" if form else await request.read()
         try:
             parsed = json.loads(body) if body else None
         except ValueError:
@@ -373,6 +534,30 @@ class Upstream:
         with self._lock:
             self.received.append(record)
         return record
+
+    async def _read_form(self, request: web.Request, record: Received) -> web.Response | None:
+        """Read a multipart body into `record`, part by part; a 400 if it cannot be read or
+        lacks `file` or `model` (which every audio upload needs)."""
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if isinstance(part, MultipartReader):
+                    return invalid_request("nested multipart parts are not accepted")
+                if part.filename is not None:
+                    upload = Upload(part.name, part.filename, part.headers.get("Content-Type"))
+                    record.uploads.append(upload)
+                    await _read_upload(part, upload)
+                elif part.name is not None:
+                    record.fields.append((part.name, await part.text()))
+        # aiohttp raises AssertionError for a body that is not multipart, ValueError for one
+        # that is cut or broken (UnicodeDecodeError, a field that is not text, is one too).
+        except (AssertionError, ValueError) as exc:
+            return invalid_request(f"Could not parse multipart form: {exc}")
+        if record.file is None:
+            return _missing("file")
+        if not record.form.get("model"):
+            return _missing("model")
+        return None
 
     def _unauthorized(self, record: Received) -> web.Response | None:
         if self.require_api_key is None:
@@ -391,31 +576,32 @@ class Upstream:
             status=401,
         )
 
-    async def _handle(self, request: web.Request, answer, *, flagged=True) -> web.StreamResponse:
+    async def _handle(
+        self, request: web.Request, answer, *, flagged=True, form=False, streams=None
+    ) -> web.StreamResponse:
         """Record `request`, run `answer(request, record, body, flags)`, note how it ended.
 
-        With `flagged` (the POST routes) the body must be a JSON object and the model name's
-        flags apply; otherwise `answer` gets an empty body and no flags.
+        With `flagged` (the POST routes) the model name's flags apply, and the body must be a
+        JSON object, or with `form` a multipart form with `file` and `model` (then `body` is
+        `record.form`); otherwise `answer` gets an empty body and no flags. `streams(record)`
+        tells whether the answer streams (by default: the body's `stream` is true), which
+        `reset` needs to know.
         """
-        record = await self._record(request)
+        record = await self._record(request, form=form)
         try:
-            body = record.json if isinstance(record.json, dict) else {}
-            flags = parse_flags(body.get("model", "")) if flagged else Flags()
             response = self._unauthorized(record) or _bad_request_id(record)
-            if response is None and flagged and not isinstance(record.json, dict):
-                response = web.json_response(
-                    {
-                        "error": {
-                            "message": "body must be a JSON object",
-                            "type": "invalid_request_error",
-                            "param": None,
-                            "code": None,
-                        }
-                    },
-                    status=400,
-                )
+            if response is None and form:
+                response = await self._read_form(request, record)
+            if form:
+                body = record.form
+            else:
+                body = record.json if isinstance(record.json, dict) else {}
+            flags = parse_flags(record.model or "") if flagged else Flags()
+            if response is None and flagged and not form and not isinstance(record.json, dict):
+                response = invalid_request("body must be a JSON object")
             if response is None and flagged:
-                response = await self._before_answer(request, record, flags)
+                streaming = (streams or request_streams)(record)
+                response = await self._before_answer(request, flags, streaming)
             if response is None:
                 response = await answer(request, record, body, flags)
             if not response.prepared:
@@ -441,7 +627,9 @@ class Upstream:
             record.closed_early = True
             record.closed_at = time.monotonic()
 
-    async def _before_answer(self, request, record, flags: Flags) -> web.StreamResponse | None:
+    async def _before_answer(
+        self, request, flags: Flags, streaming: bool
+    ) -> web.StreamResponse | None:
         """Apply the flags that act before an answer starts; a response if they end it."""
         if flags.silent:
             await asyncio.sleep(SILENT_CAP_SECONDS)
@@ -453,7 +641,7 @@ class Upstream:
             return web.json_response(error_body(flags.fail), status=flags.fail, headers=headers)
         if flags.malformed:
             return web.Response(body=b'{"not json', content_type="application/json")
-        if flags.reset is not None and not request_streams(record):
+        if flags.reset is not None and not streaming:
             self._abort(request)
         return None
 
@@ -465,23 +653,37 @@ class Upstream:
         raise _Aborted
 
     async def _stream(
-        self, request, record, flags: Flags, events: list[dict]
+        self, request, flags: Flags, events: list[dict], *, done: bool = True
     ) -> web.StreamResponse:
-        """Send `events` as SSE (cut short by `reset`), then `[DONE]` unless `noDone`."""
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        """Send `events` as SSE `data:` lines (cut short by `reset`), then `[DONE]` when
+        `done` (the chat and completions streams have it, the audio ones do not) unless
+        `noDone`."""
+        pieces = [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
+        return await self._send(
+            request,
+            flags,
+            pieces,
+            {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+            tail=b"data: [DONE]\n\n" if done and not flags.nodone else b"",
         )
+
+    async def _send(
+        self, request, flags: Flags, pieces: list[bytes], headers: dict, *, tail: bytes = b""
+    ) -> web.StreamResponse:
+        """Write `headers`, then each of `pieces` in its own write (`gap` s apart), then
+        `tail`; with `reset=K`, drop the connection instead of writing piece K (or `tail`)."""
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
-        for index, event in enumerate(events):
+        for index, piece in enumerate(pieces):
             if flags.reset is not None and index == flags.reset:
                 self._abort(request)
             if index and flags.gap:
                 await asyncio.sleep(flags.gap)
-            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            await response.write(piece)
         if flags.reset is not None:
             self._abort(request)
-        if not flags.nodone:
-            await response.write(b"data: [DONE]\n\n")
+        if tail:
+            await response.write(tail)
         return response
 
     # ----------------------------------------------------------------- routes
@@ -543,7 +745,7 @@ class Upstream:
         events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]))
         if with_usage:
             events.append(chunk([], usage=_usage(prompt_tokens, flags.chunks, flags.usage)))
-        return await self._stream(request, record, flags, events)
+        return await self._stream(request, flags, events)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, self._completions_answer)
@@ -577,7 +779,7 @@ class Upstream:
         events.append(completion([{"text": "", "index": 0, "finish_reason": "stop"}]))
         if wants_usage(record) and not flags.nousage:
             events.append(completion([], usage=_usage(prompt_tokens, flags.chunks, flags.usage)))
-        return await self._stream(request, record, flags, events)
+        return await self._stream(request, flags, events)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, self._embeddings_answer)
@@ -613,26 +815,270 @@ class Upstream:
 
         return await self._handle(request, answer, flagged=False)
 
-    async def _not_found(self, request: web.Request) -> web.StreamResponse:
-        async def answer(request, record, body, flags):
-            return web.json_response(
-                {
-                    "error": {
-                        "message": f"no route {request.method} {request.path}",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "not_found",
-                    }
-                },
-                status=404,
+    async def _images(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._images_answer, streams=_never_streams)
+
+    async def _images_answer(self, request, record, body: dict, flags: Flags):
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            return _missing("prompt")
+        n = body.get("n")
+        n = 1 if n is None else n
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_IMAGES:
+            return invalid_request(f"n must be an integer from 1 to {MAX_IMAGES}", "n")
+        size = _image_size(body.get("size"))
+        if size is None or max(size) > MAX_IMAGE_SIDE:
+            return invalid_request(
+                f"size must be 'auto' or WIDTHxHEIGHT, each side at most {MAX_IMAGE_SIDE}", "size"
             )
+        response_format = body.get("response_format") or "url"
+        if response_format not in ("url", "b64_json"):
+            return invalid_request("response_format must be 'url' or 'b64_json'", "response_format")
+        png = media.png_bytes(*size)
+        data = []
+        for _ in range(n):
+            if response_format == "b64_json":
+                image = {"b64_json": base64.b64encode(png).decode()}
+            else:
+                name = uuid.uuid4().hex
+                with self._lock:
+                    self.files[name] = png
+                image = {"url": f"http://127.0.0.1:{self.port}/files/{name}.png"}
+            if "dall-e-3" in str(body.get("model")).lower():
+                image["revised_prompt"] = REVISED_PROMPT_PREFIX + prompt
+            data.append(image)
+        answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+        if not flags.nousage:
+            usage = image_usage(prompt, n)
+            if flags.usage:
+                usage = {k: _count(v, flags) if isinstance(v, int) else v for k, v in usage.items()}
+            answer["usage"] = usage
+        return web.json_response(answer)
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        async def answer(request, record, body, flags):
+            stem, _, extension = request.match_info["name"].rpartition(".")
+            with self._lock:
+                png = self.files.get(stem) if extension == "png" else None
+            if png is None:
+                return await self._not_found_answer(request, record, body, flags)
+            return web.Response(body=png, content_type="image/png")
 
         return await self._handle(request, answer, flagged=False)
 
+    async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
+        answer = functools.partial(self._audio_answer, "transcribe")
+        return await self._handle(request, answer, form=True)
+
+    async def _translations(self, request: web.Request) -> web.StreamResponse:
+        answer = functools.partial(self._audio_answer, "translate")
+        return await self._handle(request, answer, form=True, streams=_never_streams)
+
+    async def _audio_answer(self, task: str, request, record, body: dict, flags: Flags):
+        """A transcription or translation of `record.file` as `response_format` asks."""
+        response_format = body.get("response_format") or "json"
+        if response_format not in TRANSCRIPT_FORMATS:
+            return invalid_request(
+                f"response_format must be one of {', '.join(TRANSCRIPT_FORMATS)}",
+                "response_format",
+            )
+        seconds = audio_seconds(record.file)
+        text = transcript_text(seconds, task)
+        if task == "transcribe" and request_streams(record):
+            return await self._transcript_stream(request, body, flags, text, seconds)
+        # Translations report no usage: the spec's translation objects have none.
+        usage = None
+        if task == "transcribe" and not (flags.nousage or flags.noduration):
+            usage = {"type": "duration", "seconds": _count(seconds, flags)}
+        if response_format == "json":
+            return web.json_response({"text": text, **({"usage": usage} if usage else {})})
+        if response_format == "verbose_json":
+            answer = {
+                "task": task,
+                "language": (task == "transcribe" and body.get("language")) or "english",
+                "duration": _count(seconds, flags),
+                "text": text,
+                "segments": [_segment(text, seconds)],
+            }
+            if task == "transcribe" and "word" in _granularities(record):
+                answer["words"] = _words_at(text, seconds)
+            if flags.noduration:
+                del answer["duration"]
+            if usage:
+                answer["usage"] = usage
+            return web.json_response(answer)
+        if response_format == "srt":
+            text = f"1\n{_timestamp(0, ',')} --> {_timestamp(seconds, ',')}\n{text}\n\n"
+        elif response_format == "vtt":
+            text = f"WEBVTT\n\n{_timestamp(0, '.')} --> {_timestamp(seconds, '.')}\n{text}\n\n"
+        return web.Response(text=text, content_type="text/plain")
+
+    async def _transcript_stream(self, request, body: dict, flags: Flags, text: str, seconds):
+        """`transcript.text.delta` events, then `transcript.text.done` (with token usage, as
+        the spec's done event has it), without `[DONE]`: the spec's stream has none."""
+        deltas = stream_deltas(text, flags.chunks)
+        events: list[dict] = [{"type": "transcript.text.delta", "delta": d} for d in deltas]
+        done: dict[str, Any] = {"type": "transcript.text.done", "text": "".join(deltas)}
+        if not (flags.nousage or flags.noduration):
+            text_tokens, audio = _words(body.get("prompt", "")), audio_tokens(seconds)
+            done["usage"] = {
+                "type": "tokens",
+                "input_tokens": _count(text_tokens + audio, flags),
+                "input_token_details": {
+                    "text_tokens": _count(text_tokens, flags),
+                    "audio_tokens": _count(audio, flags),
+                },
+                "output_tokens": _count(len(deltas), flags),
+                "total_tokens": _count(text_tokens + audio + len(deltas), flags),
+            }
+        events.append(done)
+        return await self._stream(request, flags, events, done=False)
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._speech_answer, streams=_always_streams)
+
+    async def _speech_answer(self, request, record, body: dict, flags: Flags):
+        """`speech_audio(input, speed)` in `chunks` writes, labelled as `response_format`
+        asks; or with `stream_format` "sse", as `speech.audio.delta` events (base64) and a
+        `speech.audio.done` event with usage."""
+        text, voice = body.get("input"), body.get("voice")
+        if not isinstance(text, str):
+            return _missing("input")
+        if len(text) > SPEECH_MAX_INPUT:
+            return invalid_request(f"input is longer than {SPEECH_MAX_INPUT} characters", "input")
+        if not (isinstance(voice, str) and voice) and not (
+            isinstance(voice, dict) and isinstance(voice.get("id"), str)
+        ):
+            return _missing("voice")
+        response_format = body.get("response_format") or "mp3"
+        if response_format not in SPEECH_CONTENT_TYPES:
+            return invalid_request(
+                f"response_format must be one of {', '.join(SPEECH_CONTENT_TYPES)}",
+                "response_format",
+            )
+        speed = body.get("speed")
+        speed = 1.0 if speed is None else speed
+        if not _is_number(speed) or not 0.25 <= speed <= 4:
+            return invalid_request("speed must be a number from 0.25 to 4", "speed")
+        stream_format = body.get("stream_format") or "audio"
+        if stream_format not in ("audio", "sse"):
+            return invalid_request("stream_format must be 'audio' or 'sse'", "stream_format")
+        pieces = split_bytes(speech_audio(text, speed), flags.chunks)
+        if stream_format == "audio":
+            headers = {"Content-Type": SPEECH_CONTENT_TYPES[response_format]}
+            return await self._send(request, flags, pieces, headers)
+        events: list[dict] = [
+            {"type": "speech.audio.delta", "audio": base64.b64encode(p).decode()} for p in pieces
+        ]
+        done: dict[str, Any] = {"type": "speech.audio.done"}
+        if not flags.nousage:
+            words, audio = _words(text), audio_tokens(speech_seconds(text, speed))
+            done["usage"] = {
+                "input_tokens": _count(words, flags),
+                "output_tokens": _count(audio, flags),
+                "total_tokens": _count(words + audio, flags),
+            }
+        events.append(done)
+        return await self._stream(request, flags, events, done=False)
+
+    async def _not_found(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._not_found_answer, flagged=False)
+
+    @staticmethod
+    async def _not_found_answer(request, record, body, flags):
+        return web.json_response(
+            {
+                "error": {
+                    "message": f"no route {request.method} {request.path}",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "not_found",
+                }
+            },
+            status=404,
+        )
+
 
 def request_streams(record: Received) -> bool:
-    """Whether the recorded request asked for a stream."""
-    return isinstance(record.json, dict) and record.json.get("stream") is True
+    """Whether the recorded request asked for a stream (a form's `stream` field is "true")."""
+    if isinstance(record.json, dict):
+        return record.json.get("stream") is True
+    return record.form.get("stream", "").lower() == "true"
+
+
+def _never_streams(record: Received) -> bool:
+    return False
+
+
+def _always_streams(record: Received) -> bool:
+    return True
+
+
+async def _read_upload(part, upload: Upload) -> None:
+    """Read a file part to its end in chunks: count, hash and keep the head of its bytes."""
+    digest = hashlib.sha256()
+    while chunk := await part.read_chunk(UPLOAD_CHUNK_BYTES):
+        digest.update(chunk)
+        if len(upload.head) < UPLOAD_HEAD_BYTES:
+            upload.head += chunk[: UPLOAD_HEAD_BYTES - len(upload.head)]
+        upload.size += len(chunk)
+    upload.sha256 = digest.hexdigest()
+    upload.complete = True
+
+
+def _count(value: Any, flags: Flags) -> Any:
+    """`value`, or the absurd value `usage=KIND` puts in every count."""
+    return ABSURD_USAGE[flags.usage] if flags.usage else value
+
+
+def _image_size(value: Any) -> tuple[int, int] | None:
+    """`(width, height)` of an images `size` ("auto" or absent: the default); None if bad."""
+    if value is None or value == "auto":
+        return DEFAULT_IMAGE_SIZE
+    match = IMAGE_SIZES.fullmatch(value) if isinstance(value, str) else None
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def _segment(text: str, seconds: float) -> dict:
+    """The one verbose segment: the whole text over the whole audio."""
+    return {
+        "id": 0,
+        "seek": 0,
+        "start": 0.0,
+        "end": seconds,
+        "text": text,
+        "tokens": list(range(_words(text))),
+        "temperature": 0.0,
+        "avg_logprob": -0.25,
+        "compression_ratio": 1.0,
+        "no_speech_prob": 0.01,
+    }
+
+
+def _words_at(text: str, seconds: float) -> list[dict]:
+    """The words of `text` spread evenly over `seconds`."""
+    words = text.split()
+    step = seconds / max(1, len(words))
+    return [
+        {"word": word, "start": i * step, "end": (i + 1) * step} for i, word in enumerate(words)
+    ]
+
+
+def _granularities(record: Received) -> set[str]:
+    """The `timestamp_granularities` a form asks for (sent as `[]`-suffixed fields or not)."""
+    names = ("timestamp_granularities", "timestamp_granularities[]")
+    return {value for name, value in record.fields if name in names}
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d}{separator}{millis % 1000:03d}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def wants_usage(record: Received) -> bool:
