@@ -1,21 +1,45 @@
 """The upstream stand-in answers like an OpenAI server, and as each model-name flag says."""
 
+import base64
+import hashlib
+import io
 import json
+import math
+import struct
 import time
+import wave
+import zlib
 
 import httpx
 import openai
 import pytest
 
+from aethergate.testing import wait_for
+from proxy.tests import media
 from proxy.tests.upstream import (
+    AUDIO_TOKENS_PER_SECOND,
     DEFAULT_CHUNKS,
+    DEFAULT_IMAGE_SIZE,
     EMBEDDING_DIMENSIONS,
+    IMAGE_OUTPUT_TOKENS,
+    MAX_IMAGE_SIDE,
+    NON_WAV_BYTES_PER_SECOND,
+    REVISED_PROMPT_PREFIX,
+    SPEECH_MAX_INPUT,
+    SPEECH_SECONDS_PER_CHARACTER,
+    UPLOAD_HEAD_BYTES,
     Flags,
+    audio_seconds,
     chat_answer,
     completion_answer,
     embedding_vector,
+    error_body,
+    image_usage,
     parse_flags,
+    speech_audio,
+    split_bytes,
     stream_text,
+    transcript_text,
 )
 
 HELLO = [{"role": "user", "content": "hi there"}]
@@ -398,3 +422,699 @@ def test_reset_forgets_requests_and_overrides(upstream):
     assert upstream.received == []
     assert upstream.model_ids == ["echo", "echo-embed"]
     assert upstream.require_api_key is None
+
+
+# --------------------------------------------------------------------------- media files
+
+
+@pytest.mark.parametrize(
+    ("seconds", "rate", "channels", "frames"),
+    [(90.0, 8000, 1, 720_000), (1.5, 16000, 2, 24_000), (0.0, 8000, 1, 0)],
+)
+def test_it_makes_a_wav_the_wave_module_reads_back_at_its_exact_duration(
+    seconds, rate, channels, frames
+):
+    data = media.wav_bytes(seconds, rate=rate, channels=channels)
+
+    with wave.open(io.BytesIO(data)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (channels, 2, rate)
+        assert wav.getnframes() == frames
+        assert wav.getnframes() / wav.getframerate() == seconds
+        samples = struct.unpack(f"<{min(frames, 400) * channels}h", wav.readframes(400))
+    assert len(data) == media.WAV_HEADER_BYTES + frames * channels * 2
+    assert media.wav_duration(data) == seconds
+    if frames:  # a quiet tone, not silence
+        assert 0 < max(abs(s) for s in samples) <= media.TONE_AMPLITUDE
+
+
+def test_it_reads_a_wav_duration_from_its_head_and_size_capped_by_what_arrived():
+    data = media.wav_bytes(90.0)
+
+    assert media.wav_duration(data[:64], size=len(data)) == 90.0
+    assert media.wav_duration(data[:1000]) == (1000 - media.WAV_HEADER_BYTES) / 16000
+    assert media.wav_duration(data[: media.WAV_HEADER_BYTES - 8]) is None  # no data chunk
+    assert media.wav_duration(b"ID3\x04" + bytes(100)) is None
+    assert media.wav_duration(b"") is None
+
+
+def test_it_steps_over_other_chunks_before_a_wavs_data():
+    data = media.wav_bytes(2.0)
+    # A LIST chunk of odd length (padded to even) between fmt and data, as editors write.
+    extra = b"LIST" + struct.pack("<I", 5) + b"INFOx\x00"
+    padded = data[:36] + extra + data[36:]
+
+    assert media.wav_duration(padded) == 2.0
+    with wave.open(io.BytesIO(padded)) as wav:
+        assert wav.getnframes() == 16000
+
+
+def test_it_makes_a_png_whose_chunks_check_out_and_decode_to_its_size_and_colour():
+    data = media.png_bytes(7, 3)
+
+    assert data.startswith(media.PNG_SIGNATURE)
+    chunks, offset = [], 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind, body = data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]
+        (crc,) = struct.unpack(">I", data[offset + 8 + length : offset + 12 + length])
+        assert crc == zlib.crc32(kind + body)
+        chunks.append((kind, body))
+        offset += 12 + length
+    assert [kind for kind, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
+    assert struct.unpack(">IIBBBBB", chunks[0][1]) == (7, 3, 8, 2, 0, 0, 0)
+    assert zlib.decompress(chunks[1][1]) == (b"\x00" + bytes(media.PNG_RGB) * 7) * 3
+    assert media.png_size(data) == (7, 3)
+    assert media.png_size(b"GIF89a" + bytes(30)) is None
+    with pytest.raises(ValueError):
+        media.png_bytes(0, 3)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_it_generates_images_as_urls_it_serves(sdk, upstream):
+    answer = sdk.images.generate(model="img", prompt="a sea otter", n=2, size="32x16")
+
+    assert len(answer.data) == 2
+    assert answer.created > 0
+    assert all(image.revised_prompt is None and image.b64_json is None for image in answer.data)
+    assert answer.data[0].url != answer.data[1].url
+    fetched = httpx.get(answer.data[0].url)
+    assert fetched.status_code == 200
+    assert fetched.headers["content-type"] == "image/png"
+    assert fetched.content == media.png_bytes(32, 16)
+    assert answer.usage.model_dump() == {
+        "input_tokens": 3,
+        "output_tokens": 2 * IMAGE_OUTPUT_TOKENS,
+        "total_tokens": 3 + 2 * IMAGE_OUTPUT_TOKENS,
+        "input_tokens_details": {"text_tokens": 3, "image_tokens": 0},
+        "output_tokens_details": None,
+    }
+    assert image_usage("a sea otter", 2)["total_tokens"] == answer.usage.total_tokens
+    record = upstream.received[0]
+    assert (record.method, record.path) == ("POST", "/v1/images/generations")
+    assert record.json == {"model": "img", "prompt": "a sea otter", "n": 2, "size": "32x16"}
+
+
+def test_it_answers_one_default_sized_image_in_base64_when_asked(sdk):
+    answer = sdk.images.generate(model="img", prompt="x", response_format="b64_json")
+
+    (image,) = answer.data
+    assert image.url is None
+    assert base64.b64decode(image.b64_json) == media.png_bytes(*DEFAULT_IMAGE_SIZE)
+
+
+def test_it_revises_the_prompt_for_dall_e_3_names_only(sdk):
+    answer = sdk.images.generate(model="dall-e-3", prompt="an otter", size="auto")
+
+    assert answer.data[0].revised_prompt == REVISED_PROMPT_PREFIX + "an otter"
+
+
+def test_it_forgets_served_images_on_reset_and_404s_unknown_ones(sdk, upstream):
+    url = sdk.images.generate(model="img", prompt="x", size="8x8").data[0].url
+    upstream.reset()
+
+    assert httpx.get(url).status_code == 404
+    assert httpx.get(url.replace(".png", ".gif")).status_code == 404
+    assert upstream.received[0].path.startswith("/files/")
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"prompt": None}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"n": 0}, "n"),
+        ({"n": 11}, "n"),
+        ({"n": True}, "n"),
+        ({"size": "big"}, "size"),
+        ({"size": f"{MAX_IMAGE_SIDE + 1}x16"}, "size"),
+        ({"response_format": "gif"}, "response_format"),
+    ],
+)
+def test_it_refuses_an_image_request_it_cannot_answer_naming_the_field(upstream, change, param):
+    body = {k: v for k, v in ({"model": "img", "prompt": "x"} | change).items() if v is not None}
+    response = httpx.post(f"{upstream.base_url}/images/generations", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert response.json()["error"]["param"] == param
+
+
+def test_image_usage_follows_the_usage_flags(sdk):
+    assert sdk.images.generate(model="img+nousage", prompt="x", size="8x8").usage is None
+    usage = sdk.images.generate(model="img+usage=negative", prompt="x", size="8x8").usage
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (-1_000_000,) * 3
+
+
+def test_reset_drops_an_image_request_at_once_even_asking_for_a_stream(upstream):
+    body = {"model": "img+reset=0", "prompt": "x", "stream": True}
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(f"{upstream.base_url}/images/generations", json=body)
+
+    assert upstream.received[0].wait_done(1)
+    assert upstream.received[0].aborted
+
+
+# --------------------------------------------------------------------------- transcriptions
+
+WAV_90 = media.wav_bytes(90.0)
+
+
+def upload(
+    url: str,
+    model: str = "whisper-1",
+    file=("speech.wav", WAV_90, "audio/wav"),
+    *,
+    headers=None,
+    timeout=5.0,
+    **form,
+):
+    """POST a multipart upload of `file` with `model` and the other `form` fields."""
+    return httpx.post(
+        url, data={"model": model, **form}, files={"file": file}, headers=headers, timeout=timeout
+    )
+
+
+def test_it_transcribes_a_wav_saying_how_long_it_was_and_records_the_upload(sdk, upstream):
+    answer = sdk.audio.transcriptions.create(
+        model="whisper-1", file=("speech.wav", WAV_90, "audio/wav"), language="en"
+    )
+
+    assert answer.text == "Hello from upstream: transcribed 90 seconds of audio"
+    assert answer.text == transcript_text(90.0)
+    assert answer.usage.model_dump() == {"type": "duration", "seconds": 90.0}
+    record = upstream.received[0]
+    assert (record.method, record.path) == ("POST", "/v1/audio/transcriptions")
+    assert record.fields == [("model", "whisper-1"), ("language", "en")]
+    assert record.model == "whisper-1"
+    assert record.json is None
+    assert record.body == b""
+    assert record.content_type.startswith("multipart/form-data; boundary=")
+    assert record.content_length > len(WAV_90)
+    upload_ = record.file
+    assert (upload_.field, upload_.filename, upload_.content_type) == (
+        "file",
+        "speech.wav",
+        "audio/wav",
+    )
+    assert upload_.size == len(WAV_90)
+    assert upload_.sha256 == hashlib.sha256(WAV_90).hexdigest()
+    assert upload_.complete
+    assert upload_.duration == 90.0
+
+
+def test_it_reads_a_large_upload_in_chunks_keeping_only_its_head(upstream):
+    data = media.wav_bytes(200.0)  # 3.2 MB
+
+    response = upload(f"{upstream.base_url}/audio/transcriptions", file=("a.wav", data))
+
+    assert response.json()["usage"]["seconds"] == 200.0
+    record = upstream.received[0]
+    assert (record.file.size, record.file.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert record.file.head == data[:UPLOAD_HEAD_BYTES]
+
+
+def test_it_records_filenames_with_path_components_as_sent(upstream):
+    name = "../../etc/passwd.wav"
+
+    upload(f"{upstream.base_url}/audio/transcriptions", file=(name, b"RIFF", "text/plain"))
+
+    assert upstream.received[0].file.filename == name
+    assert upstream.received[0].file.content_type == "text/plain"
+
+
+def test_it_takes_a_file_that_is_not_a_wav_for_a_128_kbit_mp3(upstream):
+    response = upload(
+        f"{upstream.base_url}/audio/transcriptions", file=("a.mp3", b"\xff" * 24000, "audio/mpeg")
+    )
+
+    assert response.json() == {
+        "text": transcript_text(1.5),
+        "usage": {"type": "duration", "seconds": 24000 / NON_WAV_BYTES_PER_SECOND},
+    }
+    assert upstream.received[0].file.duration is None
+    assert audio_seconds(upstream.received[0].file) == 1.5
+
+
+@pytest.mark.parametrize(
+    ("response_format", "expected"),
+    [
+        ("text", "Hello from upstream: transcribed 90 seconds of audio"),
+        (
+            "srt",
+            "1\n00:00:00,000 --> 00:01:30,000\n"
+            "Hello from upstream: transcribed 90 seconds of audio\n\n",
+        ),
+        (
+            "vtt",
+            "WEBVTT\n\n00:00:00.000 --> 00:01:30.000\n"
+            "Hello from upstream: transcribed 90 seconds of audio\n\n",
+        ),
+    ],
+)
+def test_it_answers_text_formats_as_plain_text(sdk, upstream, response_format, expected):
+    answer = sdk.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", WAV_90), response_format=response_format
+    )
+    raw = upload(f"{upstream.base_url}/audio/transcriptions", response_format=response_format)
+
+    assert answer == expected
+    assert raw.text == expected
+    assert raw.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+def test_it_answers_verbose_json_with_segments_and_words_when_asked(sdk):
+    answer = sdk.audio.transcriptions.create(
+        model="whisper-1",
+        file=("a.wav", media.wav_bytes(8.0)),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+        language="de",
+    )
+
+    assert (answer.task, answer.language, answer.duration) == ("transcribe", "de", 8.0)
+    assert answer.text == transcript_text(8.0)
+    (segment,) = answer.segments
+    assert (segment.id, segment.start, segment.end, segment.text) == (0, 0.0, 8.0, answer.text)
+    assert [w.word for w in answer.words] == answer.text.split()
+    assert (answer.words[0].start, answer.words[-1].end) == (0.0, 8.0)
+    assert answer.usage.seconds == 8.0
+
+
+def test_it_gives_words_only_when_asked(upstream):
+    response = upload(f"{upstream.base_url}/audio/transcriptions", response_format="verbose_json")
+
+    assert response.json()["language"] == "english"
+    assert "words" not in response.json()
+
+
+def test_noduration_leaves_out_every_duration_and_usage(upstream):
+    url = f"{upstream.base_url}/audio/transcriptions"
+
+    plain = upload(url, "whisper-1+noDuration").json()
+    verbose = upload(url, "whisper-1+noDuration", response_format="verbose_json").json()
+    stream = upload(url, "whisper-1+noDuration", stream="true")
+
+    assert plain == {"text": transcript_text(90.0)}
+    assert "duration" not in verbose
+    assert "usage" not in verbose
+    assert verbose["text"] == transcript_text(90.0)
+    assert "usage" not in json.loads(stream.text.splitlines()[-2][6:])
+
+
+def test_nousage_leaves_out_usage_but_keeps_the_verbose_duration(upstream):
+    url = f"{upstream.base_url}/audio/transcriptions"
+
+    plain = upload(url, "whisper-1+nousage").json()
+    verbose = upload(url, "whisper-1+nousage", response_format="verbose_json").json()
+
+    assert plain == {"text": transcript_text(90.0)}
+    assert verbose["duration"] == 90.0
+    assert "usage" not in verbose
+
+
+def test_usage_flag_reports_an_absurd_duration(upstream):
+    url = f"{upstream.base_url}/audio/transcriptions"
+
+    assert upload(url, "w+usage=negative").json()["usage"]["seconds"] == -1_000_000
+    assert upload(url, "w+usage=text", response_format="verbose_json").json()["duration"] == "12"
+
+
+def test_it_streams_transcript_deltas_then_done_with_token_usage(sdk):
+    events = list(
+        sdk.audio.transcriptions.create(
+            model="gpt-4o-transcribe+chunks=3",
+            file=("a.wav", WAV_90),
+            prompt="two words",
+            stream=True,
+        )
+    )
+
+    assert [e.type for e in events] == ["transcript.text.delta"] * 3 + ["transcript.text.done"]
+    assert [e.delta for e in events[:3]] == ["Hello", " from", " upstream:"]
+    assert events[-1].text == "Hello from upstream:"
+    assert events[-1].usage.model_dump() == {
+        "type": "tokens",
+        "input_tokens": 2 + 90 * AUDIO_TOKENS_PER_SECOND,
+        "input_token_details": {"text_tokens": 2, "audio_tokens": 90 * AUDIO_TOKENS_PER_SECOND},
+        "output_tokens": 3,
+        "total_tokens": 2 + 900 + 3,
+    }
+
+
+def test_a_transcript_stream_is_sse_without_done(upstream):
+    url = f"{upstream.base_url}/audio/transcriptions"
+    with httpx.stream(
+        "POST", url, data={"model": "w+chunks=2", "stream": "true"}, files={"file": ("a", b"x")}
+    ) as response:
+        assert response.headers["content-type"] == "text/event-stream"
+        events = sse_events(response)
+
+    assert [json.loads(e)["type"] for e in events] == [
+        "transcript.text.delta",
+        "transcript.text.delta",
+        "transcript.text.done",
+    ]
+
+
+def test_reset_cuts_a_transcript_stream_and_drops_a_plain_one(upstream):
+    url = f"{upstream.base_url}/audio/transcriptions"
+    deltas = []
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.stream(
+            "POST", url, data={"model": "w+reset=2", "stream": "true"}, files={"file": ("a", b"x")}
+        ) as response,
+    ):
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                deltas.append(json.loads(line[6:])["delta"])
+    with pytest.raises(httpx.HTTPError):
+        upload(url, "w+reset=0")
+
+    assert deltas == ["Hello", " from"]
+    assert all(r.wait_done(1) and r.aborted for r in upstream.received)
+    assert upstream.received[1].file.complete  # read whole before the drop
+
+
+@pytest.mark.parametrize(
+    ("data", "files", "param"),
+    [
+        ({"model": "whisper-1"}, None, "file"),
+        ({"model": "whisper-1"}, {"other": ("a.wav", b"x")}, "file"),
+        ({"language": "en"}, {"file": ("a.wav", b"x")}, "model"),
+        ({"model": ""}, {"file": ("a.wav", b"x")}, "model"),
+    ],
+    ids=["no-file", "file-under-another-name", "no-model", "empty-model"],
+)
+def test_it_refuses_an_upload_without_file_or_model(upstream, data, files, param):
+    response = httpx.post(
+        f"{upstream.base_url}/audio/transcriptions", data=data, files=files or {"x": ("", b"")}
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "message": f"Missing required parameter: '{param}'.",
+            "type": "invalid_request_error",
+            "param": param,
+            "code": "missing_required_parameter",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"model": "whisper-1"}'),
+        ("multipart/form-data", b"no boundary"),
+        ("multipart/form-data; boundary=xx", b"garbage"),
+        ("multipart/form-data; boundary=xx", b'--xx\r\nContent-Disposition: form-data; name="a"'),
+    ],
+    ids=["json", "no-boundary", "no-parts", "cut-short"],
+)
+def test_it_refuses_a_body_that_is_not_a_whole_multipart_form(upstream, content_type, body):
+    response = httpx.post(
+        f"{upstream.base_url}/audio/translations",
+        content=body,
+        headers={"Content-Type": content_type},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("Could not parse multipart form")
+    assert upstream.received[0].content_type == content_type
+    assert upstream.received[0].content_length == len(body)
+
+
+def test_it_refuses_a_response_format_it_does_not_make(upstream):
+    response = upload(f"{upstream.base_url}/audio/transcriptions", response_format="diarized_json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "response_format"
+
+
+class _Left(Exception):
+    """Raised inside a request body to make the client drop the connection."""
+
+
+def test_it_records_an_upload_as_it_arrives_and_notices_the_client_leaving(upstream):
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    sent = 100_000
+
+    def body():
+        yield head + WAV_90[:sent]
+        wait_for(lambda: upstream.received and upstream.received[0].file, what="the file part")
+        raise _Left
+
+    with pytest.raises(_Left):
+        httpx.post(
+            f"{upstream.base_url}/audio/transcriptions",
+            content=body(),
+            headers={
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Content-Length": str(len(head) + len(WAV_90) + len(tail)),
+            },
+        )
+    left = time.monotonic()
+
+    record = upstream.received[0]
+    assert record.wait_done(1)
+    assert record.closed_early
+    assert record.closed_at - left < 1
+    assert record.content_length == len(head) + len(WAV_90) + len(tail)
+    assert record.form == {"model": "whisper-1"}
+    assert 0 < record.file.size <= sent
+    assert not record.file.complete
+    assert record.file.sha256 is None
+
+
+# --------------------------------------------------------------------------- translations
+
+
+def test_it_translates_into_english_without_usage_as_the_spec_has_it(sdk, upstream):
+    with pytest.warns(DeprecationWarning):
+        answer = sdk.audio.translations.create(model="whisper-1", file=("a.wav", WAV_90))
+
+    assert answer.text == "Hello from upstream: translated 90 seconds of audio"
+    assert answer.text == transcript_text(90.0, "translate")
+    assert "usage" not in answer.model_dump()
+    assert upstream.received[0].path == "/v1/audio/translations"
+    assert upstream.received[0].file.sha256 == hashlib.sha256(WAV_90).hexdigest()
+
+
+def test_it_translates_verbosely_with_the_duration_and_never_streams(upstream):
+    url = f"{upstream.base_url}/audio/translations"
+
+    verbose = upload(url, response_format="verbose_json", language="de").json()
+    streamed = upload(url, stream="true")
+
+    assert (verbose["task"], verbose["language"], verbose["duration"]) == (
+        "translate",
+        "english",
+        90.0,
+    )
+    assert "usage" not in verbose
+    assert streamed.headers["content-type"].startswith("application/json")
+    assert streamed.json() == {"text": transcript_text(90.0, "translate")}
+
+
+# --------------------------------------------------------------------------- speech
+
+SPEAK = {"model": "tts-1", "voice": "alloy", "input": "Say this, please."}  # 17 characters
+
+
+def test_it_speaks_a_wav_as_long_as_the_input_in_chunks(sdk, upstream):
+    with sdk.audio.speech.with_streaming_response.create(**SPEAK) as response:
+        assert response.headers["content-type"] == "audio/mpeg"
+        assert response.headers["transfer-encoding"] == "chunked"
+        audio = response.read()
+
+    assert audio == speech_audio(SPEAK["input"])
+    assert media.wav_duration(audio) == pytest.approx(17 * SPEECH_SECONDS_PER_CHARACTER)
+    record = upstream.received[0]
+    assert (record.path, record.json) == ("/v1/audio/speech", SPEAK)
+    assert record.wait_done(5)
+    assert record.finished_at is not None
+
+
+@pytest.mark.parametrize(
+    ("response_format", "content_type"),
+    [
+        ("mp3", "audio/mpeg"),
+        ("opus", "audio/opus"),
+        ("aac", "audio/aac"),
+        ("flac", "audio/flac"),
+        ("wav", "audio/wav"),
+        ("pcm", "audio/pcm"),
+    ],
+)
+def test_it_labels_speech_as_the_format_asked_but_sends_a_wav(
+    upstream, response_format, content_type
+):
+    response = httpx.post(
+        f"{upstream.base_url}/audio/speech", json=SPEAK | {"response_format": response_format}
+    )
+
+    assert response.headers["content-type"] == content_type
+    assert response.content == speech_audio(SPEAK["input"])
+
+
+def test_speed_shortens_the_speech(upstream):
+    response = httpx.post(f"{upstream.base_url}/audio/speech", json=SPEAK | {"speed": 2})
+
+    assert media.wav_duration(response.content) == pytest.approx(17 * 0.05 / 2)
+    assert response.content == speech_audio(SPEAK["input"], 2)
+
+
+def test_speech_arrives_in_chunks_writes_before_the_end(upstream):
+    body = SPEAK | {"model": "tts-1+chunks=4+gap=0.3"}
+    pieces = split_bytes(speech_audio(SPEAK["input"]), 4)
+    with httpx.stream("POST", f"{upstream.base_url}/audio/speech", json=body) as response:
+        stream = response.iter_raw()
+        first = next(stream)
+        record = upstream.received[0]
+        assert record.finished_at is None
+        audio = first + b"".join(stream)
+
+    assert 0 < len(first) <= len(pieces[0])
+    assert audio == b"".join(pieces)
+    assert len(pieces) == 4
+
+
+def test_it_notices_a_client_leaving_mid_speech(upstream):
+    body = SPEAK | {"model": "tts-1+gap=2"}
+    with httpx.stream("POST", f"{upstream.base_url}/audio/speech", json=body) as response:
+        first = next(response.iter_raw())
+    left = time.monotonic()
+
+    assert first.startswith(b"RIFF")
+    record = upstream.received[0]
+    assert record.wait_done(1)
+    assert record.closed_early
+    assert record.closed_at - left < 1
+
+
+def test_reset_cuts_speech_after_k_chunks(upstream):
+    body = SPEAK | {"model": "tts-1+chunks=4+reset=2"}
+    pieces = split_bytes(speech_audio(SPEAK["input"]), 4)
+    got = b""
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.stream("POST", f"{upstream.base_url}/audio/speech", json=body) as response,
+    ):
+        for chunk in response.iter_raw():
+            got += chunk
+
+    assert got == pieces[0] + pieces[1]
+    assert upstream.received[0].wait_done(1)
+    assert upstream.received[0].aborted
+
+
+def test_it_streams_speech_as_sse_audio_deltas_then_done_with_usage(upstream):
+    body = SPEAK | {"model": "gpt-4o-mini-tts+chunks=3", "stream_format": "sse"}
+    with httpx.stream("POST", f"{upstream.base_url}/audio/speech", json=body) as response:
+        assert response.headers["content-type"] == "text/event-stream"
+        events = [json.loads(e) for e in sse_events(response)]
+
+    assert [e["type"] for e in events] == ["speech.audio.delta"] * 3 + ["speech.audio.done"]
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:3])
+    assert audio == speech_audio(SPEAK["input"])
+    tokens = math.ceil(17 * SPEECH_SECONDS_PER_CHARACTER * AUDIO_TOKENS_PER_SECOND)
+    assert events[-1]["usage"] == {
+        "input_tokens": 3,
+        "output_tokens": tokens,
+        "total_tokens": 3 + tokens,
+    }
+
+
+def test_nousage_leaves_usage_out_of_speech_done(upstream):
+    body = SPEAK | {"model": "tts+nousage+chunks=1", "stream_format": "sse"}
+    response = httpx.post(f"{upstream.base_url}/audio/speech", json=body)
+
+    assert json.loads(response.text.splitlines()[-2][6:]) == {"type": "speech.audio.done"}
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"input": None}, "input"),
+        ({"input": "x" * (SPEECH_MAX_INPUT + 1)}, "input"),
+        ({"voice": None}, "voice"),
+        ({"voice": {"name": "x"}}, "voice"),
+        ({"response_format": "ogg"}, "response_format"),
+        ({"speed": 5}, "speed"),
+        ({"speed": "fast"}, "speed"),
+        ({"stream_format": "ws"}, "stream_format"),
+    ],
+)
+def test_it_refuses_a_speech_request_it_cannot_answer_naming_the_field(upstream, change, param):
+    body = {k: v for k, v in (SPEAK | change).items() if v is not None}
+    response = httpx.post(f"{upstream.base_url}/audio/speech", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+def test_it_takes_a_custom_voice_object(upstream):
+    body = SPEAK | {"voice": {"id": "voice_1234"}}
+
+    assert httpx.post(f"{upstream.base_url}/audio/speech", json=body).status_code == 200
+
+
+# --------------------------------------------------------------------------- flags on every route
+
+
+def media_request(upstream, route: str, model: str, **kwargs) -> httpx.Response:
+    """POST a valid request for `route` with `model`: JSON, or a WAV upload for audio in."""
+    url = f"{upstream.base_url}/{route}"
+    if route.startswith("audio/") and route != "audio/speech":
+        return upload(url, model, **kwargs)
+    body = {"images/generations": {"prompt": "x", "size": "8x8"}, "audio/speech": SPEAK}[route]
+    return httpx.post(url, json=body | {"model": model}, **kwargs)
+
+
+MEDIA_ROUTES = ["images/generations", "audio/transcriptions", "audio/translations", "audio/speech"]
+
+
+@pytest.mark.parametrize("route", MEDIA_ROUTES)
+def test_fail_and_malformed_act_on_every_media_route(upstream, route):
+    failed = media_request(upstream, route, "m+fail=429")
+    broken = media_request(upstream, route, "m+malformed")
+
+    assert failed.status_code == 429
+    assert failed.headers["retry-after"] == "1"
+    assert failed.json() == error_body(429)
+    assert (broken.status_code, broken.content) == (200, b'{"not json')
+    assert [r.model for r in upstream.received] == ["m+fail=429", "m+malformed"]
+
+
+@pytest.mark.parametrize("route", MEDIA_ROUTES)
+def test_slow_and_silent_act_on_every_media_route(upstream, route):
+    started = time.monotonic()
+    slow = media_request(upstream, route, "m+slow=0.2")
+    waited = time.monotonic() - started
+    with pytest.raises(httpx.ReadTimeout):
+        media_request(upstream, route, "m+silent", timeout=0.2)
+
+    assert slow.status_code == 200
+    assert waited >= 0.2
+    assert upstream.received[1].wait_done(1)
+    assert upstream.received[1].closed_early
+
+
+@pytest.mark.parametrize("route", MEDIA_ROUTES)
+def test_media_routes_refuse_a_non_uuid_request_id_and_a_wrong_key(upstream, route):
+    upstream.require_api_key = "sk-right"
+    wrong_key = media_request(upstream, route, "m", headers={"Authorization": "Bearer no"})
+    upstream.require_api_key = None
+    bad_id = media_request(upstream, route, "m", headers={"X-Request-ID": "not-a-uuid"})
+
+    assert wrong_key.status_code == 401
+    assert (bad_id.status_code, bad_id.content) == (400, b"")
