@@ -371,26 +371,37 @@ class Upstream:
     request in arrival order. Per-test overrides (`model_ids`, `require_api_key`) and
     `received` go back to their defaults on `reset()`.
 
+    Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings,
+    /v1/images/generations and /v1/audio/speech (JSON), POST /v1/audio/transcriptions and
+    /v1/audio/translations (multipart/form-data), GET /v1/models, and GET /files/<name>.png
+    (the images answered as URLs); any other path is an OpenAI-shaped 404.
+
     What it does is chosen by the model name in the request body (the gateway sends the
-    upstream name), so one server serves every test at once. A name is a base name followed by
-    optional `+flag` parts; parts that are not flags only belong to the name, and any part
-    (the first one too) may be a flag. Flag names are case-insensitive and combine
-    (`fail=429+slow=0.2`):
+    upstream name; a form's `model` field for the uploads), so one server serves every test
+    at once. A name is a base name followed by optional `+flag` parts; parts that are not
+    flags only belong to the name, and any part (the first one too) may be a flag. Flag names
+    are case-insensitive and combine (`fail=429+slow=0.2`):
 
         echo            a normal answer (any name that carries no flag)
         echo+nousage    never report `usage` (not even when a stream asks for it)
         echo+slow=0.3   wait 0.3 s before answering (before the status line and headers)
-        echo+chunks=5   stream 5 content chunks (default 20, at least 1)
-        echo+gap=0.2    wait 0.2 s between two stream chunks
+        echo+chunks=5   stream 5 content chunks (default 20, at least 1); speech is sent
+                        in as many writes (or `speech.audio.delta` events)
+        echo+gap=0.2    wait 0.2 s between two stream chunks (or speech writes)
         echo+silent     accept the request, then send nothing until the client leaves (<= 60 s)
         fail=503        answer 503 with an OpenAI-shaped error (429 adds `Retry-After: 1`)
         echo+malformed  answer 200, `application/json`, body `{"not json`
-        echo+reset=3    stream 3 events (finish and usage chunks count), then drop the
-                        connection without [DONE]; a non-stream request is dropped at once
+        echo+reset=3    stream 3 events (finish and usage chunks count) or speech writes,
+                        then drop the connection without [DONE]; a non-stream request (an
+                        image, a translation, a transcription without `stream`) is dropped
+                        at once, an upload once it was read
         echo+noDone     end a stream cleanly but without `data: [DONE]`
+        echo+noDuration transcriptions and translations report no `duration` and no `usage`
+                        (as servers that do not measure), so the gateway must
         echo+usage=huge report every usage count as 2**63 (also `overflow` 2**31,
                         `negative` -1000000, `exponent` -1e6, `float` 12.5, `text` "12",
-                        `bool` true: see ABSURD_USAGE), in streams and plain answers
+                        `bool` true: see ABSURD_USAGE), in streams and plain answers; for
+                        images and speech too, and as a transcription's duration in seconds
 
     Answers are deterministic; `chat_answer`, `completion_answer`, `stream_text` and
     `embedding_vector` compute them. The text is "Hello from upstream: " followed by the last
@@ -398,6 +409,21 @@ class Upstream:
     prompt) plus 3; completion tokens are the words of the text (for streams: the number of
     content chunks). An embedding is 8 floats in [-1, 1] derived from a hash of its input,
     always sent as floats whatever `encoding_format` asks.
+
+    Images (`n`, default 1, up to 10) are all one PNG of `size` (`media.png_bytes`; "auto"
+    or none: DEFAULT_IMAGE_SIZE), as URLs or `b64_json`; names with "dall-e-3" get a
+    `revised_prompt`; `usage` is `image_usage`. An upload lasts `audio_seconds`: a WAV what
+    its header says, anything else NON_WAV_BYTES_PER_SECOND; its text is `transcript_text`,
+    its usage `{"type": "duration", "seconds": ...}` (json and verbose_json; translations
+    have none, as in the spec), tokens in a stream's `transcript.text.done` (as the spec's
+    event has it: the prompt's words and AUDIO_TOKENS_PER_SECOND), and neither stream has
+    `[DONE]`. Speech is `speech_audio`: a WAV of SPEECH_SECONDS_PER_CHARACTER per character
+    of `input` over `speed`, whatever `response_format` labels it (its Content-Type says
+    audio/mpeg for mp3, audio/opus, audio/aac, audio/flac, audio/wav, audio/pcm); with
+    `stream_format` "sse" its chunks are base64 `speech.audio.delta` events, then a
+    `speech.audio.done` with usage. A JSON request missing what they need, or asking a value
+    they do not make, gets OpenAI's 400 naming the field once the flags acted; an upload
+    without `file` or `model`, or a body that is not a whole multipart form, before them.
 
     Like llama-cpp-python's server, it answers 400 with an empty body to an `X-Request-ID`
     that is not a UUID, whatever the model. Every request is appended to `received` before
