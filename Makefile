@@ -70,7 +70,7 @@ REPEAT ?= 3
 SOAK ?= 100000
 STALL ?= 15
 UPSTREAM ?= aiohttp
-.PHONY: bench bench-smoke bench-memory
+.PHONY: bench bench-smoke bench-memory bench-upload
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/run.py --db $(BENCH_DB) --upstream $(UPSTREAM) --repeat $(REPEAT) \
@@ -79,6 +79,10 @@ bench: $(VENV)/.dev
 bench-memory: $(VENV)/.dev
 	$(BIN)/python bench/run.py --db $(BENCH_DB) --upstream raw --only "non-stream c=64" \
 		--soak $(SOAK) --stall 30 $(BENCH_ARGS)
+
+# `make bench-upload`: the gateway's RSS while it relays 20 MB audio uploads (bench/upload.py).
+bench-upload: $(VENV)/.dev
+	$(BIN)/python bench/upload.py $(BENCH_ARGS)
 
 bench-smoke: $(VENV)/.dev
 	$(BIN)/python bench/run.py --db $(BENCH_DB) --upstream $(UPSTREAM) --duration 5 --warmup 1 \

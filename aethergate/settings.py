@@ -222,6 +222,9 @@ except ValueError as error:
     sys.exit(f"AetherGate: {error}")
 # Largest request body accepted (bytes); larger ones get 413.
 AETHERGATE_MAX_BODY_BYTES = env.int("AETHERGATE_MAX_BODY_BYTES", default=20 * 1024 * 1024)
+# Largest upload (audio for transcription) accepted, in bytes; larger ones get 413.
+# OpenAI's own limit is 25 MB. Uploads past 1 MiB are spooled to a temporary file.
+AETHERGATE_MAX_UPLOAD_BYTES = env.int("AETHERGATE_MAX_UPLOAD_BYTES", default=25 * 1024 * 1024)
 # Per process: /v1 requests in progress beyond this get a fast 503 (0: no cap).
 AETHERGATE_MAX_CONCURRENT_REQUESTS = env.int("AETHERGATE_MAX_CONCURRENT_REQUESTS", default=1024)
 # An address sending more invalid keys than this in a minute gets 429 for the rest of it.

@@ -19,6 +19,29 @@ class BillingUnit(models.TextChoices):
     REQUEST = "REQUEST", "Request"
 
 
+# The billing units each capability's routes measure (proxy.usage): what a model of
+# that capability may be billed in. The first is the usual one.
+UNITS_FOR = {
+    Capability.TEXT: (BillingUnit.TOKEN, BillingUnit.REQUEST),
+    Capability.EMBEDDING: (BillingUnit.TOKEN, BillingUnit.REQUEST),
+    Capability.IMAGE: (BillingUnit.IMAGE, BillingUnit.TOKEN, BillingUnit.REQUEST),
+    Capability.AUDIO_STT: (BillingUnit.MINUTE, BillingUnit.TOKEN, BillingUnit.REQUEST),
+    Capability.AUDIO_TTS: (BillingUnit.TOKEN, BillingUnit.REQUEST),
+}
+
+
+def unit_error(capability: str, billing_unit: str) -> str:
+    """Why a model of `capability` cannot be billed in `billing_unit`; "" when it can."""
+    units = UNITS_FOR.get(capability, ())
+    if not units or billing_unit in units or billing_unit not in BillingUnit.values:
+        return ""  # an unknown value is the field's own choices to refuse
+    allowed = ", ".join(str(unit.label).lower() for unit in units)
+    return (
+        f"{Capability(capability).label} cannot be billed per "
+        f"{BillingUnit(billing_unit).label.lower()}: choose one of {allowed}."
+    )
+
+
 class ModelQuerySet(ChangeQuerySet):
     def active(self):
         return self.filter(is_active=True)
@@ -114,7 +137,11 @@ class Model(models.Model):
         return self.name
 
     def clean(self):
-        """Refuse a fallback chain that loops back or is deeper than the proxy follows."""
+        """Refuse a billing unit the capability's routes cannot measure, and a fallback
+        chain that loops back or is deeper than the proxy follows."""
+        error = unit_error(self.capability, self.billing_unit)
+        if error:
+            raise ValidationError({"billing_unit": error})
         seen = {self.pk} if self.pk else set()
         current, depth = self.fallback, 0
         while current is not None:

@@ -78,17 +78,29 @@ class Responder:
         return headers
 
     async def json(self, status: int, body: bytes, extra: dict[str, str] | None = None) -> None:
-        headers = self._headers(JSON, extra or {})
-        headers.append((b"content-length", str(len(body)).encode()))
-        self.started = self.finished = True
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body})
+        await self.body(status, JSON, body, extra or {})
 
     async def start_stream(self, extra: dict[str, str]) -> None:
         headers = self._headers(SSE, extra)
         headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         self.started = self.streaming = True
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def start_body(self, content_type: bytes, extra: dict[str, str]) -> None:
+        """Start an answer of another media type (audio) whose length is not known, relayed
+        as it comes (a proxy in front is asked not to buffer it)."""
+        headers = self._headers(content_type, extra)
+        headers.append((b"x-accel-buffering", b"no"))
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def body(self, status: int, content_type: bytes, body: bytes, extra) -> None:
+        """Send a whole answer of another media type (text)."""
+        headers = self._headers(content_type, extra)
+        headers.append((b"content-length", str(len(body)).encode()))
+        self.started = self.finished = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
 
     async def chunk(self, data: bytes) -> None:
         await self.send({"type": "http.response.body", "body": data, "more_body": True})

@@ -11,7 +11,7 @@ import random
 from django.conf import settings
 
 from logs.models import Outcome
-from proxy import admission, errors, forwarding, relay
+from proxy import admission, errors, forms, forwarding
 from proxy.accounting import Exchange
 from proxy.asgi_io import Receive, Responder, Scope, read_body, sends_json, wait_for_disconnect
 from proxy.codec import dumps, loads_client
@@ -24,16 +24,41 @@ async def infer(
     runtime, op, ex: Exchange, scope: Scope, receive: Receive, responder: Responder
 ) -> None:
     """Answer one inference call of operation `op` for the authenticated `ex.key`."""
+    payload = await op.read(scope, receive, op.schema)
+    try:
+        await _infer(runtime, op, ex, payload, receive, responder)
+    finally:
+        if isinstance(payload, forms.FormPayload) and payload.form.upload is not None:
+            payload.form.upload.close()
+
+
+async def read_json(scope: Scope, receive: Receive, schema) -> dict:
+    """The client's JSON body, checked against `schema`."""
     if not sends_json(scope):
         raise errors.not_json()
     payload = parse(await read_body(scope, receive, settings.AETHERGATE_MAX_BODY_BYTES))
-    check_body(payload, op.schema)
+    check_body(payload, schema)
+    return payload
+
+
+async def read_form(scope: Scope, receive: Receive, schema) -> forms.FormPayload:
+    """The client's multipart form (an upload), read as a JSON body checked against `schema`."""
+    form = await forms.read_form(scope, receive, limit=settings.AETHERGATE_MAX_UPLOAD_BYTES)
+    payload = form.payload()
+    try:
+        check_body(payload, schema)
+    except BaseException:
+        if form.upload is not None:
+            form.upload.close()
+        raise
+    return payload
+
+
+async def _infer(runtime, op, ex: Exchange, payload: dict, receive: Receive, responder) -> None:
     ex.model_name = name = payload["model"]
     ex.stream = op.streams and payload.get("stream") is True
     if ex.key.log_content:
-        ex.prompt = dumps(
-            payload.get("messages", payload.get("prompt", payload.get("input")))
-        ).decode()
+        ex.prompt = logged_prompt(payload)
     snapshot = runtime.catalog.snapshot
     ex.model = model = admission.find_model(snapshot, name)
     admission.admit(ex.key, model, op.capability)
@@ -84,6 +109,16 @@ def request_uuid() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def logged_prompt(payload: dict) -> str:
+    """What a log keeps of the request: its messages, prompt or input; for an upload,
+    the file's name and size too."""
+    prompt = dumps(payload.get("messages", payload.get("prompt", payload.get("input")))).decode()
+    upload = payload.get(forms.FILE_FIELD)
+    if isinstance(upload, forms.Upload):
+        return f"[{upload.filename}, {upload.size} bytes] {prompt}"
+    return prompt
+
+
 def parse(body: bytes) -> dict:
     """The client's JSON object, or a 400 saying where it is not one."""
     try:
@@ -115,7 +150,12 @@ async def call_upstream(
     try:
         async with asyncio.timeout_at(deadline):
             response = await runtime.upstream.post(
-                endpoint, op.upstream_path, body, stream=ex.stream, request_id=upstream_id
+                endpoint,
+                op.upstream_path,
+                body,
+                stream=ex.stream,
+                request_id=upstream_id,
+                accept=op.accept,
             )
     except forwarding.CONNECTION_ERRORS as exc:
         raise forwarding.connection_failure(exc, endpoint, ex.model_name) from None
@@ -125,5 +165,4 @@ async def call_upstream(
             raise await forwarding.failure(
                 response, endpoint, ex.model_name, log_content=ex.key.log_content
             )
-        relay_answer = relay.relay_stream if ex.stream else relay.relay_json
-        await relay_answer(ex, op, payload, response, deadline, responder, headers)
+        await op.relay(ex, op, payload, response, deadline, responder, headers)

@@ -1,4 +1,4 @@
-"""Relaying an upstream's answer to the client: one JSON body, or an SSE stream.
+"""Relaying an upstream's answer to the client: one JSON body, an SSE stream, or other media.
 
 Each relay owns its response from start to end: a JSON answer is checked
 whole before a byte is sent; a stream starts with its first chunk (or a
@@ -20,7 +20,7 @@ from proxy.accounting import Exchange
 from proxy.asgi_io import Responder
 from proxy.codec import dumps, loads
 from proxy.errors import Retryable
-from proxy.formats.openai import answer_text, chunk_text, usage_chunk
+from proxy.formats.openai import chunk_text, usage_chunk
 from proxy.streaming import KEEPALIVE, UpstreamStreamError, sse_events
 
 # What a JSON answer not shaped like the operation's raises while it is read.
@@ -34,14 +34,11 @@ async def relay_json(
     try:
         async with asyncio.timeout_at(deadline):
             data = loads(await upstream.read_body(response))
-        items = data.get(op.answer_items)
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise ValueError("not shaped like the operation's answer")
-        data["model"] = ex.model_name
-        text = answer_text(data)
-        ex.input_units, ex.output_units, ex.estimated = usage.count(
-            usage.from_upstream(data.get("usage")), payload, text
-        )
+        if op.answer_items:
+            items = data.get(op.answer_items)
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise ValueError("not shaped like the operation's answer")
+        text = op.count(data, payload, ex)
         op.finish(data, payload, ex)
         body = dumps(data)
     except TimeoutError:
@@ -136,14 +133,7 @@ async def relay_stream(
                 }
             )
     except Exception as exc:  # a broken stream or a chunk not shaped like OpenAI's
-        timed_out = isinstance(exc, TimeoutError)
-        if timed_out:
-            error = errors.upstream_timeout(ex.model_name)
-        else:
-            error = errors.invalid_response(ex.model_name, mid_stream=responder.started)
-        if not responder.started:
-            raise Retryable("timeout" if timed_out else "stream failed", error) from None
-        ex.failed(error.status, error.outcome, error.message)
+        error = broken(ex, exc, responder)
         await responder.end(b"data: " + error.body() + b"\n\n")
     else:
         if not responder.started:
@@ -158,3 +148,146 @@ async def relay_stream(
             ex.input_units, ex.output_units, ex.estimated = usage.count(counted, payload, text)
         if not ex.key.log_content:
             ex.completion.clear()
+
+
+def broken(ex: Exchange, exc: Exception, responder: Responder) -> errors.APIError:
+    """What a stream that broke with `exc` means: before its first byte, a Retryable
+    (raised); after, the error the client is told of, recorded on `ex`."""
+    timed_out = isinstance(exc, TimeoutError)
+    if timed_out:
+        error = errors.upstream_timeout(ex.model_name)
+    else:
+        error = errors.invalid_response(ex.model_name, mid_stream=responder.started)
+    if not responder.started:
+        raise Retryable("timeout" if timed_out else "stream failed", error) from None
+    ex.failed(error.status, error.outcome, error.message)
+    return error
+
+
+def relay_answer(ex: Exchange, op, payload: dict, response, deadline, responder, headers):
+    """Chat, completions, embeddings, images: a stream when asked for, else one JSON body."""
+    relay = relay_stream if ex.stream else relay_json
+    return relay(ex, op, payload, response, deadline, responder, headers)
+
+
+def media_type(response) -> bytes:
+    """The upstream's Content-Type, fit to pass on (printable, bounded)."""
+    value = response.headers.get("Content-Type", "")
+    if not value or len(value) > 200 or not value.isascii() or not value.isprintable():
+        return b"application/octet-stream"
+    return value.encode()
+
+
+async def relay_transcript(
+    ex: Exchange, op, payload: dict, response, deadline: float, responder: Responder, headers
+) -> None:
+    """A transcript: its events when streamed, its JSON, or its text (text, srt, vtt)."""
+    if ex.stream:
+        await relay_events(ex, op, payload, response, deadline, responder, headers)
+        return
+    media = media_type(response)
+    if media.split(b";", 1)[0].strip().endswith(b"json"):
+        await relay_json(ex, op, payload, response, deadline, responder, headers)
+        return
+    try:
+        async with asyncio.timeout_at(deadline):
+            body = await upstream.read_body(response)
+        text = op.count(body.decode(), payload, ex)
+    except TimeoutError:
+        raise Retryable("timeout", errors.upstream_timeout(ex.model_name)) from None
+    except MALFORMED:  # too large, or not text
+        ex.input_units = ex.output_units = 0
+        raise Retryable("invalid response", errors.invalid_response(ex.model_name)) from None
+    if ex.key.log_content:
+        ex.completion.append(text)
+    ex.ttft = time.perf_counter() - ex.started
+    await responder.body(200, media, body, headers)
+
+
+async def relay_events(
+    ex: Exchange, op, payload: dict, response, deadline: float, responder: Responder, headers
+) -> None:
+    """A transcript's events (`transcript.text.delta`, then `transcript.text.done`), each
+    passed on as it comes; the done event's usage counted. The stream must end with it."""
+    events = sse_events(
+        response,
+        first_deadline=deadline,
+        idle=ex.model.endpoint.idle_timeout,
+        keepalive=settings.AETHERGATE_SSE_KEEPALIVE_SECONDS,
+        max_line=settings.AETHERGATE_MAX_SSE_LINE_BYTES,
+    )
+    done = None
+    try:
+        async for event in events:
+            if event is KEEPALIVE:
+                if not responder.started:
+                    await responder.start_stream(headers)
+                await responder.chunk(b": keep-alive\n\n")
+                continue
+            if event != b"[DONE]":
+                data = loads(event)
+                if type(data) is not dict or "error" in data or data.get("type") == "error":
+                    raise UpstreamStreamError("the upstream reported an error")
+                kind = data.get("type")
+                if kind == "transcript.text.delta" and type(data.get("delta")) is str:
+                    ex.completion.append(data["delta"])
+                    if ex.ttft is None:
+                        ex.ttft = time.perf_counter() - ex.started
+                elif kind == "transcript.text.done":
+                    if type(data.get("text")) is not str:
+                        raise UpstreamStreamError("a done event without text")
+                    done = data
+            if not responder.started:
+                await responder.start_stream(headers)
+            await responder.chunk(b"data: " + event + b"\n\n")
+        if done is None:
+            raise UpstreamStreamError("the upstream ended the stream before its done event")
+    except Exception as exc:
+        error = broken(ex, exc, responder)
+        await responder.end(b"data: " + error.body() + b"\n\n")
+    else:
+        await responder.end()
+    finally:
+        await events.aclose()
+        if responder.started:
+            # Billed once the client has seen the answer begin, as chat streams are.
+            op.count(done or "".join(ex.completion), payload, ex)
+        if not ex.key.log_content:
+            ex.completion.clear()
+
+
+async def relay_bytes(
+    ex: Exchange, op, payload: dict, response, deadline: float, responder: Responder, headers
+) -> None:
+    """Speech: the upstream's audio, relayed as it arrives with its media type.
+
+    Audio has no way to carry an error once it has started: a failure then
+    leaves the answer unfinished, and the server closes the connection, so
+    that the client sees it cut short rather than complete.
+    """
+    media = media_type(response)
+    content = response.content
+    try:
+        if media.startswith(b"application/json"):
+            raise ValueError("a JSON answer where audio was expected")
+        async with asyncio.timeout_at(deadline):
+            chunk = await content.readany()
+        if not chunk:
+            raise ValueError("an empty answer")
+    except TimeoutError:
+        raise Retryable("timeout", errors.upstream_timeout(ex.model_name)) from None
+    except MALFORMED:
+        raise Retryable("invalid response", errors.invalid_response(ex.model_name)) from None
+    op.count(None, payload, ex)
+    ex.ttft = time.perf_counter() - ex.started
+    await responder.start_body(media, headers)
+    idle = ex.model.endpoint.idle_timeout
+    try:
+        while chunk:
+            await responder.chunk(chunk)
+            async with asyncio.timeout(idle):
+                chunk = await content.readany()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        broken(ex, exc, responder)
+        return
+    await responder.end()

@@ -7,7 +7,7 @@ in `proxy.formats`.
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy import errors, listing, pipeline, validation
+from proxy import errors, listing, pipeline, relay, validation
 from proxy.formats import openai
 
 
@@ -17,11 +17,14 @@ class Operation:
 
     `handler(runtime, op, ex, scope, receive, responder)` answers it.
     Inference operations also name the model `capability` they need,
-    whether they `streams`, the list an answer must hold (`answer_items`),
-    `prepare(payload, model, stream) -> bytes` for the upstream body,
-    `finish(data, payload, ex)` to make an answer the spec's shape in place
-    before it is sent, and, for streams, `chunk_shaper(ex)`, the function
-    that does the same to each chunk and says whether it finishes a choice.
+    whether they `streams`, how the client's body is `read` (JSON, or a
+    form) and the `schema` it must meet, the list an answer must hold
+    (`answer_items`), `prepare(payload, model, stream)` for the upstream
+    body, how the answer is relayed (`relay`), `count(data, payload, ex)`
+    for its usage (returning the text a log keeps), `finish(data, payload,
+    ex)` to make a JSON answer the spec's shape in place before it is sent,
+    and, for streams, `chunk_shaper(ex)`, the function that does the same to
+    each chunk and says whether it finishes a choice.
     """
 
     method: str
@@ -30,11 +33,15 @@ class Operation:
     capability: str = ""
     streams: bool = False
     answer_items: str = ""
+    read: Callable = pipeline.read_json
     prepare: Callable | None = None
-    finish: Callable | None = None
+    relay: Callable = relay.relay_answer
+    count: Callable = openai.count_generation
+    finish: Callable = openai.unchanged
     chunk_shaper: Callable | None = None
     upstream_path: str = ""  # default: `path` without its /v1
-    schema: validation.Schema | None = None  # what its JSON body must be
+    schema: validation.Schema | None = None  # what its body must be
+    accept: str = "application/json"  # what the upstream is asked to answer in
 
     def __post_init__(self):
         if not self.upstream_path:
@@ -73,6 +80,47 @@ OPERATIONS = (
         prepare=openai.prepare_embeddings,
         finish=openai.finish_embeddings,
         schema=validation.EMBEDDINGS,
+    ),
+    Operation(
+        "POST",
+        "/v1/images/generations",
+        pipeline.infer,
+        capability="IMAGE",
+        answer_items="data",
+        prepare=openai.prepare_media,
+        count=openai.count_images,
+        finish=openai.finish_images,
+        schema=validation.IMAGES,
+    ),
+    Operation(
+        "POST",
+        "/v1/audio/speech",
+        pipeline.infer,
+        capability="AUDIO_TTS",
+        prepare=openai.prepare_media,
+        relay=relay.relay_bytes,
+        count=openai.count_speech,
+        schema=validation.SPEECH,
+        accept="*/*",
+    ),
+    *(
+        Operation(
+            "POST",
+            path,
+            pipeline.infer,
+            capability="AUDIO_STT",
+            streams=streams,
+            read=pipeline.read_form,
+            prepare=openai.prepare_form,
+            relay=relay.relay_transcript,
+            count=openai.count_transcript,
+            schema=schema,
+            accept="*/*",
+        )
+        for path, schema, streams in (
+            ("/v1/audio/transcriptions", validation.TRANSCRIPTION, True),
+            ("/v1/audio/translations", validation.TRANSLATION, False),
+        )
     ),
     Operation("GET", "/v1/models", listing.list_models),
 )

@@ -5,6 +5,7 @@ each is kept within what those columns hold: an upstream's absurd count must
 never make a record the database refuses.
 """
 
+import math
 from decimal import Decimal
 
 from accounts.models import MONEY
@@ -18,6 +19,8 @@ CHARS_PER_TOKEN = 4
 # (IntegerFieldRangeMixin: 0..2**31-1, PostgreSQL's `integer`); the unit,
 # latency and time-to-first-token columns are all PositiveIntegerField.
 MAX_COUNT = 2**31 - 1
+
+SECONDS_PER_MINUTE = 60
 
 # Largest amount a MONEY column holds (20 digits, 10 of them decimals).
 MAX_COST = Decimal(10) ** (MONEY["max_digits"] - MONEY["decimal_places"]) - Decimal(10) ** (
@@ -91,8 +94,55 @@ def prompt_text(payload: dict) -> str:
     return "\n".join(parts)
 
 
+def _counts(usage, names: tuple[str, str]) -> tuple[int, int] | None:
+    """(input, output) under `names` in an upstream's usage object, if both are counts."""
+    if not isinstance(usage, dict):
+        return None
+    found = usage.get(names[0]), usage.get(names[1])
+    return found if all(is_count(n) for n in found) else None
+
+
+def of_images(model: ModelInfo, data: dict, prompt: str) -> tuple[int, int, bool]:
+    """(input, output, estimated) of an images answer in the model's unit: IMAGE (and
+    REQUEST) count the images returned; TOKEN the upstream's tokens, else the prompt's
+    estimated."""
+    if model.billing_unit != "TOKEN":
+        return 0, len(data["data"]), False
+    reported = _counts(data.get("usage"), ("input_tokens", "output_tokens"))
+    if reported:
+        return *reported, False
+    return estimate_tokens(prompt), 0, True
+
+
+def of_transcript(model: ModelInfo, answer: dict | str, upload) -> tuple[int, int, bool]:
+    """(input, output, estimated) of a transcript (a JSON answer or done event, or text):
+    TOKEN the upstream's tokens, else the text's estimated; MINUTE (and REQUEST) the
+    seconds of audio the upstream reports (`duration`, or usage of type duration),
+    else those the gateway measured in the upload (`upload.seconds()`)."""
+    data = answer if isinstance(answer, dict) else {}
+    text = answer if isinstance(answer, str) else str(data.get("text") or "")
+    reported = data.get("usage")
+    if model.billing_unit == "TOKEN":
+        tokens = _counts(reported, ("input_tokens", "output_tokens"))
+        if tokens:
+            return *tokens, False
+        return 0, estimate_tokens(text), True
+    seconds = data.get("duration")
+    if seconds is None and isinstance(reported, dict) and reported.get("type") == "duration":
+        seconds = reported.get("seconds")
+    if type(seconds) in (int, float) and 0 <= seconds < MAX_COUNT:
+        return math.ceil(seconds), 0, False
+    return upload.seconds() or 0, 0, True
+
+
 def cost(model: ModelInfo, input_units: int, output_units: int) -> Decimal:
-    """What the request costs, capped at MAX_COST so that it fits the MONEY column.
+    """What the request costs in the model's unit, capped at MAX_COST so that it fits the
+    MONEY column.
+
+    TOKEN: input price per input token, output price per output token; IMAGE:
+    output price per image returned; MINUTE: input price per minute of input
+    audio, the units being seconds (90 s cost 1.5 times the price); REQUEST:
+    the input price, once.
 
     The cap matters only for absurd prices times large counts (prices are
     MONEY too, so 2**31 units at the top price overflow the column, which
@@ -100,7 +150,13 @@ def cost(model: ModelInfo, input_units: int, output_units: int) -> Decimal:
     Decimals past the column's 10 are rounded by the database, and a value
     at most MAX_COST never rounds past it.
     """
-    if model.billing_unit == "REQUEST":
+    unit = model.billing_unit
+    if unit == "REQUEST":
         return model.price_in
-    amount = input_units * model.price_in + output_units * model.price_out
+    if unit == "MINUTE":
+        amount = input_units * model.price_in / SECONDS_PER_MINUTE
+    elif unit == "IMAGE":
+        amount = output_units * model.price_out
+    else:
+        amount = input_units * model.price_in + output_units * model.price_out
     return amount if amount <= MAX_COST else MAX_COST

@@ -557,3 +557,75 @@ EMBEDDINGS = Schema(
         "user": Rule(("string",)),
     },
 )
+
+
+def _no_stream(param: str, value) -> None:
+    if value is True:
+        raise bad_request(
+            "Streamed image generation is not supported by this gateway; leave 'stream' out.",
+            code="unsupported_parameter",
+            param=param,
+        )
+
+
+IMAGES = Schema(
+    required=("prompt",),
+    rules={
+        "prompt": STRING,
+        "n": Rule(("integer",), minimum=1, maximum=10),
+        "quality": STRING,
+        "response_format": STRING,
+        "output_format": STRING,
+        "output_compression": INTEGER,
+        "stream": Rule(("boolean",), shape=_no_stream),
+        "partial_images": Rule(("integer",), minimum=0, maximum=3),
+        "size": STRING,
+        "moderation": STRING,
+        "background": STRING,
+        "style": STRING,
+        "user": STRING,
+    },
+)
+
+
+def _voice(param: str, value) -> None:
+    if type(value) is dict:
+        shape(("id",), id=STRING)(param, value)
+
+
+SPEECH = Schema(
+    required=("model", "input", "voice"),
+    rules={
+        "input": Rule(("string",), max_length=4096),
+        "instructions": Rule(("string",), max_length=4096),
+        "voice": Rule(("string", "object"), shape=_voice),
+        "response_format": STRING,
+        "speed": Rule(("number",), minimum=0.25, maximum=4),
+        "stream_format": STRING,
+    },
+)
+
+
+# The audio forms, read as JSON bodies (proxy.forms.Form.payload): `file` is the
+# form reader's to check, so no rule here.
+_AUDIO = {
+    "prompt": STRING,
+    "response_format": STRING,
+    "temperature": Rule(("number",)),
+}
+TRANSCRIPTION = Schema(
+    required=("file", "model"),
+    rules={
+        **_AUDIO,
+        "language": STRING,
+        "languages": Rule(("array",), min_items=1, items=_string),
+        "keywords": Rule(("array",), items=_string),
+        "include": Rule(("array",), items=_string),
+        "timestamp_granularities": Rule(("array",), items=_string),
+        "stream": BOOLEAN,
+        "chunking_strategy": Rule(("string", "object")),
+        "known_speaker_names": Rule(("array",), max_items=4, items=_string),
+        "known_speaker_references": Rule(("array",), max_items=4, items=_string),
+    },
+)
+TRANSLATION = Schema(required=("file", "model"), rules=_AUDIO)

@@ -17,6 +17,7 @@ from django.utils.dateparse import parse_datetime
 from accounts.models import User
 from aethergate.backup.schema import KINDS, BackupError, decimal_text
 from endpoints.models import Endpoint
+from models_registry.models import UNITS_FOR, BillingUnit, unit_error
 
 MONEY_STEP = Decimal(10) ** -User._meta.get_field("balance").decimal_places
 
@@ -166,6 +167,13 @@ def translate(data: dict) -> tuple[dict, list[str]]:
             **_copy(item, {"capability": "capability", "billing_unit": "billing_unit"}),
             **_copy(item, {"is_active": "is_active", "fallback_model_id": "fallback"}),
         }
+        mismatch = unit_error(row.get("capability", "TEXT"), row.get("billing_unit", "TOKEN"))
+        if mismatch:
+            row["billing_unit"] = UNITS_FOR[row["capability"]][0]
+            warnings.append(
+                f"{where}: {mismatch} Imported as billed per "
+                f"{BillingUnit(row['billing_unit']).label.lower()}: check its prices."
+            )
         for price in ("price_in", "price_out"):
             if price in item:
                 row[price] = _legacy_money(item[price], where, price, warnings)

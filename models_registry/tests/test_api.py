@@ -181,3 +181,38 @@ def test_deleting_a_model_clears_fallbacks_and_key_allowances(api, django_user_m
     other.refresh_from_db()
     assert other.fallback is None
     assert not key.allowed_models.exists()
+
+
+@pytest.mark.parametrize(
+    ("capability", "unit", "allowed"),
+    [
+        ("TEXT", "MINUTE", "token, request"),
+        ("AUDIO_TTS", "IMAGE", "token, request"),
+        ("IMAGE", "MINUTE", "image, token, request"),
+    ],
+)
+def test_it_refuses_a_billing_unit_the_capabilitys_routes_cannot_measure(
+    api, capability, unit, allowed
+):
+    response = api.post(
+        "/api/v1/models/",
+        {"name": "m", "upstream_name": "x", "capability": capability, "billing_unit": unit},
+    )
+
+    assert response.status_code == 400
+    assert allowed in response.json()["billing_unit"][0]
+    assert not Model.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("capability", "unit"),
+    [("IMAGE", "IMAGE"), ("AUDIO_STT", "MINUTE"), ("AUDIO_TTS", "REQUEST"), ("TEXT", "TOKEN")],
+)
+def test_it_takes_each_unit_its_capability_measures(api, capability, unit):
+    response = api.post(
+        "/api/v1/models/",
+        {"name": "m", "upstream_name": "x", "capability": capability, "billing_unit": unit},
+    )
+
+    assert response.status_code == 201
+    assert Model.objects.get().billing_unit == unit

@@ -8,8 +8,9 @@ in place before it is sent; `*_text` read what a log keeps.
 import base64
 import struct
 
-from proxy import dialects
+from proxy import dialects, forms, usage
 from proxy.codec import dumps
+from proxy.errors import bad_request
 from proxy.snapshot import ModelInfo
 
 
@@ -42,9 +43,36 @@ def prepare_embeddings(payload: dict, model: ModelInfo, stream: bool) -> bytes:
     return dumps(body)
 
 
+def prepare_media(payload: dict, model: ModelInfo, stream: bool) -> bytes:
+    """Images and speech: the client's body, with the upstream's model name."""
+    body = dict(payload)
+    body["model"] = model.upstream_name
+    return dumps(body)
+
+
+def prepare_form(payload: forms.FormPayload, model: ModelInfo, stream: bool) -> forms.FormBody:
+    """Transcriptions and translations: the client's form, with the upstream's model name.
+
+    A model billed per minute takes only audio whose length the gateway can
+    measure: upstreams report it only in some answer formats, and a charge
+    must never silently be nothing.
+    """
+    upload = payload.form.upload
+    if model.billing_unit == "MINUTE" and upload.seconds() is None:
+        raise bad_request(
+            f"The model '{payload['model']}' is billed per minute of audio, and the length of "
+            "this file cannot be measured: send MP3, MP4/M4A, Ogg (Vorbis, Opus, FLAC), FLAC, "
+            "WAV, AIFF or WMA audio.",
+            code="unmeasurable_audio",
+            param="file",
+        )
+    return forms.upstream_body(payload.form, model.upstream_name)
+
+
 # Answers are made the official schema whatever the server sent: the fields
 # a client may rely on are always there, with the gateway's values where the
-# server's cannot be trusted. `ex` is the request's Exchange, its usage counted.
+# server's cannot be trusted. `ex` is the request's Exchange, its usage counted
+# first by the operation's `count_*`, which returns the text a log keeps.
 
 
 def finish_chat(data: dict, payload: dict, ex) -> None:
@@ -89,6 +117,16 @@ def finish_embeddings(data: dict, payload: dict, ex) -> None:
             item["embedding"] = base64.b64encode(packed).decode()
     if ex.estimated or not isinstance(data.get("usage"), dict):
         data["usage"] = {"prompt_tokens": ex.input_units, "total_tokens": ex.input_units}
+
+
+def count_generation(data: dict, payload: dict, ex) -> str:
+    """Name the public model in `data`, count its usage into `ex`; the text a log keeps."""
+    data["model"] = ex.model_name
+    text = answer_text(data)
+    ex.input_units, ex.output_units, ex.estimated = usage.count(
+        usage.from_upstream(data.get("usage")), payload, text
+    )
+    return text
 
 
 def _choice(choice: dict, index: int) -> None:
@@ -198,3 +236,40 @@ def chunk_text(chunk: dict) -> str:
         if piece and isinstance(piece, str):
             text += piece
     return text
+
+
+# Images and audio: counted in the model's billing unit (proxy.usage), passed on as
+# the upstream made them.
+
+
+def count_images(data: dict, payload: dict, ex) -> str:
+    ex.input_units, ex.output_units, ex.estimated = usage.of_images(
+        ex.model, data, str(payload.get("prompt") or "")
+    )
+    return ""
+
+
+def finish_images(data: dict, payload: dict, ex) -> None:
+    if type(data.get("created")) is not int:
+        data["created"] = int(ex.created_at.timestamp())
+
+
+def count_transcript(answer: dict | str, payload: dict, ex) -> str:
+    """A transcript's units (a JSON answer, a stream's done event, or text); its text."""
+    if isinstance(answer, dict) and not isinstance(answer.get("text"), str):
+        raise ValueError("a transcript without text")
+    ex.input_units, ex.output_units, ex.estimated = usage.of_transcript(
+        ex.model, answer, payload.form.upload
+    )
+    return answer if isinstance(answer, str) else answer["text"]
+
+
+def count_speech(data, payload: dict, ex) -> str:
+    """Speech is counted from its input text, estimated: audio carries no usage."""
+    ex.input_units = usage.estimate_tokens(payload["input"])
+    ex.output_units, ex.estimated = 0, True
+    return ""
+
+
+def unchanged(data, payload: dict, ex) -> None:
+    """An answer passed on as the upstream sent it."""

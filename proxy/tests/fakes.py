@@ -311,7 +311,7 @@ class FakeUpstream:
         self.script = script
         self.calls: list[Call] = []
 
-    async def post(self, endpoint, path, body, *, stream, request_id):
+    async def post(self, endpoint, path, body, *, stream, request_id, accept="application/json"):
         call = Call(endpoint, path, json.loads(body), stream, request_id)
         self.calls.append(call)
         answer = self.script.get(endpoint.name, self.default)

@@ -38,6 +38,12 @@ MODEL_FOR_PATH = {
     "/embeddings": EMBEDDING_MODEL,
     "/models/{model}": CHAT_MODEL,
 }
+MEDIA_PATHS = (
+    "/images/generations",
+    "/audio/speech",
+    "/audio/transcriptions",
+    "/audio/translations",
+)
 FUZZ_EXAMPLES = 40
 STREAM_EXAMPLES = 15
 # Exception 4 below: CreateCompletionResponse as a stream chunk.
@@ -79,6 +85,12 @@ def conformance_spec() -> dict:
     """The extracted spec with the deliberate exceptions below, each for the reason given."""
     raw = spec.load()
     schemas = raw["components"]["schemas"]
+    # 0. The image and audio operations are not run here: their answers are the upstream's
+    # own (audio bytes, an image server's URLs) and their uploads multipart, which this run
+    # does not generate. Their request tables are held to the spec field by field
+    # (test_validation_spec.py); the routes are driven with the SDK in test_media.py.
+    for path in MEDIA_PATHS:
+        del raw["paths"][path]
     for item in raw["paths"].values():
         for op in item.values():
             if not isinstance(op, dict) or "responses" not in op:

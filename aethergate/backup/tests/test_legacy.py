@@ -239,6 +239,20 @@ def test_a_float_price_with_noise_is_rounded_to_ten_decimals_with_a_warning():
     )
 
 
+@pytest.mark.django_db
+def test_a_billing_unit_its_capability_cannot_measure_is_imported_as_the_usual_one():
+    document = legacy_backup()
+    document["data"]["models"][2]["billing_unit"] = "MINUTE"  # gpt-4o, a chat model
+
+    report = import_(document)
+
+    assert Model.objects.get(name="gpt-4o").billing_unit == "TOKEN"
+    assert (
+        'models[2] ("gpt-4o"): Text (chat, completions) cannot be billed per minute of audio: '
+        "choose one of token, request. Imported as billed per token: check its prices."
+    ) in report.warnings
+
+
 # --------------------------------------------------------------------------- idempotent, atomic
 
 

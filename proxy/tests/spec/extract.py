@@ -4,7 +4,7 @@ Run from the repository root when the published spec changes:
 
     .venv/bin/python -m proxy.tests.spec.extract ../shared/openai-openapi.yaml
 
-It writes `proxy/tests/spec/openai.yaml`: the spec's header, the five operations
+It writes `proxy/tests/spec/openai.yaml`: the spec's header, the operations AetherGate serves
 (their other methods on the same paths left out, since AetherGate does not serve
 them) and, transitively, the components they `$ref`. Only `x-oaiMeta` (the
 documentation site's examples, half the bytes) is dropped.
@@ -31,6 +31,10 @@ OPERATIONS = {
     "createChatCompletion": ("/chat/completions", "post"),
     "createCompletion": ("/completions", "post"),
     "createEmbedding": ("/embeddings", "post"),
+    "createImage": ("/images/generations", "post"),
+    "createSpeech": ("/audio/speech", "post"),
+    "createTranscription": ("/audio/transcriptions", "post"),
+    "createTranslation": ("/audio/translations", "post"),
     "listModels": ("/models", "get"),
     "retrieveModel": ("/models/{model}", "get"),
 }
