@@ -200,10 +200,11 @@ def memory_mb(pid: int, field: str) -> float:
 
 
 class RssSampler:
-    """Samples a process's VmRSS (MB) every second in a thread, for the `with` block."""
+    """Samples a process's VmRSS (MB) every `every` seconds in a thread, for the `with` block."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, every: float = 1.0):
         self.pid = pid
+        self.every = every
         self.samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -211,7 +212,7 @@ class RssSampler:
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.samples.append(memory_mb(self.pid, "VmRSS"))
-            self._stop.wait(1.0)
+            self._stop.wait(self.every)
 
     def __enter__(self) -> "RssSampler":
         self._thread.start()

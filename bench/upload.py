@@ -16,7 +16,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from bench.run import (
     ROOT,
     VENV_BIN,
     Processes,
+    RssSampler,
     free_port,
     memory_mb,
     wait_for_port,
@@ -54,28 +54,6 @@ Model.objects.create(name="whisper", upstream_name="echo-stt", endpoint=endpoint
 key, secret = create_key(owner=user, name="bench")
 print("BENCH_SECRET=" + secret)
 """
-
-
-class Peak:
-    """The highest VmRSS (MB) of a process, sampled in a thread for the `with` block."""
-
-    def __init__(self, pid: int, every: float = 0.005):
-        self.pid, self.every, self.mb = pid, every, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.mb = max(self.mb, memory_mb(self.pid, "VmRSS"))
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> "Peak":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def main(argv=None) -> int:
@@ -130,7 +108,8 @@ def main(argv=None) -> int:
                     url, headers=headers, data={"model": "whisper"},
                     files={"file": ("talk.wav", data, "audio/wav")},
                 )  # fmt: skip
-                response.raise_for_status()
+                if response.status_code != 200:
+                    raise SystemExit(f"upload failed: {response.status_code} {response.text[:300]}")
                 length = (len(data) - media.WAV_HEADER_BYTES) / media.WAV_RATE / 2
                 if abs(response.json()["usage"]["seconds"] - length) > 0.01:
                     raise SystemExit(f"unexpected transcript: {response.text[:200]}")
@@ -138,12 +117,13 @@ def main(argv=None) -> int:
 
             upload(media.wav_bytes(5))
             before = memory_mb(gateway.pid, "VmRSS")
-            with Peak(gateway.pid) as peak:
+            with RssSampler(gateway.pid, every=0.005) as sampler:
                 times = [upload(audio) for _ in range(args.uploads)]
+        peak = max(sampler.samples)
         print(
             f"uploads: {args.uploads} x {len(audio) / 1e6:.1f} MB WAV ({seconds:.0f} s of audio)\n"
-            f"gateway RSS before: {before:.1f} MB; highest while relaying: {peak.mb:.1f} MB; "
-            f"added: {peak.mb - before:.1f} MB\n"
+            f"gateway RSS before: {before:.1f} MB; highest while relaying: {peak:.1f} MB; "
+            f"added: {peak - before:.1f} MB\n"
             f"time per upload (s): {', '.join(f'{t:.2f}' for t in times)}"
         )
     finally:

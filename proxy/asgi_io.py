@@ -1,6 +1,6 @@
 """ASGI I/O for `/v1`: typed Scope/Receive/Send, reading a request body, writing responses."""
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from proxy.errors import APIError, ClientGone, too_large
@@ -35,10 +35,16 @@ def client_address(scope: Scope) -> str:
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole request body; 413 past `limit` bytes (announced or sent); ClientGone if it ends."""
+    return b"".join([chunk async for chunk in body_chunks(scope, receive, limit)])
+
+
+async def body_chunks(scope: Scope, receive: Receive, limit: int) -> AsyncIterator[bytes]:
+    """The request body's pieces as they arrive; 413 past `limit` bytes (announced or
+    sent); ClientGone if the client leaves first."""
     for value in headers_named(scope, b"content-length"):
         if value.isdigit() and int(value) > limit:
             raise too_large(limit)
-    chunks, size = [], 0
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -47,9 +53,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
-        chunks.append(chunk)
+        yield chunk
         if not message.get("more_body"):
-            return b"".join(chunks)
+            return
 
 
 async def wait_for_disconnect(receive: Receive) -> None:

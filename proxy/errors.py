@@ -132,11 +132,15 @@ def internal() -> APIError:
 
 
 def not_json() -> APIError:
-    return APIError(
-        415,
-        "The request body must be JSON, sent with 'Content-Type: application/json'.",
-        code="unsupported_media_type",
-    )
+    return unsupported_media("JSON, sent with 'Content-Type: application/json'")
+
+
+def not_form() -> APIError:
+    return unsupported_media("multipart/form-data, with the audio in the field 'file'")
+
+
+def unsupported_media(what: str) -> APIError:
+    return APIError(415, f"The request body must be {what}.", code="unsupported_media_type")
 
 
 def too_large(limit: int) -> APIError:

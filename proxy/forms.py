@@ -22,8 +22,8 @@ import mutagen
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from proxy.asgi_io import Receive, Scope, headers_named
-from proxy.errors import APIError, ClientGone, bad_request, too_large
+from proxy.asgi_io import Receive, Scope, body_chunks, headers_named
+from proxy.errors import APIError, bad_request, not_form
 
 FILE_FIELD = "file"
 SPOOL_BYTES = 1024 * 1024
@@ -148,14 +148,6 @@ def is_form(scope: Scope) -> bool:
     return media == b"multipart/form-data"
 
 
-def not_form() -> APIError:
-    return APIError(
-        415,
-        "The request body must be multipart/form-data, with the audio in the field 'file'.",
-        code="unsupported_media_type",
-    )
-
-
 def invalid_form(reason: str) -> APIError:
     return bad_request(
         f"The request body is not a valid multipart form: {reason}.", code="invalid_multipart"
@@ -173,25 +165,12 @@ async def read_form(scope: Scope, receive: Receive, *, limit: int) -> Form:
     boundary = options.get(b"boundary")
     if not boundary:
         raise invalid_form("its Content-Type has no boundary")
-    for value in headers_named(scope, b"content-length"):
-        if value.isdigit() and int(value) > limit:
-            raise too_large(limit)
     reader = _FormReader()
     try:
         parser = MultipartParser(boundary, reader.callbacks())
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large(limit)
+        async for chunk in body_chunks(scope, receive, limit):
             if chunk:
                 parser.write(chunk)
-            if not message.get("more_body"):
-                break
         parser.finalize()
     except FormParserError as error:
         reader.discard()

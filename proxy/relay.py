@@ -53,19 +53,31 @@ async def relay_json(
     await responder.json(200, body, headers)
 
 
-async def relay_stream(
-    ex: Exchange, op, payload: dict, response, deadline: float, responder: Responder, headers
-) -> None:
-    """Relay each chunk as it comes, with the public model name; usage only if asked for."""
-    options = payload.get("stream_options")
-    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-    events = sse_events(
+def upstream_events(ex: Exchange, response, deadline: float):
+    """The upstream's SSE `data:` payloads, with the endpoint's and the settings' timing."""
+    return sse_events(
         response,
         first_deadline=deadline,
         idle=ex.model.endpoint.idle_timeout,
         keepalive=settings.AETHERGATE_SSE_KEEPALIVE_SECONDS,
         max_line=settings.AETHERGATE_MAX_SSE_LINE_BYTES,
     )
+
+
+async def keep_alive(responder: Responder, headers) -> None:
+    """An SSE comment while the upstream is silent, starting the stream if need be."""
+    if not responder.started:
+        await responder.start_stream(headers)
+    await responder.chunk(b": keep-alive\n\n")
+
+
+async def relay_stream(
+    ex: Exchange, op, payload: dict, response, deadline: float, responder: Responder, headers
+) -> None:
+    """Relay each chunk as it comes, with the public model name; usage only if asked for."""
+    options = payload.get("stream_options")
+    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    events = upstream_events(ex, response, deadline)
     done = finished = usage_sent = False
     counted = None
     last = None
@@ -74,9 +86,7 @@ async def relay_stream(
     try:
         async for event in events:
             if event is KEEPALIVE:
-                if not responder.started:
-                    await responder.start_stream(headers)
-                await responder.chunk(b": keep-alive\n\n")
+                await keep_alive(responder, headers)
                 continue
             if event == b"[DONE]":
                 done = True
@@ -209,20 +219,12 @@ async def relay_events(
 ) -> None:
     """A transcript's events (`transcript.text.delta`, then `transcript.text.done`), each
     passed on as it comes; the done event's usage counted. The stream must end with it."""
-    events = sse_events(
-        response,
-        first_deadline=deadline,
-        idle=ex.model.endpoint.idle_timeout,
-        keepalive=settings.AETHERGATE_SSE_KEEPALIVE_SECONDS,
-        max_line=settings.AETHERGATE_MAX_SSE_LINE_BYTES,
-    )
+    events = upstream_events(ex, response, deadline)
     done = None
     try:
         async for event in events:
             if event is KEEPALIVE:
-                if not responder.started:
-                    await responder.start_stream(headers)
-                await responder.chunk(b": keep-alive\n\n")
+                await keep_alive(responder, headers)
                 continue
             if event != b"[DONE]":
                 data = loads(event)
