@@ -46,6 +46,8 @@ class Dialect:
     # A malformed request answered with 500 and an error body (llama.cpp, llama-cpp-python):
     # a 400 for the client, neither retried nor a reason to fall back.
     faults_as_500: bool = False
+    # A streamed transcript's usage: vLLM sends it only when the form asks for it.
+    transcript_usage_field: bool = False
 
 
 DIALECTS = {
@@ -53,7 +55,7 @@ DIALECTS = {
     for d in (
         Dialect("openai", developer_role=True, max_completion_tokens=True),
         Dialect("generic"),
-        Dialect("vllm", max_completion_tokens=True),
+        Dialect("vllm", max_completion_tokens=True, transcript_usage_field=True),
         Dialect("ollama", several_choices=False, token_input=False, rewrites_ids=True),
         Dialect(
             "llama_cpp",

@@ -302,13 +302,14 @@ def _quoted(value: str) -> str:
     return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
-def upstream_body(form: Form, model_name: str) -> FormBody:
+def upstream_body(form: Form, model_name: str, extra: tuple = ()) -> FormBody:
     """The form an upstream is sent: the client's fields with `model` set to `model_name`
-    and routing fields left out, then the file (which the schema made sure of)."""
+    and routing fields left out, the `extra` (name, value) fields, then the file (which
+    the schema made sure of)."""
     upload = form.upload
     boundary = "aethergate-" + secrets.token_hex(16)
     parts = []
-    for name, value in form.fields:
+    for name, value in (*form.fields, *extra):
         if name in ROUTING_FIELDS:
             continue
         if name == "model":

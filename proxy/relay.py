@@ -20,7 +20,7 @@ from proxy.accounting import Exchange
 from proxy.asgi_io import Responder
 from proxy.codec import dumps, loads
 from proxy.errors import Retryable
-from proxy.formats.openai import chunk_text, usage_chunk
+from proxy.formats.openai import chunk_text, transcript_delta, transcript_done, usage_chunk
 from proxy.streaming import KEEPALIVE, UpstreamStreamError, sse_events
 
 # What a JSON answer not shaped like the operation's raises while it is read.
@@ -218,18 +218,34 @@ async def relay_events(
     ex: Exchange, op, payload: dict, response, deadline: float, responder: Responder, headers
 ) -> None:
     """A transcript's events (`transcript.text.delta`, then `transcript.text.done`), each
-    passed on as it comes; the done event's usage counted. The stream must end with it."""
+    passed on as it comes; the done event's usage counted. The stream must end with it.
+
+    vLLM streams chat-shaped chunks instead, ended by `[DONE]`: they are told as
+    OpenAI's events, their usage in the done event the gateway adds.
+    """
     events = upstream_events(ex, response, deadline)
     done = None
+    chunked = False  # the upstream sends chat-shaped chunks
+    counted = None
     try:
         async for event in events:
             if event is KEEPALIVE:
                 await keep_alive(responder, headers)
                 continue
-            if event != b"[DONE]":
+            if event == b"[DONE]" and chunked:
+                done = transcript_done("".join(ex.completion), counted)
+                event = dumps(done)
+            elif event != b"[DONE]":
                 data = loads(event)
                 if type(data) is not dict or "error" in data or data.get("type") == "error":
                     raise UpstreamStreamError("the upstream reported an error")
+                if "type" not in data and type(data.get("choices")) is list:
+                    chunked = True
+                    counted = usage.from_upstream(data.get("usage")) or counted
+                    data = transcript_delta(data)
+                    if data is None:
+                        continue
+                    event = dumps(data)
                 kind = data.get("type")
                 if kind == "transcript.text.delta" and type(data.get("delta")) is str:
                     ex.completion.append(data["delta"])

@@ -130,6 +130,11 @@ def of_transcript(model: ModelInfo, answer: dict | str, upload) -> tuple[int, in
     seconds = data.get("duration")
     if seconds is None and isinstance(reported, dict) and reported.get("type") == "duration":
         seconds = reported.get("seconds")
+    if type(seconds) is str:  # vLLM's verbose_json: "90.2"
+        try:
+            seconds = float(seconds)
+        except ValueError:
+            seconds = None
     if type(seconds) in (int, float) and 0 <= seconds < MAX_COUNT:
         return math.ceil(seconds), 0, False
     return upload.seconds() or 0, 0, True

@@ -66,7 +66,10 @@ def prepare_form(payload: forms.FormPayload, model: ModelInfo, stream: bool) -> 
             code="unmeasurable_audio",
             param="file",
         )
-    return forms.upstream_body(payload.form, model.upstream_name)
+    extra = ()
+    if stream and dialects.of(model.endpoint).transcript_usage_field:
+        extra = (("stream_include_usage", "true"),)
+    return forms.upstream_body(payload.form, model.upstream_name, extra)
 
 
 # Answers are made the official schema whatever the server sent: the fields
@@ -273,3 +276,23 @@ def count_speech(data, payload: dict, ex) -> str:
 
 def unchanged(data, payload: dict, ex) -> None:
     """An answer passed on as the upstream sent it."""
+
+
+def transcript_delta(chunk: dict) -> dict | None:
+    """A chat-shaped transcript chunk (vLLM's `transcription.chunk`) as OpenAI's
+    `transcript.text.delta` event; None for one without text (a usage chunk)."""
+    text = chunk_text(chunk)
+    return {"type": "transcript.text.delta", "delta": text} if text else None
+
+
+def transcript_done(text: str, counted: tuple[int, int] | None) -> dict:
+    """The `transcript.text.done` event that ends a stream of chat-shaped chunks."""
+    done = {"type": "transcript.text.done", "text": text}
+    if counted:
+        done["usage"] = {
+            "type": "tokens",
+            "input_tokens": counted[0],
+            "output_tokens": counted[1],
+            "total_tokens": counted[0] + counted[1],
+        }
+    return done

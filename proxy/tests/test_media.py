@@ -548,3 +548,68 @@ def test_a_failed_transcription_falls_back_with_the_same_file(
     row = only_log()
     assert [a["model"] for a in row.attempts] == ["whisper", "spare"]
     assert row.cost == PRICE / 2
+
+
+# --------------------------------------------------------------------------- vLLM's dialect
+
+
+@pytest.fixture
+def vllm_whisper(make_endpoint, make_model):
+    endpoint = make_endpoint("vllm", kind="vllm")
+    return make_model(
+        "whisper",
+        "echo-stt+vllm+chunks=3",
+        endpoint=endpoint,
+        capability="AUDIO_STT",
+        billing_unit="TOKEN",
+        price_in=Decimal("0.001"),
+        price_out=Decimal("0.002"),
+    )
+
+
+def test_vllms_chunked_transcript_stream_reaches_the_client_as_openais_events(
+    gateway, upstream, vllm_whisper, secret, client_for
+):
+    events = list(
+        client_for(secret).audio.transcriptions.create(
+            model="whisper", file=wav_file(10), stream=True
+        )
+    )
+
+    assert [e.type for e in events] == ["transcript.text.delta"] * 3 + ["transcript.text.done"]
+    done = events[-1]
+    assert done.text == "".join(e.delta for e in events[:-1])
+    # vLLM counts usage only when asked: the gateway asked, for a vLLM endpoint.
+    assert upstream.received[-1].form["stream_include_usage"] == "true"
+    row = only_log()
+    assert (row.input_units, row.output_units, row.usage_estimated) == (
+        done.usage.input_tokens,
+        done.usage.output_tokens,
+        False,
+    )
+    assert done.usage.output_tokens == 3
+
+
+def test_vllms_duration_written_as_text_is_still_the_upstreams(
+    gateway, upstream, make_endpoint, make_model, secret
+):
+    endpoint = make_endpoint("vllm", kind="vllm")
+    make_model(
+        "whisper",
+        "echo-stt+vllm",
+        endpoint=endpoint,
+        capability="AUDIO_STT",
+        billing_unit="MINUTE",
+        price_in=PRICE,
+    )
+
+    response = post_form(
+        gateway,
+        secret,
+        {"file": wav_file(45)},
+        data={"model": "whisper", "response_format": "verbose_json"},
+    )
+
+    assert response.json()["duration"] == "45.0"
+    row = only_log()
+    assert (row.input_units, row.usage_estimated, row.cost) == (45, False, PRICE * 3 / 4)

@@ -119,7 +119,8 @@ class Upload:
         ("MINUTE", {"text": "hi"}, 95, (95, 0, True)),  # measured by the gateway
         ("MINUTE", "1\n00:00:00,000 --> 00:00:02,000\nhi\n", 2, (2, 0, True)),
         ("MINUTE", {"text": "hi", "duration": -1}, 95, (95, 0, True)),
-        ("MINUTE", {"text": "hi", "duration": "90"}, 95, (95, 0, True)),
+        ("MINUTE", {"text": "hi", "duration": "90.5"}, 95, (91, 0, False)),  # vLLM's, as text
+        ("MINUTE", {"text": "hi", "duration": "long"}, 95, (95, 0, True)),
         ("REQUEST", {"text": "hi", "duration": 3}, 95, (3, 0, False)),
         (
             "TOKEN",

@@ -58,7 +58,7 @@ SPEECH_CONTENT_TYPES = {
 }
 SPEECH_MAX_INPUT = 4096
 
-_TRUE_FLAGS = {"nousage", "silent", "malformed", "nodone", "noduration"}
+_TRUE_FLAGS = {"nousage", "silent", "malformed", "nodone", "noduration", "vllm"}
 _FLOAT_FLAGS = {"slow", "gap"}
 _INT_FLAGS = {"chunks", "fail", "reset"}
 # `usage=KIND`: every count in `usage` (prompt, completion, total) becomes this value.
@@ -82,6 +82,7 @@ class Flags:
     malformed: bool = False
     nodone: bool = False
     noduration: bool = False
+    vllm: bool = False  # transcripts as vLLM sends them (streams of chat-shaped chunks)
     slow: float = 0.0
     gap: float = 0.0
     chunks: int = DEFAULT_CHUNKS
@@ -911,6 +912,8 @@ class Upstream:
         seconds = audio_seconds(record.file)
         text = transcript_text(seconds, task)
         if task == "transcribe" and request_streams(record):
+            if flags.vllm:
+                return await self._vllm_transcript_stream(request, body, flags, text, seconds)
             return await self._transcript_stream(request, body, flags, text, seconds)
         # Translations report no usage: the spec's translation objects have none.
         usage = None
@@ -930,6 +933,8 @@ class Upstream:
                 answer["words"] = _words_at(text, seconds)
             if flags.noduration:
                 del answer["duration"]
+            elif flags.vllm:
+                answer["duration"] = str(answer["duration"])  # vLLM sends it as text
             if usage:
                 answer["usage"] = usage
             return web.json_response(answer)
@@ -959,6 +964,29 @@ class Upstream:
             }
         events.append(done)
         return await self._stream(request, flags, events, done=False)
+
+    async def _vllm_transcript_stream(self, request, body: dict, flags: Flags, text, seconds):
+        """vLLM's transcript stream: chat-shaped `transcription.chunk` chunks, a usage chunk
+        when the form has `stream_include_usage=true`, then `[DONE]`."""
+        deltas = stream_deltas(text, flags.chunks)
+        ident, created = f"trsc-{uuid.uuid4().hex[:16]}", int(time.time())
+
+        def chunk(choices: list, **extra) -> dict:
+            return {
+                "id": ident,
+                "object": "transcription.chunk",
+                "created": created,
+                "model": body.get("model", ""),
+                "choices": choices,
+                **extra,
+            }
+
+        events = [chunk([{"delta": {"content": d}}]) for d in deltas]
+        events.append(chunk([{"delta": {"content": ""}, "finish_reason": "stop"}]))
+        if body.get("stream_include_usage") == "true" and not flags.nousage:
+            prompt = audio_tokens(seconds)
+            events.append(chunk([], usage=_usage(prompt, len(deltas), flags.usage)))
+        return await self._stream(request, flags, events)
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, self._speech_answer, streams=_always_streams)
