@@ -174,7 +174,7 @@ async def read_form(scope: Scope, receive: Receive, *, limit: int) -> Form:
         parser.finalize()
     except FormParserError as error:
         reader.discard()
-        raise invalid_form(str(error).rstrip(".") or "it cannot be parsed") from None
+        raise invalid_form(str(error)[:200].rstrip(".") or "it cannot be parsed") from None
     except BaseException:
         reader.discard()
         raise

@@ -3,6 +3,8 @@
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from python_multipart.multipart import MultipartParser
 
 from proxy import forms
@@ -36,6 +38,7 @@ def scope(content_type: str = f"multipart/form-data; boundary={BOUNDARY}", lengt
 def receiver(data: bytes, piece: int | None = None, *, leave_after: int | None = None):
     """An ASGI receive giving `data` in pieces of `piece` bytes (all at once by default)."""
     pieces = [data[i : i + piece] for i in range(0, len(data), piece)] if piece else [data]
+    pieces = pieces or [b""]
     messages = [
         {"type": "http.request", "body": p, "more_body": i < len(pieces) - 1}
         for i, p in enumerate(pieces)
@@ -168,6 +171,14 @@ def test_it_refuses_a_form_without_a_boundary():
     assert refused.value.code == "invalid_multipart"
 
 
+def test_it_refuses_a_boundary_longer_than_the_parser_takes():
+    with pytest.raises(APIError) as refused:
+        read(FORM, content_type="multipart/form-data; boundary=" + "b" * 300)
+
+    assert refused.value.code == "invalid_multipart"
+    assert "Boundary length" in refused.value.message
+
+
 def test_an_announced_length_past_the_limit_is_413_before_reading():
     async def receive():
         raise AssertionError("read")
@@ -281,3 +292,24 @@ def test_an_uploads_length_is_measured_in_whole_seconds_rounded_up(data, seconds
     form = read(body(part("file", data, "a.bin")))
 
     assert form.upload.seconds() == seconds
+
+
+@given(
+    data=st.one_of(
+        st.binary(max_size=400),
+        # A real form with bytes flipped: nearly valid, the hardest to parse right.
+        st.tuples(st.integers(0, len(FORM) - 1), st.binary(min_size=1, max_size=8)).map(
+            lambda cut: FORM[: cut[0]] + cut[1] + FORM[cut[0] + len(cut[1]) :]
+        ),
+    ),
+    piece=st.sampled_from([None, 1, 3, 50]),
+)
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+def test_any_body_is_a_form_or_a_400_never_another_error(data, piece):
+    try:
+        form = read(data, piece)
+    except APIError as refused:
+        assert refused.status == 400
+    else:
+        if form.upload is not None:
+            form.upload.close()
