@@ -1,6 +1,6 @@
 """ASGI I/O for `/v1`: typed Scope/Receive/Send, reading a request body, writing responses."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from proxy.errors import APIError, ClientGone, too_large
@@ -33,18 +33,17 @@ def client_address(scope: Scope) -> str:
     return client[0] if client else ""
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body; 413 past `limit` bytes (announced or sent); ClientGone if it ends."""
-    return b"".join([chunk async for chunk in body_chunks(scope, receive, limit)])
+async def read_body(scope: Scope, receive: Receive, limit: int, sink=None) -> bytes:
+    """The whole request body; 413 past `limit` bytes (announced or sent); ClientGone if it ends.
 
-
-async def body_chunks(scope: Scope, receive: Receive, limit: int) -> AsyncIterator[bytes]:
-    """The request body's pieces as they arrive; 413 past `limit` bytes (announced or
-    sent); ClientGone if the client leaves first."""
+    With `sink`, each piece goes to `sink(piece)` as it arrives instead (a form's
+    parser), and nothing is kept. (An async generator of pieces would serve both,
+    at several microseconds more per request on the hot path: measured.)
+    """
     for value in headers_named(scope, b"content-length"):
         if value.isdigit() and int(value) > limit:
             raise too_large(limit)
-    size = 0
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -53,9 +52,12 @@ async def body_chunks(scope: Scope, receive: Receive, limit: int) -> AsyncIterat
         size += len(chunk)
         if size > limit:
             raise too_large(limit)
-        yield chunk
+        if sink is None:
+            chunks.append(chunk)
+        elif chunk:
+            sink(chunk)
         if not message.get("more_body"):
-            return
+            return b"".join(chunks)
 
 
 async def wait_for_disconnect(receive: Receive) -> None:

@@ -22,7 +22,7 @@ import mutagen
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from proxy.asgi_io import Receive, Scope, body_chunks, headers_named
+from proxy.asgi_io import Receive, Scope, headers_named, read_body
 from proxy.errors import APIError, bad_request, not_form
 
 FILE_FIELD = "file"
@@ -168,9 +168,7 @@ async def read_form(scope: Scope, receive: Receive, *, limit: int) -> Form:
     reader = _FormReader()
     try:
         parser = MultipartParser(boundary, reader.callbacks())
-        async for chunk in body_chunks(scope, receive, limit):
-            if chunk:
-                parser.write(chunk)
+        await read_body(scope, receive, limit, sink=parser.write)
         parser.finalize()
     except FormParserError as error:
         reader.discard()
