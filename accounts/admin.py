@@ -11,6 +11,7 @@ from accounts import services, throttling
 from accounts.models import APIToken, Lockout, User, looks_like_token
 from accounts.permissions import PRIVILEGE_FIELDS, token_refusal, user_change_refusal
 from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, secret_once_page
+from aethergate.lib.money import format_money, plain_amount
 
 
 class UserCreateForm(AdminUserCreationForm):
@@ -44,7 +45,12 @@ class UserEditForm(UserChangeForm):
         # Submit the balance the page showed, so a save applies the staff's
         # change to the current balance instead of overwriting new charges.
         if "balance" in self.fields:  # not on a read-only page
-            self.fields["balance"].show_hidden_initial = True
+            field = self.fields["balance"]
+            field.show_hidden_initial = True
+            # Exact, without the column's ten decimals ("10", not "10.0000000000").
+            self.initial["balance"] = plain_amount(self.instance.balance)
+            if self.instance.balance is not None:
+                field.help_text = f"{field.help_text} Now {format_money(self.instance.balance)}."
 
     def balance_seen(self):
         field = self.fields["balance"]
@@ -68,10 +74,9 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         "username",
         "email",
         "organization",
-        "balance",
+        "shown_balance",
         "is_staff",
         "is_active",
-        "date_joined",
     )
     list_editable = ("is_active",)
     list_filter = ("is_active", "is_staff", "is_superuser", "organization")
@@ -107,6 +112,10 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
             },
         ),
     )
+
+    @admin.display(description="balance", ordering="balance")
+    def shown_balance(self, user):
+        return format_money(user.balance)
 
     def has_change_permission(self, request, obj=None):
         if obj is not None and user_change_refusal(actor=request.user, target=obj):
@@ -144,6 +153,9 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
             return
         if "balance" in form.changed_data:
             services.edit_balance(user=obj, seen=form.balance_seen(), new=obj.balance)
+            self.message_user(
+                request, f"The balance of {obj.username} is now {format_money(obj.balance)}."
+            )
         columns = {f.name for f in obj._meta.concrete_fields} - {"balance", "id"}
         changed_columns = columns.intersection(form.changed_data)
         if changed_columns:
