@@ -2,8 +2,10 @@
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
@@ -126,6 +128,16 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         if obj is not None and user_change_refusal(actor=request.user, target=obj):
             return False
         return super().has_delete_permission(request, obj)
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or Group.objects.exists():
+            return fieldsets
+        # No group to pick from (see GroupAdmin): the empty chooser is left out.
+        return [
+            (name, {**options, "fields": [f for f in options["fields"] if f != "groups"]})
+            for name, options in fieldsets
+        ]
 
     def get_readonly_fields(self, request, obj=None):
         readonly = super().get_readonly_fields(request, obj)
@@ -311,3 +323,18 @@ class LockoutAdmin(admin.ModelAdmin):
         self.message_user(
             request, f"{count(lifted, 'lockout', 'lockouts')} lifted.", messages.SUCCESS
         )
+
+
+class GroupAdmin(DjangoGroupAdmin):
+    """Django's groups, listed on the index only once one exists.
+
+    AetherGate grants permissions per user; a group made here (its URL still
+    works) is listed from then on.
+    """
+
+    def has_module_permission(self, request):
+        return super().has_module_permission(request) and Group.objects.exists()
+
+
+admin.site.unregister(Group)
+admin.site.register(Group, GroupAdmin)

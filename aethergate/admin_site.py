@@ -5,6 +5,9 @@ from django.urls import path, reverse
 
 from accounts.forms import ThrottledAdminLoginForm
 
+# The index lists apps in the order staff set a gateway up; any other app follows.
+APP_ORDER = ("endpoints", "models_registry", "accounts", "keys", "logs")
+
 
 class AdminSite(admin.AdminSite):
     """Django's admin with AetherGate's titles and a throttled login (429 when locked out).
@@ -37,6 +40,18 @@ class AdminSite(admin.AdminSite):
         if may_open(request.user):
             extra["backup_url"] = reverse("admin:backup", current_app=self.name)
         return super().index(request, extra)
+
+    def get_app_list(self, request, app_label=None):
+        apps = super().get_app_list(request, app_label)
+        # A stable sort: the apps not named keep Django's alphabetical order, last.
+        return sorted(
+            apps,
+            key=lambda app: (
+                APP_ORDER.index(app["app_label"])
+                if app["app_label"] in APP_ORDER
+                else len(APP_ORDER)
+            ),
+        )
 
     def login(self, request, extra_context=None):
         response = super().login(request, extra_context)

@@ -53,7 +53,15 @@ def adopt(obj, saved) -> None:
     obj._state.adding, obj._state.db = False, saved._state.db
 
 
-class SecretSearchAdmin(admin.ModelAdmin):
+class TitledDeleteAdmin(admin.ModelAdmin):
+    """Titles the delete page with what it deletes ("Delete user alice"), not just "Delete"."""
+
+    def render_delete_form(self, request, context):
+        context["title"] = f"Delete {self.opts.verbose_name} {context['object']}"
+        return super().render_delete_form(request, context)
+
+
+class SecretSearchAdmin(TitledDeleteAdmin):
     """Refuses to search for a whole secret: a search travels in the page address.
 
     Access and proxy logs keep addresses, so a pasted secret is never looked
@@ -90,7 +98,7 @@ class SecretSearchAdmin(admin.ModelAdmin):
         return super().get_search_results(request, queryset, search_term)
 
 
-class GatewayAdmin(admin.ModelAdmin):
+class GatewayAdmin(TitledDeleteAdmin):
     """Adds "Activate/Deactivate selected" actions and notes on the delete pages.
 
     Subclasses override `delete_notes` to say what a delete leaves behind

@@ -264,7 +264,7 @@ def _delete_through_page(page, changelist, name, notes):
     """Delete via the change page's Delete link and Django's confirmation page."""
     _open_change_page(page, changelist, name)
     page.get_by_role("link", name="Delete", exact=True).click()
-    expect(page.locator("#content h1")).to_have_text("Delete")
+    expect(page.locator("#content h1")).to_have_text(re.compile(rf"^Delete .*{re.escape(name)}"))
     for note in notes:
         expect(page.locator("#delete-notes")).to_contain_text(note)
     page.get_by_role("button", name=CONFIRM_DELETE).click()
@@ -365,13 +365,15 @@ def _walk(page, gateway, shots):
     page.locator("#id_name").fill("e2e-llama")
     page.locator("#id_upstream_name").fill("llama3:8b")
     _pick_autocomplete(page, "endpoint", "e2e-upstream")
-    page.locator("#id_price_in").fill("0.000001")
-    page.locator("#id_price_out").fill("0.000002")
+    expect(page.locator("label[for=id_price_in]")).to_have_text("Input price (per 1M tokens):")
+    page.locator("#id_price_in").fill("0.15")
+    page.locator("#id_price_out").fill("0.6")
     _save(page)
     _success(page, "was added successfully")
     row = _row(page, "e2e-llama")
     expect(row.locator("td.field-endpoint")).to_have_text("e2e-upstream")
-    expect(row.locator("td.field-upstream_name")).to_have_text("llama3:8b")
+    expect(row.locator("td.field-input_price")).to_have_text("$0.15 / 1M tokens")
+    expect(row.locator("td.field-output_price")).to_have_text("$0.60 / 1M tokens")
 
     # An API key for the user: its secret is shown once, then never again.
     page.goto(KEYS + "add/")
@@ -384,7 +386,7 @@ def _walk(page, gateway, shots):
     expect(page.locator("#id_allowed_models_to option")).to_have_text(["e2e-llama"])
     _save(page)
     expect(page.locator("#content h1")).to_have_text("API key created")
-    expect(page.locator("p.errornote")).to_contain_text("It will not be shown again")
+    expect(page.locator("#secret-notice")).to_contain_text("It will not be shown again")
     secret = page.locator("code.api-key-secret").inner_text().strip()
     assert secret.startswith("ag-")
     assert len(secret) > 40
@@ -412,7 +414,7 @@ def _walk(page, gateway, shots):
     page.screenshot(path=shots / "03-rotate-confirmation.png", full_page=True)
     page.get_by_role("button", name="Yes, rotate").click()
     expect(page.locator("#content h1")).to_have_text("API key rotated")
-    expect(page.locator("p.errornote")).to_contain_text("The previous secret no longer works")
+    expect(page.locator("#secret-notice")).to_contain_text("The previous secret no longer works")
     new_secret = page.locator("code.api-key-secret").inner_text().strip()
     assert new_secret.startswith("ag-")
     assert new_secret != secret
@@ -440,8 +442,9 @@ def _walk(page, gateway, shots):
     _save(page)
     _success(page, "was changed successfully")
     row = _row(page, "laptop-key")
-    expect(row.locator("td.field-rate_limit")).to_have_text("120/m,1000/d")
     expect(row.locator("td.field-display_prefix")).to_have_text(new_prefix + "…")
+    _open_change_page(page, KEYS, "laptop-key")  # the limit is on the key's page, not the list
+    expect(page.locator("#id_rate_limit")).to_have_value("120/m,1000/d")
 
     # An invalid spec is refused with a readable error, and nothing is saved.
     _open_change_page(page, KEYS, "laptop-key")
@@ -450,10 +453,9 @@ def _walk(page, gateway, shots):
     expect(page.locator("p.errornote")).to_be_visible()
     expect(page.locator(".field-rate_limit .errorlist")).to_contain_text("COUNT/UNIT")
     expect(page.locator(".field-rate_limit .errorlist")).to_contain_text("60/m")
-    page.goto(KEYS)
-    row = _row(page, "laptop-key")
-    expect(row.locator("td.field-rate_limit")).to_have_text("120/m,1000/d")
-    expect(row.locator("td.field-display_prefix")).to_have_text(new_prefix + "…")
+    _open_change_page(page, KEYS, "laptop-key")
+    expect(page.locator("#id_rate_limit")).to_have_value("120/m,1000/d")
+    expect(page.locator(".field-prefix .readonly")).to_have_text(new_prefix)
 
     # A second key for the same user, to be deleted along with the user.
     page.goto(KEYS + "add/")

@@ -128,6 +128,7 @@ BACKUP = {"format": "aethergate-backup", "version": 1, "users": [{"username": "c
 
 MATRIX = {
     "": [Call("get", "/", statuses(*[302] * 7))],
+    "favicon.ico": [Call("get", "/favicon.ico", statuses(*[302] * 7))],
     # Django admin's own pages
     "admin/": [Call("get", "/admin/", ADMIN_ANY_STAFF)],
     "admin/login/": [Call("get", "/admin/login/", statuses(200, 200, 302, 302, 302, 302, 200))],
@@ -147,7 +148,7 @@ MATRIX = {
     "admin/r/<path:content_type_id>/<path:object_id>/": [
         Call("get", "/admin/r/{ct}/{user}/", ADMIN_NOT_FOUND)
     ],
-    "admin/^(?P<app_label>auth|accounts|endpoints|models_registry|keys|logs)/$": [
+    "admin/^(?P<app_label>accounts|auth|endpoints|models_registry|keys|logs)/$": [
         Call("get", "/admin/keys/", admin(404, 200, 200, 200)),
         Call("get", "/admin/auth/", admin(404, 404, 404, 200)),
     ],
