@@ -77,7 +77,6 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         "email",
         "organization",
         "shown_balance",
-        "is_staff",
         "is_active",
     )
     list_editable = ("is_active",)

@@ -7,6 +7,9 @@ from accounts.forms import ThrottledAdminLoginForm
 
 # The index lists apps in the order staff set a gateway up; any other app follows.
 APP_ORDER = ("endpoints", "models_registry", "accounts", "keys", "logs")
+# Within its app, each of these comes first (users before API tokens, request logs
+# before audit entries); the rest keep Django's alphabetical order.
+FIRST_MODELS = frozenset({"user", "requestlog"})
 
 
 class AdminSite(admin.AdminSite):
@@ -43,7 +46,9 @@ class AdminSite(admin.AdminSite):
 
     def get_app_list(self, request, app_label=None):
         apps = super().get_app_list(request, app_label)
-        # A stable sort: the apps not named keep Django's alphabetical order, last.
+        for app in apps:
+            app["models"].sort(key=lambda model: model["object_name"].lower() not in FIRST_MODELS)
+        # Stable sorts: what is not named keeps Django's alphabetical order, after.
         return sorted(
             apps,
             key=lambda app: (

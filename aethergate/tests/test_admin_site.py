@@ -21,9 +21,12 @@ pytestmark = pytest.mark.django_db
 def test_it_lists_apps_in_the_order_staff_set_a_gateway_up(admin_client):
     response = admin_client.get(reverse("admin:index"))
 
-    labels = [app["app_label"] for app in response.context["app_list"]]
-    assert labels[:5] == ["endpoints", "models_registry", "accounts", "keys", "logs"]
-    assert set(labels[5:]) <= {"auth", "proxy", "aethergate"}
+    apps = {app["app_label"]: app for app in response.context["app_list"]}
+    assert list(apps)[:5] == ["endpoints", "models_registry", "accounts", "keys", "logs"]
+    assert set(list(apps)[5:]) <= {"auth", "proxy", "aethergate"}
+    names = {label: [m["object_name"] for m in app["models"]] for label, app in apps.items()}
+    assert names["accounts"] == ["User", "APIToken", "Lockout"]
+    assert names["logs"] == ["RequestLog", "AuditEntry"]
 
 
 def test_it_hides_groups_until_one_exists(admin_client, alice):
