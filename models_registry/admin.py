@@ -1,5 +1,6 @@
 """Admin for the model catalog; prices entered and shown per 1M tokens (or per image, …)."""
 
+import json
 from decimal import Decimal
 
 from django import forms
@@ -36,10 +37,20 @@ class ModelForm(forms.ModelForm):
         model = Model
         fields = Model.shared_fields
 
+    class Media:
+        js = ("models_registry/price_basis.js",)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # For price_basis.js, which relabels the prices when another unit is picked.
+        self.fields["billing_unit"].widget.attrs["data-price-basis"] = json.dumps(
+            {unit.value: unit.price_basis[1] for unit in BillingUnit}
+        )
         unit = self.data.get("billing_unit") if self.is_bound else self.instance.billing_unit
-        per, words = price_basis(unit)
+        words = price_basis(unit)[1]
+        # What the page showed, per the saved unit: a bound form compares it with
+        # what came back (`changed_data`).
+        saved_per = price_basis(self.instance.billing_unit)[0]
         for name, label in PRICES.items():
             field = self.fields[name]
             field.label = f"{label} (per {words})"
@@ -47,16 +58,24 @@ class ModelForm(forms.ModelForm):
                 "Per 1M tokens for Token models; per image, minute or request for those "
                 "units (see the billing unit). Stored per single unit, exactly."
             )
-            if not self.is_bound and self.instance.pk:
-                shown = money.price_to_show(getattr(self.instance, name), per=per)
-                self.initial[name] = money.plain_amount(shown)
+            if self.instance.pk:
+                shown = money.price_to_show(getattr(self.instance, name), per=saved_per)
+                # A Decimal, so that `changed_data` compares numbers; without the
+                # column's trailing zeros, so that the input reads "2.5".
+                self.initial[name] = Decimal(money.plain_amount(shown))
 
     def clean(self):
         cleaned = super().clean()
         per, words = price_basis(cleaned.get("billing_unit"))
+        rebased = self.instance.pk and "billing_unit" in self.changed_data
         for name in PRICES:
             entered = cleaned.get(name)
             if entered is None:
+                continue
+            if rebased and entered and name not in self.changed_data:
+                # The figure shown was per the old unit: kept as it is, it would now
+                # mean a price per the new one (per 1M tokens read as per request).
+                self.add_error(name, f"The billing unit changed: enter this price per {words}.")
                 continue
             try:
                 cleaned[name] = money.price_to_store(entered, per=per, what=words)

@@ -669,6 +669,11 @@ def _walk_laptop(page, gateway, shots):
         "at most 4 decimal places per 1M tokens"
     )
     _shot(page, shots, "p3-model-prices.png")
+    # The labels follow the unit picked, before anything is saved.
+    page.locator("#id_billing_unit").select_option("REQUEST")
+    expect(page.locator("label[for=id_price_out]")).to_have_text("Output price (per request):")
+    page.locator("#id_billing_unit").select_option("TOKEN")
+    expect(page.locator("label[for=id_price_out]")).to_have_text("Output price (per 1M tokens):")
     _price_per_1m_tokens(page, "meta-llama/Llama-3.1-8B-Instruct", "was changed successfully")
 
     # A user with a balance, shown rounded in the list and exact in the form.
