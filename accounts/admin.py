@@ -130,11 +130,19 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
-        if obj is None or Group.objects.exists():
+        if obj is None:
             return fieldsets
-        # No group to pick from (see GroupAdmin): the empty chooser is left out.
+        left_out = set() if Group.objects.exists() else {"groups"}  # nothing to pick from
+        # A read-only page shows the balance for people, not the column's ten decimals.
+        shown = {} if self.has_change_permission(request, obj) else {"balance": "shown_balance"}
         return [
-            (name, {**options, "fields": [f for f in options["fields"] if f != "groups"]})
+            (
+                name,
+                {
+                    **options,
+                    "fields": [shown.get(f, f) for f in options["fields"] if f not in left_out],
+                },
+            )
             for name, options in fieldsets
         ]
 

@@ -115,6 +115,17 @@ def test_the_balance_is_shown_for_people_and_edited_exactly(admin_client, django
     assert "The balance of lea is now $20.12." in response.content.decode()
 
 
+def test_a_read_only_user_page_shows_the_balance_for_people(client, ops, django_user_model):
+    root = django_user_model.objects.create_superuser("boss", "", None, balance=Decimal("7.5"))
+    client.force_login(ops)
+
+    page = client.get(reverse("admin:accounts_user_change", args=[root.pk])).content.decode()
+
+    assert '<div class="readonly">$7.50</div>' in page
+    assert "7.5000000000" not in page
+    assert 'name="balance"' not in page
+
+
 def test_prepaid_billing_is_switched_on_and_off(admin_client, django_user_model):
     user = django_user_model.objects.create_user("kim")
     url = reverse("admin:accounts_user_change", args=[user.pk])
