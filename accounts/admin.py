@@ -12,7 +12,14 @@ from django.utils.html import format_html
 from accounts import services, throttling
 from accounts.models import APIToken, Lockout, User, looks_like_token
 from accounts.permissions import PRIVILEGE_FIELDS, token_refusal, user_change_refusal
-from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, secret_once_page
+from aethergate.lib.admin import (
+    GatewayAdmin,
+    SecretSearchAdmin,
+    adopt,
+    count,
+    secret_once_page,
+    swap_fields,
+)
 from aethergate.lib.money import format_money, plain_amount
 
 
@@ -135,16 +142,7 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         left_out = set() if Group.objects.exists() else {"groups"}  # nothing to pick from
         # A read-only page shows the balance for people, not the column's ten decimals.
         shown = {} if self.has_change_permission(request, obj) else {"balance": "shown_balance"}
-        return [
-            (
-                name,
-                {
-                    **options,
-                    "fields": [shown.get(f, f) for f in options["fields"] if f not in left_out],
-                },
-            )
-            for name, options in fieldsets
-        ]
+        return swap_fields(fieldsets, shown, left_out)
 
     def get_readonly_fields(self, request, obj=None):
         readonly = super().get_readonly_fields(request, obj)

@@ -7,7 +7,7 @@ from django import forms
 from django.contrib import admin
 
 from aethergate.lib import money
-from aethergate.lib.admin import GatewayAdmin, count
+from aethergate.lib.admin import GatewayAdmin, count, swap_fields
 from models_registry.models import BillingUnit, Model
 
 PRICES = {"price_in": "Input price", "price_out": "Output price"}
@@ -42,17 +42,20 @@ class ModelForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # For price_basis.js, which relabels the prices when another unit is picked.
-        self.fields["billing_unit"].widget.attrs["data-price-basis"] = json.dumps(
-            {unit.value: unit.price_basis[1] for unit in BillingUnit}
-        )
+        if "billing_unit" in self.fields:  # not on a read-only page
+            # For price_basis.js, which relabels the prices when another unit is picked.
+            self.fields["billing_unit"].widget.attrs["data-price-basis"] = json.dumps(
+                {unit.value: unit.price_basis[1] for unit in BillingUnit}
+            )
         unit = self.data.get("billing_unit") if self.is_bound else self.instance.billing_unit
         words = price_basis(unit)[1]
         # What the page showed, per the saved unit: a bound form compares it with
         # what came back (`changed_data`).
         saved_per = price_basis(self.instance.billing_unit)[0]
         for name, label in PRICES.items():
-            field = self.fields[name]
+            field = self.fields.get(name)
+            if field is None:  # a read-only page (ModelAdmin.get_fieldsets shows it)
+                continue
             field.label = f"{label} (per {words})"
             field.help_text = (
                 "Per 1M tokens for Token models; per image, minute or request for those "
@@ -70,7 +73,7 @@ class ModelForm(forms.ModelForm):
         rebased = self.instance.pk and "billing_unit" in self.changed_data
         for name in PRICES:
             entered = cleaned.get(name)
-            if entered is None:
+            if entered is None or name not in self.fields:
                 continue
             if rebased and entered and name not in self.changed_data:
                 # The figure shown was per the old unit: kept as it is, it would now
@@ -107,6 +110,13 @@ class ModelAdmin(GatewayAdmin):
         ("Limits and fallback", {"fields": ("rpm_limit", "day_limit", "fallback")}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        # A read-only page shows prices per the unit's basis, not per unit with 10 decimals.
+        return swap_fields(fieldsets, {"price_in": "input_price", "price_out": "output_price"})
 
     @admin.display(description="input price", ordering="price_in")
     def input_price(self, obj):

@@ -40,6 +40,18 @@ def secret_once_page(
     return TemplateResponse(request, "admin/aethergate/secret_once.html", context)
 
 
+def swap_fields(fieldsets, shown: dict[str, str], dropped=frozenset()) -> list:
+    """`fieldsets` with each field in `shown` replaced by its value (a display method,
+    say) and those in `dropped` left out; the sets' names and options are kept."""
+    return [
+        (
+            name,
+            {**options, "fields": [shown.get(f, f) for f in options["fields"] if f not in dropped]},
+        )
+        for name, options in fieldsets
+    ]
+
+
 def adopt(obj, saved) -> None:
     """Make the admin's unsaved `obj` the row a service `saved` in its place.
 

@@ -6,6 +6,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
+from aethergate.testing import VIEW, make_staff
 from endpoints.models import Endpoint
 from models_registry.models import MAX_FALLBACK_DEPTH, Model
 
@@ -141,6 +142,23 @@ def test_changing_the_unit_asks_for_prices_per_the_new_unit(admin_client, endpoi
     admin_client.post(url, form(endpoint, price_in="0.01", **fields))
     model.refresh_from_db()
     assert (model.billing_unit, model.price_in) == ("REQUEST", Decimal("0.01"))
+
+
+def test_a_read_only_model_page_shows_prices_for_people(client, endpoint):
+    model = Model.objects.create(
+        name="chat", upstream_name="x", endpoint=endpoint, price_in=Decimal("0.00000015")
+    )
+    client.force_login(make_staff("viewer", VIEW))
+    url = reverse("admin:models_registry_model_change", args=[model.pk])
+
+    page = client.get(url).content.decode()
+    posted = client.post(url, {})
+
+    assert '<div class="readonly">$0.15 / 1M tokens</div>' in page
+    assert "0.0000001500" not in page
+    assert posted.status_code == 403
+    model.refresh_from_db()
+    assert model.price_in == Decimal("0.00000015")
 
 
 def test_the_list_shows_prices_for_people(admin_client, endpoint):
