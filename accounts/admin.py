@@ -2,15 +2,25 @@
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
 from accounts import services, throttling
 from accounts.models import APIToken, Lockout, User, looks_like_token
 from accounts.permissions import PRIVILEGE_FIELDS, token_refusal, user_change_refusal
-from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, secret_once_page
+from aethergate.lib.admin import (
+    GatewayAdmin,
+    SecretSearchAdmin,
+    adopt,
+    count,
+    secret_once_page,
+    swap_fields,
+)
+from aethergate.lib.money import format_money, plain_amount
 
 
 class UserCreateForm(AdminUserCreationForm):
@@ -44,7 +54,12 @@ class UserEditForm(UserChangeForm):
         # Submit the balance the page showed, so a save applies the staff's
         # change to the current balance instead of overwriting new charges.
         if "balance" in self.fields:  # not on a read-only page
-            self.fields["balance"].show_hidden_initial = True
+            field = self.fields["balance"]
+            field.show_hidden_initial = True
+            # Exact, without the column's ten decimals ("10", not "10.0000000000").
+            self.initial["balance"] = plain_amount(self.instance.balance)
+            if self.instance.balance is not None:
+                field.help_text = f"{field.help_text} Now {format_money(self.instance.balance)}."
 
     def balance_seen(self):
         field = self.fields["balance"]
@@ -68,10 +83,8 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         "username",
         "email",
         "organization",
-        "balance",
-        "is_staff",
+        "shown_balance",
         "is_active",
-        "date_joined",
     )
     list_editable = ("is_active",)
     list_filter = ("is_active", "is_staff", "is_superuser", "organization")
@@ -108,6 +121,10 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         ),
     )
 
+    @admin.display(description="balance", ordering="balance")
+    def shown_balance(self, user):
+        return format_money(user.balance)
+
     def has_change_permission(self, request, obj=None):
         if obj is not None and user_change_refusal(actor=request.user, target=obj):
             return False  # a superuser's page is read-only to other staff
@@ -117,6 +134,15 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
         if obj is not None and user_change_refusal(actor=request.user, target=obj):
             return False
         return super().has_delete_permission(request, obj)
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:
+            return fieldsets
+        left_out = set() if Group.objects.exists() else {"groups"}  # nothing to pick from
+        # A read-only page shows the balance for people, not the column's ten decimals.
+        shown = {} if self.has_change_permission(request, obj) else {"balance": "shown_balance"}
+        return swap_fields(fieldsets, shown, left_out)
 
     def get_readonly_fields(self, request, obj=None):
         readonly = super().get_readonly_fields(request, obj)
@@ -144,6 +170,9 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
             return
         if "balance" in form.changed_data:
             services.edit_balance(user=obj, seen=form.balance_seen(), new=obj.balance)
+            self.message_user(
+                request, f"The balance of {obj.username} is now {format_money(obj.balance)}."
+            )
         columns = {f.name for f in obj._meta.concrete_fields} - {"balance", "id"}
         changed_columns = columns.intersection(form.changed_data)
         if changed_columns:
@@ -299,3 +328,18 @@ class LockoutAdmin(admin.ModelAdmin):
         self.message_user(
             request, f"{count(lifted, 'lockout', 'lockouts')} lifted.", messages.SUCCESS
         )
+
+
+class GroupAdmin(DjangoGroupAdmin):
+    """Django's groups, listed on the index only once one exists.
+
+    AetherGate grants permissions per user; a group made here (its URL still
+    works) is listed from then on.
+    """
+
+    def has_module_permission(self, request):
+        return super().has_module_permission(request) and Group.objects.exists()
+
+
+admin.site.unregister(Group)
+admin.site.register(Group, GroupAdmin)

@@ -5,6 +5,12 @@ from django.urls import path, reverse
 
 from accounts.forms import ThrottledAdminLoginForm
 
+# The index lists apps in the order staff set a gateway up; any other app follows.
+APP_ORDER = ("endpoints", "models_registry", "accounts", "keys", "logs")
+# Within its app, each of these comes first (users before API tokens, request logs
+# before audit entries); the rest keep Django's alphabetical order.
+FIRST_MODELS = frozenset({"user", "requestlog"})
+
 
 class AdminSite(admin.AdminSite):
     """Django's admin with AetherGate's titles and a throttled login (429 when locked out).
@@ -37,6 +43,20 @@ class AdminSite(admin.AdminSite):
         if may_open(request.user):
             extra["backup_url"] = reverse("admin:backup", current_app=self.name)
         return super().index(request, extra)
+
+    def get_app_list(self, request, app_label=None):
+        apps = super().get_app_list(request, app_label)
+        for app in apps:
+            app["models"].sort(key=lambda model: model["object_name"].lower() not in FIRST_MODELS)
+        # Stable sorts: what is not named keeps Django's alphabetical order, after.
+        return sorted(
+            apps,
+            key=lambda app: (
+                APP_ORDER.index(app["app_label"])
+                if app["app_label"] in APP_ORDER
+                else len(APP_ORDER)
+            ),
+        )
 
     def login(self, request, extra_context=None):
         response = super().login(request, extra_context)

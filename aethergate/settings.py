@@ -39,6 +39,8 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
+    # First, so that its templates override the admin's (admin/base_site.html: the icon).
+    "aethergate",
     "aethergate.apps.AdminConfig",  # django.contrib.admin with AetherGate's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -50,7 +52,6 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "aethergate",
     "accounts",
     "endpoints",
     "models_registry",

@@ -2,6 +2,8 @@
 
 from django.contrib import admin
 from django.contrib.auth.views import redirect_to_login
+from django.http import HttpResponseRedirect
+from django.templatetags.static import static
 from django.urls import include, path, reverse
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -18,6 +20,13 @@ class DocsView(SpectacularSwaggerView):
         if isinstance(exc, NotAuthenticated):
             return redirect_to_login(self.request.get_full_path(), reverse("admin:login"))
         return super().handle_exception(exc)
+
+
+def favicon(request):
+    """`/favicon.ico`, which browsers ask for on pages that link no icon: the admin's icon."""
+    # Resolved per request and not permanent: the manifest storage names the file by
+    # its content hash, which changes when the icon does.
+    return HttpResponseRedirect(static("aethergate/favicon.svg"))
 
 
 api_root = {name: f"{name[:-1]}-list" for name in ("users", "keys", "endpoints", "models", "logs")}
@@ -41,6 +50,7 @@ api = [
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("favicon.ico", favicon),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api, "api"))),
 ]

@@ -47,10 +47,7 @@ class EndpointAdmin(GatewayAdmin):
         "base_url",
         "kind",
         "credential",
-        "rpm_limit",
-        "day_limit",
         "is_active",
-        "updated_at",
     )
     list_editable = ("is_active",)
     list_filter = ("kind", "is_active")

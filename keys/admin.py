@@ -79,9 +79,8 @@ class APIKeyAdmin(SecretSearchAdmin, GatewayAdmin):
         "name",
         "display_prefix",
         "owner",
-        "is_active",
         "state",
-        "rate_limit",
+        "is_active",
         "expires_at",
         "last_used_at",
     )

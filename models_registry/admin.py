@@ -1,27 +1,106 @@
-"""Admin for the model catalog."""
+"""Admin for the model catalog; prices entered and shown per 1M tokens (or per image, …)."""
 
+import json
+from decimal import Decimal
+
+from django import forms
 from django.contrib import admin
 
-from aethergate.lib.admin import GatewayAdmin, count
-from models_registry.models import Model
+from aethergate.lib import money
+from aethergate.lib.admin import GatewayAdmin, count, swap_fields
+from models_registry.models import BillingUnit, Model
+
+PRICES = {"price_in": "Input price", "price_out": "Output price"}
+
+
+def price_basis(unit: str | None) -> tuple[int, str]:
+    """(units, words) a price is entered and shown for, under billing unit `unit`."""
+    try:
+        return BillingUnit(unit).price_basis
+    except ValueError:  # no unit chosen yet, or one no longer offered
+        return BillingUnit.TOKEN.price_basis
+
+
+class ModelForm(forms.ModelForm):
+    """The model page, with prices entered per the billing unit's basis (1M tokens, image, …).
+
+    `price_in` and `price_out` hold what the staff typed; `clean` turns them
+    into the stored per-unit prices with `money.price_to_store`, refusing an
+    entry the column cannot hold exactly.
+    """
+
+    # 20 digits either way: 10 + 10 decimals per unit, or 16 + 4 decimals per 1M tokens.
+    price_in = forms.DecimalField(min_value=0, max_digits=20, initial=0)
+    price_out = forms.DecimalField(min_value=0, max_digits=20, initial=0)
+
+    class Meta:
+        model = Model
+        fields = Model.shared_fields
+
+    class Media:
+        js = ("models_registry/price_basis.js",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "billing_unit" in self.fields:  # not on a read-only page
+            # For price_basis.js, which relabels the prices when another unit is picked.
+            self.fields["billing_unit"].widget.attrs["data-price-basis"] = json.dumps(
+                {unit.value: unit.price_basis[1] for unit in BillingUnit}
+            )
+        unit = self.data.get("billing_unit") if self.is_bound else self.instance.billing_unit
+        words = price_basis(unit)[1]
+        # What the page showed, per the saved unit: a bound form compares it with
+        # what came back (`changed_data`).
+        saved_per = price_basis(self.instance.billing_unit)[0]
+        for name, label in PRICES.items():
+            field = self.fields.get(name)
+            if field is None:  # a read-only page (ModelAdmin.get_fieldsets shows it)
+                continue
+            field.label = f"{label} (per {words})"
+            field.help_text = (
+                "Per 1M tokens for Token models; per image, minute or request for those "
+                "units (see the billing unit). Stored per single unit, exactly."
+            )
+            if self.instance.pk:
+                shown = money.price_to_show(getattr(self.instance, name), per=saved_per)
+                # A Decimal, so that `changed_data` compares numbers; without the
+                # column's trailing zeros, so that the input reads "2.5".
+                self.initial[name] = Decimal(money.plain_amount(shown))
+
+    def clean(self):
+        cleaned = super().clean()
+        per, words = price_basis(cleaned.get("billing_unit"))
+        rebased = self.instance.pk and "billing_unit" in self.changed_data
+        for name in PRICES:
+            entered = cleaned.get(name)
+            if entered is None or name not in self.fields:
+                continue
+            if rebased and entered and name not in self.changed_data:
+                # The figure shown was per the old unit: kept as it is, it would now
+                # mean a price per the new one (per 1M tokens read as per request).
+                self.add_error(name, f"The billing unit changed: enter this price per {words}.")
+                continue
+            try:
+                cleaned[name] = money.price_to_store(entered, per=per, what=words)
+            except money.InexactPrice as refusal:
+                self.add_error(name, str(refusal))
+        return cleaned
 
 
 @admin.register(Model)
 class ModelAdmin(GatewayAdmin):
+    form = ModelForm
     list_display = (
         "name",
-        "upstream_name",
         "endpoint",
-        "capability",
         "billing_unit",
-        "price_in",
-        "price_out",
-        "fallback",
+        "input_price",
+        "output_price",
         "is_active",
     )
     list_editable = ("is_active",)
     list_filter = ("is_active", "capability", "billing_unit", "endpoint")
-    list_select_related = ("endpoint", "fallback")
+    list_select_related = ("endpoint",)
     search_fields = ("name", "upstream_name")
     autocomplete_fields = ("endpoint", "fallback")
     readonly_fields = ("created_at", "updated_at")
@@ -32,6 +111,21 @@ class ModelAdmin(GatewayAdmin):
         ("History", {"fields": ("created_at", "updated_at")}),
     )
 
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        # A read-only page shows prices per the unit's basis, not per unit with 10 decimals.
+        return swap_fields(fieldsets, {"price_in": "input_price", "price_out": "output_price"})
+
+    @admin.display(description="input price", ordering="price_in")
+    def input_price(self, obj):
+        return shown_price(obj.price_in, obj.billing_unit)
+
+    @admin.display(description="output price", ordering="price_out")
+    def output_price(self, obj):
+        return shown_price(obj.price_out, obj.billing_unit)
+
     def delete_notes(self, objs):
         fallbacks = sum(model.fallback_for.count() for model in objs)
         return [
@@ -40,3 +134,9 @@ class ModelAdmin(GatewayAdmin):
             "Keys that were limited to it lose it from their allowed models.",
             "Request logs are kept; they record the model by name.",
         ]
+
+
+def shown_price(stored: Decimal, unit: str) -> str:
+    """A stored per-unit price as the list shows it: "$0.15 / 1M tokens", "$0.04 / image"."""
+    per, words = price_basis(unit)
+    return f"{money.format_price(money.price_to_show(stored, per=per))} / {words}"

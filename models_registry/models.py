@@ -13,10 +13,30 @@ MAX_FALLBACK_DEPTH = 5
 
 
 class BillingUnit(models.TextChoices):
+    """What a model's prices are per; `price_basis` says how staff enter and read them."""
+
     TOKEN = "TOKEN", "Token"
     IMAGE = "IMAGE", "Image"
     MINUTE = "MINUTE", "Minute of audio"
     REQUEST = "REQUEST", "Request"
+
+    @property
+    def price_basis(self) -> tuple[int, str]:
+        """(units, words): prices are entered and shown for this many units, so named.
+
+        Token prices are quoted per million tokens, as upstreams publish them;
+        the database keeps the price of one unit.
+        """
+        return (1_000_000, "1M tokens") if self is BillingUnit.TOKEN else (1, self.label.lower())
+
+
+BILLING_UNIT_RULES = (
+    "Token: the input price is charged per prompt token, the output price per completion "
+    "token. Image: the output price per image returned. Minute of audio: the input price per "
+    "minute of input audio (fractions count: 90 s is 1.5 minutes). Request: the input price "
+    "once per successful request. Prices are entered per 1M tokens for Token models and per "
+    "image, minute or request for the others; stored per single unit."
+)
 
 
 # The billing units each capability's routes measure (proxy.usage): what a model of
@@ -83,7 +103,10 @@ class Model(models.Model):
         max_length=20, choices=Capability.choices, default=Capability.TEXT
     )
     billing_unit = models.CharField(
-        max_length=20, choices=BillingUnit.choices, default=BillingUnit.TOKEN
+        max_length=20,
+        choices=BillingUnit.choices,
+        default=BillingUnit.TOKEN,
+        help_text=BILLING_UNIT_RULES,
     )
     price_in = models.DecimalField(
         **MONEY,

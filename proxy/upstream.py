@@ -8,6 +8,7 @@ dialled passes the address policy (`aethergate.lib.addresses`) first.
 """
 
 import functools
+import json
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -137,6 +138,80 @@ class Client:
                 total=endpoint.total_timeout, sock_connect=endpoint.connect_timeout
             ),
         )
+
+    async def list_models(self, endpoint: EndpointInfo, *, seconds: float) -> list[str]:
+        """The model ids `endpoint` lists at GET {base_url}/models (OpenAI's listModels),
+        waiting at most `seconds` in all.
+
+        A GET only: it never runs (or pays for) a completion. Raises ModelListFailed,
+        whose message is for staff and names no credential.
+        """
+        headers = {"Accept": "application/json", "User-Agent": "AetherGate"}
+        if endpoint.api_key:
+            headers["Authorization"] = f"Bearer {endpoint.api_key}"
+        wait = aiohttp.ClientTimeout(
+            total=seconds, sock_connect=min(seconds, endpoint.connect_timeout)
+        )
+        try:
+            _check_host(_host(endpoint.base_url))
+            async with self._session.get(
+                endpoint.base_url + "/models",
+                headers=headers,
+                allow_redirects=False,
+                timeout=wait,
+            ) as response:
+                body = await read_body(response, limit=MODEL_LIST_MAX_BYTES)
+                status = response.status
+        except AddressRefused as refusal:
+            raise ModelListFailed(f"The address policy refuses it: {refusal}") from None
+        except TimeoutError:
+            raise ModelListFailed(f"It did not answer within {seconds:g} s.") from None
+        except aiohttp.ClientConnectorError as error:
+            reason = error.os_error.strerror or type(error.os_error).__name__
+            raise ModelListFailed(f"Could not connect to it: {reason}.") from None
+        except aiohttp.ClientError as error:
+            raise ModelListFailed(f"The connection failed ({type(error).__name__}).") from None
+        except ResponseTooLarge:
+            raise ModelListFailed(
+                f"Its model list is larger than {MODEL_LIST_MAX_BYTES} bytes."
+            ) from None
+        return _model_ids(status, body, endpoint)
+
+
+# An upstream's model list is small; this bounds what an admin page reads.
+MODEL_LIST_MAX_BYTES = 4 * 1024 * 1024
+MODEL_LIST_TIMEOUT = 10.0  # seconds: a short wait for a page staff are looking at
+
+
+class ModelListFailed(Exception):
+    """GET {base_url}/models gave no model list; `str()` says why, for staff (no credential)."""
+
+
+async def list_models(endpoint: EndpointInfo, *, seconds: float) -> list[str]:
+    """`Client.list_models` on a client of its own, for a caller outside the /v1 runtime
+    (the admin's "Test connection"), closed before it returns."""
+    client = Client(max_connections=1)
+    try:
+        return await client.list_models(endpoint, seconds=seconds)
+    finally:
+        await client.close()
+
+
+def _model_ids(status: int, body: bytes, endpoint: EndpointInfo) -> list[str]:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if status != 200:
+        error = answer.get("error") if isinstance(answer, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        detail = f": {scrub(message, endpoint)[:300]}" if isinstance(message, str) else "."
+        raise ModelListFailed(f"It answered HTTP {status}{detail}")
+    listed = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(listed, list):
+        raise ModelListFailed('Its answer is not a model list (JSON with a "data" list).')
+    ids = (item.get("id") for item in listed if isinstance(item, dict))
+    return list(dict.fromkeys(i for i in ids if isinstance(i, str) and i.strip()))
 
 
 @functools.lru_cache(maxsize=256)

@@ -95,6 +95,37 @@ def test_a_top_up_is_added_to_the_current_balance(admin_client, django_user_mode
     assert user.balance == Decimal("109.5")
 
 
+def test_the_balance_is_shown_for_people_and_edited_exactly(admin_client, django_user_model):
+    user = django_user_model.objects.create_user("lea", balance=Decimal("1234.5"))
+    url = reverse("admin:accounts_user_change", args=[user.pk])
+
+    page = admin_client.get(url)
+    listed = admin_client.get(reverse("admin:accounts_user_changelist")).content.decode()
+
+    assert page.context["adminform"].form["balance"].value() == "1234.5"
+    assert 'value="1234.5"' in page.content.decode()
+    assert "Now $1,234.50." in page.content.decode()
+    assert "$1,234.50" in listed
+    assert "1234.5000000000" not in listed
+    response = admin_client.post(
+        url, change_form(user, balance="20.125", **{"initial-balance": "1234.5"}), follow=True
+    )
+    user.refresh_from_db()
+    assert user.balance == Decimal("20.125")
+    assert "The balance of lea is now $20.12." in response.content.decode()
+
+
+def test_a_read_only_user_page_shows_the_balance_for_people(client, ops, django_user_model):
+    root = django_user_model.objects.create_superuser("boss", "", None, balance=Decimal("7.5"))
+    client.force_login(ops)
+
+    page = client.get(reverse("admin:accounts_user_change", args=[root.pk])).content.decode()
+
+    assert '<div class="readonly">$7.50</div>' in page
+    assert "7.5000000000" not in page
+    assert 'name="balance"' not in page
+
+
 def test_prepaid_billing_is_switched_on_and_off(admin_client, django_user_model):
     user = django_user_model.objects.create_user("kim")
     url = reverse("admin:accounts_user_change", args=[user.pk])

@@ -26,10 +26,15 @@ def test_it_uses_the_configured_credentials(settings, django_user_model):
     assert django_user_model.objects.get().check_password("a-long-configured-password")
 
 
-def test_it_does_nothing_when_an_admin_exists(capsys, django_user_model):
+def test_it_does_nothing_when_an_admin_exists_and_tells_how_to_reset_its_password(
+    capsys, django_user_model
+):
     django_user_model.objects.create_superuser("boss", "", "pw")
 
     call_command("ensure_admin")
 
     assert django_user_model.objects.count() == 1
-    assert "nothing to do" in capsys.readouterr().out
+    assert django_user_model.objects.get().check_password("pw")
+    out = capsys.readouterr().out
+    assert "An admin account exists already (boss); nothing to do." in out
+    assert "python manage.py changepassword boss" in out

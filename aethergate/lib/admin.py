@@ -40,6 +40,18 @@ def secret_once_page(
     return TemplateResponse(request, "admin/aethergate/secret_once.html", context)
 
 
+def swap_fields(fieldsets, shown: dict[str, str], dropped=frozenset()) -> list:
+    """`fieldsets` with each field in `shown` replaced by its value (a display method,
+    say) and those in `dropped` left out; the sets' names and options are kept."""
+    return [
+        (
+            name,
+            {**options, "fields": [shown.get(f, f) for f in options["fields"] if f not in dropped]},
+        )
+        for name, options in fieldsets
+    ]
+
+
 def adopt(obj, saved) -> None:
     """Make the admin's unsaved `obj` the row a service `saved` in its place.
 
@@ -53,7 +65,15 @@ def adopt(obj, saved) -> None:
     obj._state.adding, obj._state.db = False, saved._state.db
 
 
-class SecretSearchAdmin(admin.ModelAdmin):
+class TitledDeleteAdmin(admin.ModelAdmin):
+    """Titles the delete page with what it deletes ("Delete user alice"), not just "Delete"."""
+
+    def render_delete_form(self, request, context):
+        context["title"] = f"Delete {self.opts.verbose_name} {context['object']}"
+        return super().render_delete_form(request, context)
+
+
+class SecretSearchAdmin(TitledDeleteAdmin):
     """Refuses to search for a whole secret: a search travels in the page address.
 
     Access and proxy logs keep addresses, so a pasted secret is never looked
@@ -90,7 +110,7 @@ class SecretSearchAdmin(admin.ModelAdmin):
         return super().get_search_results(request, queryset, search_term)
 
 
-class GatewayAdmin(admin.ModelAdmin):
+class GatewayAdmin(TitledDeleteAdmin):
     """Adds "Activate/Deactivate selected" actions and notes on the delete pages.
 
     Subclasses override `delete_notes` to say what a delete leaves behind

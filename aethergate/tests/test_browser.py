@@ -25,6 +25,7 @@ import pytest
 
 from aethergate import server
 from aethergate.testing import NotYet, wait_for
+from proxy.tests.upstream import Upstream
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -52,6 +53,12 @@ TIMEOUT_MS = 15_000
 # Django's delete button, with its typographic apostrophe.
 CONFIRM_DELETE = "Yes, I\u2019m sure"
 SERVER_START_SECONDS = 30
+
+# Where screenshots of the pages are kept for the README, when
+# AETHERGATE_SCREENSHOTS_TO_DOCS=1 asks for them (they stay in the test's temporary
+# directory otherwise, so that a test run leaves the checkout as it was).
+DOCS_SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
+LAPTOP = {"width": 1366, "height": 768}
 
 USERS = "/admin/accounts/user/"
 ENDPOINTS = "/admin/endpoints/endpoint/"
@@ -227,6 +234,29 @@ def _pick_autocomplete(page, field, text):
     expect(page.locator(f"#select2-id_{field}-container")).to_contain_text(text)
 
 
+def _add_consumer(page, username, email, organization, balance):
+    """Add a consumer with a balance and no password through the user form."""
+    page.goto(USERS + "add/")
+    page.locator("#id_username").fill(username)
+    page.locator("#id_email").fill(email)
+    page.locator("#id_organization").fill(organization)
+    page.locator("#id_balance").fill(balance)
+    page.locator("input[name=usable_password][value=false]").check()
+    _save(page)
+    _success(page, "was added successfully")
+
+
+def _price_per_1m_tokens(page, name, saved):
+    """On a model's form: prices of 0.15 and 0.6 per 1M tokens, saved and listed as such."""
+    page.locator("#id_price_in").fill("0.15")
+    page.locator("#id_price_out").fill("0.6")
+    _save(page)
+    _success(page, saved)
+    row = _row(page, name)
+    expect(row.locator("td.field-input_price")).to_have_text("$0.15 / 1M tokens")
+    expect(row.locator("td.field-output_price")).to_have_text("$0.60 / 1M tokens")
+
+
 def _save(page):
     page.get_by_role("button", name="Save", exact=True).click()
 
@@ -264,7 +294,7 @@ def _delete_through_page(page, changelist, name, notes):
     """Delete via the change page's Delete link and Django's confirmation page."""
     _open_change_page(page, changelist, name)
     page.get_by_role("link", name="Delete", exact=True).click()
-    expect(page.locator("#content h1")).to_have_text("Delete")
+    expect(page.locator("#content h1")).to_have_text(re.compile(rf"^Delete .*{re.escape(name)}"))
     for note in notes:
         expect(page.locator("#delete-notes")).to_contain_text(note)
     page.get_by_role("button", name=CONFIRM_DELETE).click()
@@ -281,11 +311,15 @@ def _assert_gone(page, changelist, name):
 # --------------------------------------------------------------------------- the test
 
 
-def _drive(browser, gateway, shots, walk):
+def _drive(browser, gateway, shots, walk, *, viewport=None, permissions=()):
     """Run `walk(page, gateway, shots)` in a new browser context; on failure, show why."""
     context = browser.new_context(
-        base_url=gateway.url, viewport={"width": 1280, "height": 900}, accept_downloads=True
+        base_url=gateway.url,
+        viewport=viewport or {"width": 1280, "height": 900},
+        accept_downloads=True,
     )
+    if permissions:
+        context.grant_permissions(list(permissions), origin=gateway.url)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     try:
@@ -326,14 +360,7 @@ def _walk(page, gateway, shots):
     _log_in(page, gateway)
 
     # A consumer user, without a password (consumers only use API keys).
-    page.goto(USERS + "add/")
-    page.locator("#id_username").fill("e2e-consumer")
-    page.locator("#id_email").fill("consumer@example.com")
-    page.locator("#id_organization").fill("E2E Org")
-    page.locator("#id_balance").fill("10")
-    page.locator("input[name=usable_password][value=false]").check()
-    _save(page)
-    _success(page, "was added successfully")
+    _add_consumer(page, "e2e-consumer", "consumer@example.com", "E2E Org", "10")
     page.goto(USERS)
     row = _row(page, "e2e-consumer")
     expect(row.locator("td.field-organization")).to_have_text("E2E Org")
@@ -365,13 +392,9 @@ def _walk(page, gateway, shots):
     page.locator("#id_name").fill("e2e-llama")
     page.locator("#id_upstream_name").fill("llama3:8b")
     _pick_autocomplete(page, "endpoint", "e2e-upstream")
-    page.locator("#id_price_in").fill("0.000001")
-    page.locator("#id_price_out").fill("0.000002")
-    _save(page)
-    _success(page, "was added successfully")
-    row = _row(page, "e2e-llama")
-    expect(row.locator("td.field-endpoint")).to_have_text("e2e-upstream")
-    expect(row.locator("td.field-upstream_name")).to_have_text("llama3:8b")
+    expect(page.locator("label[for=id_price_in]")).to_have_text("Input price (per 1M tokens):")
+    _price_per_1m_tokens(page, "e2e-llama", "was added successfully")
+    expect(_row(page, "e2e-llama").locator("td.field-endpoint")).to_have_text("e2e-upstream")
 
     # An API key for the user: its secret is shown once, then never again.
     page.goto(KEYS + "add/")
@@ -384,7 +407,7 @@ def _walk(page, gateway, shots):
     expect(page.locator("#id_allowed_models_to option")).to_have_text(["e2e-llama"])
     _save(page)
     expect(page.locator("#content h1")).to_have_text("API key created")
-    expect(page.locator("p.errornote")).to_contain_text("It will not be shown again")
+    expect(page.locator("#secret-notice")).to_contain_text("It will not be shown again")
     secret = page.locator("code.api-key-secret").inner_text().strip()
     assert secret.startswith("ag-")
     assert len(secret) > 40
@@ -412,7 +435,7 @@ def _walk(page, gateway, shots):
     page.screenshot(path=shots / "03-rotate-confirmation.png", full_page=True)
     page.get_by_role("button", name="Yes, rotate").click()
     expect(page.locator("#content h1")).to_have_text("API key rotated")
-    expect(page.locator("p.errornote")).to_contain_text("The previous secret no longer works")
+    expect(page.locator("#secret-notice")).to_contain_text("The previous secret no longer works")
     new_secret = page.locator("code.api-key-secret").inner_text().strip()
     assert new_secret.startswith("ag-")
     assert new_secret != secret
@@ -440,8 +463,9 @@ def _walk(page, gateway, shots):
     _save(page)
     _success(page, "was changed successfully")
     row = _row(page, "laptop-key")
-    expect(row.locator("td.field-rate_limit")).to_have_text("120/m,1000/d")
     expect(row.locator("td.field-display_prefix")).to_have_text(new_prefix + "…")
+    _open_change_page(page, KEYS, "laptop-key")  # the limit is on the key's page, not the list
+    expect(page.locator("#id_rate_limit")).to_have_value("120/m,1000/d")
 
     # An invalid spec is refused with a readable error, and nothing is saved.
     _open_change_page(page, KEYS, "laptop-key")
@@ -450,10 +474,9 @@ def _walk(page, gateway, shots):
     expect(page.locator("p.errornote")).to_be_visible()
     expect(page.locator(".field-rate_limit .errorlist")).to_contain_text("COUNT/UNIT")
     expect(page.locator(".field-rate_limit .errorlist")).to_contain_text("60/m")
-    page.goto(KEYS)
-    row = _row(page, "laptop-key")
-    expect(row.locator("td.field-rate_limit")).to_have_text("120/m,1000/d")
-    expect(row.locator("td.field-display_prefix")).to_have_text(new_prefix + "…")
+    _open_change_page(page, KEYS, "laptop-key")
+    expect(page.locator("#id_rate_limit")).to_have_value("120/m,1000/d")
+    expect(page.locator(".field-prefix .readonly")).to_have_text(new_prefix)
 
     # A second key for the same user, to be deleted along with the user.
     page.goto(KEYS + "add/")
@@ -553,3 +576,154 @@ def _walk_backup(page, gateway, shots):
     page.goto(ENDPOINTS)
     expect(page.get_by_role("link", name="restored-upstream", exact=True)).to_have_count(1)
     assert not re.search(r"Traceback|Internal Server Error", gateway.log_text())
+
+
+# --------------------------------------------------------------------------- a laptop's screen
+
+
+def test_admin_on_a_laptop_screen(browser, gateway, tmp_path_factory):
+    _drive(
+        browser,
+        gateway,
+        tmp_path_factory.mktemp("laptop-screenshots"),
+        _walk_laptop,
+        viewport=LAPTOP,
+        permissions=("clipboard-read", "clipboard-write"),
+    )
+
+
+def _shot(page, shots, name):
+    """A screenshot of the whole page in `shots`, and in docs/screenshots/ if asked for."""
+    page.screenshot(path=shots / name, full_page=True)
+    if os.environ.get("AETHERGATE_SCREENSHOTS_TO_DOCS") == "1":
+        page.screenshot(path=DOCS_SCREENSHOTS / name, full_page=True)
+
+
+def _assert_list_fits(page, changelist):
+    """The list's table is no wider than the room it has: no column hidden off-screen."""
+    page.goto(changelist)
+    widths = page.locator("#changelist .results").evaluate(
+        "div => [div.scrollWidth, div.clientWidth, document.documentElement.scrollWidth]"
+    )
+    table, room, document = widths
+    print(f"{changelist}: table {table} px in {room} px of room; page {document} px")
+    assert table <= room, f"{changelist}: the table ({table} px) overflows its {room} px"
+    assert document <= LAPTOP["width"], f"{changelist}: the page scrolls sideways"
+
+
+def _walk_laptop(page, gateway, shots):
+    """At 1366x768: import models from an upstream, prices per 1M tokens, balances for
+    people, the secret notice's copy button, the icon, and lists that fit."""
+    _log_in(page, gateway)
+    captions = [
+        c.strip() for c in page.locator("#content-main .module caption").all_text_contents()
+    ]
+    assert captions[:5] == ["Upstream endpoints", "Models", "Accounts", "API keys", "Request logs"]
+    expect(page.locator("#content-main")).not_to_contain_text("Groups")
+    _shot(page, shots, "p1-index.png")
+
+    # The icon: linked from every admin page, and /favicon.ico answered (no 404 logged).
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    drawn = page.request.get(icon)
+    assert drawn.ok
+    assert drawn.headers["content-type"].startswith("image/svg+xml")
+    assert page.request.get("/favicon.ico").url.endswith(".svg")
+
+    with Upstream() as upstream:
+        credential = "sk-laptop-" + secrets.token_urlsafe(16)
+        upstream.require_api_key = credential
+        upstream.model_ids = [
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "Qwen/Qwen2.5-Coder-32B-Instruct",
+            "nomic-embed-text-v1.5",
+        ]
+        page.goto(ENDPOINTS + "add/")
+        page.locator("#id_name").fill("gpu-box-vllm")
+        page.locator("#id_base_url").fill(upstream.base_url)
+        page.locator("input[name='kind'][value='vllm']").check()
+        page.locator("#id_new_api_key").fill(credential)
+        page.locator("#id_rpm_limit").fill("600")
+        _save(page)
+        _success(page, "was added successfully")
+
+        # Test connection lists the upstream's models; Import adds the two picked.
+        _open_change_page(page, ENDPOINTS, "gpu-box-vllm")
+        page.get_by_role("link", name="Test connection").click()
+        expect(page.locator("#connection-ok")).to_contain_text("lists 3 models")
+        expect(page.locator("#upstream-models tbody tr")).to_have_count(3)
+        assert credential not in page.content()
+        page.get_by_label("meta-llama/Llama-3.1-8B-Instruct").check()
+        page.get_by_label("Qwen/Qwen2.5-Coder-32B-Instruct").check()
+        _shot(page, shots, "p2-test-connection.png")
+        page.get_by_role("button", name="Import models").click()
+        _success(page, "2 models imported")
+        expect(page.locator("#result_list tbody tr")).to_have_count(2)
+        assert [r.path for r in upstream.received] == ["/v1/models", "/v1/models"]
+
+    # Prices entered per 1M tokens, shown for people in the list.
+    _open_change_page(page, MODELS, "meta-llama/Llama-3.1-8B-Instruct")
+    expect(page.locator("label[for=id_price_in]")).to_have_text("Input price (per 1M tokens):")
+    page.locator("#id_price_in").fill("0.12345")
+    _save(page)
+    expect(page.locator(".field-price_in .errorlist")).to_contain_text(
+        "at most 4 decimal places per 1M tokens"
+    )
+    _shot(page, shots, "p3-model-prices.png")
+    # The labels follow the unit picked, before anything is saved.
+    page.locator("#id_billing_unit").select_option("REQUEST")
+    expect(page.locator("label[for=id_price_out]")).to_have_text("Output price (per request):")
+    page.locator("#id_billing_unit").select_option("TOKEN")
+    expect(page.locator("label[for=id_price_out]")).to_have_text("Output price (per 1M tokens):")
+    _price_per_1m_tokens(page, "meta-llama/Llama-3.1-8B-Instruct", "was changed successfully")
+
+    # A user with a balance, shown rounded in the list and exact in the form.
+    _add_consumer(
+        page,
+        "laptop-consumer",
+        "a.very.long.address.for.the.list@consumer-company.example.com",
+        "Consumer Company International",
+        "1234.5",
+    )
+    page.goto(USERS)
+    expect(_row(page, "laptop-consumer").locator("td.field-shown_balance")).to_have_text(
+        "$1,234.50"
+    )
+    _open_change_page(page, USERS, "laptop-consumer")
+    expect(page.locator("#id_balance")).to_have_value("1234.5")
+
+    # The new key's secret: a notice, and a Copy button that puts it on the clipboard.
+    page.goto(KEYS + "add/")
+    page.locator("#id_name").fill("laptop-key-with-a-long-name")
+    _pick_autocomplete(page, "owner", "laptop-consumer")
+    _save(page)
+    notice = page.locator("ul.messagelist li.warning#secret-notice")
+    expect(notice).to_contain_text("Copy this secret now")
+    expect(page.locator(".errornote")).to_have_count(0)
+    secret = page.locator("code.api-key-secret").inner_text().strip()
+    page.get_by_role("button", name="Copy").click()
+    expect(page.locator("button.copy-secret")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    _shot(page, shots, "p4-key-created.png")
+
+    for changelist, name in (
+        (USERS, "p5-users.png"),
+        (MODELS, "p6-models.png"),
+        (ENDPOINTS, "p7-endpoints.png"),
+        (KEYS, "p8-keys.png"),
+    ):
+        _assert_list_fits(page, changelist)
+        _shot(page, shots, name)
+
+    # A delete page says what it deletes.
+    _open_change_page(page, KEYS, "laptop-key-with-a-long-name")
+    page.get_by_role("link", name="Delete", exact=True).click()
+    expect(page.locator("#content h1")).to_have_text(
+        re.compile(r"^Delete API key laptop-key-with-a-long-name \(ag-")
+    )
+    _shot(page, shots, "p9-delete-key.png")
+
+    log = gateway.log_text()
+    assert credential not in log
+    assert secret not in log
+    assert not re.search(r'"GET /favicon.ico[^"]*" 404', log)
+    assert not re.search(r"Traceback|Internal Server Error", log)

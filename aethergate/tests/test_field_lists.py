@@ -9,6 +9,7 @@ by each surface or left out of it below, with the reason.
 import pytest
 from django.contrib import admin
 from django.contrib.admin.utils import flatten_fieldsets
+from django.contrib.auth.models import Group
 from django.test import RequestFactory
 
 from accounts.api.serializers import UserSerializer
@@ -20,6 +21,9 @@ from keys.api.serializers import KeySerializer
 from keys.models import APIKey
 from models_registry.api.serializers import CatalogModelSerializer
 from models_registry.models import Model
+
+# The admin's pages read the database (whether any group exists).
+pytestmark = pytest.mark.django_db
 
 SERIALIZERS = {
     User: UserSerializer,
@@ -86,7 +90,9 @@ def model_fields(model) -> set[str]:
 
 
 def admin_fields(model) -> set[str]:
-    """The fields on the admin's change page for an existing row, as a superuser sees it."""
+    """The fields on the admin's change page for an existing row, as a superuser sees it
+    once a group exists (the user page offers groups only then)."""
+    Group.objects.get_or_create(name="support")
     request = RequestFactory().get("/admin/")
     request.user = User(username="root", is_staff=True, is_superuser=True)
     model_admin = admin.site.get_model_admin(model)

@@ -128,6 +128,7 @@ BACKUP = {"format": "aethergate-backup", "version": 1, "users": [{"username": "c
 
 MATRIX = {
     "": [Call("get", "/", statuses(*[302] * 7))],
+    "favicon.ico": [Call("get", "/favicon.ico", statuses(*[302] * 7))],
     # Django admin's own pages
     "admin/": [Call("get", "/admin/", ADMIN_ANY_STAFF)],
     "admin/login/": [Call("get", "/admin/login/", statuses(200, 200, 302, 302, 302, 302, 200))],
@@ -147,7 +148,7 @@ MATRIX = {
     "admin/r/<path:content_type_id>/<path:object_id>/": [
         Call("get", "/admin/r/{ct}/{user}/", ADMIN_NOT_FOUND)
     ],
-    "admin/^(?P<app_label>auth|accounts|endpoints|models_registry|keys|logs)/$": [
+    "admin/^(?P<app_label>accounts|auth|models_registry|keys|logs|endpoints)/$": [
         Call("get", "/admin/keys/", admin(404, 200, 200, 200)),
         Call("get", "/admin/auth/", admin(404, 404, 404, 200)),
     ],
@@ -188,6 +189,12 @@ MATRIX = {
         ],
     },
     **model_admin("endpoints/endpoint", "endpoint"),
+    # "Test connection" (proxy/admin.py): listing needs the view permission on the
+    # endpoint, importing also the add permission on models ({}: nothing picked, a 200).
+    "admin/endpoints/endpoint/<path:object_id>/models/": [
+        Call("get", "/admin/endpoints/endpoint/{endpoint}/models/", ADMIN_READ),
+        Call("post", "/admin/endpoints/endpoint/{endpoint}/models/", ADMIN_ADD, {}),
+    ],
     **model_admin("models_registry/model", "model"),
     **model_admin("keys/apikey", "key"),
     # Find a key by its whole secret, sent in a POST body: the view permission.

@@ -16,8 +16,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         User = get_user_model()
-        if User.objects.filter(is_superuser=True).exists():
-            self.stdout.write("An admin account exists already; nothing to do.")
+        admins = list(
+            User.objects.filter(is_superuser=True).order_by("pk").values_list("username", flat=True)
+        )
+        if admins:
+            name = admins[0]
+            self.stdout.write(
+                f"An admin account exists already ({', '.join(admins)}); nothing to do.\n"
+                f"Lost its password? Set a new one with: python manage.py changepassword {name}"
+            )
             return
         username = settings.AETHERGATE_ADMIN_USERNAME
         password = settings.AETHERGATE_ADMIN_PASSWORD
