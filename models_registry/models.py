@@ -33,8 +33,10 @@ class BillingUnit(models.TextChoices):
 BILLING_UNIT_RULES = (
     "Token: the input price is charged per prompt token, the output price per completion "
     "token. Image: the output price per image returned. Minute of audio: the input price per "
-    "minute of input audio (fractions count: 90 s is 1.5 minutes). Request: the input price "
-    "once per successful request. Prices are entered per 1M tokens for Token models and per "
+    "minute of input audio (fractions count: 90 s is 1.5 minutes; seconds rounded up). "
+    "Request: the input price once per successful request. The unit must suit the "
+    "capability: chat and embeddings take token or request; images also image; speech to "
+    "text also minute. Prices are entered per 1M tokens for Token models and per "
     "image, minute or request for the others; stored per single unit."
 )
 
