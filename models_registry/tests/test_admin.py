@@ -45,16 +45,38 @@ def test_it_stores_token_prices_entered_per_1m_tokens_per_token(admin_client, en
     assert model.price_out == Decimal("0.0000006")
 
 
-@pytest.mark.parametrize("unit", ["IMAGE", "MINUTE", "REQUEST"])
-def test_it_stores_other_units_prices_as_entered(admin_client, endpoint, unit):
+@pytest.mark.parametrize(
+    ("unit", "capability"), [("IMAGE", "IMAGE"), ("MINUTE", "AUDIO_STT"), ("REQUEST", "TEXT")]
+)
+def test_it_stores_other_units_prices_as_entered(admin_client, endpoint, unit, capability):
     response = admin_client.post(
         reverse("admin:models_registry_model_add"),
-        form(endpoint, billing_unit=unit, price_in="0.04", price_out="0.0000000001"),
+        form(
+            endpoint,
+            billing_unit=unit,
+            capability=capability,
+            price_in="0.04",
+            price_out="0.0000000001",
+        ),
     )
 
     assert response.status_code == 302
     model = Model.objects.get()
     assert (model.price_in, model.price_out) == (Decimal("0.04"), Decimal("0.0000000001"))
+
+
+def test_it_refuses_a_billing_unit_the_capability_cannot_measure(admin_client, endpoint):
+    response = admin_client.post(
+        reverse("admin:models_registry_model_add"), form(endpoint, billing_unit="MINUTE")
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors["billing_unit"] == [
+        "Text (chat, completions) cannot be billed per minute of audio: choose one of token, "
+        "request."
+    ]
+    assert not Model.objects.exists()
 
 
 def test_it_refuses_a_price_per_1m_tokens_with_more_than_4_decimals(admin_client, endpoint):
