@@ -1,20 +1,30 @@
-"""Request logs: settling rows, charges and key last-use in one transaction; pruning old rows."""
+"""Request logs: settling rows, charges, key last-use and usage rollups in one transaction;
+pruning old rows; rebuilding rollups."""
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import attrgetter
 
 from django.db import IntegrityError, connections, models, transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Q, Sum, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
 from aethergate.lib import audit
 from keys.models import APIKey
-from logs.models import AuditEntry, RequestLog
+from logs.models import (
+    LATENCY_BOUNDS_MS,
+    AuditEntry,
+    Outcome,
+    RequestLog,
+    UsageRollup,
+    histogram_fields,
+)
 from logs.records import RequestRecord
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -96,6 +106,7 @@ def _write(records, users=None, keys=None) -> dict[int, Decimal]:
     }
     with transaction.atomic():
         _insert(rows)
+        _add_to_rollups(rows)
         for user_id, cost in charges.items():
             # One atomic UPDATE per user: concurrent batches and admin edits
             # cannot lose a charge. Users without a balance are not debited.
@@ -163,6 +174,193 @@ def _adapter(field, conn) -> Callable:
 
 def _same(value):
     return value
+
+
+# The rollup columns the writer adds to, after the dimensions and the two snapshots.
+ROLLUP_SUMS = (
+    "requests",
+    "input_units",
+    "output_units",
+    "cost",
+    "latency_count",
+    "latency_sum_ms",
+    "ttft_count",
+    "ttft_sum_ms",
+    *histogram_fields("latency"),
+    *histogram_fields("ttft"),
+)
+_BINS = len(LATENCY_BOUNDS_MS) + 1
+_LATENCY_AT, _TTFT_AT = 8, 8 + _BINS  # where each histogram starts in ROLLUP_SUMS
+
+
+def _add_to_rollups(rows) -> None:
+    """Add `rows` to their hours' UsageRollup rows: one upsert per slot, no read.
+
+    The rows are summed here first, so a batch costs one statement per
+    distinct (hour, user, key, model, endpoint, outcome) on SQLite, one in
+    all on PostgreSQL; INSERT … ON CONFLICT DO UPDATE adds to what is stored
+    atomically, so concurrent writers (several gateway processes) cannot
+    lose a count.
+    """
+    slots: dict[tuple, list] = {}
+    _sum_into(slots, rows)
+    _upsert(slots)
+
+
+def _sum_into(slots: dict[tuple, list], rows) -> None:
+    """Add `rows` (RequestRecords, or anything with their attributes) to `slots`:
+    dimensions → [username, key_prefix, *ROLLUP_SUMS]."""
+    for row in rows:
+        dims = (
+            _hour(row.created_at),
+            row.user_id or 0,
+            row.api_key_id or 0,
+            row.model,
+            row.endpoint,
+            row.outcome,
+        )
+        sums = slots.get(dims)
+        if sums is None:
+            sums = slots[dims] = [row.username, row.key_prefix, *[0] * len(ROLLUP_SUMS)]
+            sums[5] = Decimal(0)
+        else:  # the newest row's names: a renamed user reads as now
+            sums[0], sums[1] = row.username, row.key_prefix
+        sums[2] += 1
+        sums[3] += row.input_units
+        sums[4] += row.output_units
+        sums[5] += row.cost
+        if row.latency_ms is not None:
+            sums[6] += 1
+            sums[7] += row.latency_ms
+            sums[2 + _LATENCY_AT + bisect_left(LATENCY_BOUNDS_MS, row.latency_ms)] += 1
+        if row.ttft_ms is not None:
+            sums[8] += 1
+            sums[9] += row.ttft_ms
+            sums[2 + _TTFT_AT + bisect_left(LATENCY_BOUNDS_MS, row.ttft_ms)] += 1
+
+
+def _upsert(slots: dict[tuple, list]) -> None:
+    if not slots:
+        return
+    conn = connections[UsageRollup.objects.db]
+    if conn.alias not in _upserts:
+        _upserts[conn.alias] = _upsert_statement(conn)
+    insert, values, update, adapt_hour = _upserts[conn.alias]
+    # In the unique index's order, so that concurrent writers lock slots in the
+    # same order and cannot deadlock each other.
+    params = [(adapt_hour(dims[0]), *dims[1:], *sums) for dims, sums in sorted(slots.items())]
+    with conn.cursor() as cursor:
+        if conn.vendor == "postgresql":
+            import psycopg  # the PostgreSQL driver, present when this runs
+
+            # One statement, a column per array parameter: executemany paid a
+            # round trip per slot, and a VALUES list of thousands of
+            # placeholders cost more to parse than the upsert to run. Bound on
+            # the server by psycopg's own cursor: Django's binds on the client,
+            # quoting every array element in Python.
+            columns = [list(column) for column in zip(*params, strict=True)]
+            with psycopg.Cursor(cursor.cursor.connection) as raw:
+                raw.execute(f"{insert} {values} {update}", columns)
+        else:  # SQLite: in-process, so executemany costs no round trips
+            cursor.executemany(f"{insert} VALUES {values} {update}", params)
+
+
+_upserts: dict[str, tuple[str, str, str, Callable]] = {}
+
+
+def _upsert_statement(conn) -> tuple[str, str, str, Callable]:
+    """The rollup upsert's parts: INSERT INTO …; the values (on PostgreSQL a SELECT from
+    one array per column, else one row's placeholders); ON CONFLICT …; the hour's adapter.
+
+    SQLite and PostgreSQL share the ON CONFLICT … DO UPDATE syntax.
+    """
+    quote = conn.ops.quote_name
+    table = quote(UsageRollup._meta.db_table)
+    dims = [quote(name) for name in UsageRollup.DIMENSIONS]
+    names = [quote("username"), quote("key_prefix")]
+    sums = [quote(name) for name in ROLLUP_SUMS]
+    fields = [
+        UsageRollup._meta.get_field(name)
+        for name in (*UsageRollup.DIMENSIONS, "username", "key_prefix", *ROLLUP_SUMS)
+    ]
+    updates = [f"{name} = excluded.{name}" for name in names]
+    updates += [f"{name} = {table}.{name} + excluded.{name}" for name in sums]
+    # Names and types come from the model's metadata; values are bound parameters.
+    insert = f"INSERT INTO {table} ({', '.join([*dims, *names, *sums])})"
+    if conn.vendor == "postgresql":
+        arrays = ", ".join(f"%s::{field.cast_db_type(conn)}[]" for field in fields)
+        values = f"SELECT * FROM unnest({arrays})"  # noqa: S608
+    else:
+        values = f"({', '.join(['%s'] * len(fields))})"
+    update = f"ON CONFLICT ({', '.join(dims)}) DO UPDATE SET {', '.join(updates)}"
+    return insert, values, update, conn.ops.adapt_datetimefield_value
+
+
+def rebuild_usage(
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    log_model=None,
+) -> int:
+    """Recompute the rollups of the hours from `since` to `until` (all when None) from the rows.
+
+    Both ends are taken to whole hours (`since` down, `until` up). Only the
+    hours that still have request logs are rebuilt: rollups of pruned hours
+    are history and stay. The rows are summed by the writer's own code
+    (`_sum_into`), read in time order and flushed a few hours at a time, so
+    memory stays bounded. Returns the rollup rows written. Run it with no log
+    writer writing into those hours (the migration that adds rollups, a
+    backfill, the benchmark). `log_model` is for the migration's historical
+    model.
+    """
+    logs = (log_model or RequestLog).objects.order_by("created_at")
+    if since is not None:
+        logs = logs.filter(created_at__gte=_hour(since))
+    if until is not None:
+        # Whole hours only: a partial hour's rollup rebuilt from part of its rows would lose some.
+        end = _hour(until)
+        logs = logs.filter(created_at__lt=end if end == until else end + timedelta(hours=1))
+    written = 0
+    slots: dict[tuple, list] = {}
+    hour = None
+
+    def flush():
+        nonlocal written
+        hours = {dims[0] for dims in slots}
+        UsageRollup.objects.filter(hour__in=hours).delete()
+        _upsert(slots)
+        written += len(slots)
+        slots.clear()
+
+    with transaction.atomic():
+        for row in logs.values_list(*_ROW_FIELDS, named=True).iterator(chunk_size=5000):
+            row_hour = _hour(row.created_at)
+            # Flushed only between hours, so that each hour is deleted and rewritten whole.
+            if row_hour != hour and len(slots) >= REBUILD_SLOTS:
+                flush()
+            hour = row_hour
+            _sum_into(slots, (row,))
+        flush()
+    return written
+
+
+# The RequestLog columns a rollup is made of, and how many slots a rebuild holds at once.
+_ROW_FIELDS = (
+    "created_at",
+    "user_id",
+    "username",
+    "api_key_id",
+    "key_prefix",
+    "model",
+    "endpoint",
+    "outcome",
+    "input_units",
+    "output_units",
+    "cost",
+    "latency_ms",
+    "ttft_ms",
+)
+REBUILD_SLOTS = 20_000
 
 
 def prune_logs(
@@ -235,3 +433,222 @@ def prune_rows(
         deleted += rows.model.objects.filter(pk__in=pks).delete()[0]
         if progress is not None:
             progress(deleted)
+
+
+# ---------------------------------------------------------------------------- usage reports
+
+BUCKETS = ("hour", "day", "week")
+PERCENTILES = (50, 90, 95, 99)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageQuery:
+    """A usage question: the hours from `since` to `until`, in `bucket`s, for the filters set.
+
+    Rollups are hourly, so the range is taken to whole UTC hours (`since`
+    down, `until` up: `hours()`); day and week buckets start at midnight
+    (Monday's, for weeks) in the current time zone. A filter left None
+    selects all; `user_id` and `api_key_id` are the ids the logs recorded.
+    """
+
+    since: datetime
+    until: datetime
+    bucket: str = "day"
+    user_id: int | None = None
+    api_key_id: int | None = None
+    model: str | None = None
+    endpoint: str | None = None
+
+    def __post_init__(self):
+        if self.bucket not in BUCKETS:
+            raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}")
+        if self.since.tzinfo is None or self.until.tzinfo is None:
+            raise ValueError("since and until need a time zone")
+        if self.until <= self.since:
+            raise ValueError("until must be after since")
+
+    def hours(self) -> tuple[datetime, datetime]:
+        """The range in whole UTC hours: what the report covers, and what its log links select."""
+        start = _hour(self.since)
+        end = _hour(self.until)
+        return start, end if end == self.until else end + timedelta(hours=1)
+
+    def rollups(self) -> models.QuerySet:
+        start, end = self.hours()
+        rows = UsageRollup.objects.filter(hour__gte=start, hour__lt=end).order_by()
+        for field in ("user_id", "api_key_id", "model", "endpoint"):
+            value = getattr(self, field)
+            if value is not None:
+                rows = rows.filter(**{field: value})
+        return rows
+
+
+def _hour(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _usage() -> dict:
+    """The sums of a group of rollup rows."""
+    # `errors` first: a later expression naming "requests" would read the sum below.
+    return {
+        "errors": Coalesce(Sum("requests", filter=~Q(outcome=Outcome.OK)), 0),
+        "requests": Coalesce(Sum("requests"), 0),
+        "input_units": Coalesce(Sum("input_units"), 0),
+        "output_units": Coalesce(Sum("output_units"), 0),
+        "cost": Coalesce(
+            Sum("cost"), Value(Decimal(0)), output_field=models.DecimalField(**MONEY_SUM)
+        ),
+    }
+
+
+MONEY_SUM = {"max_digits": 30, "decimal_places": 10}
+# Breakdowns read most-expensive first, then busiest; the name breaks ties.
+_BY_COST = ("-cost", "-requests")
+
+
+def usage_report(query: UsageQuery, *, limit: int | None = None) -> dict:
+    """Usage for `query`: totals, a series over time, breakdowns, outcomes, latency and TTFT.
+
+    - `totals`: requests, input_units, output_units, cost, errors (outcomes
+      other than ok) and `error_rate` (errors / requests, 0 without requests);
+    - `series`: one entry per bucket of the range, empty buckets included,
+      each `{"start", requests, input_units, output_units, cost, errors}`;
+    - `by_model`, `by_endpoint`, `by_user` (`user_id`, `username`) and
+      `by_key` (`api_key_id`, `key_prefix`, `username`, `name`: the key's
+      name, "" once it is deleted): the same sums per group, most expensive
+      first, the first `limit` of each (all when None); `top_spenders` is
+      `by_user` (the users who cost most);
+    - `by_outcome`: `{"outcome", "requests", "share"}`, most frequent first;
+    - `latency` and `ttft`: `count`, `mean_ms` and `p50_ms` … `p99_ms`, each
+      percentile the upper bound of the histogram bin (LATENCY_BOUNDS_MS) it
+      falls in, None when it falls past the last bound or nothing was timed;
+      `histogram`: `[{"le_ms", "count"}]` (`le_ms` None for the last bin).
+
+    A fixed number of queries, whatever the range or the table's size.
+    """
+    rows = query.rollups()
+    since, until = query.hours()
+
+    def breakdown(*fields, order):
+        groups = rows.values(*fields).annotate(**_usage()).order_by(*_BY_COST, *order)
+        return list(groups[:limit] if limit is not None else groups)
+
+    by_outcome = list(rows.values("outcome").annotate(**_usage()).order_by("-requests", "outcome"))
+    totals = {name: sum(group[name] for group in by_outcome) for name in _usage()}
+    totals["cost"] = Decimal(totals["cost"])
+    requests = totals["requests"]
+    totals["error_rate"] = totals["errors"] / requests if requests else 0.0
+    by_key = breakdown("api_key_id", "key_prefix", "username", order=("api_key_id",))
+    names = dict(
+        APIKey.objects.filter(pk__in=[group["api_key_id"] for group in by_key]).values_list(
+            "pk", "name"
+        )
+    )
+    for group in by_key:
+        group["name"] = names.get(group["api_key_id"], "")
+    by_user = breakdown("user_id", "username", order=("username",))
+    return {
+        "since": since,
+        "until": until,
+        "bucket": query.bucket,
+        "totals": totals,
+        "series": _series(query, rows),
+        "by_model": breakdown("model", order=("model",)),
+        "by_endpoint": breakdown("endpoint", order=("endpoint",)),
+        "by_user": by_user,
+        "by_key": by_key,
+        "top_spenders": by_user,
+        "by_outcome": [
+            {"outcome": g["outcome"], "requests": g["requests"], "share": g["requests"] / requests}
+            for g in by_outcome
+        ],
+        **_timings(rows),
+    }
+
+
+def _series(query: UsageQuery, rows) -> list[dict]:
+    # Grouped by the stored hour and folded into buckets here: truncating in
+    # SQL to local days ran a Python function per row on SQLite.
+    zone = timezone.get_current_timezone()
+    since, until = query.hours()
+    if query.bucket == "hour":
+        start = since
+    else:
+        start = since.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+        if query.bucket == "week":
+            start -= timedelta(days=start.weekday())
+    hours = list(rows.values("hour").annotate(**_usage()).order_by("hour"))
+    series, at = [], 0
+    while start < until:
+        end = _next_bucket(start, query.bucket, zone)
+        bucket = {"start": start, **dict.fromkeys(_usage(), 0), "cost": Decimal(0)}
+        while at < len(hours) and hours[at]["hour"] < end:
+            for name in _usage():
+                bucket[name] += hours[at][name]
+            at += 1
+        series.append(bucket)
+        start = end
+    return series
+
+
+def _next_bucket(start: datetime, bucket: str, zone) -> datetime:
+    if bucket == "hour":
+        return start + timedelta(hours=1)
+    # In local wall time, so that a day across a DST change still starts at midnight.
+    step = timedelta(days=1 if bucket == "day" else 7)
+    local = start.astimezone(zone).replace(tzinfo=None) + step
+    return local.replace(tzinfo=zone)
+
+
+def _timings(rows) -> dict:
+    """Latency and TTFT summaries from the rollups' histogram bins (one query)."""
+    names = ("latency_count", "latency_sum_ms", "ttft_count", "ttft_sum_ms")
+    names += (*histogram_fields("latency"), *histogram_fields("ttft"))
+    sums = {name: Coalesce(Sum(name), 0) for name in names}
+    totals = rows.aggregate(**sums)
+    result = {}
+    for prefix in ("latency", "ttft"):
+        counts = [totals[name] for name in histogram_fields(prefix)]
+        timed = totals[f"{prefix}_count"]
+        summary = {
+            "count": timed,
+            "mean_ms": round(totals[f"{prefix}_sum_ms"] / timed) if timed else None,
+        }
+        for p in PERCENTILES:
+            summary[f"p{p}_ms"] = _percentile(counts, p)
+        bounds = (*LATENCY_BOUNDS_MS, None)
+        summary["histogram"] = [
+            {"le_ms": bound, "count": n} for bound, n in zip(bounds, counts, strict=True)
+        ]
+        result[prefix] = summary
+    return result
+
+
+def _percentile(counts: list[int], p: int) -> int | None:
+    """The upper bound of the bin holding the p-th percentile (nearest rank), None past the last."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = -(-total * p // 100)  # ceil(total * p / 100), in integers
+    seen = 0
+    for bound, n in zip(LATENCY_BOUNDS_MS, counts, strict=False):
+        seen += n
+        if seen >= rank:
+            return bound
+    return None
+
+
+def log_totals(logs: models.QuerySet) -> dict:
+    """The request count, input and output units and cost of the rows `logs` selects (one query).
+
+    Read from the rows themselves, not the rollups, so that it agrees with the
+    list it heads whatever its filters (search, status, …) and after pruning.
+    """
+    return logs.order_by().aggregate(
+        requests=Count("id"),
+        input_units=Coalesce(Sum("input_units"), 0),
+        output_units=Coalesce(Sum("output_units"), 0),
+        cost=Coalesce(
+            Sum("cost"), Value(Decimal(0)), output_field=models.DecimalField(**MONEY_SUM)
+        ),
+    )
