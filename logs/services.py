@@ -448,16 +448,20 @@ class UsageQuery:
     Rollups are hourly, so the range is taken to whole UTC hours (`since`
     down, `until` up: `hours()`); day and week buckets start at midnight
     (Monday's, for weeks) in the current time zone. A filter left None
-    selects all; `user_id` and `api_key_id` are the ids the logs recorded.
+    selects all; `user_id` and `api_key_id` are the ids the logs recorded,
+    `username` and `key_prefix` their snapshots (which outlive a deletion).
     """
 
     since: datetime
     until: datetime
     bucket: str = "day"
     user_id: int | None = None
+    username: str | None = None
     api_key_id: int | None = None
+    key_prefix: str | None = None
     model: str | None = None
     endpoint: str | None = None
+    outcome: str | None = None
 
     def __post_init__(self):
         if self.bucket not in BUCKETS:
@@ -476,11 +480,21 @@ class UsageQuery:
     def rollups(self) -> models.QuerySet:
         start, end = self.hours()
         rows = UsageRollup.objects.filter(hour__gte=start, hour__lt=end).order_by()
-        for field in ("user_id", "api_key_id", "model", "endpoint"):
+        for field in ("user_id", "username", "api_key_id", "key_prefix", "model", "endpoint",
+                      "outcome"):  # fmt: skip
             value = getattr(self, field)
             if value is not None:
                 rows = rows.filter(**{field: value})
         return rows
+
+
+def usage_span() -> tuple[datetime, datetime]:
+    """The whole hours that have usage: from the first rollup's to the end of the current
+    (or last) one; the current hour alone when there is none."""
+    now = _hour(timezone.now())
+    span = UsageRollup.objects.aggregate(first=models.Min("hour"), last=models.Max("hour"))
+    first, last = span["first"] or now, max(span["last"] or now, now)
+    return min(first, now), last + timedelta(hours=1)
 
 
 def _hour(when: datetime) -> datetime:
@@ -552,7 +566,7 @@ def usage_report(query: UsageQuery, *, limit: int | None = None) -> dict:
         "until": until,
         "bucket": query.bucket,
         "totals": totals,
-        "series": _series(query, rows),
+        "series": usage_series(query),
         "by_model": breakdown("model", order=("model",)),
         "by_endpoint": breakdown("endpoint", order=("endpoint",)),
         "by_user": by_user,
@@ -566,7 +580,9 @@ def usage_report(query: UsageQuery, *, limit: int | None = None) -> dict:
     }
 
 
-def _series(query: UsageQuery, rows) -> list[dict]:
+def usage_series(query: UsageQuery) -> list[dict]:
+    """`usage_report`'s `series` alone (one query)."""
+    rows = query.rollups()
     # Grouped by the stored hour and folded into buckets here: truncating in
     # SQL to local days ran a Python function per row on SQLite.
     zone = timezone.get_current_timezone()
