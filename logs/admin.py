@@ -1,12 +1,25 @@
-"""Read-only admin for request logs and the audit log."""
+"""Read-only admin for request logs (totals, filters, CSV export) and the audit log."""
+
+import csv
+from urllib.parse import urlencode
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseBadRequest, StreamingHttpResponse
+from django.urls import path
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html_join
 
 from aethergate.lib import audit
 from aethergate.lib.admin import SecretSearchAdmin
+from aethergate.lib.money import format_money
+from endpoints.models import Endpoint
 from keys.models import looks_like_secret
 from logs.models import AuditEntry, RequestLog
+from logs.services import log_totals
+from models_registry.models import Model
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -22,43 +35,203 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class NameFilter(admin.SimpleListFilter):
+    """A column of names (model, endpoint) offered from its registry's small table.
+
+    Django's own filter for a column lists its distinct values, a scan of the whole
+    log table at every page view. A name no longer registered still filters when
+    it comes in the address (the dashboard's links).
+    """
+
+    registry: type  # the model whose `name` column lists the choices
+
+    def lookups(self, request, model_admin):
+        names = self.registry.objects.order_by("name").values_list("name", flat=True)
+        return [(name, name) for name in names]
+
+    def has_output(self):
+        return True  # else Django skips it, and an unregistered name in the address too
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset if value is None else queryset.filter(**{self.parameter_name: value})
+
+
+class ModelFilter(NameFilter):
+    title = parameter_name = "model"
+    registry = Model
+
+
+class EndpointFilter(NameFilter):
+    title = parameter_name = "endpoint"
+    registry = Endpoint
+
+
+# The list filters the dashboard's links set (`log_list_query`), by parameter.
+USER, KEY, OUTCOME = "user__id__exact", "api_key__id__exact", "outcome__exact"
+SINCE, UNTIL = "created_at__gte", "created_at__lt"
+
+
+def log_list_query(*, since, until, **filters) -> str:
+    """The request-log list's query string for a range and the filters of a usage row.
+
+    `filters` are UsageRollup columns: user_id, username, api_key_id,
+    key_prefix, model, endpoint, outcome; a user or key id of 0 (deleted)
+    falls back to its snapshot name.
+    """
+    params = {SINCE: since.isoformat(), UNTIL: until.isoformat()}
+    if filters.get("user_id"):
+        params[USER] = filters["user_id"]
+    elif filters.get("username"):
+        params["username"] = filters["username"]
+    if filters.get("api_key_id"):
+        params[KEY] = filters["api_key_id"]
+    elif filters.get("key_prefix"):
+        params["key_prefix"] = filters["key_prefix"]
+    for name, param in (("model", "model"), ("endpoint", "endpoint"), ("outcome", OUTCOME)):
+        if filters.get(name) is not None:
+            params[param] = filters[name]
+    return urlencode(params)
+
+
 @admin.register(RequestLog)
 class RequestLogAdmin(SecretSearchAdmin, ReadOnlyAdmin):
     """Logs are an audit trail: viewable and filterable, never added or edited here.
 
-    Old rows go through retention (`prune_logs`), not through the admin.
+    The list is headed by the totals of what its filters select (`log_totals`)
+    and exports them as CSV (`export/`, streamed). Old rows go through
+    retention (`prune_logs`), not through the admin.
     """
 
     date_hierarchy = "created_at"
+    # What fits a 1366 px screen; the rest is on each row's page.
     list_display = (
-        "created_at",
+        "time",
         "username",
         "key_prefix",
         "model",
-        "endpoint",
         "status",
         "outcome",
-        "stream",
-        "input_units",
-        "output_units",
-        "cost",
+        "units",
+        "cost_shown",
         "latency_ms",
     )
     list_filter = (
+        ("created_at", admin.DateFieldListFilter),
         "outcome",
+        ("user", admin.RelatedFieldListFilter),
+        ("api_key", admin.RelatedFieldListFilter),
+        ModelFilter,
+        EndpointFilter,
         "stream",
         "usage_estimated",
-        ("user", admin.RelatedOnlyFieldListFilter),
-        ("api_key", admin.RelatedOnlyFieldListFilter),
-        "model",
     )
     search_fields = ("request_id", "username", "key_prefix", "model")
+    search_help_text = "Request id, username, key prefix or model."
+    readonly_fields = ("created_at_exact", "cost_exact")
+    exclude = ("created_at", "cost")
     looks_like_secret = staticmethod(looks_like_secret)
     refused_kind = "key"
     refused_advice = "Search by its prefix, and consider rotating it if that address was logged."
     # Counting a large log table on every page view is what makes admins slow.
     show_full_result_count = False
     list_per_page = 100
+
+    @admin.display(description="time", ordering="created_at")
+    def time(self, log):
+        # To the second: requests a few seconds apart must read apart.
+        return date_format(timezone.localtime(log.created_at), "Y-m-d H:i:s")
+
+    @admin.display(description="time")
+    def created_at_exact(self, log):
+        return date_format(timezone.localtime(log.created_at), "Y-m-d H:i:s.u T")
+
+    @admin.display(description="units in / out")
+    def units(self, log):
+        return f"{log.input_units} / {log.output_units}"
+
+    @admin.display(description="cost", ordering="cost")
+    def cost_shown(self, log):
+        return format_money(log.cost)
+
+    @admin.display(description="cost")
+    def cost_exact(self, log):
+        return f"{format_money(log.cost)} (exactly {log.cost})"
+
+    def get_urls(self):
+        export = self.admin_site.admin_view(self.export_view)
+        return [path("export/", export, name="logs_requestlog_export"), *super().get_urls()]
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:  # not a redirect or an error page
+            totals = log_totals(changelist.queryset)
+            totals["cost_shown"] = format_money(totals["cost"])
+            response.context_data["totals"] = totals
+            response.context_data["export_query"] = request.GET.urlencode()
+        return response
+
+    def export_view(self, request):
+        """The rows the list's filters select, as CSV, streamed (see `export_rows`)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("Those filters are not valid for request logs.")
+        response = StreamingHttpResponse(
+            csv_lines(export_rows(changelist.queryset)), content_type="text/csv; charset=utf-8"
+        )
+        response["Content-Disposition"] = 'attachment; filename="request-logs.csv"'
+        return response
+
+
+# The exported columns: everything but the prompt and completion text (see the README).
+EXPORT_FIELDS = (
+    "created_at",
+    "request_id",
+    "user_id",
+    "username",
+    "api_key_id",
+    "key_prefix",
+    "model",
+    "endpoint",
+    "path",
+    "status",
+    "outcome",
+    "stream",
+    "latency_ms",
+    "ttft_ms",
+    "input_units",
+    "output_units",
+    "usage_estimated",
+    "cost",
+    "error",
+)
+
+
+def export_rows(logs):
+    """The header, then one row per log, read a chunk at a time (never all at once)."""
+    yield EXPORT_FIELDS
+    rows = logs.order_by("-created_at", "-id").values_list(*EXPORT_FIELDS)
+    for row in rows.iterator(chunk_size=2000):
+        # ISO 8601 in UTC, and the cost in full: an export is for machines.
+        yield (row[0].isoformat(), *row[1:])
+
+
+class _Echo:
+    """A file that hands back what is written, so that csv.writer makes lines to stream."""
+
+    def write(self, value):
+        return value
+
+
+def csv_lines(rows):
+    """Each row of `rows` as a CSV line."""
+    writer = csv.writer(_Echo())
+    for row in rows:
+        yield writer.writerow(row)
 
 
 @admin.register(AuditEntry)

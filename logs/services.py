@@ -549,7 +549,7 @@ def usage_report(query: UsageQuery, *, limit: int | None = None) -> dict:
 
     by_outcome = list(rows.values("outcome").annotate(**_usage()).order_by("-requests", "outcome"))
     totals = {name: sum(group[name] for group in by_outcome) for name in _usage()}
-    totals["cost"] = Decimal(totals["cost"])
+    totals["cost"] = exact(totals["cost"])
     requests = totals["requests"]
     totals["error_rate"] = totals["errors"] / requests if requests else 0.0
     by_key = breakdown("api_key_id", "key_prefix", "username", order=("api_key_id",))
@@ -660,7 +660,7 @@ def log_totals(logs: models.QuerySet) -> dict:
     Read from the rows themselves, not the rollups, so that it agrees with the
     list it heads whatever its filters (search, status, …) and after pruning.
     """
-    return logs.order_by().aggregate(
+    totals = logs.order_by().aggregate(
         requests=Count("id"),
         input_units=Coalesce(Sum("input_units"), 0),
         output_units=Coalesce(Sum("output_units"), 0),
@@ -668,3 +668,13 @@ def log_totals(logs: models.QuerySet) -> dict:
             Sum("cost"), Value(Decimal(0)), output_field=models.DecimalField(**MONEY_SUM)
         ),
     )
+    totals["cost"] = exact(totals["cost"])
+    return totals
+
+
+def exact(amount) -> Decimal:
+    """`amount` to the 10 decimals money is stored with (a sum on SQLite comes back longer)."""
+    return Decimal(amount).quantize(EXACT)
+
+
+EXACT = Decimal(10) ** -MONEY_SUM["decimal_places"]
