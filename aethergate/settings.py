@@ -78,7 +78,9 @@ ASGI_APPLICATION = "aethergate.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Templates that replace the admin's own (admin/base_site.html): the admin app comes
+        # first in INSTALLED_APPS, so an app's template of the same name would never be read.
+        "DIRS": [BASE_DIR / "aethergate" / "templates" / "overrides"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -143,6 +145,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Chart.js for the usage dashboard, installed from package-lock.json by `npm ci` (make run,
+# make test, the Dockerfile) and served as a static file: the admin works offline.
+STATICFILES_DIRS = [("chartjs", BASE_DIR / "node_modules" / "chart.js" / "dist")]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},

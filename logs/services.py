@@ -545,7 +545,10 @@ def usage_report(query: UsageQuery, *, limit: int | None = None) -> dict:
 
     def breakdown(*fields, order):
         groups = rows.values(*fields).annotate(**_usage()).order_by(*_BY_COST, *order)
-        return list(groups[:limit] if limit is not None else groups)
+        groups = list(groups[:limit] if limit is not None else groups)
+        for group in groups:
+            group["cost"] = exact(group["cost"])
+        return groups
 
     by_outcome = list(rows.values("outcome").annotate(**_usage()).order_by("-requests", "outcome"))
     totals = {name: sum(group[name] for group in by_outcome) for name in _usage()}
@@ -602,6 +605,7 @@ def usage_series(query: UsageQuery) -> list[dict]:
             for name in _usage():
                 bucket[name] += hours[at][name]
             at += 1
+        bucket["cost"] = exact(bucket["cost"])
         series.append(bucket)
         start = end
     return series
