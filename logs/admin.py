@@ -7,18 +7,20 @@ from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseBadRequest, StreamingHttpResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 
+from accounts.admin import UserAdmin
 from aethergate.lib import audit
 from aethergate.lib.admin import SecretSearchAdmin
 from aethergate.lib.money import format_money
 from endpoints.models import Endpoint
+from keys.admin import APIKeyAdmin
 from keys.models import looks_like_secret
 from logs.models import AuditEntry, RequestLog
-from logs.services import log_totals
+from logs.services import log_totals, usage_summary
 from models_registry.models import Model
 
 
@@ -198,6 +200,61 @@ class RequestLogAdmin(SecretSearchAdmin, ReadOnlyAdmin):
         )
         response["Content-Disposition"] = 'attachment; filename="request-logs.csv"'
         return response
+
+
+def usage_panel(*, user_id=None, api_key_id=None) -> str:
+    """The "Usage" block of a user's or key's page: requests and spend today, this month and
+    in all (`usage_summary`), the last request, and links to its logs and its dashboard."""
+    if user_id is None and api_key_id is None:
+        return "-"  # a page adding one: no usage yet
+    summary = usage_summary(user_id=user_id, api_key_id=api_key_id)
+    logs = reverse("admin:logs_requestlog_changelist")
+    if user_id is not None:
+        logs_query, dashboard_query = f"{USER}={user_id}", f"user={user_id}&range=30d"
+    else:
+        logs_query, dashboard_query = f"{KEY}={api_key_id}", f"key={api_key_id}&range=30d"
+    rows = format_html_join(
+        "",
+        '<tr><th scope="row">{}</th><td data-usage="{}-requests">{}</td>'
+        '<td data-usage="{}-cost" title="{}">{}</td></tr>',
+        (
+            (label, name, summary[name]["requests"], name, summary[name]["cost"],
+             format_money(summary[name]["cost"]))
+            for name, label in (("today", "Today"), ("month", "This month"), ("all", "All time"))
+        ),
+    )  # fmt: skip
+    last = summary["last_used"]
+    return format_html(
+        '<table class="usage-summary"><thead><tr><th></th><th>Requests</th><th>Spend</th></tr>'
+        "</thead><tbody>{}</tbody></table>"
+        '<p>Last request: <span data-usage="last">{}</span> &middot; '
+        '<a href="{}?{}" class="usage-logs-link">Request logs</a> &middot; '
+        '<a href="{}?{}">Usage dashboard</a></p>',
+        rows,
+        date_format(timezone.localtime(last), "Y-m-d H:i:s") if last else "never",
+        logs,
+        logs_query,
+        reverse("admin:usage"),
+        dashboard_query,
+    )
+
+
+def _user_usage(model_admin, user):
+    return usage_panel(user_id=user.pk if user else None)
+
+
+def _key_usage(model_admin, key):
+    return usage_panel(api_key_id=key.pk if key else None)
+
+
+# Each user's and key's page gains a "Usage" block. Set from here, as keys/admin.py adds
+# a user's keys: accounts and keys, below logs in the layers, cannot import it.
+UserAdmin.usage = admin.display(description="usage")(_user_usage)
+UserAdmin.readonly_fields = (*UserAdmin.readonly_fields, "usage")
+UserAdmin.fieldsets = (*UserAdmin.fieldsets, ("Usage", {"fields": ("usage",)}))
+APIKeyAdmin.usage = admin.display(description="usage")(_key_usage)
+APIKeyAdmin.readonly_fields = (*APIKeyAdmin.readonly_fields, "usage")
+APIKeyAdmin.fieldsets = (*APIKeyAdmin.fieldsets, ("Usage", {"fields": ("usage",)}))
 
 
 # The exported columns: everything but the prompt and completion text (see the README).

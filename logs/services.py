@@ -682,3 +682,38 @@ def exact(amount) -> Decimal:
 
 
 EXACT = Decimal(10) ** -MONEY_SUM["decimal_places"]
+
+
+def usage_summary(*, user_id: int | None = None, api_key_id: int | None = None, now=None) -> dict:
+    """Requests and cost today, this month and in all, and the last request, of one user or key.
+
+    `{"today": {"requests", "cost"}, "month": {…}, "all": {…}, "last_used": datetime | None}`.
+    Today and this month start at local midnight, taken down to the UTC hour the
+    rollups keep (exact in zones a whole number of hours from UTC). Two queries,
+    whatever the history: one over the rollups, one for the newest log row (indexed).
+    """
+    if (user_id is None) == (api_key_id is None):
+        raise ValueError("give user_id or api_key_id")
+    now = timezone.localtime(now or timezone.now())
+    today = _hour(now.replace(hour=0, minute=0, second=0, microsecond=0))
+    month = _hour(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0))
+    which = {"user_id": user_id} if user_id is not None else {"api_key_id": api_key_id}
+    periods = {"today": Q(hour__gte=today), "month": Q(hour__gte=month), "all": Q()}
+    sums = {}
+    for name, when in periods.items():
+        sums[f"{name}_requests"] = Coalesce(Sum("requests", filter=when), 0)
+        sums[f"{name}_cost"] = Coalesce(
+            Sum("cost", filter=when),
+            Value(Decimal(0)),
+            output_field=models.DecimalField(**MONEY_SUM),
+        )
+    totals = UsageRollup.objects.filter(**which).aggregate(**sums)
+    summary = {
+        name: {"requests": totals[f"{name}_requests"], "cost": exact(totals[f"{name}_cost"])}
+        for name in periods
+    }
+    logs = RequestLog.objects.filter(user_id=user_id) if user_id is not None else None
+    if logs is None:
+        logs = RequestLog.objects.filter(api_key_id=api_key_id)
+    summary["last_used"] = logs.order_by("-created_at").values_list("created_at", flat=True).first()
+    return summary

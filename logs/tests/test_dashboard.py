@@ -20,8 +20,9 @@ NOW = datetime(2026, 11, 30, 12, 30, tzinfo=UTC)
 
 @pytest.fixture(autouse=True)
 def now(monkeypatch):
-    """The dashboard's clock: 12:30 UTC on 2026-11-30."""
+    """The dashboard's and the usage summary's clock: 12:30 UTC on 2026-11-30."""
     monkeypatch.setattr("logs.dashboard.timezone.now", lambda: NOW)
+    monkeypatch.setattr("logs.services.timezone.now", lambda: NOW)
 
 
 @pytest.fixture
@@ -157,3 +158,56 @@ def test_it_costs_the_same_queries_for_few_rows_or_many(
     )
     with django_assert_num_queries(len(few.captured_queries)):
         admin_client.get(URL)
+
+
+# ------------------------------------------------------------------ usage on user and key pages
+
+
+def usage_cells(response) -> dict:
+    page = response.content.decode()
+    assert response.status_code == 200
+    cells = {}
+    for name in ("today-requests", "today-cost", "month-requests", "month-cost", "all-requests",
+                 "all-cost", "last"):  # fmt: skip
+        cells[name] = page.split(f'data-usage="{name}"')[1].split(">", 1)[1].split("<", 1)[0]
+    return cells
+
+
+def test_a_users_and_a_keys_page_show_their_spend_last_use_and_logs(admin_client, traffic):
+    laptop, phone = traffic["laptop"], traffic["phone"]
+    user_page = admin_client.get(f"/admin/accounts/user/{laptop.owner_id}/change/")
+    key_page = admin_client.get(f"/admin/keys/apikey/{phone.pk}/change/")
+
+    assert usage_cells(user_page) == {
+        "today-requests": "1", "today-cost": "$1.23", "month-requests": "2",
+        "month-cost": "$1.48", "all-requests": "2", "all-cost": "$1.48",
+        "last": "2026-11-30 10:30:00",
+    }  # fmt: skip
+    assert usage_cells(key_page) == {
+        "today-requests": "0", "today-cost": "$0.00", "month-requests": "2",
+        "month-cost": "$9.00", "all-requests": "2", "all-cost": "$9.00",
+        "last": "2026-11-28 12:30:00",
+    }  # fmt: skip
+    assert f'href="/admin/logs/requestlog/?user__id__exact={laptop.owner_id}"' in (
+        user_page.content.decode()
+    )
+    logs = admin_client.get(f"/admin/logs/requestlog/?api_key__id__exact={phone.pk}")
+    assert logs.context["totals"]["requests"] == 2
+
+
+def test_the_user_and_key_pages_cost_the_same_queries_for_few_rows_or_many(
+    admin_client, traffic, django_assert_num_queries, django_assert_max_num_queries
+):
+    laptop = traffic["laptop"]
+    pages = (f"/admin/accounts/user/{laptop.owner_id}/change/",
+             f"/admin/keys/apikey/{laptop.pk}/change/")  # fmt: skip
+    admin_client.get(pages[0])
+    counts = []
+    for page in pages:
+        with django_assert_max_num_queries(25) as few:
+            admin_client.get(page)
+        counts.append(len(few.captured_queries))
+    write_batch([request_record(laptop, created_at=NOW - timedelta(hours=n)) for n in range(300)])
+    for page, count in zip(pages, counts, strict=True):
+        with django_assert_num_queries(count):
+            admin_client.get(page)
