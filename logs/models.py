@@ -107,17 +107,15 @@ def histogram_fields(prefix: str) -> list[str]:
     return [*bins, f"{prefix}_over_{LATENCY_BOUNDS_MS[-1]}"]
 
 
-class UsageRollup(models.Model):
-    """Usage of one hour by one user, key, model, endpoint and outcome: the dashboard's source.
+class UsageSlot(models.Model):
+    """What the rollup tables share: the usage of one slot of time by one user, key, model,
+    endpoint and outcome (sums, and latency and TTFT histograms).
 
-    Kept up to date by the log writer in the transaction that stores the rows
-    (`logs.services.write_batch`), rebuilt from the rows by `rebuild_usage`,
-    and never pruned with them: spend history outlives `prune_logs`. `user_id`
-    and `api_key_id` are plain ids (0: none), so rows outlive their user and
-    key, whose names stay in the `username` and `key_prefix` snapshots.
+    `user_id` and `api_key_id` are plain ids (0: none), so rows outlive their
+    user and key, whose names stay in the `username` and `key_prefix` snapshots.
     """
 
-    hour = models.DateTimeField(help_text="Start of the UTC hour.")
+    hour = models.DateTimeField(help_text="Start of the slot (UTC).")
     user_id = models.PositiveBigIntegerField(default=0)
     username = models.CharField(max_length=150)
     api_key_id = models.PositiveBigIntegerField(default=0, verbose_name="API key id")
@@ -139,11 +137,27 @@ class UsageRollup(models.Model):
     DIMENSIONS = ("hour", "user_id", "api_key_id", "model", "endpoint", "outcome")
 
     class Meta:
+        abstract = True
+
+    def __str__(self):
+        return f"{self.hour:%Y-%m-%d %H:00} {self.username} {self.model} {self.outcome}"
+
+
+for _name in (*histogram_fields("latency"), *histogram_fields("ttft")):
+    UsageSlot.add_to_class(_name, models.PositiveBigIntegerField(default=0))
+
+
+class UsageRollup(UsageSlot):
+    """Usage by the hour (`hour`: the start of a UTC hour): the dashboard's source.
+
+    Kept up to date by the log writer in the transaction that stores the rows
+    (`logs.services.write_batch`), rebuilt from the rows by `rebuild_usage`,
+    and never pruned with them: spend history outlives `prune_logs`.
+    """
+
+    class Meta:
         constraints = [
-            models.UniqueConstraint(
-                fields=["hour", "user_id", "api_key_id", "model", "endpoint", "outcome"],
-                name="rollup_unique_slot",
-            )
+            models.UniqueConstraint(fields=UsageSlot.DIMENSIONS, name="rollup_unique_slot")
         ]
         indexes = [
             models.Index(fields=["user_id", "hour"], name="rollup_user_hour"),
@@ -151,12 +165,23 @@ class UsageRollup(models.Model):
             models.Index(fields=["model", "hour"], name="rollup_model_hour"),
         ]
 
-    def __str__(self):
-        return f"{self.hour:%Y-%m-%d %H:00} {self.username} {self.model} {self.outcome}"
 
+class DailyUsageRollup(UsageSlot):
+    """The same usage by the UTC day (`hour`: 00:00 UTC of the day), for long ranges.
 
-for _name in (*histogram_fields("latency"), *histogram_fields("ttft")):
-    UsageRollup.add_to_class(_name, models.PositiveBigIntegerField(default=0))
+    Written with the hourly rows, in the same transaction; always the sum of
+    that day's UsageRollup rows (`rebuild_usage` makes it again from them).
+    """
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=UsageSlot.DIMENSIONS, name="daily_rollup_unique_slot")
+        ]
+        indexes = [
+            models.Index(fields=["user_id", "hour"], name="daily_rollup_user_day"),
+            models.Index(fields=["api_key_id", "hour"], name="daily_rollup_key_day"),
+            models.Index(fields=["model", "hour"], name="daily_rollup_model_day"),
+        ]
 
 
 class AuditEntry(models.Model):

@@ -21,9 +21,11 @@ from keys.models import APIKey
 from logs.models import (
     LATENCY_BOUNDS_MS,
     AuditEntry,
+    DailyUsageRollup,
     Outcome,
     RequestLog,
     UsageRollup,
+    UsageSlot,
     histogram_fields,
 )
 from logs.records import RequestRecord
@@ -205,7 +207,23 @@ def _add_to_rollups(rows) -> None:
     """
     slots: dict[tuple, list] = {}
     _sum_into(slots, rows)
-    _upsert(slots)
+    _upsert(slots, UsageRollup)
+    _upsert(_by_day(slots), DailyUsageRollup)
+
+
+def _by_day(slots: dict[tuple, list]) -> dict[tuple, list]:
+    """Hourly `slots` summed into their UTC days (the later hour's names kept)."""
+    days: dict[tuple, list] = {}
+    for dims, sums in sorted(slots.items()):
+        day = (dims[0].replace(hour=0), *dims[1:])
+        if day in days:
+            total = days[day]
+            total[0], total[1] = sums[0], sums[1]
+            for i in range(2, len(sums)):
+                total[i] += sums[i]
+        else:
+            days[day] = list(sums)
+    return days
 
 
 def _sum_into(slots: dict[tuple, list], rows) -> None:
@@ -240,13 +258,14 @@ def _sum_into(slots: dict[tuple, list], rows) -> None:
             sums[2 + _TTFT_AT + bisect_left(LATENCY_BOUNDS_MS, row.ttft_ms)] += 1
 
 
-def _upsert(slots: dict[tuple, list]) -> None:
+def _upsert(slots: dict[tuple, list], table: type[UsageSlot]) -> None:
+    """Add `slots` to the rollup `table` (one statement on PostgreSQL)."""
     if not slots:
         return
-    conn = connections[UsageRollup.objects.db]
-    if conn.alias not in _upserts:
-        _upserts[conn.alias] = _upsert_statement(conn)
-    insert, values, update, adapt_hour = _upserts[conn.alias]
+    conn = connections[table.objects.db]
+    if (conn.alias, table) not in _upserts:
+        _upserts[conn.alias, table] = _upsert_statement(conn, table)
+    insert, values, update, adapt_hour = _upserts[conn.alias, table]
     # In the unique index's order, so that concurrent writers lock slots in the
     # same order and cannot deadlock each other.
     params = [(adapt_hour(dims[0]), *dims[1:], *sums) for dims, sums in sorted(slots.items())]
@@ -264,25 +283,23 @@ def _upsert(slots: dict[tuple, list]) -> None:
             cursor.executemany(f"{insert} VALUES {values} {update}", params)
 
 
-_upserts: dict[str, tuple[str, str, str, Callable]] = {}
-_COLUMNS = (*UsageRollup.DIMENSIONS, "username", "key_prefix", *ROLLUP_SUMS)
+_upserts: dict[tuple, tuple[str, str, str, Callable]] = {}
+_COLUMNS = (*UsageSlot.DIMENSIONS, "username", "key_prefix", *ROLLUP_SUMS)
 
 
-def _upsert_statement(conn) -> tuple[str, str, str, Callable]:
-    """The rollup upsert's parts: INSERT INTO …; the values (on PostgreSQL a SELECT from
-    one array per column, else one row's placeholders); ON CONFLICT …; the hour's adapter.
+def _upsert_statement(conn, rollup: type[UsageSlot]) -> tuple[str, str, str, Callable]:
+    """The upsert into `rollup`, in parts: INSERT INTO …; the values (on PostgreSQL a
+    SELECT from one JSON parameter, else one row's placeholders); ON CONFLICT …; the
+    adapter of the slot's time.
 
     SQLite and PostgreSQL share the ON CONFLICT … DO UPDATE syntax.
     """
     quote = conn.ops.quote_name
-    table = quote(UsageRollup._meta.db_table)
-    dims = [quote(name) for name in UsageRollup.DIMENSIONS]
+    table = quote(rollup._meta.db_table)
+    dims = [quote(name) for name in UsageSlot.DIMENSIONS]
     names = [quote("username"), quote("key_prefix")]
     sums = [quote(name) for name in ROLLUP_SUMS]
-    fields = [
-        UsageRollup._meta.get_field(name)
-        for name in (*UsageRollup.DIMENSIONS, "username", "key_prefix", *ROLLUP_SUMS)
-    ]
+    fields = [rollup._meta.get_field(name) for name in _COLUMNS]
     updates = [f"{name} = excluded.{name}" for name in names]
     updates += [f"{name} = {table}.{name} + excluded.{name}" for name in sums]
     # Names and types come from the model's metadata; values are bound parameters.
@@ -302,46 +319,63 @@ def rebuild_usage(
     until: datetime | None = None,
     log_model=None,
 ) -> int:
-    """Recompute the rollups of the hours from `since` to `until` (all when None) from the rows.
+    """Recompute the rollups of the days from `since` to `until` (all when None) from the rows.
 
-    Both ends are taken to whole hours (`since` down, `until` up). Only the
-    hours that still have request logs are rebuilt: rollups of pruned hours
-    are history and stay. The rows are summed by the writer's own code
-    (`_sum_into`), read in time order and flushed a few hours at a time, so
-    memory stays bounded. Returns the rollup rows written. Run it with no log
-    writer writing into those hours (the migration that adds rollups, a
+    Both ends are taken to whole UTC days (`since` down, `until` up), so that
+    each daily rollup is rewritten whole. Only the hours that still have
+    request logs are rebuilt: rollups of pruned hours are history and stay,
+    and each day's DailyUsageRollup rows are made again from its hourly ones.
+    The rows are summed by the writer's own code (`_sum_into`), read in time
+    order and flushed a day at a time once enough slots are held, so memory
+    stays bounded. Returns the hourly rollup rows written. Run it with no log
+    writer writing into those days (the migration that adds rollups, a
     backfill, the benchmark). `log_model` is for the migration's historical
     model.
     """
     logs = (log_model or RequestLog).objects.order_by("created_at")
     if since is not None:
-        logs = logs.filter(created_at__gte=_hour(since))
+        logs = logs.filter(created_at__gte=_day(since))
     if until is not None:
-        # Whole hours only: a partial hour's rollup rebuilt from part of its rows would lose some.
-        end = _hour(until)
-        logs = logs.filter(created_at__lt=end if end == until else end + timedelta(hours=1))
+        end = _day(until)
+        logs = logs.filter(created_at__lt=end if end == until else end + timedelta(days=1))
     written = 0
     slots: dict[tuple, list] = {}
-    hour = None
+    day = None
 
     def flush():
         nonlocal written
         hours = {dims[0] for dims in slots}
         UsageRollup.objects.filter(hour__in=hours).delete()
-        _upsert(slots)
+        _upsert(slots, UsageRollup)
+        days = {hour.replace(hour=0) for hour in hours}
+        DailyUsageRollup.objects.filter(hour__in=days).delete()
+        for start in days:
+            kept = UsageRollup.objects.filter(hour__gte=start, hour__lt=start + timedelta(days=1))
+            _upsert(_by_day(_as_slots(kept)), DailyUsageRollup)
         written += len(slots)
         slots.clear()
 
     with transaction.atomic():
         for row in logs.values_list(*_ROW_FIELDS, named=True).iterator(chunk_size=5000):
-            row_hour = _hour(row.created_at)
-            # Flushed only between hours, so that each hour is deleted and rewritten whole.
-            if row_hour != hour and len(slots) >= REBUILD_SLOTS:
+            row_day = _day(row.created_at)
+            # Flushed only between days, so that each day is deleted and rewritten whole.
+            if row_day != day and len(slots) >= REBUILD_SLOTS:
                 flush()
-            hour = row_hour
+            day = row_day
             _sum_into(slots, (row,))
         flush()
     return written
+
+
+def _as_slots(rollups) -> dict[tuple, list]:
+    """Stored rollup rows as `_sum_into`'s slots."""
+    fields = (*UsageSlot.DIMENSIONS, "username", "key_prefix", *ROLLUP_SUMS)
+    width = len(UsageSlot.DIMENSIONS)
+    return {row[:width]: list(row[width:]) for row in rollups.values_list(*fields)}
+
+
+def _day(when: datetime) -> datetime:
+    return _hour(when).replace(hour=0)
 
 
 # The RequestLog columns a rollup is made of, and how many slots a rebuild holds at once.
@@ -477,15 +511,27 @@ class UsageQuery:
         end = _hour(self.until)
         return start, end if end == self.until else end + timedelta(hours=1)
 
-    def rollups(self) -> models.QuerySet:
+    def rollups(self, *, daily: bool = True) -> list[models.QuerySet]:
+        """The rollup rows covering the range, filtered: DailyUsageRollup rows for its whole
+        UTC days and UsageRollup rows for the hours around them (hourly only when `daily`
+        is false or the range holds no whole day). Empty parts are left out."""
         start, end = self.hours()
-        rows = UsageRollup.objects.filter(hour__gte=start, hour__lt=end).order_by()
+        first = _day(start) if _day(start) == start else _day(start) + timedelta(days=1)
+        last = _day(end)
+        if not daily or first >= last:
+            parts = [UsageRollup.objects.filter(hour__gte=start, hour__lt=end)]
+        else:
+            parts = [DailyUsageRollup.objects.filter(hour__gte=first, hour__lt=last)]
+            if start < first or last < end:
+                edges = Q(hour__gte=start, hour__lt=first) | Q(hour__gte=last, hour__lt=end)
+                parts.append(UsageRollup.objects.filter(edges))
+        filters = {}
         for field in ("user_id", "username", "api_key_id", "key_prefix", "model", "endpoint",
                       "outcome"):  # fmt: skip
             value = getattr(self, field)
             if value is not None:
-                rows = rows.filter(**{field: value})
-        return rows
+                filters[field] = value
+        return [part.filter(**filters).order_by() for part in parts]
 
 
 def usage_span() -> tuple[datetime, datetime]:
@@ -538,19 +584,20 @@ def usage_report(query: UsageQuery, *, limit: int | None = None) -> dict:
       falls in, None when it falls past the last bound or nothing was timed;
       `histogram`: `[{"le_ms", "count"}]` (`le_ms` None for the last bin).
 
-    A fixed number of queries, whatever the range or the table's size.
+    A fixed number of queries whatever the table's size: a few per part of
+    `UsageQuery.rollups` (daily rows for whole days, hourly ones around them).
     """
-    rows = query.rollups()
+    parts = query.rollups()
     since, until = query.hours()
 
     def breakdown(*fields, order):
-        groups = rows.values(*fields).annotate(**_usage()).order_by(*_BY_COST, *order)
-        groups = list(groups[:limit] if limit is not None else groups)
-        for group in groups:
-            group["cost"] = exact(group["cost"])
-        return groups
+        groups = sorted(
+            _grouped(parts, fields),
+            key=lambda g: (-g["cost"], -g["requests"], *(g[name] for name in order)),
+        )
+        return groups[:limit] if limit is not None else groups
 
-    by_outcome = list(rows.values("outcome").annotate(**_usage()).order_by("-requests", "outcome"))
+    by_outcome = sorted(_grouped(parts, ("outcome",)), key=lambda g: (-g["requests"], g["outcome"]))
     totals = {name: sum(group[name] for group in by_outcome) for name in _usage()}
     totals["cost"] = exact(totals["cost"])
     requests = totals["requests"]
@@ -579,16 +626,33 @@ def usage_report(query: UsageQuery, *, limit: int | None = None) -> dict:
             {"outcome": g["outcome"], "requests": g["requests"], "share": g["requests"] / requests}
             for g in by_outcome
         ],
-        **_timings(rows),
+        **_timings(parts),
     }
 
 
+def _grouped(parts: list[models.QuerySet], fields: tuple[str, ...]) -> list[dict]:
+    """The usage sums per value of `fields`, added up over the rollup `parts` (a query each)."""
+    groups: dict[tuple, dict] = {}
+    for part in parts:
+        for group in part.values(*fields).annotate(**_usage()):
+            key = tuple(group[name] for name in fields)
+            if key in groups:
+                for name in _usage():
+                    groups[key][name] += group[name]
+            else:
+                groups[key] = group
+    for group in groups.values():
+        group["cost"] = exact(group["cost"])
+    return list(groups.values())
+
+
 def usage_series(query: UsageQuery) -> list[dict]:
-    """`usage_report`'s `series` alone (one query)."""
-    rows = query.rollups()
-    # Grouped by the stored hour and folded into buckets here: truncating in
-    # SQL to local days ran a Python function per row on SQLite.
+    """`usage_report`'s `series` alone (a query or two)."""
     zone = timezone.get_current_timezone()
+    # Daily rollups start at 00:00 UTC: they fill day and week buckets only where
+    # those start there too. Elsewhere the hours are read and folded.
+    daily = query.bucket != "hour" and str(zone) in ("UTC", "Etc/UTC")
+    parts = query.rollups(daily=daily)
     since, until = query.hours()
     if query.bucket == "hour":
         start = since
@@ -596,7 +660,9 @@ def usage_series(query: UsageQuery) -> list[dict]:
         start = since.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
         if query.bucket == "week":
             start -= timedelta(days=start.weekday())
-    hours = list(rows.values("hour").annotate(**_usage()).order_by("hour"))
+    # Grouped by the stored slot and folded into buckets here: truncating in
+    # SQL to local days ran a Python function per row on SQLite.
+    hours = sorted(_grouped(parts, ("hour",)), key=lambda group: group["hour"])
     series, at = [], 0
     while start < until:
         end = _next_bucket(start, query.bucket, zone)
@@ -620,12 +686,15 @@ def _next_bucket(start: datetime, bucket: str, zone) -> datetime:
     return local.replace(tzinfo=zone)
 
 
-def _timings(rows) -> dict:
-    """Latency and TTFT summaries from the rollups' histogram bins (one query)."""
+def _timings(parts: list[models.QuerySet]) -> dict:
+    """Latency and TTFT summaries from the rollups' histogram bins (a query per part)."""
     names = ("latency_count", "latency_sum_ms", "ttft_count", "ttft_sum_ms")
     names += (*histogram_fields("latency"), *histogram_fields("ttft"))
     sums = {name: Coalesce(Sum(name), 0) for name in names}
-    totals = rows.aggregate(**sums)
+    totals = dict.fromkeys(names, 0)
+    for part in parts:
+        for name, value in part.aggregate(**sums).items():
+            totals[name] += value
     result = {}
     for prefix in ("latency", "ttft"):
         counts = [totals[name] for name in histogram_fields(prefix)]

@@ -12,13 +12,14 @@ def backfill(apps, schema_editor):
 
 
 def empty(apps, schema_editor):
-    apps.get_model("logs", "UsageRollup").objects.all().delete()
+    for name in ("UsageRollup", "DailyUsageRollup"):
+        apps.get_model("logs", name).objects.all().delete()
 
 
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("logs", "0005_add_usage_rollup"),
+        ("logs", "0005_add_usage_rollups"),
     ]
 
     operations = [migrations.RunPython(backfill, empty)]

@@ -8,7 +8,7 @@ from django.forms.models import model_to_dict
 from django.utils import timezone
 
 from aethergate.testing import make_key, make_user, request_record
-from logs.models import RequestLog, UsageRollup
+from logs.models import DailyUsageRollup, RequestLog, UsageRollup
 from logs.services import UsageQuery, prune_logs, rebuild_usage, usage_report, write_batch
 
 pytestmark = pytest.mark.django_db
@@ -234,10 +234,12 @@ def test_a_bad_question_is_refused_with_a_reason():
         UsageQuery(since=T0, until=T0)
 
 
-def test_the_report_costs_the_same_queries_for_one_row_or_many(keys, django_assert_num_queries):
-    query = UsageQuery(since=T0, until=T0 + timedelta(days=2), bucket="hour")
+def test_the_report_costs_the_same_queries_for_one_row_or_many(
+    keys, django_assert_num_queries, django_assert_max_num_queries
+):
+    query = UsageQuery(since=T0, until=T0 + timedelta(days=3), bucket="day")
     write_batch([request_record(keys["laptop"], created_at=T0)])
-    with django_assert_num_queries(8):
+    with django_assert_max_num_queries(15) as few:  # 2 parts: daily rows, and the hours around
         usage_report(query)
 
     write_batch(
@@ -247,5 +249,37 @@ def test_the_report_costs_the_same_queries_for_one_row_or_many(keys, django_asse
             for key in keys.values()
         ]
     )
-    with django_assert_num_queries(8):
+    with django_assert_num_queries(len(few.captured_queries)):
         usage_report(query)
+
+
+def test_daily_rollups_are_the_sums_of_their_hours_and_rebuild_alike(traffic):
+    def days():
+        rows = DailyUsageRollup.objects.order_by(*DailyUsageRollup.DIMENSIONS)
+        return [model_to_dict(row, exclude=["id"]) for row in rows]
+
+    day = DailyUsageRollup.objects.get(api_key_id=traffic["laptop"].pk, model="llama3")
+    kept = days()
+    DailyUsageRollup.objects.all().delete()
+    rebuild_usage(since=at(30))
+
+    assert (day.hour, day.requests, day.cost, day.latency_le_50) == (
+        datetime(2026, 11, 30, tzinfo=UTC), 3, Decimal("0.0310000001"), 2,
+    )  # fmt: skip
+    assert DailyUsageRollup.objects.count() == 5 and days() == kept
+
+
+def test_a_range_of_whole_days_reads_daily_rows_and_the_hours_around_them(traffic):
+    write_batch([request_record(traffic["laptop"], created_at=T0 + timedelta(days=2, hours=5),
+                                cost=Decimal("2"))])  # fmt: skip
+    query = UsageQuery(since=T0 - timedelta(hours=3), until=T0 + timedelta(days=2, hours=6))
+
+    report = usage_report(query)
+
+    assert [part.model for part in query.rollups()] == [DailyUsageRollup, UsageRollup]
+    assert report["totals"]["requests"] == 9
+    assert report["totals"]["cost"] == Decimal("2.5650000001")
+    assert [(s["start"].day, s["requests"]) for s in report["series"]] == [
+        (30, 8), (1, 0), (2, 1),
+    ]  # fmt: skip
+    assert report["latency"]["count"] == 7
