@@ -12,7 +12,8 @@ writer calls; rows, charges, last use and usage rollups in one transaction) and 
 rows/s. `scale` generates `--rows` request logs spread over `--days` days (bulk inserts,
 as the writer makes them), builds their rollups with `rebuild_usage`, then times the
 dashboard's report (`logs.services.usage_report`) and the log list's totals over
-several ranges and filters (median of `--repeat` runs each).
+several ranges and filters (median of `--repeat` runs each). `time` repeats those
+timings on the rows a previous `scale` left.
 """
 
 # ruff: noqa: S603, S311 -- a harness: fixed tool argument lists; random data, not secrets.
@@ -36,10 +37,12 @@ ENDPOINTS = ("local", "cloud")
 OUTCOMES = (("ok", 0.93), ("upstream_error", 0.03), ("rate_limited", 0.03), ("gateway_error", 0.01))
 
 
-def setup(db: str) -> None:
-    """A fresh database for this run, migrated."""
+def setup(db: str, *, fresh: bool = True) -> None:
+    """The database for this run: made afresh and migrated, or (`fresh` false) as left."""
     sys.path.insert(0, str(ROOT))
-    if db == "postgres":
+    if db == "postgres" and not fresh:
+        url = PG_URL
+    elif db == "postgres":
         for tool in ("dropdb", "createdb"):
             args = ["-h", "127.0.0.1", "-U", "postgres"]
             subprocess.run(
@@ -55,7 +58,7 @@ def setup(db: str) -> None:
     else:
         path = ROOT / "bench-results" / "usage.sqlite3"
         path.parent.mkdir(exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm") if fresh else ():
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         url = f"sqlite:///{path}"
     os.environ.update(
@@ -168,13 +171,15 @@ def main() -> None:
         action="store_true",
         help="writer: skip the rollup upsert (the writer's cost before rollups, for comparison)",
     )
-    parser.add_argument("mode", choices=("writer", "scale"))
+    parser.add_argument("mode", choices=("writer", "scale", "time"))
     args = parser.parse_args()
-    setup(args.db)
+    setup(args.db, fresh=args.mode != "time")
     if args.mode == "writer":
         bench_writer(args)
-    else:
+    elif args.mode == "scale":
         bench_scale(args)
+    else:
+        bench_timings(args)
 
 
 def timed(what: str, repeat: int, call) -> float:
@@ -193,7 +198,7 @@ def bench_scale(args) -> None:
     from django.db import transaction
 
     from logs.models import RequestLog, UsageRollup
-    from logs.services import UsageQuery, _insert, log_totals, rebuild_usage, usage_report
+    from logs.services import _insert, rebuild_usage
 
     rng = random.Random(11)
     pairs = population(50, 2)
@@ -216,7 +221,19 @@ def bench_scale(args) -> None:
     if RequestLog.objects.count() != args.rows or UsageRollup.objects.count() != written:
         raise SystemExit("the generated rows or their rollups are not all there")
 
-    user, key = pairs[0]
+    bench_timings(args)
+
+
+def bench_timings(args) -> None:
+    """Time the dashboard's report and the log list's totals on the rows stored."""
+    from accounts.models import User
+    from logs.models import RequestLog
+    from logs.services import UsageQuery, log_totals, usage_report
+
+    user = User.objects.get(username="user000")
+    key = user.api_keys.order_by("pk").first()
+    now = RequestLog.objects.order_by("-created_at").values_list("created_at", flat=True)[0]
+    now = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     day, week, month = (now - timedelta(days=d) for d in (1, 7, args.days))
     print(f"dashboard report (usage_report), median of {args.repeat}:")
     for what, query in (
@@ -231,13 +248,22 @@ def bench_scale(args) -> None:
         timed(what, args.repeat, lambda query=query: usage_report(query, limit=10))
     print(f"log-list totals (log_totals), median of {args.repeat}:")
     logs = RequestLog.objects.all()
-    for what, selected in (
-        ("all rows", logs),
-        ("last 24 hours", logs.filter(created_at__gte=day)),
-        (f"last {args.days} days, one user", logs.filter(user=user, created_at__gte=month)),
-        ("last 7 days, one model", logs.filter(model="llama3", created_at__gte=week)),
-    ):
-        timed(what, args.repeat, lambda selected=selected: log_totals(selected))
+    for what, selected, kept in (
+        ("all rows", logs, {}),
+        ("last 24 hours", logs.filter(created_at__gte=day), {"since": day}),
+        (f"last {args.days} days, one user", logs.filter(user=user, created_at__gte=month),
+         {"since": month, "user_id": user.pk}),
+        ("last 7 days, one model", logs.filter(model="llama3", created_at__gte=week),
+         {"since": week, "model": "llama3"}),
+    ):  # fmt: skip
+        timed(f"{what} (rows)", args.repeat, lambda selected=selected: log_totals(selected))
+        timed(
+            f"{what} (rollups)",
+            args.repeat,
+            lambda selected=selected, kept=kept: log_totals(selected, kept=kept),
+        )
+        if log_totals(selected) != log_totals(selected, kept=kept):
+            raise SystemExit(f"{what}: the totals from rollups differ from the rows'")
 
 
 if __name__ == "__main__":

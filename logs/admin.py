@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseBadRequest, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 
@@ -72,6 +73,32 @@ class EndpointFilter(NameFilter):
 # The list filters the dashboard's links set (`log_list_query`), by parameter.
 USER, KEY, OUTCOME = "user__id__exact", "api_key__id__exact", "outcome__exact"
 SINCE, UNTIL = "created_at__gte", "created_at__lt"
+# The list's parameters the rollups can answer for (`kept_filters`), and those that
+# select nothing (ordering, page, facets).
+KEPT = {USER: "user_id", KEY: "api_key_id", "model": "model", "endpoint": "endpoint",
+        OUTCOME: "outcome"}  # fmt: skip
+NEUTRAL = {"o", "p", "_facets"}
+
+
+def kept_filters(params) -> dict | None:
+    """`log_totals`'s `kept` for the list's query `params`, or None when some filter
+    (search, status, a date drill-down, …) is one the rollups do not keep."""
+    if not set(params) <= {*KEPT, SINCE, UNTIL, *NEUTRAL}:
+        return None
+    kept = {}
+    try:
+        for param, name in ((SINCE, "since"), (UNTIL, "until")):
+            if param in params:
+                when = parse_datetime(params[param])
+                if when is None or when.tzinfo is None:
+                    return None
+                kept[name] = when
+        for param, name in KEPT.items():
+            if param in params:
+                kept[name] = int(params[param]) if name.endswith("_id") else params[param]
+    except ValueError:
+        return None
+    return kept
 
 
 def log_list_query(*, since, until, **filters) -> str:
@@ -181,7 +208,7 @@ class RequestLogAdmin(SecretSearchAdmin, ReadOnlyAdmin):
         response = super().changelist_view(request, extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")
         if changelist is not None:  # not a redirect or an error page
-            totals = log_totals(changelist.queryset)
+            totals = log_totals(changelist.queryset, kept=kept_filters(request.GET))
             totals["cost_shown"] = format_money(totals["cost"])
             response.context_data["totals"] = totals
             response.context_data["export_query"] = request.GET.urlencode()

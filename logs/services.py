@@ -727,12 +727,52 @@ def _percentile(counts: list[int], p: int) -> int | None:
     return None
 
 
-def log_totals(logs: models.QuerySet) -> dict:
-    """The request count, input and output units and cost of the rows `logs` selects (one query).
+def log_totals(logs: models.QuerySet, *, kept: dict | None = None) -> dict:
+    """The request count, input and output units and cost of the rows `logs` selects.
 
-    Read from the rows themselves, not the rollups, so that it agrees with the
-    list it heads whatever its filters (search, status, …) and after pruning.
+    By default one aggregate over those rows. `kept` says that `logs` is no
+    more than a time range and filters the rollups keep: `since` and `until`
+    (datetimes or None: open), and any of `user_id`, `api_key_id`, `model`,
+    `endpoint`, `outcome`. Then the whole hours of the range are read from
+    the rollups (a few rows per day instead of every log) and only the
+    partial hours at its ends from the rows; the hours before the oldest row
+    still stored are left out, so pruned logs are not counted. A user or key
+    filter whose user or key is gone (its rows lost the link; the rollups
+    kept the id) falls back to the rows. Either way the totals are the rows'.
     """
+    if kept is None:
+        return _row_totals(logs)
+    since, until = kept.get("since"), kept.get("until")
+    filters = {name: kept[name] for name in ("user_id", "api_key_id", "model", "endpoint",
+               "outcome") if kept.get(name) is not None}  # fmt: skip
+    oldest = RequestLog.objects.order_by("created_at").values_list("created_at", flat=True)
+    oldest = oldest.first()
+    if oldest is None:
+        return _row_totals(logs.none())
+    gone = ("user_id" in filters and not User.objects.filter(pk=filters["user_id"]).exists()) or (
+        "api_key_id" in filters and not APIKey.objects.filter(pk=filters["api_key_id"]).exists()
+    )
+    first = max(_ceil_hour(oldest), _ceil_hour(since) if since else _ceil_hour(oldest))
+    last = _hour(until) if until else _hour(timezone.now()) + timedelta(hours=2)
+    if gone or first >= last:
+        return _row_totals(logs)
+    edges = Q(created_at__lt=first) | Q(created_at__gte=last)
+    totals = _row_totals(logs.filter(edges))
+    query = UsageQuery(since=first, until=last, **filters)
+    for part in query.rollups():
+        for name, value in part.aggregate(**_usage()).items():
+            if name in totals:
+                totals[name] += value
+    totals["cost"] = exact(totals["cost"])
+    return totals
+
+
+def _ceil_hour(when: datetime) -> datetime:
+    hour = _hour(when)
+    return hour if hour == when else hour + timedelta(hours=1)
+
+
+def _row_totals(logs: models.QuerySet) -> dict:
     totals = logs.order_by().aggregate(
         requests=Count("id"),
         input_units=Coalesce(Sum("input_units"), 0),
