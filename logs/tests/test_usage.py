@@ -1,9 +1,12 @@
 """Usage rollups (kept by the writer, rebuilt from rows, kept past pruning) and usage reports."""
 
+import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
@@ -283,3 +286,15 @@ def test_a_range_of_whole_days_reads_daily_rows_and_the_hours_around_them(traffi
         (30, 8), (1, 0), (2, 1),
     ]  # fmt: skip
     assert report["latency"]["count"] == 7
+
+
+def test_the_rebuild_command_rebuilds_and_refuses_a_time_without_a_zone(traffic):
+    UsageRollup.objects.all().delete()
+    out = io.StringIO()
+
+    call_command("rebuild_usage", "--since", "2026-11-30T00:00Z", stdout=out)
+
+    assert "Rebuilt 6 usage rollup rows." in out.getvalue()
+    assert UsageRollup.objects.count() == 6
+    with pytest.raises(CommandError, match="not an ISO 8601 time with a zone"):
+        call_command("rebuild_usage", "--since", "2026-11-30")
