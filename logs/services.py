@@ -513,20 +513,18 @@ class UsageQuery:
 
     def rollups(self, *, daily: bool = True) -> list[models.QuerySet]:
         """The rollup rows covering the range, filtered: DailyUsageRollup rows for its whole
-        UTC days and UsageRollup rows for the hours before and after them (hourly only when
-        `daily` is false or the range holds no whole day). Empty parts are left out."""
+        UTC days and UsageRollup rows for the hours around them (hourly only when `daily`
+        is false or the range holds no whole day). Empty parts are left out."""
         start, end = self.hours()
         first = _day(start) if _day(start) == start else _day(start) + timedelta(days=1)
         last = _day(end)
         if not daily or first >= last:
             parts = [UsageRollup.objects.filter(hour__gte=start, hour__lt=end)]
         else:
-            # The hours before and after apart: one range each scans its index
-            # alone, where their OR had the planner read the whole table.
             parts = [DailyUsageRollup.objects.filter(hour__gte=first, hour__lt=last)]
-            for low, high in ((start, first), (last, end)):
-                if low < high:
-                    parts.append(UsageRollup.objects.filter(hour__gte=low, hour__lt=high))
+            if start < first or last < end:
+                edges = Q(hour__gte=start, hour__lt=first) | Q(hour__gte=last, hour__lt=end)
+                parts.append(UsageRollup.objects.filter(edges))
         filters = {}
         for field in ("user_id", "username", "api_key_id", "key_prefix", "model", "endpoint",
                       "outcome"):  # fmt: skip
