@@ -37,11 +37,12 @@ ENDPOINTS = ("local", "cloud")
 OUTCOMES = (("ok", 0.93), ("upstream_error", 0.03), ("rate_limited", 0.03), ("gateway_error", 0.01))
 
 
-def setup(db: str, *, fresh: bool = True) -> None:
-    """The database for this run: made afresh and migrated, or (`fresh` false) as left."""
+def setup(db: str, *, fresh: bool = True, name: str = "usage") -> None:
+    """The database `name` for this run: made afresh and migrated, or (`fresh` false) as left."""
     sys.path.insert(0, str(ROOT))
+    pg_url = PG_URL if name == "usage" else f"{PG_URL}_{name}"  # ..._writer for `writer`
     if db == "postgres" and not fresh:
-        url = PG_URL
+        url = pg_url
     elif db == "postgres":
         for tool in ("dropdb", "createdb"):
             args = ["-h", "127.0.0.1", "-U", "postgres"]
@@ -50,13 +51,13 @@ def setup(db: str, *, fresh: bool = True) -> None:
                     tool,
                     *args,
                     *(["--if-exists"] if tool == "dropdb" else []),
-                    PG_URL.rsplit("/")[-1],
+                    pg_url.rsplit("/")[-1],
                 ],
                 check=True,
             )
-        url = PG_URL
+        url = pg_url
     else:
-        path = ROOT / "bench-results" / "usage.sqlite3"
+        path = ROOT / "bench-results" / f"{name}.sqlite3"
         path.parent.mkdir(exist_ok=True)
         for suffix in ("", "-wal", "-shm") if fresh else ():
             Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -173,7 +174,8 @@ def main() -> None:
     )
     parser.add_argument("mode", choices=("writer", "scale", "time"))
     args = parser.parse_args()
-    setup(args.db, fresh=args.mode != "time")
+    # The writer's runs get a database of their own, so the generated rows stay for `time`.
+    setup(args.db, fresh=args.mode != "time", name="writer" if args.mode == "writer" else "usage")
     if args.mode == "writer":
         bench_writer(args)
     elif args.mode == "scale":
