@@ -4,10 +4,23 @@
 # BASE: any Debian-family image with Python 3.11+ and its venv module (the
 # official slim image by default; CI builds from a debootstrapped Debian).
 # PYTHON: that image's interpreter.
-# A private CA for pip (a TLS-inspecting proxy, a private index) is passed as a
-# build secret, used by the install step and never stored in a layer:
+# A private CA for pip and npm (a TLS-inspecting proxy, a private index) is passed as a
+# build secret, used by the install steps and never stored in a layer:
 #   docker build --secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt .
 ARG BASE=python:3.11-slim
+
+# The admin's assets from npm (Chart.js, for the usage dashboard), as package-lock.json
+# pins them; only their dist/ reaches the image, which carries no Node.js.
+FROM ${BASE} AS assets
+WORKDIR /assets
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
+COPY package.json package-lock.json ./
+RUN --mount=type=secret,id=pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export NPM_CONFIG_CAFILE=/run/secrets/pip-ca; fi \
+ && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+
 FROM ${BASE}
 ARG PYTHON=python3
 
@@ -30,6 +43,7 @@ RUN --mount=type=secret,id=pip-ca \
  && pip install -r requirements.txt
 
 COPY . .
+COPY --from=assets /assets/node_modules/chart.js/dist node_modules/chart.js/dist
 # collectstatic only reads files; the key exists for this build step alone.
 RUN SECRET_KEY=build-time-only-key-for-collectstatic-not-used-at-runtime \
     python manage.py collectstatic --noinput --verbosity 0 \

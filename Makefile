@@ -24,12 +24,19 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# The admin's static assets from npm (Chart.js, for the usage dashboard), as
+# package-lock.json pins them; collectstatic serves them from node_modules/.
+node_modules/.package-lock.json: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "AetherGate needs npm (Node.js) for the admin's assets: apt-get install npm"; exit 1; }
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
 .env:
 	sed "s|^SECRET_KEY=.*|SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))')|" .env.example > .env
 	chmod 600 .env
 	@echo "Wrote .env with a fresh SECRET_KEY (keep it: it also protects upstream credentials)."
 
-run: $(VENV)/.runtime .env
+run: $(VENV)/.runtime .env node_modules/.package-lock.json
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py ensure_admin
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
@@ -37,7 +44,7 @@ run: $(VENV)/.runtime .env
 	$(BIN)/uvicorn aethergate.asgi:application --host $(HOST) --port $(PORT) --no-access-log \
 		--http aethergate.server:HttpProtocol --timeout-graceful-shutdown 30
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
@@ -56,7 +63,7 @@ format: $(VENV)/.dev
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .venv-llama staticfiles .pytest_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) .venv-llama node_modules staticfiles .pytest_cache .ruff_cache .import_linter_cache
 
 # Benchmark: direct-to-upstream vs through AetherGate (bench/run.py; needs `wrk`).
 # Every scenario runs REPEAT times (the median is reported), then a soak of
@@ -83,6 +90,15 @@ bench-memory: $(VENV)/.dev
 # `make bench-upload`: the gateway's RSS while it relays 20 MB audio uploads (bench/upload.py).
 bench-upload: $(VENV)/.dev
 	$(BIN)/python bench/upload.py $(BENCH_ARGS)
+
+# Usage at scale (bench/usage_rows.py): the log writer's rows/s with and without rollups,
+# then ROWS request logs and their rollups, the dashboard's report and the log-list totals.
+ROWS ?= 1000000
+.PHONY: bench-usage
+bench-usage: $(VENV)/.dev
+	$(BIN)/python bench/usage_rows.py --db $(BENCH_DB) --without-rollups writer
+	$(BIN)/python bench/usage_rows.py --db $(BENCH_DB) writer
+	$(BIN)/python bench/usage_rows.py --db $(BENCH_DB) --rows $(ROWS) scale
 
 bench-smoke: $(VENV)/.dev
 	$(BIN)/python bench/run.py --db $(BENCH_DB) --upstream $(UPSTREAM) --duration 5 --warmup 1 \

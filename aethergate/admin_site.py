@@ -15,8 +15,9 @@ FIRST_MODELS = frozenset({"user", "requestlog"})
 class AdminSite(admin.AdminSite):
     """Django's admin with AetherGate's titles and a throttled login (429 when locked out).
 
-    It adds one page of its own, "Backup and restore" (aethergate/backup/admin.py),
-    linked from the index for those who may open it.
+    It adds pages of its own: "Backup and restore" (aethergate/backup/admin.py) and
+    the usage dashboard (logs/dashboard.py), linked from the index for those who may
+    open them, the dashboard also from the top of every page.
     """
 
     site_header = "AetherGate"
@@ -30,11 +31,27 @@ class AdminSite(admin.AdminSite):
         # Imported here: the backup code imports every app's models, not loaded yet
         # when this site is created.
         from aethergate.backup.admin import backup_view
+        from logs.dashboard import usage_view
 
         def backup_page(request):
             return backup_view(request, self)
 
-        return [path("backup/", self.admin_view(backup_page), name="backup"), *super().get_urls()]
+        def usage_page(request):
+            return usage_view(request, self)
+
+        return [
+            path("backup/", self.admin_view(backup_page), name="backup"),
+            path("usage/", self.admin_view(usage_page), name="usage"),
+            *super().get_urls(),
+        ]
+
+    def each_context(self, request):
+        from logs.dashboard import may_view
+
+        context = super().each_context(request)
+        if may_view(request.user):
+            context["usage_url"] = reverse("admin:usage", current_app=self.name)
+        return context
 
     def index(self, request, extra_context=None):
         from aethergate.backup.admin import may_open

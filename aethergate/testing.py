@@ -236,3 +236,40 @@ def make_world():
         outcome="ok",
     )
     return {"user": alice, "key": key, "endpoint": endpoint, "model": model, "log": log}
+
+
+def request_record(key=None, **fields):
+    """A RequestRecord of a plain ok request by `key` (its owner and prefix), `fields` overriding.
+
+    Stored with `logs.services.write_batch`, as the log writer does: rows, charges and
+    rollups together.
+    """
+    from django.utils import timezone
+
+    from logs.records import RequestRecord
+
+    values = {
+        "created_at": timezone.now(),
+        "request_id": "req-1",
+        "user_id": key.owner_id if key else None,
+        "username": key.owner.username if key else "",
+        "api_key_id": key.pk if key else None,
+        "key_prefix": key.prefix if key else "",
+        "model": "llama3",
+        "endpoint": "local",
+        "path": "/v1/chat/completions",
+        "status": 200,
+        "outcome": "ok",
+        "stream": False,
+        "latency_ms": None,
+        "ttft_ms": None,
+        "input_units": 0,
+        "output_units": 0,
+        "usage_estimated": False,
+        "cost": Decimal(0),
+        "prompt_text": "",
+        "completion_text": "",
+        "error": "",
+        "attempts": [],
+    }
+    return RequestRecord(**(values | fields))

@@ -1,12 +1,28 @@
-"""Read-only admin for request logs and the audit log."""
+"""Read-only admin for request logs (totals, filters, CSV export) and the audit log."""
+
+import csv
+from urllib.parse import urlencode
 
 from django.contrib import admin
-from django.utils.html import format_html_join
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseBadRequest, StreamingHttpResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.formats import date_format
+from django.utils.html import format_html, format_html_join
 
+from accounts.admin import UserAdmin
 from aethergate.lib import audit
 from aethergate.lib.admin import SecretSearchAdmin
+from aethergate.lib.money import format_money
+from endpoints.models import Endpoint
+from keys.admin import APIKeyAdmin
 from keys.models import looks_like_secret
 from logs.models import AuditEntry, RequestLog
+from logs.services import log_totals, usage_summary
+from models_registry.models import Model
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -22,43 +38,297 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class NameFilter(admin.SimpleListFilter):
+    """A column of names (model, endpoint) offered from its registry's small table.
+
+    Django's own filter for a column lists its distinct values, a scan of the whole
+    log table at every page view. A name no longer registered still filters when
+    it comes in the address (the dashboard's links).
+    """
+
+    registry: type  # the model whose `name` column lists the choices
+
+    def lookups(self, request, model_admin):
+        names = self.registry.objects.order_by("name").values_list("name", flat=True)
+        return [(name, name) for name in names]
+
+    def has_output(self):
+        return True  # else Django skips it, and an unregistered name in the address too
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        return queryset if value is None else queryset.filter(**{self.parameter_name: value})
+
+
+class ModelFilter(NameFilter):
+    title = parameter_name = "model"
+    registry = Model
+
+
+class EndpointFilter(NameFilter):
+    title = parameter_name = "endpoint"
+    registry = Endpoint
+
+
+# The list filters the dashboard's links set (`log_list_query`), by parameter.
+USER, KEY, OUTCOME = "user__id__exact", "api_key__id__exact", "outcome__exact"
+SINCE, UNTIL = "created_at__gte", "created_at__lt"
+# The list's parameters the rollups can answer for (`kept_filters`), and those that
+# select nothing (ordering, page, facets).
+KEPT = {USER: "user_id", KEY: "api_key_id", "model": "model", "endpoint": "endpoint",
+        OUTCOME: "outcome"}  # fmt: skip
+NEUTRAL = {"o", "p", "_facets"}
+
+
+def kept_filters(params) -> dict | None:
+    """`log_totals`'s `kept` for the list's query `params`, or None when some filter
+    (search, status, a date drill-down, …) is one the rollups do not keep."""
+    if not set(params) <= {*KEPT, SINCE, UNTIL, *NEUTRAL}:
+        return None
+    kept = {}
+    try:
+        for param, name in ((SINCE, "since"), (UNTIL, "until")):
+            if param in params:
+                when = parse_datetime(params[param])
+                if when is None or when.tzinfo is None:
+                    return None
+                kept[name] = when
+        for param, name in KEPT.items():
+            if param in params:
+                kept[name] = int(params[param]) if name.endswith("_id") else params[param]
+    except ValueError:
+        return None
+    return kept
+
+
+def log_list_query(*, since, until, **filters) -> str:
+    """The request-log list's query string for a range and the filters of a usage row.
+
+    `filters` are UsageRollup columns: user_id, username, api_key_id,
+    key_prefix, model, endpoint, outcome; a user or key id of 0 (deleted)
+    falls back to its snapshot name.
+    """
+    params = {SINCE: since.isoformat(), UNTIL: until.isoformat()}
+    if filters.get("user_id"):
+        params[USER] = filters["user_id"]
+    elif filters.get("username"):
+        params["username"] = filters["username"]
+    if filters.get("api_key_id"):
+        params[KEY] = filters["api_key_id"]
+    elif filters.get("key_prefix"):
+        params["key_prefix"] = filters["key_prefix"]
+    for name, param in (("model", "model"), ("endpoint", "endpoint"), ("outcome", OUTCOME)):
+        if filters.get(name) is not None:
+            params[param] = filters[name]
+    return urlencode(params)
+
+
 @admin.register(RequestLog)
 class RequestLogAdmin(SecretSearchAdmin, ReadOnlyAdmin):
     """Logs are an audit trail: viewable and filterable, never added or edited here.
 
-    Old rows go through retention (`prune_logs`), not through the admin.
+    The list is headed by the totals of what its filters select (`log_totals`)
+    and exports them as CSV (`export/`, streamed). Old rows go through
+    retention (`prune_logs`), not through the admin.
     """
 
     date_hierarchy = "created_at"
+    # What fits a 1366 px screen; the rest is on each row's page.
     list_display = (
-        "created_at",
+        "time",
         "username",
-        "key_prefix",
+        "key",
         "model",
-        "endpoint",
-        "status",
         "outcome",
-        "stream",
-        "input_units",
-        "output_units",
-        "cost",
-        "latency_ms",
+        "units",
+        "cost_shown",
+        "latency",
     )
     list_filter = (
+        ("created_at", admin.DateFieldListFilter),
         "outcome",
+        ("user", admin.RelatedFieldListFilter),
+        ("api_key", admin.RelatedFieldListFilter),
+        ModelFilter,
+        EndpointFilter,
         "stream",
         "usage_estimated",
-        ("user", admin.RelatedOnlyFieldListFilter),
-        ("api_key", admin.RelatedOnlyFieldListFilter),
-        "model",
     )
     search_fields = ("request_id", "username", "key_prefix", "model")
+    search_help_text = "Request id, username, key prefix or model."
+    readonly_fields = ("created_at_exact", "cost_exact")
+    exclude = ("created_at", "cost")
     looks_like_secret = staticmethod(looks_like_secret)
     refused_kind = "key"
     refused_advice = "Search by its prefix, and consider rotating it if that address was logged."
     # Counting a large log table on every page view is what makes admins slow.
     show_full_result_count = False
     list_per_page = 100
+
+    @admin.display(description="time", ordering="created_at")
+    def time(self, log):
+        # To the second: requests a few seconds apart must read apart. The year is
+        # in the title (and on the row's page), to keep the column narrow.
+        local = timezone.localtime(log.created_at)
+        return format_html(
+            '<span title="{}" style="white-space: nowrap">{}</span>',
+            date_format(local, "Y-m-d H:i:s T"),
+            date_format(local, "m-d H:i:s"),
+        )
+
+    @admin.display(description="key", ordering="key_prefix")
+    def key(self, log):
+        return format_html('<span style="white-space: nowrap">{}</span>', log.key_prefix)
+
+    @admin.display(description="ms", ordering="latency_ms")
+    def latency(self, log):
+        return "-" if log.latency_ms is None else log.latency_ms
+
+    @admin.display(description="time")
+    def created_at_exact(self, log):
+        return date_format(timezone.localtime(log.created_at), "Y-m-d H:i:s.u T")
+
+    @admin.display(description="units in / out")
+    def units(self, log):
+        return f"{log.input_units} / {log.output_units}"
+
+    @admin.display(description="cost", ordering="cost")
+    def cost_shown(self, log):
+        return format_money(log.cost)
+
+    @admin.display(description="cost")
+    def cost_exact(self, log):
+        return f"{format_money(log.cost)} (exactly {log.cost})"
+
+    def get_urls(self):
+        export = self.admin_site.admin_view(self.export_view)
+        return [path("export/", export, name="logs_requestlog_export"), *super().get_urls()]
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:  # not a redirect or an error page
+            totals = log_totals(changelist.queryset, kept=kept_filters(request.GET))
+            totals["cost_shown"] = format_money(totals["cost"])
+            response.context_data["totals"] = totals
+            response.context_data["export_query"] = request.GET.urlencode()
+        return response
+
+    def export_view(self, request):
+        """The rows the list's filters select, as CSV, streamed (see `export_rows`)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("Those filters are not valid for request logs.")
+        response = StreamingHttpResponse(
+            csv_lines(export_rows(changelist.queryset)), content_type="text/csv; charset=utf-8"
+        )
+        response["Content-Disposition"] = 'attachment; filename="request-logs.csv"'
+        return response
+
+
+def usage_panel(*, user_id=None, api_key_id=None) -> str:
+    """The "Usage" block of a user's or key's page: requests and spend today, this month and
+    in all (`usage_summary`), the last request, and links to its logs and its dashboard."""
+    if user_id is None and api_key_id is None:
+        return "-"  # a page adding one: no usage yet
+    summary = usage_summary(user_id=user_id, api_key_id=api_key_id)
+    logs = reverse("admin:logs_requestlog_changelist")
+    if user_id is not None:
+        logs_query, dashboard_query = f"{USER}={user_id}", f"user={user_id}&range=30d"
+    else:
+        logs_query, dashboard_query = f"{KEY}={api_key_id}", f"key={api_key_id}&range=30d"
+    rows = format_html_join(
+        "",
+        '<tr><th scope="row">{}</th><td data-usage="{}-requests">{}</td>'
+        '<td data-usage="{}-cost" title="{}">{}</td></tr>',
+        (
+            (label, name, summary[name]["requests"], name, summary[name]["cost"],
+             format_money(summary[name]["cost"]))
+            for name, label in (("today", "Today"), ("month", "This month"), ("all", "All time"))
+        ),
+    )  # fmt: skip
+    last = summary["last_used"]
+    return format_html(
+        '<table class="usage-summary"><thead><tr><th></th><th>Requests</th><th>Spend</th></tr>'
+        "</thead><tbody>{}</tbody></table>"
+        '<p>Last request: <span data-usage="last">{}</span> &middot; '
+        '<a href="{}?{}" class="usage-logs-link">Request logs</a> &middot; '
+        '<a href="{}?{}">Usage dashboard</a></p>',
+        rows,
+        date_format(timezone.localtime(last), "Y-m-d H:i:s") if last else "never",
+        logs,
+        logs_query,
+        reverse("admin:usage"),
+        dashboard_query,
+    )
+
+
+def _user_usage(model_admin, user):
+    return usage_panel(user_id=user.pk if user else None)
+
+
+def _key_usage(model_admin, key):
+    return usage_panel(api_key_id=key.pk if key else None)
+
+
+# Each user's and key's page gains a "Usage" block. Set from here, as keys/admin.py adds
+# a user's keys: accounts and keys, below logs in the layers, cannot import it.
+UserAdmin.usage = admin.display(description="usage")(_user_usage)
+UserAdmin.readonly_fields = (*UserAdmin.readonly_fields, "usage")
+UserAdmin.fieldsets = (*UserAdmin.fieldsets, ("Usage", {"fields": ("usage",)}))
+APIKeyAdmin.usage = admin.display(description="usage")(_key_usage)
+APIKeyAdmin.readonly_fields = (*APIKeyAdmin.readonly_fields, "usage")
+APIKeyAdmin.fieldsets = (*APIKeyAdmin.fieldsets, ("Usage", {"fields": ("usage",)}))
+
+
+# The exported columns: everything but the prompt and completion text (see the README).
+EXPORT_FIELDS = (
+    "created_at",
+    "request_id",
+    "user_id",
+    "username",
+    "api_key_id",
+    "key_prefix",
+    "model",
+    "endpoint",
+    "path",
+    "status",
+    "outcome",
+    "stream",
+    "latency_ms",
+    "ttft_ms",
+    "input_units",
+    "output_units",
+    "usage_estimated",
+    "cost",
+    "error",
+)
+
+
+def export_rows(logs):
+    """The header, then one row per log, read a chunk at a time (never all at once)."""
+    yield EXPORT_FIELDS
+    rows = logs.order_by("-created_at", "-id").values_list(*EXPORT_FIELDS)
+    for row in rows.iterator(chunk_size=2000):
+        # ISO 8601 in UTC, and the cost in full: an export is for machines.
+        yield (row[0].isoformat(), *row[1:])
+
+
+class _Echo:
+    """A file that hands back what is written, so that csv.writer makes lines to stream."""
+
+    def write(self, value):
+        return value
+
+
+def csv_lines(rows):
+    """Each row of `rows` as a CSV line."""
+    writer = csv.writer(_Echo())
+    for row in rows:
+        yield writer.writerow(row)
 
 
 @admin.register(AuditEntry)

@@ -1,4 +1,5 @@
-"""Request logs (one row per authenticated `/v1` request) and the audit log of changes."""
+"""Request logs (one row per authenticated `/v1` request), their hourly usage rollups, and the
+audit log of changes."""
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -87,6 +88,100 @@ class RequestLog(models.Model):
 
     def __str__(self):
         return f"{self.request_id} {self.model} {self.status}"
+
+
+# Upper bounds (ms, inclusive) of the latency and time-to-first-token histogram
+# bins kept per rollup row; one more bin counts what was slower than the last.
+# Percentiles are read from them, so they are as fine as these bins. Changing
+# the bounds needs a migration and `rebuild_usage`.
+LATENCY_BOUNDS_MS = (
+    *(50, 100, 200, 300, 500, 750),
+    *(1000, 1500, 2000, 3000, 5000),
+    *(10000, 20000, 30000, 60000),
+)
+
+
+def histogram_fields(prefix: str) -> list[str]:
+    """The histogram's column names for `prefix` ("latency" or "ttft"), in bin order."""
+    bins = [f"{prefix}_le_{bound}" for bound in LATENCY_BOUNDS_MS]
+    return [*bins, f"{prefix}_over_{LATENCY_BOUNDS_MS[-1]}"]
+
+
+class UsageSlot(models.Model):
+    """What the rollup tables share: the usage of one slot of time by one user, key, model,
+    endpoint and outcome (sums, and latency and TTFT histograms).
+
+    `user_id` and `api_key_id` are plain ids (0: none), so rows outlive their
+    user and key, whose names stay in the `username` and `key_prefix` snapshots.
+    """
+
+    hour = models.DateTimeField(help_text="Start of the slot (UTC).")
+    user_id = models.PositiveBigIntegerField(default=0)
+    username = models.CharField(max_length=150)
+    api_key_id = models.PositiveBigIntegerField(default=0, verbose_name="API key id")
+    key_prefix = models.CharField(max_length=16)
+    model = models.CharField(max_length=200, blank=True)
+    endpoint = models.CharField(max_length=100, blank=True)
+    outcome = models.CharField(max_length=32, choices=Outcome.choices)
+    requests = models.PositiveBigIntegerField(default=0)
+    input_units = models.PositiveBigIntegerField(default=0)
+    output_units = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=0)
+    latency_count = models.PositiveBigIntegerField(default=0)
+    latency_sum_ms = models.PositiveBigIntegerField(default=0)
+    ttft_count = models.PositiveBigIntegerField(default=0)
+    ttft_sum_ms = models.PositiveBigIntegerField(default=0)
+    # ... and the histogram bins, added below (histogram_fields).
+
+    # The dimensions, in the order of the unique constraint the writer's upsert names.
+    DIMENSIONS = ("hour", "user_id", "api_key_id", "model", "endpoint", "outcome")
+
+    class Meta:
+        abstract = True
+
+    def __str__(self):
+        return f"{self.hour:%Y-%m-%d %H:00} {self.username} {self.model} {self.outcome}"
+
+
+for _name in (*histogram_fields("latency"), *histogram_fields("ttft")):
+    UsageSlot.add_to_class(_name, models.PositiveBigIntegerField(default=0))
+
+
+class UsageRollup(UsageSlot):
+    """Usage by the hour (`hour`: the start of a UTC hour): the dashboard's source.
+
+    Kept up to date by the log writer in the transaction that stores the rows
+    (`logs.services.write_batch`), rebuilt from the rows by `rebuild_usage`,
+    and never pruned with them: spend history outlives `prune_logs`.
+    """
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=UsageSlot.DIMENSIONS, name="rollup_unique_slot")
+        ]
+        indexes = [
+            models.Index(fields=["user_id", "hour"], name="rollup_user_hour"),
+            models.Index(fields=["api_key_id", "hour"], name="rollup_key_hour"),
+            models.Index(fields=["model", "hour"], name="rollup_model_hour"),
+        ]
+
+
+class DailyUsageRollup(UsageSlot):
+    """The same usage by the UTC day (`hour`: 00:00 UTC of the day), for long ranges.
+
+    Written with the hourly rows, in the same transaction; always the sum of
+    that day's UsageRollup rows (`rebuild_usage` makes it again from them).
+    """
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=UsageSlot.DIMENSIONS, name="daily_rollup_unique_slot")
+        ]
+        indexes = [
+            models.Index(fields=["user_id", "hour"], name="daily_rollup_user_day"),
+            models.Index(fields=["api_key_id", "hour"], name="daily_rollup_key_day"),
+            models.Index(fields=["model", "hour"], name="daily_rollup_model_day"),
+        ]
 
 
 class AuditEntry(models.Model):

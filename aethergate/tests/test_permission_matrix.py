@@ -215,6 +215,13 @@ MATRIX = {
         Call("get", "/admin/accounts/lockout/{lockout}/change/", ADMIN_READ),
         Call("post", "/admin/accounts/lockout/{lockout}/change/", admin(403, 403, 302, 302), {}),
     ],
+    # The request logs' CSV export and the usage dashboard (logs/admin.py, logs/dashboard.py):
+    # who may view request logs.
+    "admin/logs/requestlog/export/": [Call("get", "/admin/logs/requestlog/export/", ADMIN_READ)],
+    "admin/usage/": [
+        Call("get", "/admin/usage/", ADMIN_READ),
+        Call("get", "/admin/usage/?range=30d&export=csv", ADMIN_READ),
+    ],
     # Backup and restore (aethergate/backup/admin.py): as the API's backup route.
     "admin/backup/": [
         Call("get", "/admin/backup/", ADMIN_READ),

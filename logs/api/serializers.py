@@ -2,7 +2,8 @@
 
 from rest_framework import serializers
 
-from logs.models import AuditEntry, RequestLog
+from logs.models import AuditEntry, Outcome, RequestLog
+from logs.services import BUCKETS
 
 LIST_FIELDS = (
     "id",
@@ -46,17 +47,46 @@ class LogDetailSerializer(LogSerializer):
         read_only_fields = fields
 
 
+class StatsQuerySerializer(serializers.Serializer):
+    """What `stats` accepts: a range, a bucket size, and the filters rollups keep."""
+
+    since = serializers.DateTimeField(
+        required=False, help_text="From this time on (ISO 8601), taken down to the hour."
+    )
+    until = serializers.DateTimeField(
+        required=False, help_text="Before this time (ISO 8601), taken up to the hour."
+    )
+    bucket = serializers.ChoiceField(choices=BUCKETS, default="day", help_text="Series bucket.")
+    user = serializers.CharField(required=False, help_text="User id or username.")
+    key = serializers.CharField(required=False, help_text="API key id or display prefix.")
+    model = serializers.CharField(required=False)
+    endpoint = serializers.CharField(required=False)
+    outcome = serializers.ChoiceField(choices=Outcome.choices, required=False)
+
+    def validate(self, attrs):
+        if "since" in attrs and "until" in attrs and attrs["until"] <= attrs["since"]:
+            raise serializers.ValidationError({"until": "Must be after since."})
+        return attrs
+
+
 class UsageSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     input_units = serializers.IntegerField()
     output_units = serializers.IntegerField()
     cost = serializers.DecimalField(max_digits=None, decimal_places=10)
+    errors = serializers.IntegerField(help_text="Requests whose outcome was not ok.")
 
 
 class TotalsSerializer(UsageSerializer):
     errors = serializers.DictField(
         child=serializers.IntegerField(), help_text="Requests per outcome other than ok."
     )
+    error_count = serializers.IntegerField(help_text="Requests whose outcome was not ok.")
+    error_rate = serializers.FloatField(help_text="error_count / requests (0 without requests).")
+
+
+class BucketUsageSerializer(UsageSerializer):
+    start = serializers.DateTimeField()
 
 
 class DayUsageSerializer(UsageSerializer):
@@ -67,19 +97,62 @@ class ModelUsageSerializer(UsageSerializer):
     model = serializers.CharField()
 
 
+class EndpointUsageSerializer(UsageSerializer):
+    endpoint = serializers.CharField()
+
+
 class UserUsageSerializer(UsageSerializer):
+    user_id = serializers.IntegerField(help_text="0: the user was deleted before the log.")
     username = serializers.CharField()
 
 
-class StatsSerializer(serializers.Serializer):
-    """Usage over the selected logs: totals, then per day, model and user (by cost)."""
+class KeyUsageSerializer(UsageSerializer):
+    api_key_id = serializers.IntegerField(help_text="0: the key was deleted before the log.")
+    key_prefix = serializers.CharField()
+    username = serializers.CharField()
+    name = serializers.CharField(help_text="The key's name; empty once the key is deleted.")
 
-    since = serializers.DateTimeField(allow_null=True)
-    until = serializers.DateTimeField(allow_null=True)
+
+class OutcomeShareSerializer(serializers.Serializer):
+    outcome = serializers.CharField()
+    requests = serializers.IntegerField()
+    share = serializers.FloatField()
+
+
+class HistogramBinSerializer(serializers.Serializer):
+    le_ms = serializers.IntegerField(allow_null=True, help_text="Upper bound; null: the rest.")
+    count = serializers.IntegerField()
+
+
+class TimingSerializer(serializers.Serializer):
+    """Percentiles are the upper bounds of the histogram bins they fall in (null past the last)."""
+
+    count = serializers.IntegerField()
+    mean_ms = serializers.IntegerField(allow_null=True)
+    p50_ms = serializers.IntegerField(allow_null=True)
+    p90_ms = serializers.IntegerField(allow_null=True)
+    p95_ms = serializers.IntegerField(allow_null=True)
+    p99_ms = serializers.IntegerField(allow_null=True)
+    histogram = HistogramBinSerializer(many=True)
+
+
+class StatsSerializer(serializers.Serializer):
+    """Usage over whole hours (from the hourly rollups, which outlive pruned logs): totals, a
+    series in `bucket`s, per day, model, endpoint, user and key (by cost), outcomes, timings."""
+
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    bucket = serializers.CharField()
     totals = TotalsSerializer()
-    by_day = DayUsageSerializer(many=True)
+    series = BucketUsageSerializer(many=True)
+    by_day = DayUsageSerializer(many=True, help_text="Days with requests (as before `series`).")
     by_model = ModelUsageSerializer(many=True)
+    by_endpoint = EndpointUsageSerializer(many=True)
     by_user = UserUsageSerializer(many=True)
+    by_key = KeyUsageSerializer(many=True)
+    by_outcome = OutcomeShareSerializer(many=True)
+    latency = TimingSerializer()
+    ttft = TimingSerializer()
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):

@@ -7,6 +7,7 @@ import pytest
 
 from keys import services as key_services
 from logs.models import RequestLog
+from logs.services import rebuild_usage
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +41,7 @@ def rows(django_user_model):
             **fields,
         )
 
-    return {
+    made = {
         "alice": alice,
         "bob": bob,
         "alice_key": alice_key,
@@ -63,6 +64,8 @@ def rows(django_user_model):
             log(5, at(2, 23), alice, alice_key, "llama3", status=429, outcome="rate_limited"),
         ],
     }
+    rebuild_usage()  # stored here without the log writer, which keeps rollups itself
+    return made
 
 
 def ids(response):
@@ -151,72 +154,59 @@ def test_logs_are_read_only(api, rows, method):
 
 
 # Stats -----------------------------------------------------------------------
-def test_stats_add_up_every_log(api, rows):
-    response = api.get("/api/v1/stats/")
+def usage(requests, units, cost, errors=0, **names):
+    return {**names, "requests": requests, "input_units": units[0], "output_units": units[1],
+            "cost": cost, "errors": errors}  # fmt: skip
+
+
+def test_stats_add_up_every_log(api, rows, django_assert_max_num_queries):
+    # The token's checks, the span, the report and by_day (a few per rollup table): none per row.
+    with django_assert_max_num_queries(25):
+        response = api.get("/api/v1/stats/")
 
     assert response.status_code == 200
     stats = response.json()
-    assert (stats["since"], stats["until"]) == (None, None)
+    assert (stats["since"], stats["bucket"]) == ("2026-03-01T09:00:00Z", "day")
     assert stats["totals"] == {
         "requests": 5,
         "input_units": 115,
         "output_units": 75,
         "cost": "1.9000000000",
         "errors": {"rate_limited": 1, "upstream_error": 1},
+        "error_count": 2,
+        "error_rate": 0.4,
     }
     assert stats["by_day"] == [
-        {
-            "date": "2026-03-01",
-            "requests": 2,
-            "input_units": 110,
-            "output_units": 70,
-            "cost": "1.8000000000",
-        },
-        {
-            "date": "2026-03-02",
-            "requests": 3,
-            "input_units": 5,
-            "output_units": 5,
-            "cost": "0.1000000000",
-        },
+        usage(2, (110, 70), "1.8000000000", date="2026-03-01"),
+        usage(3, (5, 5), "0.1000000000", 2, date="2026-03-02"),
+    ]
+    assert stats["series"][:2] == [
+        usage(2, (110, 70), "1.8000000000", start="2026-03-01T00:00:00Z"),
+        usage(3, (5, 5), "0.1000000000", 2, start="2026-03-02T00:00:00Z"),
     ]
     assert stats["by_model"] == [
-        {
-            "model": "gpt-4o",
-            "requests": 2,
-            "input_units": 100,
-            "output_units": 50,
-            "cost": "1.5000000000",
-        },
-        {
-            "model": "llama3",
-            "requests": 3,
-            "input_units": 15,
-            "output_units": 25,
-            "cost": "0.4000000000",
-        },
+        usage(2, (100, 50), "1.5000000000", 1, model="gpt-4o"),
+        usage(3, (15, 25), "0.4000000000", 1, model="llama3"),
     ]
+    alice, bob = rows["alice"], rows["bob"]
     assert stats["by_user"] == [
-        {
-            "username": "alice",
-            "requests": 3,
-            "input_units": 110,
-            "output_units": 70,
-            "cost": "1.8000000000",
-        },
-        {
-            "username": "bob",
-            "requests": 2,
-            "input_units": 5,
-            "output_units": 5,
-            "cost": "0.1000000000",
-        },
+        usage(3, (110, 70), "1.8000000000", 1, user_id=alice.pk, username="alice"),
+        usage(2, (5, 5), "0.1000000000", 1, user_id=bob.pk, username="bob"),
     ]
+    alice_key, bob_key = rows["alice_key"], rows["bob_key"]
+    assert stats["by_key"] == [
+        usage(3, (110, 70), "1.8000000000", 1, api_key_id=alice_key.pk,
+              key_prefix=alice_key.prefix, username="alice", name="a"),
+        usage(2, (5, 5), "0.1000000000", 1, api_key_id=bob_key.pk,
+              key_prefix=bob_key.prefix, username="bob", name="b"),
+    ]  # fmt: skip
+    assert stats["by_outcome"][0] == {"outcome": "ok", "requests": 3, "share": 0.6}
 
 
-def test_stats_cover_a_time_range(api, rows):
+def test_stats_cover_a_time_range_in_buckets(api, rows):
     stats = api.get(
-        "/api/v1/stats/", {"since": "2026-03-01T12:00:00Z", "until": "2026-03-02T12:00:00Z"}
+        "/api/v1/stats/",
+        {"since": "2026-03-01T12:00:00Z", "until": "2026-03-02T12:00:00Z", "bucket": "hour"},
     ).json()
 
     assert stats["since"] == "2026-03-01T12:00:00Z"
@@ -224,15 +214,32 @@ def test_stats_cover_a_time_range(api, rows):
     assert stats["totals"]["requests"] == 2
     assert stats["totals"]["cost"] == "1.6000000000"
     assert stats["totals"]["errors"] == {}
+    assert len(stats["series"]) == 24
+    assert [(s["start"], s["requests"]) for s in stats["series"] if s["requests"]] == [
+        ("2026-03-01T15:00:00Z", 1),
+        ("2026-03-02T08:00:00Z", 1),
+    ]
     assert [d["date"] for d in stats["by_day"]] == ["2026-03-01", "2026-03-02"]
     assert [u["username"] for u in stats["by_user"]] == ["alice", "bob"]
 
 
-def test_stats_accept_the_log_filters(api, rows):
-    stats = api.get("/api/v1/stats/", {"user": "bob"}).json()
+def test_stats_accept_the_user_key_model_and_endpoint_filters(api, rows):
+    by_name = api.get("/api/v1/stats/", {"user": "bob"}).json()
+    by_id = api.get("/api/v1/stats/", {"user": str(rows["bob"].pk)}).json()
+    by_key = api.get("/api/v1/stats/", {"key": f"{rows['alice_key'].prefix}…"}).json()
+    by_model = api.get("/api/v1/stats/", {"model": "gpt-4o", "outcome": "ok"}).json()
 
-    assert stats["totals"]["requests"] == 2
-    assert [m["model"] for m in stats["by_model"]] == ["llama3", "gpt-4o"]
+    assert by_name["totals"]["requests"] == by_id["totals"]["requests"] == 2
+    assert [m["model"] for m in by_name["by_model"]] == ["llama3", "gpt-4o"]
+    assert by_key["totals"]["requests"] == 3
+    assert by_model["totals"]["requests"] == 1 and by_model["totals"]["cost"] == "1.5000000000"
+
+
+def test_stats_refuse_a_filter_the_rollups_do_not_keep(api, rows):
+    response = api.get("/api/v1/stats/", {"status": "502", "bucket": "day"})
+
+    assert response.status_code == 400
+    assert "filter /api/v1/logs/" in response.json()["status"][0]
 
 
 def test_stats_of_nothing_are_zeros(api):
@@ -244,12 +251,20 @@ def test_stats_of_nothing_are_zeros(api):
         "output_units": 0,
         "cost": "0.0000000000",
         "errors": {},
+        "error_count": 0,
+        "error_rate": 0.0,
     }
-    assert stats["by_day"] == stats["by_model"] == stats["by_user"] == []
+    assert stats["by_day"] == stats["by_model"] == stats["by_user"] == stats["by_key"] == []
+    assert len(stats["series"]) == 1 and stats["series"][0]["requests"] == 0
 
 
 def test_stats_refuse_a_bad_range(api):
-    response = api.get("/api/v1/stats/", {"until": "not-a-date"})
+    bad = api.get("/api/v1/stats/", {"until": "not-a-date"})
+    backwards = api.get(
+        "/api/v1/stats/", {"since": "2026-03-02T00:00Z", "until": "2026-03-01T00:00Z"}
+    )
+    bucket = api.get("/api/v1/stats/", {"bucket": "month"})
 
-    assert response.status_code == 400
-    assert "until" in response.json()
+    assert bad.status_code == backwards.status_code == bucket.status_code == 400
+    assert "until" in bad.json() and backwards.json() == {"until": ["Must be after since."]}
+    assert "bucket" in bucket.json()
