@@ -618,7 +618,15 @@ def _walk_laptop(page, gateway, shots):
     captions = [
         c.strip() for c in page.locator("#content-main .module caption").all_text_contents()
     ]
-    assert captions[:5] == ["Upstream endpoints", "Models", "Accounts", "API keys", "Request logs"]
+    # The usage dashboard first, then the apps in setup order.
+    assert captions[:6] == [
+        "Usage",
+        "Upstream endpoints",
+        "Models",
+        "Accounts",
+        "API keys",
+        "Request logs",
+    ]
     expect(page.locator("#content-main")).not_to_contain_text("Groups")
     _shot(page, shots, "p1-index.png")
 

@@ -7,6 +7,10 @@ SERVED = {
     "createChatCompletion": ("/chat/completions", "post"),
     "createCompletion": ("/completions", "post"),
     "createEmbedding": ("/embeddings", "post"),
+    "createImage": ("/images/generations", "post"),
+    "createSpeech": ("/audio/speech", "post"),
+    "createTranscription": ("/audio/transcriptions", "post"),
+    "createTranslation": ("/audio/translations", "post"),
     "listModels": ("/models", "get"),
     "retrieveModel": ("/models/{model}", "get"),
 }
@@ -89,6 +93,10 @@ def test_the_extractor_keeps_the_operations_and_what_they_reach_transitively():
             },
             "/completions": {"post": {"operationId": "createCompletion"}},
             "/embeddings": {"post": {"operationId": "createEmbedding"}},
+            "/images/generations": {"post": {"operationId": "createImage"}},
+            "/audio/speech": {"post": {"operationId": "createSpeech"}},
+            "/audio/transcriptions": {"post": {"operationId": "createTranscription"}},
+            "/audio/translations": {"post": {"operationId": "createTranslation"}},
             "/models": {"get": {"operationId": "listModels"}},
             "/models/{model}": {
                 "get": {"operationId": "retrieveModel"},
