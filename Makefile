@@ -77,7 +77,7 @@ REPEAT ?= 3
 SOAK ?= 100000
 STALL ?= 15
 UPSTREAM ?= aiohttp
-.PHONY: bench bench-smoke bench-memory bench-upload
+.PHONY: bench bench-smoke bench-memory bench-upload bench-instructions
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/run.py --db $(BENCH_DB) --upstream $(UPSTREAM) --repeat $(REPEAT) \
@@ -90,6 +90,11 @@ bench-memory: $(VENV)/.dev
 # `make bench-upload`: the gateway's RSS while it relays 20 MB audio uploads (bench/upload.py).
 bench-upload: $(VENV)/.dev
 	$(BIN)/python bench/upload.py $(BENCH_ARGS)
+
+# `make bench-instructions`: instructions per chat request under callgrind (bench/instructions.py),
+# steady whatever the machine's load: for comparing two commits on a busy machine.
+bench-instructions: $(VENV)/.dev
+	$(BIN)/python bench/instructions.py
 
 # Usage at scale (bench/usage_rows.py): the log writer's rows/s with and without rollups,
 # then ROWS request logs and their rollups, the dashboard's report and the log-list totals.
