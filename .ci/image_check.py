@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 START_SECONDS = 60
 STOP_SECONDS = 30
+KEY_PROPAGATION_SECONDS = 5  # a new key reaching every worker (two catalog polls)
 
 
 def image_config(image: str) -> dict:
@@ -188,12 +189,19 @@ def check(base: str, master: str, upstream, server: subprocess.Popen, log: Path)
     expect("a key issued through the API", status == 201, body)
     secret = json.loads(body)["secret"]
 
-    status, headers, body = request(
-        f"{base}/v1/chat/completions",
-        method="POST",
-        headers={"Authorization": f"Bearer {secret}"},
-        body={"model": "gpt-image", "messages": [{"role": "user", "content": "hi"}]},
-    )
+    # Two workers, no Redis: the worker that did not issue the key learns of it at its
+    # next catalog poll (AETHERGATE_CATALOG_POLL_SECONDS, 1 s), as the README says.
+    deadline = time.monotonic() + KEY_PROPAGATION_SECONDS
+    while True:
+        status, headers, body = request(
+            f"{base}/v1/chat/completions",
+            method="POST",
+            headers={"Authorization": f"Bearer {secret}"},
+            body={"model": "gpt-image", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        if status != 401 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     answer = json.loads(body)
     expect("/v1/chat/completions answers", status == 200 and answer["model"] == "gpt-image", body)
     (call,) = upstream.wait_for_requests(1)
