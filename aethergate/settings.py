@@ -246,6 +246,36 @@ AETHERGATE_BODY_READ_TIMEOUT_SECONDS = env.float(
 )
 # How often each process checks the database for catalog changes made elsewhere.
 AETHERGATE_CATALOG_POLL_SECONDS = env.float("AETHERGATE_CATALOG_POLL_SECONDS", default=1.0)
+# Routing over a model's deployments (proxy/routing.py, proxy/health.py), per process.
+# A deployment's circuit opens when, over WINDOW seconds, at least MIN_REQUESTS
+# attempts were made and FAILURE_RATIO of them failed, or after CONSECUTIVE failures
+# in a row; it stays open COOLDOWN seconds, doubled after each failed probe up to
+# MAX_COOLDOWN, then lets one request through (half-open).
+AETHERGATE_BREAKER_WINDOW_SECONDS = env.float("AETHERGATE_BREAKER_WINDOW_SECONDS", default=30.0)
+AETHERGATE_BREAKER_MIN_REQUESTS = env.int("AETHERGATE_BREAKER_MIN_REQUESTS", default=10)
+AETHERGATE_BREAKER_FAILURE_RATIO = env.float("AETHERGATE_BREAKER_FAILURE_RATIO", default=0.5)
+AETHERGATE_BREAKER_CONSECUTIVE_FAILURES = env.int(
+    "AETHERGATE_BREAKER_CONSECUTIVE_FAILURES", default=5
+)
+AETHERGATE_BREAKER_COOLDOWN_SECONDS = env.float("AETHERGATE_BREAKER_COOLDOWN_SECONDS", default=5.0)
+AETHERGATE_BREAKER_MAX_COOLDOWN_SECONDS = env.float(
+    "AETHERGATE_BREAKER_MAX_COOLDOWN_SECONDS", default=300.0
+)
+# Retries (only before the first byte reached the client, always on another
+# deployment): at most MAX_RETRIES per request, and per model at most RATIO of the
+# requests of the last 10 s (but MIN in any case), each after a random wait of up
+# to BACKOFF seconds, doubled per retry up to BACKOFF_MAX.
+AETHERGATE_MAX_RETRIES = env.int("AETHERGATE_MAX_RETRIES", default=2)
+AETHERGATE_RETRY_BUDGET_RATIO = env.float("AETHERGATE_RETRY_BUDGET_RATIO", default=0.2)
+AETHERGATE_RETRY_BUDGET_MIN = env.int("AETHERGATE_RETRY_BUDGET_MIN", default=3)
+AETHERGATE_RETRY_BACKOFF_SECONDS = env.float("AETHERGATE_RETRY_BACKOFF_SECONDS", default=0.05)
+AETHERGATE_RETRY_BACKOFF_MAX_SECONDS = env.float(
+    "AETHERGATE_RETRY_BACKOFF_MAX_SECONDS", default=1.0
+)
+# Session affinity: sessions remembered (least recently used dropped first), and
+# seconds an idle one is kept.
+AETHERGATE_AFFINITY_MAX_SESSIONS = env.int("AETHERGATE_AFFINITY_MAX_SESSIONS", default=10_000)
+AETHERGATE_AFFINITY_SECONDS = env.float("AETHERGATE_AFFINITY_SECONDS", default=3600.0)
 # A ": keep-alive" comment is sent when an upstream stream is silent this long.
 AETHERGATE_SSE_KEEPALIVE_SECONDS = env.float("AETHERGATE_SSE_KEEPALIVE_SECONDS", default=15.0)
 # The log writer: records per batch, seconds between flushes, and the buffer of

@@ -196,11 +196,21 @@ def make_endpoint(name="local", base_url=LOCAL_UPSTREAM, api_key="", **fields):
 
 
 def make_model(name="llama3", upstream_name="llama3:8b", endpoint=None, **fields):
-    """A saved Model on `endpoint` (a new local one by default)."""
+    """A saved Model served by `upstream_name` on `endpoint` (a new local one by default)."""
     from models_registry.models import Model
 
-    endpoint = endpoint or make_endpoint()
-    return Model.objects.create(name=name, upstream_name=upstream_name, endpoint=endpoint, **fields)
+    model = Model.objects.create(name=name, **fields)
+    deploy(model, endpoint or make_endpoint(), upstream_name)
+    return model
+
+
+def deploy(model, endpoint, upstream_name=None, **fields):
+    """A saved Deployment of `model` on `endpoint` (upstream name: the model's, by default)."""
+    from models_registry.models import Deployment
+
+    return Deployment.objects.create(
+        model=model, endpoint=endpoint, upstream_name=upstream_name or model.name, **fields
+    )
 
 
 def make_key(owner, name="test", **fields):

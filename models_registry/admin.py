@@ -8,7 +8,7 @@ from django.contrib import admin
 
 from aethergate.lib import money
 from aethergate.lib.admin import GatewayAdmin, count, swap_fields
-from models_registry.models import BillingUnit, Model
+from models_registry.models import BillingUnit, Deployment, Model
 
 PRICES = {"price_in": "Input price", "price_out": "Output price"}
 
@@ -87,27 +87,38 @@ class ModelForm(forms.ModelForm):
         return cleaned
 
 
+class DeploymentInline(admin.TabularInline):
+    model = Deployment
+    extra = 0
+    min_num = 0
+    autocomplete_fields = ("endpoint",)
+    fields = ("endpoint", "upstream_name", "weight", "priority")
+
+
 @admin.register(Model)
 class ModelAdmin(GatewayAdmin):
     form = ModelForm
     list_display = (
         "name",
-        "endpoint",
+        "served_by",
         "billing_unit",
         "input_price",
         "output_price",
         "is_active",
     )
     list_editable = ("is_active",)
-    list_filter = ("is_active", "capability", "billing_unit", "endpoint")
-    list_select_related = ("endpoint",)
-    search_fields = ("name", "upstream_name")
-    autocomplete_fields = ("endpoint", "fallback")
+    list_filter = ("is_active", "capability", "billing_unit", "deployments__endpoint")
+    search_fields = ("name", "deployments__upstream_name")
+    autocomplete_fields = ("fallback", "context_fallback")
+    inlines = (DeploymentInline,)
     readonly_fields = ("created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("name", "upstream_name", "endpoint", "capability", "is_active")}),
+        (None, {"fields": ("name", "capability", "is_active")}),
         ("Billing", {"fields": ("billing_unit", "price_in", "price_out")}),
-        ("Limits and fallback", {"fields": ("rpm_limit", "day_limit", "fallback")}),
+        (
+            "Routing and limits",
+            {"fields": ("strategy", "fallback", "context_fallback", "rpm_limit", "day_limit")},
+        ),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
 
@@ -117,6 +128,13 @@ class ModelAdmin(GatewayAdmin):
             return fieldsets
         # A read-only page shows prices per the unit's basis, not per unit with 10 decimals.
         return swap_fields(fieldsets, {"price_in": "input_price", "price_out": "output_price"})
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("deployments__endpoint")
+
+    @admin.display(description="served by")
+    def served_by(self, obj):
+        return ", ".join(str(d.endpoint) for d in obj.deployments.all()) or "-"
 
     @admin.display(description="input price", ordering="price_in")
     def input_price(self, obj):

@@ -70,36 +70,39 @@ class ModelQuerySet(ChangeQuerySet):
 
 
 class Model(models.Model):
-    """A public model name, served by `upstream_name` on `endpoint`.
+    """A public model name, served by its deployments (`Deployment`): upstream models on endpoints.
 
-    `fallback` is tried when the upstream fails before the first byte reaches
-    the client. Prices are per billing unit, in the same currency as balances.
+    `strategy` spreads requests over the deployments; `fallback` is tried once
+    every deployment failed before the first byte reached the client, and
+    `context_fallback` instead when the upstream said the request is too long
+    for its context. Prices are per billing unit, in the same currency as balances.
     """
 
     # The fields the management API and the backup carry, in their order;
     # each adds its own around them (aethergate/tests/test_field_lists.py).
     shared_fields = (
         "name",
-        "upstream_name",
-        "endpoint",
         "capability",
         "billing_unit",
         "price_in",
         "price_out",
         "rpm_limit",
         "day_limit",
+        "strategy",
         "fallback",
+        "context_fallback",
         "is_active",
     )
 
+    class Strategy(models.TextChoices):
+        """How a request picks among the available deployments of the first tier that has one."""
+
+        WEIGHTED = "weighted", "Weighted random"
+        LEAST_BUSY = "least_busy", "Fewest requests in flight"
+        FASTEST = "fastest", "Lowest recent time to first byte"
+
     name = models.CharField(
         max_length=200, unique=True, help_text="Public name clients send, e.g. llama3."
-    )
-    upstream_name = models.CharField(
-        max_length=200, help_text="Model name the upstream expects, e.g. llama3:8b."
-    )
-    endpoint = models.ForeignKey(
-        Endpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="models"
     )
     capability = models.CharField(
         max_length=20, choices=Capability.choices, default=Capability.TEXT
@@ -144,7 +147,28 @@ class Model(models.Model):
         null=True,
         blank=True,
         related_name="fallback_for",
-        help_text="Tried when this model's upstream fails before answering.",
+        help_text="Tried when every deployment of this model failed before answering.",
+    )
+    context_fallback = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="context_fallback_for",
+        verbose_name="context-length fallback",
+        help_text="Tried instead when the upstream refuses the request as too long for "
+        "its context (a model with a longer one). Empty: that refusal reaches the client.",
+    )
+    strategy = models.CharField(
+        max_length=20,
+        choices=Strategy.choices,
+        default=Strategy.WEIGHTED,
+        verbose_name="balancing",
+        help_text="How requests are spread over the deployments of one priority. Weighted "
+        "random follows the weights; fewest in flight and lowest time to first byte are "
+        "measured by each gateway process on its own traffic. Requests of one session "
+        "(a user field, prompt_cache_key, X-Session-Id) stay on one deployment while it "
+        "is healthy, whatever the strategy.",
     )
     is_active = models.BooleanField("active", default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -167,15 +191,69 @@ class Model(models.Model):
         error = unit_error(self.capability, self.billing_unit)
         if error:
             raise ValidationError({"billing_unit": error})
+        for field in ("fallback", "context_fallback"):
+            self._check_chain(field)
+
+    def _check_chain(self, field: str) -> None:
         seen = {self.pk} if self.pk else set()
-        current, depth = self.fallback, 0
+        current, depth = getattr(self, field), 0
         while current is not None:
             if current.pk in seen or current is self:
-                raise ValidationError({"fallback": "This fallback chain loops back on itself."})
+                raise ValidationError({field: "This fallback chain loops back on itself."})
             depth += 1
             if depth > MAX_FALLBACK_DEPTH:
                 raise ValidationError(
-                    {"fallback": f"A fallback chain may be at most {MAX_FALLBACK_DEPTH} deep."}
+                    {field: f"A fallback chain may be at most {MAX_FALLBACK_DEPTH} deep."}
                 )
             seen.add(current.pk)
-            current = current.fallback
+            current = getattr(current, field)
+
+
+class DeploymentQuerySet(ChangeQuerySet):
+    def serving(self):
+        """The deployments requests may be sent to: weighted, on an active endpoint."""
+        return self.filter(weight__gt=0, endpoint__is_active=True)
+
+
+class Deployment(models.Model):
+    """One way to serve a model: `upstream_name` on `endpoint`, with a weight and a priority.
+
+    The proxy sends a request to a deployment of the lowest priority number that
+    is available (its circuit closed), picked among them by the model's strategy;
+    higher numbers are used only when every deployment before them is unavailable.
+    """
+
+    # The fields the management API and the backup carry, in their order.
+    shared_fields = ("endpoint", "upstream_name", "weight", "priority")
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="deployments")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deployments")
+    upstream_name = models.CharField(
+        max_length=200, help_text="Model name this endpoint expects, e.g. llama3:8b."
+    )
+    weight = models.PositiveIntegerField(
+        default=1,
+        help_text="Share of the requests among deployments of the same priority (weighted "
+        "random). 0 sends it none: a drained replica.",
+    )
+    priority = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="0 is used first. A higher number is a standby tier: used only while "
+        "every deployment with a lower number is unavailable.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DeploymentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["model", "priority", "-weight", "pk"]
+        base_manager_name = "objects"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "endpoint", "upstream_name"], name="unique_deployment"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.upstream_name} on {self.endpoint}"

@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from endpoints.models import Endpoint
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 
 
 @dataclass
@@ -23,7 +23,8 @@ class Imported:
 def import_models(*, endpoint: Endpoint, names: Iterable[str]) -> Imported:
     """Add each of `names` (upstream model ids) to the catalog, served by `endpoint`.
 
-    A new model's public and upstream names are the id; it is active, billed
+    A new model's public and upstream names are the id, its one deployment on
+    `endpoint`; it is active, billed
     per token at price 0 until staff set its prices. A name already in the
     catalog (on any endpoint) is left as it is; one the model's own
     validation refuses (too long, …) is reported, not created. All or nothing.
@@ -36,12 +37,16 @@ def import_models(*, endpoint: Endpoint, names: Iterable[str]) -> Imported:
             if name in taken:
                 result.existing.append(name)
                 continue
-            model = Model(name=name, upstream_name=name, endpoint=endpoint)
+            model = Model(name=name)
+            deployment = Deployment(model=model, endpoint=endpoint, upstream_name=name)
             try:
                 model.full_clean(validate_unique=False)  # `taken` holds the catalog's names
+                deployment.full_clean(exclude=["model"], validate_unique=False)
             except ValidationError as error:
                 result.refused[name] = " ".join(error.messages)
                 continue
             model.save()
+            deployment.model = model
+            deployment.save()
             result.created.append(model)
     return result

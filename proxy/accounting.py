@@ -19,7 +19,7 @@ from aethergate.lib import metrics
 from logs.models import Outcome, RequestLog
 from logs.records import RequestRecord
 from proxy import usage
-from proxy.snapshot import KeyInfo, ModelInfo
+from proxy.snapshot import DeploymentInfo, KeyInfo, ModelInfo
 
 access_log = logging.getLogger("aethergate.requests")
 
@@ -48,6 +48,7 @@ class Exchange:
     key: KeyInfo | None = None
     model_name: str = ""  # the public name the client asked for
     model: ModelInfo | None = None  # once known to exist; then the model that answered
+    deployment: DeploymentInfo | None = None  # the one last tried
     endpoint: str = ""
     status: int = 200
     outcome: Outcome = Outcome.OK

@@ -10,7 +10,7 @@ from aethergate.lib.ratelimit import Decision
 from logs.models import Outcome
 from proxy import errors
 from proxy.errors import APIError
-from proxy.snapshot import KeyInfo, ModelInfo, Snapshot
+from proxy.snapshot import EndpointInfo, KeyInfo, ModelInfo, Snapshot
 
 # What each limiter scope prefix stands for, in the 429's message.
 TIERS = {"k": "this API key", "m": "this model", "e": "this model's endpoint"}
@@ -45,11 +45,12 @@ def admit(key: KeyInfo, model: ModelInfo, capability: str) -> None:
 
 
 def checks(key: KeyInfo | None, model: ModelInfo) -> list[tuple[str, object]]:
-    """The (scope, rate) pairs a request counts against: its key's, its model's, its endpoint's."""
+    """The (scope, rate) pairs a request counts against on admission: its key's and its model's.
+
+    Its endpoint's are counted when a deployment is picked (`limit_endpoint`).
+    """
     found = [(f"k{key.id}", r) for r in key.rates] if key else []
     found += [(f"m{model.id}", r) for r in model.rates]
-    if model.endpoint:
-        found += [(f"e{model.endpoint.id}", r) for r in model.endpoint.rates]
     return found
 
 
@@ -58,7 +59,17 @@ async def limit(limiter, key: KeyInfo | None, model: ModelInfo) -> Decision:
 
     `key` is None for a fallback model: the key was counted once already.
     """
-    decision = await limiter.hit(checks(key, model))
+    return refused_unless_allowed(await limiter.hit(checks(key, model)))
+
+
+async def limit_endpoint(limiter, endpoint: EndpointInfo) -> None:
+    """Count an attempt against its endpoint's limits (if it has any); 429 if one is reached."""
+    if endpoint.rates:
+        refused_unless_allowed(await limiter.hit([(f"e{endpoint.id}", r) for r in endpoint.rates]))
+
+
+def refused_unless_allowed(decision: Decision) -> Decision:
+    """`decision`, or the 429 that says which limit refused it."""
     if not decision.allowed:
         retry = min(MAX_RETRY_AFTER_SECONDS, max(1, int(decision.retry_after + 0.999)))
         raise APIError(

@@ -11,9 +11,9 @@ def catalog_models() -> tuple:
     from accounts.models import User
     from endpoints.models import Endpoint
     from keys.models import APIKey
-    from models_registry.models import Model
+    from models_registry.models import Deployment, Model
 
-    return (User, APIKey, Model, Endpoint)
+    return (User, APIKey, Model, Endpoint, Deployment)
 
 
 def _saved_or_deleted(sender, using=None, **_signal):

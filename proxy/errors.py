@@ -51,10 +51,12 @@ class APIError(Exception):
 class Retryable(Exception):
     """An attempt failed before any byte reached the client: another candidate may be tried."""
 
-    def __init__(self, reason: str, error: APIError):
+    def __init__(self, reason: str, error: APIError, *, retry_after: float | None = None):
         super().__init__(reason)
         self.reason = reason
         self.error = error
+        # Seconds the upstream asked to be left alone (a 429's Retry-After).
+        self.retry_after = retry_after
 
 
 class ClientGone(Exception):

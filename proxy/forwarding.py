@@ -8,7 +8,9 @@ HTTP or formats); the classifiers turn what an upstream did into a
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 
 import aiohttp
@@ -19,13 +21,14 @@ from models_registry.models import MAX_FALLBACK_DEPTH
 from proxy import dialects, errors, upstream
 from proxy.codec import loads
 from proxy.errors import APIError, Retryable
-from proxy.snapshot import EndpointInfo, ModelInfo
+from proxy.snapshot import DeploymentInfo, EndpointInfo, ModelInfo
 
 log = logging.getLogger(__name__)
 
 # How much of an upstream's error body is read for its message, and for how long.
 UPSTREAM_ERROR_BYTES = 64 * 1024
 UPSTREAM_ERROR_SECONDS = 5
+MAX_RETRY_AFTER = 3600.0
 
 
 async def forward(
@@ -33,40 +36,108 @@ async def forward(
     model: ModelInfo,
     models: dict[str, ModelInfo],
     *,
-    attempt: Callable[[ModelInfo, dict], Awaitable[None]],
+    router,
+    session: tuple | None,
+    attempt: Callable[[ModelInfo, DeploymentInfo, dict], Awaitable[None]],
     admit_fallback: Callable[[ModelInfo], Awaitable[object]],
 ) -> None:
-    """`attempt(candidate, record)` the model, then its fallbacks, until one answers.
+    """`attempt(candidate, deployment, record)` until one answers: the model's deployments,
+    then its fallbacks'.
 
-    Each try appends its `record` (model, endpoint, status, error) to
-    `ex.attempts`. A fallback is first admitted by `admit_fallback` (its own
-    limits). Raises the last failure's error when none answered.
+    `router` picks each deployment and hears how it went. A Retryable failure
+    moves to another deployment (after a jittered backoff, while the model's
+    retry budget and the per-request cap allow), then to the next model. A
+    refusal the upstream gives as too long for its context goes to the
+    model's context fallback, if it has one. Each attempt appends its `record`
+    (model, endpoint, deployment, status, error) to `ex.attempts`. Raises the
+    last failure's error when none answered.
     """
+    router.requested(model)
     tried: set[str] = set()
     candidate: ModelInfo | None = model
     last_error = None
+    failures = 0  # failed upstream attempts of this request: any further one is a retry
     while candidate is not None and len(tried) <= MAX_FALLBACK_DEPTH:
         if candidate is not model:
             # Counted here, where it is tried: past the depth cap, none is.
-            metrics.FALLBACKS.labels(ex.attempts[-1]["model"]).inc()
+            metrics.FALLBACKS.labels(ex.attempts[-1]["model"] if ex.attempts else model.name).inc()
+            try:
+                await admit_fallback(candidate)
+            except APIError as limited:
+                ex.attempts.append(
+                    {"model": candidate.name, "endpoint": "", "error": "rate_limited"}
+                )
+                tried.add(candidate.name)
+                last_error = limited
+                candidate = next_fallback(models, candidate, tried)
+                continue
         tried.add(candidate.name)
-        record = {"model": candidate.name, "endpoint": ""}
-        ex.attempts.append(record)
+        excluded: set[int] = set()
         try:
-            if candidate is not model:
+            while (deployment := router.pick(candidate, excluded, session)) is not None:
+                if failures:
+                    if not router.may_retry(model, failures - 1):
+                        raise last_error
+                    metrics.series(metrics.RETRIES, model.name, ex.attempts[-1]["error"]).inc()
+                    await router.backoff(failures)
+                excluded.add(deployment.id)
+                record = {"model": candidate.name, "endpoint": deployment.endpoint.name}
+                ex.attempts.append(record)
                 try:
-                    await admit_fallback(candidate)
-                except APIError as limited:
-                    raise Retryable("rate_limited", limited) from None
-            await attempt(candidate, record)
-            return
-        except Retryable as failure:
-            record["error"] = failure.reason
-            if failure.reason != "rate_limited":
-                metrics.UPSTREAM_ERRORS.labels(record["endpoint"], failure.reason).inc()
-            last_error = failure.error
-            candidate = next_fallback(models, candidate, tried)
+                    await _attempt(ex, router, candidate, deployment, record, attempt, session)
+                    return
+                except Retryable as failure:
+                    record["error"] = failure.reason
+                    last_error = failure.error
+                    if failure.reason != "rate_limited":  # a local refusal: no upstream call
+                        failures += 1
+                        metrics.UPSTREAM_ERRORS.labels(record["endpoint"], failure.reason).inc()
+        except APIError as error:
+            longer = candidate.context_fallback
+            if error.code != "context_length_exceeded" or longer is None or longer in tried:
+                raise
+            candidate = models.get(longer)
+            if candidate is None:
+                raise
+            continue
+        if last_error is None:
+            last_error = errors.upstream_error(
+                503,
+                f"The model '{ex.model_name}' has no available upstream: every deployment "
+                "is unreachable or paused after failing.",
+                code="model_unavailable",
+            )
+        candidate = next_fallback(models, candidate, tried)
     raise last_error
+
+
+async def _attempt(ex, router, model, deployment, record, attempt, session) -> None:
+    """One attempt, its outcome told to the router: Retryable failures, mid-stream
+    failures and timeouts count against the deployment; any upstream answer for it."""
+    router.taken(model, deployment)
+    try:
+        await attempt(model, deployment, record)
+    except Retryable as failure:
+        if failure.reason == "rate_limited":
+            router.abandoned(deployment)
+        else:
+            router.failed(deployment, retry_after=failure.retry_after)
+        raise
+    except APIError:
+        if "status" in record:  # the upstream answered (it refused the request): it is up
+            router.succeeded(deployment, record.get("ttfb"))
+        else:
+            router.abandoned(deployment)
+        raise
+    except BaseException:  # the client left, or the server is stopping
+        router.abandoned(deployment)
+        raise
+    if ex.status >= 500:  # it broke off after the first byte: too late to retry, not to count
+        router.failed(deployment)
+        return
+    router.succeeded(deployment, record.get("ttfb"))
+    if session is not None:
+        router.remember(session, deployment)
 
 
 def next_fallback(
@@ -77,19 +148,23 @@ def next_fallback(
     return models.get(model.fallback)
 
 
-def usable_endpoint(model: ModelInfo, model_name: str) -> EndpointInfo:
-    """The model's endpoint, or Retryable when it has none that can be called."""
-    endpoint = model.endpoint
-    if endpoint is None or not endpoint.usable:
-        raise Retryable(
-            "no endpoint",
-            errors.upstream_error(
-                503,
-                f"The model '{model_name}' has no usable upstream endpoint.",
-                code="model_unavailable",
-            ),
-        )
-    return endpoint
+def retry_after(value: str | None) -> float | None:
+    """Seconds a 429's Retry-After asks for (a number, or an HTTP date), at most an hour."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def connection_failure(exc: Exception, endpoint: EndpointInfo, model_name: str) -> Retryable:
@@ -155,6 +230,8 @@ async def failure(response, endpoint: EndpointInfo, model_name: str, *, log_cont
     """
     status = response.status
     found = status_failure(status, model_name)
+    if status == 429:
+        found.retry_after = retry_after(response.headers.get("Retry-After"))
     suspect = status == 500 and dialects.of(endpoint).faults_as_500
     if found is not None and not suspect:
         return found
@@ -186,16 +263,26 @@ def rejection(status: int, body: bytes | None, endpoint: EndpointInfo, *, log_co
     detail, code = upstream_reason(status, body)
     logged = f"The upstream rejected the request (HTTP {status}"
     logged += f", code {str(code)[:100]})." if code else ")."
+    too_long = code == "context_length_exceeded" or _CONTEXT_OVERFLOW.search(detail)
     return APIError(
         400,
         f"The upstream rejected the request: {upstream.scrub(detail, endpoint)}",
-        code="upstream_rejected",
+        code="context_length_exceeded" if too_long else "upstream_rejected",
         outcome=Outcome.INVALID_REQUEST,
         log_message=None if log_content else logged,
     )
 
 
 _TAGS = re.compile(r"<[^>]*>")
+# How servers say a request does not fit the model's context: OpenAI and vLLM ("This
+# model's maximum context length is …"), vLLM's "longer than the maximum model length",
+# llama.cpp's server ("exceeds the available context size"), llama-cpp-python
+# ("Requested tokens (…) exceed context window of …"), Anthropic ("prompt is too long").
+_CONTEXT_OVERFLOW = re.compile(
+    r"maximum context length|longer than the maximum model length|exceeds? the available "
+    r"context size|exceed context window|prompt is too long",
+    re.IGNORECASE,
+)
 
 
 def upstream_reason(status: int, body: bytes | None) -> tuple[str, object]:

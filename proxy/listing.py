@@ -10,11 +10,11 @@ PREFIX = "/v1/models/"
 
 
 def visible_models(snapshot: Snapshot, key: KeyInfo) -> list[ModelInfo]:
-    """The served models `key` may use: on an endpoint, allowed to it, of its capabilities."""
+    """The served models `key` may use: deployed, allowed to it, of its capabilities."""
     return [
         m
         for m in snapshot.models.values()
-        if m.endpoint is not None
+        if m.deployments
         and (not key.models or m.name in key.models)
         and (not key.capabilities or m.capability in key.capabilities)
     ]

@@ -11,12 +11,12 @@ import random
 from django.conf import settings
 
 from logs.models import Outcome
-from proxy import admission, errors, forms, forwarding
+from proxy import admission, errors, forms, forwarding, routing
 from proxy.accounting import Exchange
 from proxy.asgi_io import Receive, Responder, Scope, read_body, sends_json, wait_for_disconnect
 from proxy.codec import dumps, loads_client
 from proxy.errors import bad_request
-from proxy.snapshot import ModelInfo
+from proxy.snapshot import DeploymentInfo, ModelInfo
 from proxy.validation import check_body
 
 
@@ -26,7 +26,7 @@ async def infer(
     """Answer one inference call of operation `op` for the authenticated `ex.key`."""
     payload = await op.read(scope, receive, op.schema)
     try:
-        await _infer(runtime, op, ex, payload, receive, responder)
+        await _infer(runtime, op, ex, scope, payload, receive, responder)
     finally:
         if isinstance(payload, forms.FormPayload) and payload.form.upload is not None:
             payload.form.upload.close()
@@ -54,7 +54,9 @@ async def read_form(scope: Scope, receive: Receive, schema) -> forms.FormPayload
     return payload
 
 
-async def _infer(runtime, op, ex: Exchange, payload: dict, receive: Receive, responder) -> None:
+async def _infer(
+    runtime, op, ex: Exchange, scope: Scope, payload: dict, receive: Receive, responder
+) -> None:
     ex.model_name = name = payload["model"]
     ex.stream = op.streams and payload.get("stream") is True
     if ex.key.log_content:
@@ -65,9 +67,16 @@ async def _infer(runtime, op, ex: Exchange, payload: dict, receive: Receive, res
     decision = await admission.limit(runtime.limiter, ex.key, model)
     admission.check_balance(runtime.catalog.balance(ex.key.user_id))
     headers = admission.ratelimit_headers(decision)
+    # Only a choice between deployments needs the session; most models have one.
+    session = None
+    if len(model.deployments) > 1 or model.fallback is not None:
+        named = routing.session_of(scope["headers"], payload)
+        session = None if named is None else (ex.key.id, name, named)
 
-    async def attempt(candidate: ModelInfo, record: dict) -> None:
-        await call_upstream(runtime, op, ex, payload, candidate, record, responder, headers)
+    async def attempt(candidate: ModelInfo, deployment: DeploymentInfo, record: dict) -> None:
+        await call_upstream(
+            runtime, op, ex, payload, candidate, deployment, record, responder, headers
+        )
 
     async def admit_fallback(candidate: ModelInfo) -> None:
         await admission.limit(runtime.limiter, None, candidate)
@@ -86,7 +95,13 @@ async def _infer(runtime, op, ex: Exchange, payload: dict, receive: Receive, res
     watcher.add_done_callback(on_disconnect)
     try:
         await forwarding.forward(
-            ex, model, snapshot.models, attempt=attempt, admit_fallback=admit_fallback
+            ex,
+            model,
+            snapshot.models,
+            router=runtime.router,
+            session=session,
+            attempt=attempt,
+            admit_fallback=admit_fallback,
         )
     except asyncio.CancelledError:
         if ex.outcome != Outcome.CLIENT_DISCONNECTED:
@@ -134,19 +149,34 @@ def parse(body: bytes) -> dict:
 
 
 async def call_upstream(
-    runtime, op, ex: Exchange, payload: dict, model: ModelInfo, record: dict, responder, headers
+    runtime,
+    op,
+    ex: Exchange,
+    payload: dict,
+    model: ModelInfo,
+    deployment: DeploymentInfo,
+    record: dict,
+    responder,
+    headers,
 ) -> None:
-    """One attempt: `model`'s upstream called, its failure classified, or its answer relayed."""
-    endpoint = forwarding.usable_endpoint(model, ex.model_name)
-    record["endpoint"] = ex.endpoint = endpoint.name
+    """One attempt: `deployment` called, its failure classified, or its answer relayed."""
+    endpoint = deployment.endpoint
+    record["deployment"] = deployment.label
+    try:
+        await admission.limit_endpoint(runtime.limiter, endpoint)
+    except errors.APIError as limited:
+        raise errors.Retryable("rate_limited", limited) from None
+    ex.endpoint = endpoint.name
     # Upstreams parse this header: llama-cpp-python refuses anything but a UUID
     # (400, empty body) and vLLM makes it the engine's request id, which must be
     # unique in flight. A fresh UUID per attempt, kept in the log's attempts,
     # correlates both logs; the client's own id never goes upstream.
     record["upstream_request_id"] = upstream_id = request_uuid()
-    ex.model = model
-    body = op.prepare(payload, model, ex.stream)
-    deadline = asyncio.get_running_loop().time() + endpoint.first_byte_timeout
+    ex.model, ex.deployment = model, deployment
+    body = op.prepare(payload, model, deployment, ex.stream)
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    deadline = sent + endpoint.first_byte_timeout
     try:
         async with asyncio.timeout_at(deadline):
             response = await runtime.upstream.post(
@@ -161,6 +191,7 @@ async def call_upstream(
         raise forwarding.connection_failure(exc, endpoint, ex.model_name) from None
     async with response:
         record["status"] = response.status
+        record["ttfb"] = round(loop.time() - sent, 4)  # seconds to the answer's headers
         if not 200 <= response.status < 300:
             raise await forwarding.failure(
                 response, endpoint, ex.model_name, log_content=ex.key.log_content

@@ -58,7 +58,7 @@ def upstream_events(ex: Exchange, response, deadline: float):
     return sse_events(
         response,
         first_deadline=deadline,
-        idle=ex.model.endpoint.idle_timeout,
+        idle=ex.deployment.endpoint.idle_timeout,
         keepalive=settings.AETHERGATE_SSE_KEEPALIVE_SECONDS,
         max_line=settings.AETHERGATE_MAX_SSE_LINE_BYTES,
     )
@@ -299,7 +299,7 @@ async def relay_bytes(
     op.count(None, payload, ex)
     ex.ttft = time.perf_counter() - ex.started
     await responder.start_body(media, headers)
-    idle = ex.model.endpoint.idle_timeout
+    idle = ex.deployment.endpoint.idle_timeout
     try:
         while chunk:
             await responder.chunk(chunk)

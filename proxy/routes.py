@@ -19,7 +19,7 @@ class Operation:
     Inference operations also name the model `capability` they need,
     whether they `streams`, how the client's body is `read` (JSON, or a
     form) and the `schema` it must meet, the list an answer must hold
-    (`answer_items`), `prepare(payload, model, stream)` for the upstream
+    (`answer_items`), `prepare(payload, model, deployment, stream)` for the upstream
     body, how the answer is relayed (`relay`), `count(data, payload, ex)`
     for its usage (returning the text a log keeps), `finish(data, payload,
     ex)` to make a JSON answer the spec's shape in place before it is sent,

@@ -1,7 +1,7 @@
 """The per-process state `/v1` serves from, made at lifespan startup and passed to every step.
 
 A `Runtime` holds the catalog, the rate limiter, the log writer, the
-upstream client, the invalid-key throttle and the drain state; nothing of it
+upstream client, the deployment router, the invalid-key throttle and the drain state; nothing of it
 lives in module globals, so every server (or test) starts clean.
 """
 
@@ -21,6 +21,7 @@ from logs.writer import LogWriter
 from proxy import broadcast
 from proxy.catalog import Catalog
 from proxy.faults import FaultReporter
+from proxy.routing import Router
 from proxy.throttle import InvalidKeyThrottle
 from proxy.upstream import Client
 
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 class Runtime:
     """What one process's `/v1` needs between requests; `start` makes one, `close` ends it."""
 
-    def __init__(self, *, catalog, limiter, writer, upstream, key_throttle):
+    def __init__(self, *, catalog, limiter, writer, upstream, key_throttle, router=None):
         self.catalog = catalog
+        self.router = router or Router()
         self.limiter = limiter
         self.writer = writer
         self.upstream = upstream

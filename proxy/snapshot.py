@@ -95,36 +95,65 @@ class EndpointInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class DeploymentInfo:
+    """`upstream_name` on `endpoint`: one way to serve a model."""
+
+    id: int
+    upstream_name: str
+    endpoint: EndpointInfo
+    weight: int
+    priority: int
+    label: str  # "endpoint/upstream model": how metrics and the admin name it
+
+    @classmethod
+    def from_model(cls, deployment, *, endpoint: EndpointInfo) -> "DeploymentInfo":
+        return cls(
+            id=deployment.pk,
+            upstream_name=deployment.upstream_name,
+            endpoint=endpoint,
+            weight=deployment.weight,
+            priority=deployment.priority,
+            label=f"{endpoint.name}/{deployment.upstream_name}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     id: int
     name: str
-    upstream_name: str
     capability: str
     billing_unit: str
     price_in: Decimal
     price_out: Decimal
     rates: tuple[Rate, ...]
+    strategy: str
     fallback: str | None
-    endpoint: EndpointInfo | None
+    context_fallback: str | None
+    # By priority, then weight; only those that may be sent requests (weighted, endpoint active).
+    deployments: tuple[DeploymentInfo, ...]
     created: int
 
     @classmethod
-    def from_model(cls, model, *, endpoint: EndpointInfo | None) -> "ModelInfo":
-        """From a Model with its fallback loaded; `endpoint`: its endpoint's record, if served."""
-        fallback = model.fallback
+    def from_model(cls, model, *, deployments: tuple[DeploymentInfo, ...]) -> "ModelInfo":
+        """From a Model with its fallbacks loaded, and the records of its serving deployments."""
         return cls(
             id=model.pk,
             name=model.name,
-            upstream_name=model.upstream_name,
             capability=model.capability,
             billing_unit=model.billing_unit,
             price_in=model.price_in,
             price_out=model.price_out,
             rates=_rates(model.rpm_limit, model.day_limit),
-            fallback=fallback.name if fallback and fallback.is_active else None,
-            endpoint=endpoint,
+            strategy=model.strategy,
+            fallback=_active_name(model.fallback),
+            context_fallback=_active_name(model.context_fallback),
+            deployments=deployments,
             created=int(model.created_at.timestamp()),
         )
+
+
+def _active_name(model) -> str | None:
+    return model.name if model is not None and model.is_active else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +167,17 @@ def load_snapshot() -> Snapshot:
     """Read everything `/v1` needs in a few queries (sync; run in a thread)."""
     from endpoints.models import Endpoint
     from keys.models import APIKey
-    from models_registry.models import Model
+    from models_registry.models import Deployment, Model
 
     endpoints = {e.pk: EndpointInfo.from_model(e) for e in Endpoint.objects.filter(is_active=True)}
+    serving: dict[int, list[DeploymentInfo]] = {}
+    for d in Deployment.objects.serving().filter(model__is_active=True):
+        serving.setdefault(d.model_id, []).append(
+            DeploymentInfo.from_model(d, endpoint=endpoints[d.endpoint_id])
+        )
     models = {
-        m.name: ModelInfo.from_model(m, endpoint=endpoints.get(m.endpoint_id))
-        for m in Model.objects.filter(is_active=True).select_related("fallback")
+        m.name: ModelInfo.from_model(m, deployments=tuple(serving.get(m.pk, ())))
+        for m in Model.objects.filter(is_active=True).select_related("fallback", "context_fallback")
     }
     allowed: dict[int, set[str]] = {}
     through = APIKey.allowed_models.through.objects.values_list("apikey_id", "model__name")
@@ -173,9 +207,9 @@ def change_marker() -> tuple:
     from accounts.models import User
     from endpoints.models import Endpoint
     from keys.models import APIKey
-    from models_registry.models import Model
+    from models_registry.models import Deployment, Model
 
     return tuple(
         tuple(model.objects.aggregate(n=Count("pk"), t=Max("updated_at")).values())
-        for model in (APIKey, User, Model, Endpoint)
+        for model in (APIKey, User, Model, Endpoint, Deployment)
     )

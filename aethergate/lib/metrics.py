@@ -54,6 +54,35 @@ FALLBACKS = Counter(
     "Requests handed to a fallback model, by the model that failed.",
     ["model"],
 )
+DEPLOYMENT_PICKS = Counter(
+    "aethergate_deployment_picks",
+    "Upstream attempts, by model and deployment (endpoint/upstream model).",
+    ["model", "deployment"],
+)
+RETRIES = Counter(
+    "aethergate_retries",
+    "Retries on another deployment or model after a failed attempt, by model and the "
+    "failure's reason.",
+    ["model", "reason"],
+)
+RETRY_BUDGET_EXHAUSTED = Counter(
+    "aethergate_retry_budget_exhausted",
+    "Retries not made because the model's retry budget was spent, by model.",
+    ["model"],
+)
+BREAKER_TRIPS = Counter(
+    "aethergate_breaker_trips",
+    "Times a deployment's circuit opened, by deployment and cause (failures, "
+    "probe_failed, retry_after).",
+    ["deployment", "cause"],
+)
+BREAKER_STATE = Gauge(
+    "aethergate_breaker_state",
+    "A deployment's circuit as a process last changed it: 0 closed, 1 half-open, 2 open "
+    "(the most open of the live processes).",
+    ["deployment"],
+    multiprocess_mode="livemax",
+)
 SHED = Counter(
     "aethergate_requests_shed",
     "/v1 requests refused with 503 because the process had AETHERGATE_MAX_CONCURRENT_REQUESTS "

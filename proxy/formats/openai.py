@@ -11,17 +11,19 @@ import struct
 from proxy import dialects, forms, usage
 from proxy.codec import dumps
 from proxy.errors import bad_request
-from proxy.snapshot import ModelInfo
+from proxy.snapshot import DeploymentInfo, ModelInfo
 
 
-def prepare_generation(payload: dict, model: ModelInfo, stream: bool) -> bytes:
+def prepare_generation(
+    payload: dict, model: ModelInfo, deployment: DeploymentInfo, stream: bool
+) -> bytes:
     """Chat and completions: the upstream's name, usage always asked for on streams.
 
     `stream_options` goes only with a stream (vLLM refuses it otherwise), and
     the endpoint's dialect adapts the rest.
     """
     body = dict(payload)
-    body["model"] = model.upstream_name
+    body["model"] = deployment.upstream_name
     if stream:
         options = body.get("stream_options")
         body["stream_options"] = {
@@ -30,27 +32,33 @@ def prepare_generation(payload: dict, model: ModelInfo, stream: bool) -> bytes:
         }
     else:
         body.pop("stream_options", None)
-    dialects.adapt_generation(body, dialects.of(model.endpoint))
+    dialects.adapt_generation(body, dialects.of(deployment.endpoint))
     return dumps(body)
 
 
-def prepare_embeddings(payload: dict, model: ModelInfo, stream: bool) -> bytes:
+def prepare_embeddings(
+    payload: dict, model: ModelInfo, deployment: DeploymentInfo, stream: bool
+) -> bytes:
     body = dict(payload)
-    body["model"] = model.upstream_name
-    dialects.adapt_embeddings(body, dialects.of(model.endpoint))
+    body["model"] = deployment.upstream_name
+    dialects.adapt_embeddings(body, dialects.of(deployment.endpoint))
     # Floats are what every upstream speaks; base64 is made here if asked for.
     body["encoding_format"] = "float"
     return dumps(body)
 
 
-def prepare_media(payload: dict, model: ModelInfo, stream: bool) -> bytes:
+def prepare_media(
+    payload: dict, model: ModelInfo, deployment: DeploymentInfo, stream: bool
+) -> bytes:
     """Images and speech: the client's body, with the upstream's model name."""
     body = dict(payload)
-    body["model"] = model.upstream_name
+    body["model"] = deployment.upstream_name
     return dumps(body)
 
 
-def prepare_form(payload: forms.FormPayload, model: ModelInfo, stream: bool) -> forms.FormBody:
+def prepare_form(
+    payload: forms.FormPayload, model: ModelInfo, deployment: DeploymentInfo, stream: bool
+) -> forms.FormBody:
     """Transcriptions and translations: the client's form, with the upstream's model name.
 
     A model billed per minute takes only audio whose length the gateway can
@@ -67,9 +75,9 @@ def prepare_form(payload: forms.FormPayload, model: ModelInfo, stream: bool) -> 
             param="file",
         )
     extra = ()
-    if stream and dialects.of(model.endpoint).transcript_usage_field:
+    if stream and dialects.of(deployment.endpoint).transcript_usage_field:
         extra = (("stream_include_usage", "true"),)
-    return forms.upstream_body(payload.form, model.upstream_name, extra)
+    return forms.upstream_body(payload.form, deployment.upstream_name, extra)
 
 
 # Answers are made the official schema whatever the server sent: the fields
@@ -142,7 +150,11 @@ def _choice(choice: dict, index: int) -> None:
 def _identify(data: dict, ex, kind: str) -> None:
     """`id`, `object` and `created` as the spec has them (`model` is set by the relay)."""
     answer = data.get("id")
-    if not isinstance(answer, str) or not answer or dialects.of(ex.model.endpoint).rewrites_ids:
+    if (
+        not isinstance(answer, str)
+        or not answer
+        or dialects.of(ex.deployment.endpoint).rewrites_ids
+    ):
         data["id"] = answer_id(ex, kind)
     data["object"] = kind
     if type(data.get("created")) is not int:
@@ -181,7 +193,7 @@ def completion_chunks(ex):
 def _chunk_shaper(ex, kind: str, part: str):
     # Made once a stream: per chunk, only what each chunk may lack is looked at.
     own_id = answer_id(ex, kind)
-    rewrite = dialects.of(ex.model.endpoint).rewrites_ids
+    rewrite = dialects.of(ex.deployment.endpoint).rewrites_ids
     created = int(ex.created_at.timestamp())
 
     def shape(chunk: dict) -> bool:

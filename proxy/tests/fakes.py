@@ -22,7 +22,7 @@ from keys.models import digest
 from proxy.app import App
 from proxy.catalog import Catalog
 from proxy.runtime import Runtime
-from proxy.snapshot import EndpointInfo, KeyInfo, ModelInfo, Snapshot
+from proxy.snapshot import DeploymentInfo, EndpointInfo, KeyInfo, ModelInfo, Snapshot
 from proxy.throttle import InvalidKeyThrottle
 
 SECRET = "ag-test-secret-0123456789"
@@ -62,20 +62,45 @@ def endpoint_info(**fields) -> EndpointInfo:
     return EndpointInfo(**{**values, **fields})
 
 
-def model_info(name: str = "gpt-test", **fields) -> ModelInfo:
+def deployment_info(
+    upstream_name: str = "echo", endpoint: EndpointInfo | None = None, **fields
+) -> DeploymentInfo:
+    endpoint = endpoint or endpoint_info()
+    values = {
+        "id": zlib.crc32(f"{endpoint.id}/{upstream_name}".encode()) % 10_000,
+        "upstream_name": upstream_name,
+        "endpoint": endpoint,
+        "weight": 1,
+        "priority": 0,
+        "label": f"{endpoint.name}/{upstream_name}",
+    }
+    return DeploymentInfo(**{**values, **fields})
+
+
+def model_info(
+    name: str = "gpt-test",
+    *,
+    upstream_name: str = "echo",
+    endpoint: EndpointInfo | None = None,
+    **fields,
+) -> ModelInfo:
+    """A model record; served by `upstream_name` on `endpoint` unless `deployments` are given
+    (`deployments=()`: a model with nowhere to go)."""
     values = {
         "id": zlib.crc32(name.encode()) % 10_000,  # stable across runs, unlike hash()
         "name": name,
-        "upstream_name": "echo",
         "capability": "TEXT",
         "billing_unit": "TOKEN",
         "price_in": Decimal("0.001"),
         "price_out": Decimal("0.002"),
         "rates": (),
+        "strategy": "weighted",
         "fallback": None,
-        "endpoint": endpoint_info(),
+        "context_fallback": None,
         "created": 1_700_000_000,
     }
+    if "deployments" not in fields:
+        fields["deployments"] = (deployment_info(upstream_name, endpoint),)
     if isinstance(fields.get("rate_limit"), str):
         fields["rates"] = parse_spec(fields.pop("rate_limit"))
     return ModelInfo(**{**values, **fields})
