@@ -114,7 +114,7 @@ class EndpointAdmin(BaseEndpointAdmin):
         if not result.created:
             return HttpResponseRedirect(page)
         models = reverse("admin:models_registry_model_changelist")
-        return HttpResponseRedirect(f"{models}?endpoint__id__exact={endpoint.pk}")
+        return HttpResponseRedirect(f"{models}?deployments__endpoint__id__exact={endpoint.pk}")
 
 
 admin.site.unregister(Endpoint)

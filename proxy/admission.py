@@ -62,10 +62,19 @@ async def limit(limiter, key: KeyInfo | None, model: ModelInfo) -> Decision:
     return refused_unless_allowed(await limiter.hit(checks(key, model)))
 
 
-async def limit_endpoint(limiter, endpoint: EndpointInfo) -> None:
-    """Count an attempt against its endpoint's limits (if it has any); 429 if one is reached."""
-    if endpoint.rates:
-        refused_unless_allowed(await limiter.hit([(f"e{endpoint.id}", r) for r in endpoint.rates]))
+async def limit_endpoint(limiter, endpoint: EndpointInfo, headers: dict[str, str]) -> None:
+    """Count an attempt against its endpoint's limits (if it has any); 429 if one is reached.
+
+    `headers` (the answer's `x-ratelimit-*`) then describe the endpoint's tier
+    if it is the tightest.
+    """
+    if not endpoint.rates:
+        return
+    decision = await limiter.hit([(f"e{endpoint.id}", r) for r in endpoint.rates])
+    refused_unless_allowed(decision)
+    remaining = headers.get("x-ratelimit-remaining-requests")
+    if remaining is None or decision.remaining < int(remaining):
+        headers.update(ratelimit_headers(decision))
 
 
 def refused_unless_allowed(decision: Decision) -> Decision:

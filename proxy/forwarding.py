@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 UPSTREAM_ERROR_BYTES = 64 * 1024
 UPSTREAM_ERROR_SECONDS = 5
 MAX_RETRY_AFTER = 3600.0
+UNAVAILABLE = "no deployment available"  # none usable, or every one's circuit open
 
 
 async def forward(
@@ -73,10 +74,13 @@ async def forward(
                 continue
         tried.add(candidate.name)
         excluded: set[int] = set()
+        failed_here = 0  # of this model's deployments: at most AETHERGATE_MAX_RETRIES retried
         try:
             while (deployment := router.pick(candidate, excluded, session)) is not None:
+                if failed_here > router.max_retries:
+                    break
                 if failures:
-                    if not router.may_retry(model, failures - 1):
+                    if not router.may_retry(model):
                         raise last_error
                     metrics.series(metrics.RETRIES, model.name, ex.attempts[-1]["error"]).inc()
                     await router.backoff(failures)
@@ -91,6 +95,7 @@ async def forward(
                     last_error = failure.error
                     if failure.reason != "rate_limited":  # a local refusal: no upstream call
                         failures += 1
+                        failed_here += 1
                         metrics.UPSTREAM_ERRORS.labels(record["endpoint"], failure.reason).inc()
         except APIError as error:
             longer = candidate.context_fallback
@@ -100,10 +105,12 @@ async def forward(
             if candidate is None:
                 raise
             continue
+        if not excluded:  # none of its deployments could be tried: say so in the log
+            ex.attempts.append({"model": candidate.name, "endpoint": "", "error": UNAVAILABLE})
         if last_error is None:
             last_error = errors.upstream_error(
                 503,
-                f"The model '{ex.model_name}' has no available upstream: every deployment "
+                f"The model '{model.name}' has no available upstream: every deployment "
                 "is unreachable or paused after failing.",
                 code="model_unavailable",
             )

@@ -163,7 +163,7 @@ async def call_upstream(
     endpoint = deployment.endpoint
     record["deployment"] = deployment.label
     try:
-        await admission.limit_endpoint(runtime.limiter, endpoint)
+        await admission.limit_endpoint(runtime.limiter, endpoint, headers)
     except errors.APIError as limited:
         raise errors.Retryable("rate_limited", limited) from None
     ex.endpoint = endpoint.name

@@ -175,10 +175,8 @@ class Router:
         """A request for `model` began: it adds to what its retry budget allows."""
         self._budget(model).add(self.clock(), failed=False)
 
-    def may_retry(self, model: ModelInfo, retries_so_far: int) -> bool:
-        """Whether a request for `model` that failed `retries_so_far + 1` times may try again."""
-        if retries_so_far >= self.max_retries:
-            return False
+    def may_retry(self, model: ModelInfo) -> bool:
+        """Whether a request for `model` that failed may try again (and so spend the budget)."""
         budget = self._budget(model)
         now = self.clock()
         total, retries = budget.counts(now)

@@ -67,7 +67,7 @@ def deployment_info(
 ) -> DeploymentInfo:
     endpoint = endpoint or endpoint_info()
     values = {
-        "id": zlib.crc32(f"{endpoint.id}/{upstream_name}".encode()) % 10_000,
+        "id": zlib.crc32(f"{endpoint.name}/{upstream_name}".encode()) % 10_000,
         "upstream_name": upstream_name,
         "endpoint": endpoint,
         "weight": 1,
@@ -199,10 +199,18 @@ class FakeContent:
 
 
 class FakeResponse:
-    """An aiohttp-like response: status, content_length, content, async context manager."""
+    """An aiohttp-like response: status, headers, content_length, content, async context
+    manager."""
 
-    def __init__(self, status: int = 200, pieces: list | None = None, gap: float = 0.0):
+    def __init__(
+        self,
+        status: int = 200,
+        pieces: list | None = None,
+        gap: float = 0.0,
+        headers: dict | None = None,
+    ):
         self.status = status
+        self.headers = headers or {}
         self.content_length = None
         self.content = FakeContent(pieces or [], gap)
         self.closed = False
@@ -590,12 +598,16 @@ def chat(
 
 
 def without_upstream_ids(attempts: list[dict]) -> list[dict]:
-    """A log's attempts without their `upstream_request_id`, each checked to be a UUID."""
+    """A log's attempts without their `upstream_request_id`, each checked to be a UUID, and
+    their `ttfb` (seconds to the answer's headers), checked to be a time."""
     stripped = []
     for attempt in attempts:
         attempt = dict(attempt)
         sent = attempt.pop("upstream_request_id", None)
         if sent is not None:
             assert str(uuid.UUID(sent)) == sent, sent
+        ttfb = attempt.pop("ttfb", None)
+        if ttfb is not None:
+            assert isinstance(ttfb, float) and ttfb >= 0, ttfb
         stripped.append(attempt)
     return stripped

@@ -42,7 +42,12 @@ def refused_request(client_for, secret, upstream, base_url, *, stream=False):
     row = only_log()
     assert (row.model, row.status, row.outcome) == ("gpt-test", 503, "upstream_error")
     assert without_upstream_ids(row.attempts) == [
-        {"model": "gpt-test", "endpoint": "local", "error": "address refused"}
+        {
+            "model": "gpt-test",
+            "endpoint": "local",
+            "deployment": "local/echo",
+            "error": "address refused",
+        }
     ]
     assert_no_internals(row.error, upstream, base_url)
     assert upstream.received == []

@@ -24,7 +24,7 @@ from aethergate.testing import FakeClock, wait_for, wait_for_logs
 from keys.models import APIKey
 from keys.services import rotate_key
 from logs.models import RequestLog
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 from proxy.tests import fakes
 from proxy.tests.test_listing import listed_ids
 
@@ -129,7 +129,7 @@ def catalog(make_endpoint, make_model):
     embed_model = make_model(name="embed", capability="EMBEDDING")
     make_model(name="gone", is_active=False)
     make_model(name="orphan", endpoint=make_endpoint(name="off", is_active=False))
-    Model.objects.create(name="loose", upstream_name="echo", endpoint=None)
+    Model.objects.create(name="loose")  # no deployment
     return chat_model, embed_model
 
 
@@ -310,7 +310,7 @@ def test_it_sees_a_key_deactivated_by_another_process_by_polling(http, make_mode
 def test_it_sees_other_processes_changes_to_users_and_models_by_polling(
     http, make_user, make_model, make_key
 ):
-    endpoint = make_model().endpoint
+    endpoint = make_model().deployments.get().endpoint
     user = make_user(username="carol", balance=Decimal("5"))
     _, secret = make_key(owner=user)
     _, other = make_key(name="other")
@@ -318,8 +318,9 @@ def test_it_sees_other_processes_changes_to_users_and_models_by_polling(
     error_of(chat(http, other, model="made elsewhere"), 404, "model_not_found")
 
     update_without_signals(User, user.pk, balance=Decimal("0"))
-    QuerySet(Model).bulk_create(
-        [Model(name="made elsewhere", upstream_name="echo", endpoint=endpoint)]
+    (made,) = QuerySet(Model).bulk_create([Model(name="made elsewhere")])
+    QuerySet(Deployment).bulk_create(
+        [Deployment(model=made, endpoint=endpoint, upstream_name="echo")]
     )
     wait_for(lambda: chat(http, secret).status_code == 402, 2.5, what="the balance seen")
     wait_for(

@@ -18,12 +18,14 @@ def sent(kind: str, stream: bool = False, **fields) -> dict:
     """The chat body an upstream of `kind` is sent for a client's body with `fields`."""
     model = model_info("gpt-public", upstream_name="up", endpoint=endpoint_info(kind=kind))
     payload = {"model": "gpt-public", "messages": HELLO, **fields}
-    return json.loads(openai.prepare_generation(payload, model, stream))
+    return json.loads(openai.prepare_generation(payload, model, model.deployments[0], stream))
 
 
 def embedded(kind: str, **fields) -> dict:
     model = model_info("embed", upstream_name="up", endpoint=endpoint_info(kind=kind))
-    return json.loads(openai.prepare_embeddings({"model": "embed", **fields}, model, False))
+    return json.loads(
+        openai.prepare_embeddings({"model": "embed", **fields}, model, model.deployments[0], False)
+    )
 
 
 def test_every_endpoint_kind_has_a_dialect():

@@ -38,11 +38,12 @@ def test_factories_build_a_key_for_a_model_on_the_stand_in(
     key, secret = make_key(allowed_models=[model, embed], rate_limit="60/m")
     _, other_secret = make_key(name="second")
 
-    assert model.endpoint == other.endpoint
-    assert model.endpoint.base_url == upstream.base_url
-    assert model.endpoint.api_key == "sk-upstream-secret"
-    assert "sk-upstream-secret" not in model.endpoint.api_key_encrypted
-    assert embed.endpoint.name == "second"
+    (deployment,) = model.deployments.all()
+    assert deployment.endpoint == other.deployments.get().endpoint
+    assert deployment.endpoint.base_url == upstream.base_url
+    assert deployment.endpoint.api_key == "sk-upstream-secret"
+    assert "sk-upstream-secret" not in deployment.endpoint.api_key_encrypted
+    assert embed.deployments.get().endpoint.name == "second"
     assert secret.startswith("ag-") and secret != other_secret
     assert set(key.allowed_models.all()) == {model, embed}
     assert key.owner.username == "alice"

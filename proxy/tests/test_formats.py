@@ -23,7 +23,7 @@ def sent(body: bytes) -> dict:
 def test_it_names_the_upstream_model_and_passes_every_other_field_through():
     payload = {"model": "gpt-public", "messages": HELLO, "temperature": 0.2, "my_extension": [1]}
 
-    body = sent(openai.prepare_generation(payload, MODEL, stream=False))
+    body = sent(openai.prepare_generation(payload, MODEL, MODEL.deployments[0], stream=False))
 
     assert body == {**payload, "model": "llama3:8b"}
     assert payload["model"] == "gpt-public"  # the client's payload is left as it came
@@ -38,7 +38,7 @@ def test_a_plain_request_goes_without_stream_options(fields):
     # vLLM refuses stream_options without a stream (400).
     payload = {"model": "gpt-public", "prompt": "say hi", **fields}
 
-    body = sent(openai.prepare_generation(payload, MODEL, stream=False))
+    body = sent(openai.prepare_generation(payload, MODEL, MODEL.deployments[0], stream=False))
 
     assert body == {"model": "llama3:8b", "prompt": "say hi"}
 
@@ -62,7 +62,7 @@ def test_it_always_asks_a_stream_for_usage_and_keeps_the_other_stream_options(
     if options is not None:
         payload["stream_options"] = options
 
-    body = sent(openai.prepare_generation(payload, MODEL, stream=True))
+    body = sent(openai.prepare_generation(payload, MODEL, MODEL.deployments[0], stream=True))
 
     assert body["stream_options"] == upstream_options
     assert payload.get("stream_options") == options
@@ -74,7 +74,7 @@ def test_it_always_asks_the_upstream_for_float_embeddings(asked):
     if asked:
         payload["encoding_format"] = asked
 
-    body = sent(openai.prepare_embeddings(payload, MODEL, stream=False))
+    body = sent(openai.prepare_embeddings(payload, MODEL, MODEL.deployments[0], stream=False))
 
     assert body == {"model": "llama3:8b", "input": ["a", "b"], "encoding_format": "float"}
     assert payload.get("encoding_format") == asked
@@ -97,6 +97,7 @@ def exchange(units=(3, 0), estimated=False, kind="generic", request_id="req_00ab
     """The request's Exchange as a finish step sees it: its model and usage counted."""
     ex = Exchange(path="/v1/test", request_id=request_id)
     ex.model = model_info("gpt-public", endpoint=endpoint_info(kind=kind))
+    ex.deployment = ex.model.deployments[0]
     ex.model_name = "gpt-public"
     ex.input_units, ex.output_units = units
     ex.estimated = estimated

@@ -462,7 +462,7 @@ def test_it_writes_one_log_row_with_the_upstreams_usage_and_cost(
         HELLO_PROMPT_TOKENS * Decimal("0.001") + HELLO_COMPLETION_TOKENS * Decimal("0.002")
     )
     assert without_upstream_ids(row.attempts) == [
-        {"model": "gpt-test", "endpoint": "stand-in", "status": 200}
+        {"model": "gpt-test", "endpoint": "stand-in", "deployment": "stand-in/echo", "status": 200}
     ]
     assert (row.prompt_text, row.completion_text) == ("", "")
     assert row.request_id == response.headers["x-request-id"]

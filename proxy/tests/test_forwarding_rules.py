@@ -19,6 +19,7 @@ from models_registry.models import MAX_FALLBACK_DEPTH
 from proxy import errors, forwarding, upstream
 from proxy.accounting import Exchange
 from proxy.errors import APIError, Retryable
+from proxy.routing import Router
 from proxy.snapshot import ModelInfo
 from proxy.tests import fakes
 from proxy.tests.fakes import FakeResponse, endpoint_info, model_info
@@ -47,6 +48,13 @@ def failed(reason: str = "HTTP 503") -> Retryable:
     return Retryable(reason, errors.upstream_error(502, "failed", code="upstream_error"))
 
 
+def roomy_router() -> Router:
+    """A router whose retry budget never runs out: these tests are about the chain."""
+    router = Router()
+    router.budget_min = 1000
+    return router
+
+
 @dataclass
 class Forwarded:
     """What `forward` did: the exchange, the names attempted and admitted, the error raised."""
@@ -63,9 +71,8 @@ def forward(models: dict, failing: dict | None = None, limited: tuple = ()) -> F
     failing = failing or {}
     done = Forwarded(Exchange(path="/v1/chat/completions"), [], [], None)
 
-    async def attempt(candidate, record):
+    async def attempt(candidate, deployment, record):
         done.attempted.append(candidate.name)
-        record["endpoint"] = candidate.endpoint.name
         if candidate.name in failing:
             raise failing[candidate.name]
         record["status"] = 200
@@ -79,7 +86,13 @@ def forward(models: dict, failing: dict | None = None, limited: tuple = ()) -> F
     try:
         asyncio.run(
             forwarding.forward(
-                done.ex, first, models, attempt=attempt, admit_fallback=admit_fallback
+                done.ex,
+                first,
+                models,
+                router=roomy_router(),
+                session=None,
+                attempt=attempt,
+                admit_fallback=admit_fallback,
             )
         )
     except APIError as error:
@@ -453,21 +466,30 @@ def test_an_address_the_policy_refuses_is_a_503_that_only_the_log_explains(caplo
 
 
 @pytest.mark.parametrize(
-    "endpoint", [None, endpoint_info(usable=False)], ids=["unlinked", "credential unreadable"]
+    "deployments",
+    [(), (fakes.deployment_info(endpoint=endpoint_info(usable=False)),)],
+    ids=["none", "credential unreadable"],
 )
-def test_a_model_without_a_usable_endpoint_is_a_503_another_candidate_may_replace(endpoint):
-    with pytest.raises(Retryable) as caught:
-        forwarding.usable_endpoint(model_info(endpoint=endpoint), "gpt-public")
+def test_a_model_with_no_usable_deployment_is_a_503_without_an_attempt(deployments):
+    done = forward({"gpt-public": model_info("gpt-public", deployments=deployments)})
 
-    assert caught.value.reason == "no endpoint"
-    assert (caught.value.error.status, caught.value.error.code) == (503, "model_unavailable")
-    assert "'gpt-public'" in caught.value.error.message
+    assert done.attempted == []
+    assert done.ex.attempts == [
+        {"model": "gpt-public", "endpoint": "", "error": "no deployment available"}
+    ]
+    assert (done.error.status, done.error.code) == (503, "model_unavailable")
+    assert "'gpt-public'" in done.error.message
 
 
-def test_a_usable_endpoint_is_the_models_own():
-    endpoint = endpoint_info(name="mine")
+def test_a_model_with_no_usable_deployment_falls_back_without_calling_it():
+    models = {
+        "fw-nowhere": model_info("fw-nowhere", deployments=(), fallback="fw-there"),
+        "fw-there": model_info("fw-there"),
+    }
 
-    assert forwarding.usable_endpoint(model_info(endpoint=endpoint), "gpt-public") is endpoint
+    done = forward(models)
+
+    assert (done.attempted, done.admitted, done.error) == (["fw-there"], ["fw-there"], None)
 
 
 # --------------------------------------------------------------------------- through the pipeline
@@ -530,10 +552,16 @@ def test_it_falls_back_when_the_upstream_fails_before_answering(kind, stream):
         c.request_id for c in rt.upstream.calls
     ]
     first, second = fakes.without_upstream_ids(record.attempts)
-    assert set(first) <= {"model", "endpoint", "status", "error"}
+    assert set(first) <= {"model", "endpoint", "deployment", "status", "error"}
     assert (first["model"], first["endpoint"]) == ("gpt-test", "primary")
+    assert first["deployment"] == "primary/failing"
     assert first["error"]
-    assert second == {"model": "gpt-backup", "endpoint": "stand-in", "status": 200}
+    assert second == {
+        "model": "gpt-backup",
+        "endpoint": "stand-in",
+        "deployment": "stand-in/echo+backup",
+        "status": 200,
+    }
     assert record.endpoint == "stand-in"
 
 

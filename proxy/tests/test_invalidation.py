@@ -11,7 +11,7 @@ import pytest
 from accounts.models import User
 from aethergate.lib.changes import ChangeQuerySet
 from keys.models import APIKey
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 from proxy.apps import catalog_models
 from proxy.tests.test_admission import chat, error_of
 
@@ -70,11 +70,14 @@ def test_a_key_deactivated_by_bulk_update_is_refused_at_the_next_request(
 
 
 def test_a_model_made_by_bulk_create_is_served_at_the_next_request(http, make_model, make_key):
-    endpoint = make_model().endpoint
+    endpoint = make_model().deployments.get().endpoint
     _, secret = make_key()
     error_of(chat(http, secret, model="made in bulk"), 404, "model_not_found")
 
-    Model.objects.bulk_create([Model(name="made in bulk", upstream_name="echo", endpoint=endpoint)])
+    (made,) = Model.objects.bulk_create([Model(name="made in bulk")])
+    Deployment.objects.bulk_create(
+        [Deployment(model=made, endpoint=endpoint, upstream_name="echo")]
+    )
 
     assert chat(http, secret, model="made in bulk").status_code == 200
 

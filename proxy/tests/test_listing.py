@@ -6,6 +6,7 @@ from the database, as the catalog does, so that what the database's rows
 say (inactive, unlinked) is what the listing shows.
 """
 
+from aethergate import testing
 from proxy.snapshot import load_snapshot
 from proxy.tests import fakes
 from proxy.tests.fakes import SECRET, call, error_of
@@ -27,6 +28,12 @@ def list_ids(rt, secret=SECRET) -> list[str]:
     return listed_ids(answer.json())
 
 
+def deployed(model, endpoint):
+    if endpoint is not None:
+        testing.deploy(model, endpoint, "echo")
+    return model
+
+
 def test_it_lists_only_active_models_that_have_an_active_endpoint(db):
     from accounts.models import User
     from endpoints.models import Endpoint
@@ -36,7 +43,7 @@ def test_it_lists_only_active_models_that_have_an_active_endpoint(db):
     served = Endpoint.objects.create(name="on", base_url="http://127.0.0.1:9/v1")
     off = Endpoint.objects.create(name="off", base_url="http://127.0.0.1:9/v1", is_active=False)
     made = {
-        name: Model.objects.create(name=name, upstream_name="echo", endpoint=endpoint, **fields)
+        name: deployed(Model.objects.create(name=name, **fields), endpoint)
         for name, endpoint, fields in (
             ("gpt-test", served, {}),
             ("embed", served, {"capability": "EMBEDDING"}),

@@ -209,7 +209,7 @@ def test_it_falls_back_to_another_model_when_the_first_fails_before_the_first_by
     assert rt.upstream.calls[1].body["stream_options"] == {"include_usage": True}
 
 
-def test_it_falls_back_from_a_model_without_a_usable_endpoint_without_calling_it():
+def test_it_falls_back_from_a_model_without_a_usable_deployment_without_calling_it():
     unusable = model_info("gpt-test", endpoint=endpoint_info(usable=False), fallback="b")
     rt = fakes.runtime(fakes.snapshot(models=[unusable, model_info("b")]))
 
@@ -218,7 +218,11 @@ def test_it_falls_back_from_a_model_without_a_usable_endpoint_without_calling_it
     assert answer.status == 200
     assert [c.endpoint.name for c in rt.upstream.calls] == ["stand-in"]
     (record,) = rt.writer.records
-    assert record.attempts[0] == {"model": "gpt-test", "endpoint": "", "error": "no endpoint"}
+    assert record.attempts[0] == {
+        "model": "gpt-test",
+        "endpoint": "",
+        "error": "no deployment available",
+    }
 
 
 def test_it_counts_a_fallback_against_its_own_limits():

@@ -100,7 +100,7 @@ def test_it_logs_one_record_with_the_upstreams_usage_and_cost():
     assert (record.input_units, record.output_units, record.usage_estimated) == (3, 2, False)
     assert record.cost == 3 * Decimal("0.001") + 2 * Decimal("0.002")
     assert without_upstream_ids(record.attempts) == [
-        {"model": "gpt-test", "endpoint": "stand-in", "status": 200}
+        {"model": "gpt-test", "endpoint": "stand-in", "deployment": "stand-in/echo", "status": 200}
     ]
     assert (record.prompt_text, record.completion_text) == ("", "")
     assert record.request_id == answer.headers["x-request-id"]

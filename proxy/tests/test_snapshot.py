@@ -12,5 +12,5 @@ def test_each_served_endpoint_record_carries_its_kind(db):
 
     models = load_snapshot().models
 
-    assert models["llama3"].endpoint.kind == "ollama"
-    assert models["any"].endpoint.kind == "generic"
+    assert [d.endpoint.kind for d in models["llama3"].deployments] == ["ollama"]
+    assert [d.endpoint.kind for d in models["any"].deployments] == ["generic"]
