@@ -94,7 +94,7 @@ bench-upload: $(VENV)/.dev
 # `make bench-instructions`: instructions per chat request under callgrind (bench/instructions.py),
 # steady whatever the machine's load: for comparing two commits on a busy machine.
 bench-instructions: $(VENV)/.dev
-	$(BIN)/python bench/instructions.py
+	$(BIN)/python bench/instructions.py --deployments 1 3
 
 # Usage at scale (bench/usage_rows.py): the log writer's rows/s with and without rollups,
 # then ROWS request logs and their rollups, the dashboard's report and the log-list totals.

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = (50, 250)
 
 
-def serve(count: int, kind: str) -> None:
-    """Answer `count` chat requests of `kind` (json or stream) in this process."""
+def serve(count: int, kind: str, deployments: int) -> None:
+    """Answer `count` chat requests of `kind` (json or stream) in this process, for a model
+    with `deployments` deployments."""
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aethergate.settings")
     import django
@@ -41,8 +42,14 @@ def serve(count: int, kind: str) -> None:
         else None
     )
 
+    served = tuple(
+        fakes.deployment_info("echo", fakes.endpoint_info(id=n, name=f"ep{n}"))
+        for n in range(deployments)
+    )
+    snapshot = fakes.snapshot(models=[fakes.model_info(deployments=served)])
+
     async def run():
-        runtime = fakes.runtime(upstream=upstream)
+        runtime = fakes.runtime(snapshot, upstream=upstream)
         for _ in range(count):
             answer = await fakes.acall(runtime, "POST", "/v1/chat/completions", body)
             if answer.status != 200:
@@ -51,7 +58,7 @@ def serve(count: int, kind: str) -> None:
     asyncio.run(run())
 
 
-def instructions(count: int, kind: str) -> int:
+def instructions(count: int, kind: str, deployments: int) -> int:
     env = dict(
         os.environ,
         PYTHONHASHSEED="0",
@@ -63,7 +70,7 @@ def instructions(count: int, kind: str) -> int:
         out = Path(tmp) / "callgrind.out"
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-             __file__, "--serve", str(count), kind],
+             __file__, "--serve", str(count), f"--deployments={deployments}", kind],
             env=env, check=True, capture_output=True,
         )  # fmt: skip
         return int(re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M).group(1))
@@ -72,14 +79,23 @@ def instructions(count: int, kind: str) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--deployments",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="deployments of the model: each count is measured",
+    )
     parser.add_argument("kinds", nargs="*", default=["json", "stream"])
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.kinds[0])
+        serve(args.serve, args.kinds[0], args.deployments[0])
         return 0
-    for kind in args.kinds:
-        low, high = (instructions(n, kind) for n in RUNS)
-        print(f"chat {kind}: {(high - low) // (RUNS[1] - RUNS[0]):,} instructions per request")
+    for deployments in args.deployments:
+        for kind in args.kinds:
+            low, high = (instructions(n, kind, deployments) for n in RUNS)
+            per = (high - low) // (RUNS[1] - RUNS[0])
+            print(f"chat {kind}, {deployments} deployment(s): {per:,} instructions per request")
     return 0
 
 

@@ -316,22 +316,23 @@ SETUP_SCRIPT = """
 from accounts.models import User
 from endpoints.models import Endpoint
 from keys.services import create_key
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 user = User.objects.create_user(username="bench", password=None)
-endpoint = Endpoint.objects.create(name="mock", base_url="http://127.0.0.1:{port}/v1")
-Model.objects.create(name="bench", upstream_name="bench", endpoint=endpoint,
-                     price_in="0.000001", price_out="0.000002")
+model = Model.objects.create(name="bench", price_in="0.000001", price_out="0.000002")
+for n in range({deployments}):  # each its own endpoint, all on the mock upstream
+    endpoint = Endpoint.objects.create(name=f"mock{{n}}", base_url="http://127.0.0.1:{port}/v1")
+    Deployment.objects.create(model=model, endpoint=endpoint, upstream_name="bench")
 key, secret = create_key(owner=user, name="bench", rate_limit="100000000/m", log_content=False)
 print("BENCH_SECRET=" + secret)
 """
 
 
-def prepare_database(env: dict, upstream_port: int, procs: Processes) -> str:
+def prepare_database(env: dict, upstream_port: int, procs: Processes, deployments: int) -> str:
     """Migrate, create the bench user/endpoint/model/key; return the key's secret."""
     manage = [PYTHON, "manage.py"]
     procs.run([*manage, "migrate", "--noinput"], role="tools", env=env, timeout=300)
     out = procs.run(
-        [*manage, "shell", "-c", SETUP_SCRIPT.format(port=upstream_port)],
+        [*manage, "shell", "-c", SETUP_SCRIPT.format(port=upstream_port, deployments=deployments)],
         role="tools",
         env=env,
         timeout=120,
@@ -809,6 +810,12 @@ def parse_args(argv=None):
                         help="then S seconds of load, log table locked (0: none)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: auto)")
     parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
+    parser.add_argument(
+        "--deployments",
+        type=int,
+        default=1,
+        help="deployments of the bench model (weighted random over them)",
+    )
     parser.add_argument("--upstream", choices=("aiohttp", "raw"), default="aiohttp",
                         help="mock upstream (bench/upstream.py); raw is the faster")  # fmt: skip
     parser.add_argument("--profile", type=Path, default=None,
@@ -900,7 +907,7 @@ def main(argv=None) -> int:
         wait_for_port(upstream_port, upstream, "the mock upstream")
         check_request(upstream_port, "", "to the mock upstream")
 
-        secret = prepare_database(env, upstream_port, procs)
+        secret = prepare_database(env, upstream_port, procs, args.deployments)
         auth = f"Bearer {secret}"
         uvicorn = [str(VENV_BIN / "uvicorn"), "aethergate.asgi:application"]
         uvicorn += ["--host", "127.0.0.1", "--port", str(gateway_port), "--workers", "1"]

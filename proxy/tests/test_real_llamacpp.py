@@ -25,6 +25,7 @@ import pytest
 from aethergate import testing
 from aethergate.lib.capabilities import Capability
 from aethergate.testing import wait_for, wait_for_logs
+from models_registry.models import Model
 from proxy.tests.llamacpp import CHAT_MODEL, EMBED_MODEL, N_CTX, TOOLS_MODEL
 
 pytestmark = pytest.mark.llama
@@ -654,3 +655,25 @@ def test_it_answers_502_for_a_streamed_prompt_over_the_context_and_serves_the_ne
     assert after.json()["choices"][0]["message"]["content"] == expected
     assert answered(llama_server)[before:] == [("POST", "/v1/chat/completions", 200)] * 2
     assert [row.outcome for row in wait_for_logs(2)] == ["upstream_error", "ok"]
+
+
+def test_a_prompt_over_the_real_servers_context_goes_to_the_context_fallback(
+    sdk, llama_server, upstream
+):
+    # The stand-in plays a model with a longer context; the real server's own refusal
+    # ("… maximum context length is N tokens …") is what sends the request there.
+    roomy = testing.make_endpoint("roomy", upstream.base_url)
+    longer = testing.make_model("long-context", "echo", roomy)
+    Model.objects.filter(name=CHAT).update(context_fallback=longer)
+    long_prompt = [{"role": "user", "content": "hello " * N_CTX}]
+    before = len(answered(llama_server))
+
+    answer = sdk.chat.completions.create(model=CHAT, messages=long_prompt, **GREEDY)
+
+    assert answer.model == CHAT
+    assert answered(llama_server)[before:] == [("POST", "/v1/chat/completions", 400)]
+    (sent,) = upstream.received
+    assert (sent.path, sent.json["model"]) == ("/v1/chat/completions", "echo")
+    row = wait_for_logs(1)[0]
+    assert (row.status, row.outcome) == (200, "ok")
+    assert [(a["model"], a["status"]) for a in row.attempts] == [(CHAT, 400), ("long-context", 200)]
