@@ -69,6 +69,7 @@ class EndpointAdmin(GatewayAdmin):
                 )
             },
         ),
+        ("Health check", {"fields": ("health_path",)}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
 

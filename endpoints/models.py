@@ -62,6 +62,18 @@ def validate_upstream_url(value: str) -> None:
         raise ValidationError("A base URL has no query or fragment.", code="invalid")
 
 
+_HEALTH_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+
+
+def validate_health_path(value: str) -> None:
+    """A path under the base URL (`/models`, `/health`): no scheme, host, query or spaces."""
+    if value and (not _HEALTH_PATH.match(value) or value.startswith("//")):
+        raise ValidationError(
+            'Enter a path under the base URL, starting with "/", such as /models.',
+            code="invalid_health_path",
+        )
+
+
 class UpstreamURLFormField(forms.CharField):
     """Reads a URL typed without a scheme as http: LAN and loopback upstreams usually are."""
 
@@ -112,6 +124,7 @@ class Endpoint(models.Model):
         "first_byte_timeout",
         "idle_timeout",
         "total_timeout",
+        "health_path",
         "is_active",
     )
 
@@ -162,6 +175,17 @@ class Endpoint(models.Model):
         default=600.0,
         validators=[MinValueValidator(0.1)],
         help_text="Seconds a whole request may take.",
+    )
+    health_path = models.CharField(
+        "health check path",
+        max_length=200,
+        blank=True,
+        default="",
+        validators=[validate_health_path],
+        help_text="Optional: a path under the base URL to GET (e.g. /models) before sending "
+        "requests again to a deployment here whose circuit opened. A 2xx lets one live "
+        "request through; anything else keeps it out for a longer cooldown. It never runs a "
+        "completion. Empty: the first request after the cooldown is the test.",
     )
     is_active = models.BooleanField("active", default=True)
     created_at = models.DateTimeField(auto_now_add=True)

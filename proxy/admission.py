@@ -63,13 +63,11 @@ async def limit(limiter, key: KeyInfo | None, model: ModelInfo) -> Decision:
 
 
 async def limit_endpoint(limiter, endpoint: EndpointInfo, headers: dict[str, str]) -> None:
-    """Count an attempt against its endpoint's limits (if it has any); 429 if one is reached.
+    """Count an attempt against its endpoint's limits; 429 if one is reached.
 
     `headers` (the answer's `x-ratelimit-*`) then describe the endpoint's tier
     if it is the tightest.
     """
-    if not endpoint.rates:
-        return
     decision = await limiter.hit([(f"e{endpoint.id}", r) for r in endpoint.rates])
     refused_unless_allowed(decision)
     remaining = headers.get("x-ratelimit-remaining-requests")

@@ -2,7 +2,9 @@
 
 A breaker is closed (requests flow), open (none until `open_until`) or
 half-open (the cooldown is over: one live request is let through, and its
-outcome closes or reopens the circuit). It opens when, over the last
+outcome closes or reopens the circuit). Where the endpoint has a health check,
+that GET runs first, when the cooldown is over: only its success makes the
+circuit half-open; its failure reopens it for a longer cooldown. It opens when, over the last
 `window` seconds, at least `min_requests` attempts were made and at least
 `failure_ratio` of them failed, or after `consecutive` failures in a row, so
 that a single failure at a quiet moment never opens it. Each trip that
@@ -84,6 +86,8 @@ class Health:
         "consecutive",
         "in_flight",
         "open_until",
+        "picks",
+        "picks_label",
         "policy",
         "probing",
         "state",
@@ -104,12 +108,33 @@ class Health:
         self.in_flight = 0
         self.ttfb: float | None = None  # moving average, seconds
         self.ttfb_at = 0.0  # when it was last measured
+        self.picks = None  # its picks counter (routing.Router.taken), and what it is labelled
+        self.picks_label: tuple = ()
 
-    def available(self, now: float) -> bool:
-        """Whether a request may be sent now (half-open: only while no probe is out)."""
-        if self.state == OPEN and now >= self.open_until:
+    def available(self, now: float, *, gated: bool = False) -> bool:
+        """Whether a request may be sent now (half-open: only while no probe is out).
+
+        `gated`: the deployment has a health check, which must pass (`checked`)
+        before an open circuit turns half-open; until then it stays open.
+        """
+        if self.state == OPEN and now >= self.open_until and not gated:
             self.state = HALF_OPEN
         return self.state == CLOSED or (self.state == HALF_OPEN and not self.probing)
+
+    def check_due(self, now: float) -> bool:
+        """Whether a health check should run now: open, cooled down, none running."""
+        return self.state == OPEN and now >= self.open_until and not self.probing
+
+    def checked(self, now: float, ok: bool) -> str:
+        """A health check's outcome: half-open on success, else a trip (its cause)."""
+        self.probing = False
+        if self.state != OPEN:
+            return ""
+        if ok:
+            self.state = HALF_OPEN
+            return ""
+        self._trip(now)
+        return "check_failed"
 
     def taken(self) -> None:
         """A request was sent: in flight, and the probe if the circuit is half-open."""
@@ -173,9 +198,9 @@ class Health:
         total, failures = self.window.counts(now)
         return failures / total if total else None
 
-    def describe(self, now: float) -> dict:
+    def describe(self, now: float, *, gated: bool = False) -> dict:
         """Its state for people: state, until when (seconds from now), recent error rate."""
-        self.available(now)
+        self.available(now, gated=gated)
         return {
             "state": self.state,
             "reopens_in": max(0.0, self.open_until - now) if self.state == OPEN else None,

@@ -162,10 +162,11 @@ async def call_upstream(
     """One attempt: `deployment` called, its failure classified, or its answer relayed."""
     endpoint = deployment.endpoint
     record["deployment"] = deployment.label
-    try:
-        await admission.limit_endpoint(runtime.limiter, endpoint, headers)
-    except errors.APIError as limited:
-        raise errors.Retryable("rate_limited", limited) from None
+    if endpoint.rates:
+        try:
+            await admission.limit_endpoint(runtime.limiter, endpoint, headers)
+        except errors.APIError as limited:
+            raise errors.Retryable("rate_limited", limited) from None
     ex.endpoint = endpoint.name
     # Upstreams parse this header: llama-cpp-python refuses anything but a UUID
     # (400, empty body) and vLLM makes it the engine's request id, which must be

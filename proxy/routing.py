@@ -10,7 +10,8 @@ tier; within it, a session seen before keeps its deployment while that is
 available; otherwise the model's strategy chooses. A retry budget lets at most
 `AETHERGATE_RETRY_BUDGET_RATIO` of a model's recent requests be retried (and
 always `AETHERGATE_RETRY_BUDGET_MIN` per window), so an outage does not
-multiply the load on what is left.
+multiply the load on what is left. A deployment whose endpoint has a health
+path is checked with a GET of it (never a completion) once its cooldown is over.
 """
 
 import asyncio
@@ -33,6 +34,8 @@ BUDGET_WINDOW = 10.0  # seconds over which retries are weighed against requests
 TTFB_MAX_AGE = 30.0
 
 STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+CHECK_INTERVAL = 0.5  # seconds between looks for health checks that fell due
+CHECK_SECONDS = 5.0  # the most a health check may take
 
 
 def session_of(headers, payload: dict) -> str | None:
@@ -65,6 +68,7 @@ class Router:
         self.backoff_base = settings.AETHERGATE_RETRY_BACKOFF_SECONDS
         self.backoff_max = settings.AETHERGATE_RETRY_BACKOFF_MAX_SECONDS
         self.budgets: dict[int, Window] = {}  # per model: ok = requests, failed = retries
+        self.failing: dict[int, DeploymentInfo] = {}  # deployments that failed, by id
 
     def of(self, deployment: DeploymentInfo) -> Health:
         health = self.health.get(deployment.id)
@@ -78,15 +82,14 @@ class Router:
     ) -> DeploymentInfo | None:
         """The deployment to try next, or None when none is available."""
         now = self.clock()
+        if len(model.deployments) == 1:  # most models: nothing to choose
+            only = model.deployments[0]
+            return only if self._open_to(only, excluded, now) else None
         tier = None
         for deployment in model.deployments:  # by priority: the first available tier wins
             if tier is not None and deployment.priority != tier[0].priority:
                 break
-            if (
-                deployment.id not in excluded
-                and deployment.endpoint.usable
-                and self.of(deployment).available(now)
-            ):
+            if self._open_to(deployment, excluded, now):
                 if tier is None:
                     tier = [deployment]
                 else:
@@ -104,6 +107,15 @@ class Router:
         if model.strategy == "fastest":
             return self._fastest(tier, now)
         return self._weighted(tier)
+
+    def _open_to(self, deployment: DeploymentInfo, excluded: set[int], now: float) -> bool:
+        """Whether `deployment` may be sent this request now."""
+        endpoint = deployment.endpoint
+        return (
+            deployment.id not in excluded
+            and endpoint.usable
+            and self.of(deployment).available(now, gated=bool(endpoint.health_path))
+        )
 
     def _weighted(self, tier: list[DeploymentInfo]) -> DeploymentInfo:
         point = self.rng.random() * sum(d.weight for d in tier)
@@ -149,8 +161,12 @@ class Router:
 
     # Outcomes.
     def taken(self, model: ModelInfo, deployment: DeploymentInfo) -> None:
-        self.of(deployment).taken()
-        metrics.series(metrics.DEPLOYMENT_PICKS, model.name, deployment.label).inc()
+        health = self.health[deployment.id]  # made by the pick
+        health.taken()
+        if health.picks_label != (model.name, deployment.label):
+            health.picks_label = (model.name, deployment.label)
+            health.picks = metrics.series(metrics.DEPLOYMENT_PICKS, model.name, deployment.label)
+        health.picks.inc()
 
     def succeeded(self, deployment: DeploymentInfo, ttfb: float | None) -> None:
         health = self.of(deployment)
@@ -158,6 +174,7 @@ class Router:
             self._state_changed(deployment, health)
 
     def failed(self, deployment: DeploymentInfo, *, retry_after: float | None = None) -> None:
+        self.failing[deployment.id] = deployment  # the record its health check will use
         health = self.of(deployment)
         cause = health.failed(self.clock(), retry_after=retry_after)
         if cause:
@@ -169,6 +186,39 @@ class Router:
 
     def _state_changed(self, deployment: DeploymentInfo, health: Health) -> None:
         metrics.series(metrics.BREAKER_STATE, deployment.label).set(STATE_VALUES[health.state])
+
+    # Health checks.
+    async def watch(self, upstream) -> None:
+        """Run the health checks that fall due, every CHECK_INTERVAL seconds (a Runtime task)."""
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            await self.run_checks(upstream)
+
+    async def run_checks(self, upstream) -> None:
+        """GET the health path of each open deployment whose cooldown is over, at once."""
+        now = self.clock()
+        due = [
+            d
+            for d in self.failing.values()
+            if d.endpoint.health_path and self.health[d.id].check_due(now)
+        ]
+        for deployment in due:
+            self.health[deployment.id].probing = True
+        results = await asyncio.gather(
+            *(
+                upstream.check(d.endpoint, d.endpoint.health_path, seconds=CHECK_SECONDS)
+                for d in due
+            ),
+            return_exceptions=True,
+        )
+        for deployment, ok in zip(due, results, strict=True):
+            health = self.health[deployment.id]
+            passed = ok is True
+            metrics.series(metrics.HEALTH_CHECKS, deployment.label, str(passed).lower()).inc()
+            cause = health.checked(self.clock(), passed)
+            if cause:
+                metrics.series(metrics.BREAKER_TRIPS, deployment.label, cause).inc()
+            self._state_changed(deployment, health)
 
     # Retries.
     def requested(self, model: ModelInfo) -> None:
@@ -202,4 +252,11 @@ class Router:
     def states(self, deployments) -> dict[int, dict]:
         """What this process knows of each of `deployments` (ids), for the admin."""
         now = self.clock()
-        return {d: self.health[d].describe(now) for d in deployments if d in self.health}
+        return {
+            d: self.health[d].describe(now, gated=d in self.failing and self._gated(d))
+            for d in deployments
+            if d in self.health
+        }
+
+    def _gated(self, deployment_id: int) -> bool:
+        return bool(self.failing[deployment_id].endpoint.health_path)

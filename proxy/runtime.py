@@ -59,7 +59,10 @@ class Runtime:
         changes.changed.connect(runtime._changed, weak=False, dispatch_uid=id(runtime))
         await catalog.refresh()
         loop = asyncio.get_running_loop()
-        runtime._tasks = [loop.create_task(catalog.watch())]
+        runtime._tasks = [
+            loop.create_task(catalog.watch()),
+            loop.create_task(runtime.router.watch(runtime.upstream)),
+        ]
         if settings.REDIS_URL:
             runtime._tasks.append(loop.create_task(broadcast.listen(catalog.invalidate)))
         runtime._drain_on_sigterm(loop)

@@ -68,6 +68,7 @@ class EndpointInfo:
     first_byte_timeout: float
     idle_timeout: float
     total_timeout: float
+    health_path: str  # "" when a deployment here is not checked before traffic returns
 
     @classmethod
     def from_model(cls, endpoint) -> "EndpointInfo":
@@ -91,6 +92,7 @@ class EndpointInfo:
             first_byte_timeout=endpoint.first_byte_timeout,
             idle_timeout=endpoint.idle_timeout,
             total_timeout=endpoint.total_timeout,
+            health_path=endpoint.health_path,
         )
 
 

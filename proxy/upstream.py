@@ -139,6 +139,26 @@ class Client:
             ),
         )
 
+    async def check(self, endpoint: EndpointInfo, path: str, *, seconds: float) -> bool:
+        """Whether GET {base_url}{path} answers 2xx within `seconds` (a health check).
+
+        A GET only: it never runs (or pays for) a completion. Any failure is False.
+        """
+        wait = aiohttp.ClientTimeout(
+            total=seconds, sock_connect=min(seconds, endpoint.connect_timeout)
+        )
+        try:
+            _check_host(_host(endpoint.base_url))
+            async with self._session.get(
+                endpoint.base_url + path,
+                headers=_get_headers(endpoint),
+                allow_redirects=False,
+                timeout=wait,
+            ) as response:
+                return 200 <= response.status < 300
+        except (AddressRefused, TimeoutError, aiohttp.ClientError):
+            return False
+
     async def list_models(self, endpoint: EndpointInfo, *, seconds: float) -> list[str]:
         """The model ids `endpoint` lists at GET {base_url}/models (OpenAI's listModels),
         waiting at most `seconds` in all.
@@ -146,9 +166,6 @@ class Client:
         A GET only: it never runs (or pays for) a completion. Raises ModelListFailed,
         whose message is for staff and names no credential.
         """
-        headers = {"Accept": "application/json", "User-Agent": "AetherGate"}
-        if endpoint.api_key:
-            headers["Authorization"] = f"Bearer {endpoint.api_key}"
         wait = aiohttp.ClientTimeout(
             total=seconds, sock_connect=min(seconds, endpoint.connect_timeout)
         )
@@ -156,7 +173,7 @@ class Client:
             _check_host(_host(endpoint.base_url))
             async with self._session.get(
                 endpoint.base_url + "/models",
-                headers=headers,
+                headers=_get_headers(endpoint),
                 allow_redirects=False,
                 timeout=wait,
             ) as response:
@@ -176,6 +193,13 @@ class Client:
                 f"Its model list is larger than {MODEL_LIST_MAX_BYTES} bytes."
             ) from None
         return _model_ids(status, body, endpoint)
+
+
+def _get_headers(endpoint: EndpointInfo) -> dict[str, str]:
+    headers = {"Accept": "application/json", "User-Agent": "AetherGate"}
+    if endpoint.api_key:
+        headers["Authorization"] = f"Bearer {endpoint.api_key}"
+    return headers
 
 
 # An upstream's model list is small; this bounds what an admin page reads.

@@ -73,8 +73,14 @@ RETRY_BUDGET_EXHAUSTED = Counter(
 BREAKER_TRIPS = Counter(
     "aethergate_breaker_trips",
     "Times a deployment's circuit opened, by deployment and cause (failures, "
-    "probe_failed, retry_after).",
+    "probe_failed, check_failed, retry_after).",
     ["deployment", "cause"],
+)
+HEALTH_CHECKS = Counter(
+    "aethergate_health_checks",
+    "Health checks (GET of an endpoint's health path) of open deployments, by deployment "
+    "and whether they passed.",
+    ["deployment", "passed"],
 )
 BREAKER_STATE = Gauge(
     "aethergate_breaker_state",

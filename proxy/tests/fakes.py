@@ -58,6 +58,7 @@ def endpoint_info(**fields) -> EndpointInfo:
         "first_byte_timeout": 5.0,
         "idle_timeout": 5.0,
         "total_timeout": 60.0,
+        "health_path": "",
     }
     return EndpointInfo(**{**values, **fields})
 
@@ -343,6 +344,12 @@ class FakeUpstream:
         self.default = default if default is not None else answer_ok
         self.script = script
         self.calls: list[Call] = []
+        self.checks: list[tuple[str, str]] = []  # health checks: (endpoint name, path)
+        self.unhealthy: set[str] = set()  # endpoint names whose health check fails
+
+    async def check(self, endpoint, path, *, seconds):
+        self.checks.append((endpoint.name, path))
+        return endpoint.name not in self.unhealthy
 
     async def post(self, endpoint, path, body, *, stream, request_id, accept="application/json"):
         call = Call(endpoint, path, json.loads(body), stream, request_id)

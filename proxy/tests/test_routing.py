@@ -54,7 +54,7 @@ class Routed:
         return Counter(call.endpoint.name for call in self.upstream.calls)
 
     def state(self, d) -> str:
-        return self.router.of(d).describe(self.clock())["state"]
+        return self.router.states([d.id])[d.id]["state"]
 
 
 def down(call):
@@ -425,3 +425,68 @@ def test_retry_after_is_read_as_seconds_capped_at_an_hour(value, seconds):
     from proxy.forwarding import retry_after
 
     assert retry_after(value) == seconds
+
+
+# --------------------------------------------------------------------------- health checks
+
+
+def checked_pair(**script):
+    a = deployment_info("echo", endpoint_info(id=1, name="a", health_path="/models"))
+    b = deployment("b")
+    routed = Routed(served_by(a, b), **script)
+    return routed, a
+
+
+def test_a_health_check_gates_the_return_of_an_open_deployment():
+    routed, a = checked_pair(a=down)
+    for _ in range(10):
+        routed.chat()
+    assert routed.state(a) == "open"
+    routed.upstream.script.pop("a")
+    routed.clock.advance(5)
+
+    for _ in range(10):
+        routed.chat()
+    assert routed.hits()["a"] == 5  # cooled down, but not checked: still out
+    assert routed.state(a) == "open"
+
+    asyncio.run(routed.router.run_checks(routed.upstream))
+
+    assert routed.upstream.checks == [("a", "/models")]  # a GET, never a completion
+    assert routed.state(a) == "half_open"
+    for _ in range(20):
+        routed.chat()
+    assert routed.state(a) == "closed"
+    assert routed.hits()["a"] > 5
+
+
+def test_a_failed_health_check_keeps_it_out_longer_without_spending_a_request():
+    routed, a = checked_pair(a=down)
+    for _ in range(10):
+        routed.chat()
+    routed.upstream.unhealthy.add("a")
+    routed.clock.advance(5)
+
+    asyncio.run(routed.router.run_checks(routed.upstream))
+    asyncio.run(routed.router.run_checks(routed.upstream))  # not due again yet
+
+    assert routed.upstream.checks == [("a", "/models")]
+    assert routed.state(a) == "open"
+    assert routed.hits()["a"] == 5  # no client request went to find out
+    routed.clock.advance(9.9)
+    asyncio.run(routed.router.run_checks(routed.upstream))
+    assert len(routed.upstream.checks) == 1  # the cooldown doubled: 10 s
+    routed.clock.advance(0.1)
+    asyncio.run(routed.router.run_checks(routed.upstream))
+    assert len(routed.upstream.checks) == 2
+
+
+def test_a_deployment_without_a_health_check_is_never_checked():
+    routed = Routed(served_by(deployment("a"), deployment("b")), a=down)
+    for _ in range(10):
+        routed.chat()
+    routed.clock.advance(60)
+
+    asyncio.run(routed.router.run_checks(routed.upstream))
+
+    assert routed.upstream.checks == []
