@@ -6,7 +6,8 @@ outcome closes or reopens the circuit). Where the endpoint has a health check,
 that GET runs first, when the cooldown is over: only its success makes the
 circuit half-open; its failure reopens it for a longer cooldown. It opens when, over the last
 `window` seconds, at least `min_requests` attempts were made and at least
-`failure_ratio` of them failed, or after `consecutive` failures in a row, so
+`failure_ratio` of them failed, or after `consecutive` failures in a row within
+the window, so
 that a single failure at a quiet moment never opens it. Each trip that
 follows a failed probe doubles the cooldown, up to `max_cooldown`. An
 upstream's 429 with Retry-After opens it for exactly that long.
@@ -47,23 +48,33 @@ class BreakerPolicy:
 class Window:
     """Counts of (ok, failed) over the last `seconds`, in BUCKETS steps."""
 
-    __slots__ = ("failed", "ok", "step", "steps")
+    __slots__ = ("at", "failed", "ok", "since", "step", "steps", "until")
 
     def __init__(self, seconds: float):
         self.step = seconds / BUCKETS
         self.ok = [0] * BUCKETS
         self.failed = [0] * BUCKETS
         self.steps = [-1] * BUCKETS  # which step of time each bucket holds
+        # The bucket of the latest count, and the times it covers: counting within
+        # them, the common case, is one comparison and one addition.
+        self.at, self.since, self.until = 0, 0.0, -1.0
 
-    def add(self, now: float, *, failed: bool) -> None:
+    def add_ok(self, now: float) -> None:
+        if not self.since <= now < self.until:
+            self._move(now)
+        self.ok[self.at] += 1
+
+    def add_failed(self, now: float) -> None:
+        if not self.since <= now < self.until:
+            self._move(now)
+        self.failed[self.at] += 1
+
+    def _move(self, now: float) -> None:
         step = int(now / self.step)
-        i = step % BUCKETS
+        i = self.at = step % BUCKETS
+        self.since, self.until = step * self.step, (step + 1) * self.step
         if self.steps[i] != step:
             self.steps[i], self.ok[i], self.failed[i] = step, 0, 0
-        if failed:
-            self.failed[i] += 1
-        else:
-            self.ok[i] += 1
 
     def counts(self, now: float) -> tuple[int, int]:
         """(attempts, failures) in the window ending at `now`."""
@@ -77,6 +88,7 @@ class Window:
 
     def clear(self) -> None:
         self.steps = [-1] * BUCKETS
+        self.until = -1.0
 
 
 class Health:
@@ -84,6 +96,7 @@ class Health:
 
     __slots__ = (
         "consecutive",
+        "failed_at",
         "in_flight",
         "open_until",
         "picks",
@@ -104,12 +117,13 @@ class Health:
         self.trips = 0  # trips since the circuit last closed: the cooldown doubles with each
         self.probing = False  # half-open: the one request let through is in flight
         self.consecutive = 0
+        self.failed_at = 0.0  # the latest failure: a run of failures is broken by time too
         self.window = Window(policy.window)
         self.in_flight = 0
         self.ttfb: float | None = None  # moving average, seconds
         self.ttfb_at = 0.0  # when it was last measured
         self.picks = None  # its picks counter (routing.Router.taken), and what it is labelled
-        self.picks_label: tuple = ()
+        self.picks_label: str | None = None
 
     def available(self, now: float, *, gated: bool = False) -> bool:
         """Whether a request may be sent now (half-open: only while no probe is out).
@@ -144,13 +158,15 @@ class Health:
 
     def succeeded(self, now: float, ttfb: float | None) -> bool:
         """The upstream answered; True when that closed the circuit."""
-        self._done()
+        if self.in_flight:  # inlined _done(): this runs for every answer
+            self.in_flight -= 1
+        self.probing = False
         if ttfb is not None:
             self.ttfb = ttfb if self.ttfb is None else self.ttfb + TTFB_WEIGHT * (ttfb - self.ttfb)
             self.ttfb_at = now
         self.consecutive = 0
         if self.state == CLOSED:
-            self.window.add(now, failed=False)
+            self.window.add_ok(now)
             return False
         if self.state == HALF_OPEN:
             self.state, self.trips = CLOSED, 0
@@ -169,8 +185,11 @@ class Health:
             return "probe_failed"
         if self.state == OPEN:
             return ""
+        if now - self.failed_at > self.policy.window:
+            self.consecutive = 0
         self.consecutive += 1
-        self.window.add(now, failed=True)
+        self.failed_at = now
+        self.window.add_failed(now)
         total, failures = self.window.counts(now)
         if self.consecutive >= self.policy.consecutive or (
             total >= self.policy.min_requests and failures >= self.policy.failure_ratio * total

@@ -163,8 +163,8 @@ class Router:
     def taken(self, model: ModelInfo, deployment: DeploymentInfo) -> None:
         health = self.health[deployment.id]  # made by the pick
         health.taken()
-        if health.picks_label != (model.name, deployment.label):
-            health.picks_label = (model.name, deployment.label)
+        if health.picks_label is not deployment.label:  # the same string while unchanged
+            health.picks_label = deployment.label
             health.picks = metrics.series(metrics.DEPLOYMENT_PICKS, model.name, deployment.label)
         health.picks.inc()
 
@@ -223,7 +223,7 @@ class Router:
     # Retries.
     def requested(self, model: ModelInfo) -> None:
         """A request for `model` began: it adds to what its retry budget allows."""
-        self._budget(model).add(self.clock(), failed=False)
+        self._budget(model).add_ok(self.clock())
 
     def may_retry(self, model: ModelInfo) -> bool:
         """Whether a request for `model` that failed may try again (and so spend the budget)."""
@@ -234,7 +234,7 @@ class Router:
         if retries >= allowed:
             metrics.series(metrics.RETRY_BUDGET_EXHAUSTED, model.name).inc()
             return False
-        budget.add(now, failed=True)
+        budget.add_failed(now)
         return True
 
     def _budget(self, model: ModelInfo) -> Window:

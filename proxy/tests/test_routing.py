@@ -490,3 +490,26 @@ def test_a_deployment_without_a_health_check_is_never_checked():
     asyncio.run(routed.router.run_checks(routed.upstream))
 
     assert routed.upstream.checks == []
+
+
+def test_failures_spread_over_more_than_the_window_never_open_it():
+    health = Router(policy=POLICY, clock=FakeClock()).of(deployment("a"))
+
+    for n in range(20):  # one failure every 31 s: each alone in its window
+        health.failed(1000.0 + 31 * n)
+
+    assert health.state == "closed"
+
+
+def test_the_window_forgets_old_attempts():
+    health = Router(policy=POLICY, clock=FakeClock()).of(deployment("a"))
+    for n in range(9):
+        health.succeeded(1000.0 + n, None)
+    for n in range(4):
+        health.failed(1010.0 + n)  # 4 of 13 failed, none in a row of 5
+
+    assert health.window.counts(1013.0) == (13, 4)
+    assert health.window.counts(1045.0) == (0, 0)
+    assert health.state == "closed"
+    health.failed(1046.0)  # one more, 30 s later: the run of four is over
+    assert health.state == "closed"
