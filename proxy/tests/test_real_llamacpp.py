@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import re
+import socket
 import struct
 import subprocess
 import uuid
@@ -677,3 +678,29 @@ def test_a_prompt_over_the_real_servers_context_goes_to_the_context_fallback(
     row = wait_for_logs(1)[0]
     assert (row.status, row.outcome) == (200, "ok")
     assert [(a["model"], a["status"]) for a in row.attempts] == [(CHAT, 400), ("long-context", 200)]
+
+
+def test_a_dead_replica_beside_the_real_server_is_opened_and_every_request_answered(
+    sdk, llama_server, direct
+):
+    # A second deployment of the chat model on a port nothing listens on.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    dead = testing.make_endpoint("dead", f"http://127.0.0.1:{dead_port}/v1")
+    testing.deploy(Model.objects.get(name=CHAT), dead, CHAT_MODEL)
+    expected = upstream_text(direct)
+    before = len(answered(llama_server))
+
+    texts = [
+        sdk.chat.completions.create(model=CHAT, messages=HELLO, **GREEDY).choices[0].message.content
+        for _ in range(16)
+    ]
+
+    assert texts == [expected] * 16
+    assert answered(llama_server)[before:] == [("POST", "/v1/chat/completions", 200)] * 16
+    rows = wait_for_logs(16)
+    refused = [a for row in rows for a in row.attempts if a.get("error")]
+    assert {a["deployment"] for a in refused} == {f"dead/{CHAT_MODEL}"}
+    # Five failures in a row open it; then it gets none (one probe, if this took 5 s).
+    assert 1 <= len(refused) <= 6
