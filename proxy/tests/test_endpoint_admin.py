@@ -6,6 +6,7 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
+from aethergate import testing
 from aethergate.testing import CHANGE, VIEW, make_staff
 from endpoints.models import Endpoint
 from models_registry.models import Model
@@ -14,6 +15,10 @@ from proxy.snapshot import EndpointInfo
 from proxy.tests.conftest import UPSTREAM_API_KEY
 
 pytestmark = pytest.mark.django_db
+
+
+def served(model) -> list[tuple]:
+    return [(d.endpoint, d.upstream_name) for d in model.deployments.select_related("endpoint")]
 
 
 def page_of(endpoint):
@@ -52,7 +57,7 @@ def test_it_lists_the_upstreams_models_with_one_get_and_the_credential(
 def test_it_marks_models_already_in_the_catalog(admin_client, upstream, make_endpoint):
     upstream.model_ids = ["llama3:8b", "qwen2:7b"]
     endpoint = make_endpoint()
-    known = Model.objects.create(name="qwen2:7b", upstream_name="qwen2", endpoint=endpoint)
+    known = testing.make_model("qwen2:7b", "qwen2", endpoint)
 
     response = admin_client.get(page_of(endpoint))
 
@@ -117,20 +122,22 @@ def test_import_creates_the_picked_models_and_leaves_existing_ones(
     upstream.model_ids = ["llama3:8b", "qwen2:7b", "phi3"]
     endpoint = make_endpoint()
     other = make_endpoint(name="other")
-    existing = Model.objects.create(name="qwen2:7b", upstream_name="qwen2-q4", endpoint=other)
+    existing = testing.make_model("qwen2:7b", "qwen2-q4", other)
 
     response = admin_client.post(
         page_of(endpoint), {"name": ["llama3:8b", "qwen2:7b", "not-listed"]}, follow=True
     )
 
     created = Model.objects.get(name="llama3:8b")
-    assert (created.upstream_name, created.endpoint, created.price_in) == ("llama3:8b", endpoint, 0)
+    assert created.price_in == 0
+    assert served(created) == [(endpoint, "llama3:8b")]
     assert not Model.objects.filter(name__in=["phi3", "not-listed"]).exists()
-    existing.refresh_from_db()
-    assert (existing.upstream_name, existing.endpoint) == ("qwen2-q4", other)
+    assert served(existing) == [(other, "qwen2-q4")]
     assert response.redirect_chain[-1][0] == (
-        reverse("admin:models_registry_model_changelist") + f"?endpoint__id__exact={endpoint.pk}"
+        reverse("admin:models_registry_model_changelist")
+        + f"?deployments__endpoint__id__exact={endpoint.pk}"
     )
+    assert [m.name for m in response.context["cl"].result_list] == ["llama3:8b"]
     shown = [str(m) for m in response.context["messages"]]
     assert shown[0] == "1 model imported: llama3:8b. Their prices are 0 until you set them."
     assert shown[1] == "Already in the catalog, left as they are: qwen2:7b."
