@@ -5,6 +5,8 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import admin
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from aethergate.lib import money
 from aethergate.lib.admin import GatewayAdmin, count, swap_fields
@@ -127,7 +129,7 @@ class ServedByFilter(admin.RelatedFieldListFilter):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.title = "served by endpoint"
+        self.title = "serving endpoint"  # the sidebar reads "By serving endpoint"
 
 
 TIMES = "\u00d7"  # the multiplication sign, before a weight
@@ -172,7 +174,7 @@ class ModelAdmin(GatewayAdmin):
         (None, {"fields": ("name", "capability", "is_active")}),
         ("Billing", {"fields": ("billing_unit", "price_in", "price_out")}),
         ("Limits", {"fields": ("rpm_limit", "day_limit")}),
-        ("History", {"fields": ("created_at", "updated_at")}),
+        ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
         # Last, so that it stands just above the deployments it chooses among.
         ("Routing", {"fields": ("strategy", "fallback", "context_fallback")}),
     )
@@ -189,8 +191,10 @@ class ModelAdmin(GatewayAdmin):
 
     @admin.display(description="served by")
     def served_by(self, obj):
-        # From the prefetch of get_queryset, in the deployments' order (priority first).
-        return ", ".join(deployment_label(d) for d in obj.deployments.all()) or "-"
+        # From the prefetch of get_queryset, in the deployments' order (priority first);
+        # one a line, so that a label wraps only when it is longer than the column.
+        labels = [(deployment_label(d),) for d in obj.deployments.all()]
+        return format_html_join(mark_safe(",<br>"), "{}", labels) or "-"
 
     @admin.display(description="input price", ordering="price_in")
     def input_price(self, obj):

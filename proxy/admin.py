@@ -120,10 +120,16 @@ def live_rows(deployments, states: dict[int, dict], now: datetime, *, by_model: 
                 shown=shown_state(state, now),
                 error_rate=UNMEASURED if rate is None else f"{rate:.0%}",
                 in_flight=str(state["in_flight"]) if state else UNMEASURED,
-                ttfb=UNMEASURED if ttfb is None else f"{ttfb * 1000:.0f} ms",
+                ttfb=UNMEASURED if ttfb is None else milliseconds(ttfb),
             )
         )
     return rows
+
+
+def milliseconds(seconds: float) -> str:
+    """ "420 ms"; under 10 ms with a decimal ("0.4 ms"), as a local upstream answers."""
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
 
 
 async def _states(runtime: Runtime, ids: list[int]) -> dict[int, dict]:

@@ -179,6 +179,7 @@ def test_a_negative_weight_or_priority_is_a_field_error(admin_client, endpoint):
 
 
 def test_the_list_names_each_deployment_with_its_weight_and_tier(admin_client, endpoint):
+    """One a line, in the order requests try them, and escaped."""
     gpu_a = Endpoint.objects.create(name="gpu-a", base_url="http://127.0.0.1:8001/v1")
     gpu_b = Endpoint.objects.create(name="gpu-b", base_url="http://127.0.0.1:8002/v1")
     model = make_model("llama3", "llama3:8b", gpu_a)
@@ -186,6 +187,7 @@ def test_the_list_names_each_deployment_with_its_weight_and_tier(admin_client, e
     deploy(model, gpu_b, "llama3", priority=1)
     deploy(model, endpoint, "llama3:8b-q4", weight=0)
     Model.objects.create(name="nowhere")
+    make_model("odd", "<b>bold</b>", endpoint)
 
     listed = admin_client.get(CHANGELIST)
 
@@ -194,10 +196,14 @@ def test_the_list_names_each_deployment_with_its_weight_and_tier(admin_client, e
         for m in listed.context["cl"].result_list
     )
     assert cells == {
-        "llama3": "gpu-a/llama3:8b \u00d72, ollama/llama3:8b-q4 (drained), gpu-b/llama3 (standby)",
+        "llama3": "gpu-a/llama3:8b \u00d72,<br>ollama/llama3:8b-q4 (drained),<br>"
+        "gpu-b/llama3 (standby)",
         "nowhere": "-",
+        "odd": "ollama/&lt;b&gt;bold&lt;/b&gt;",
     }
-    assert '<td class="field-served_by">gpu-a/llama3:8b \u00d72, ' in listed.content.decode()
+    assert '<td class="field-served_by">gpu-a/llama3:8b \u00d72,<br>ollama' in (
+        listed.content.decode()
+    )
 
 
 def test_the_list_is_filtered_by_the_endpoint_that_serves_a_model(admin_client, endpoint):
@@ -210,7 +216,7 @@ def test_the_list_is_filtered_by_the_endpoint_that_serves_a_model(admin_client, 
     page = admin_client.get(CHANGELIST, {"deployments__endpoint__id__exact": other.pk})
 
     assert [m.name for m in page.context["cl"].result_list] == ["both"]
-    assert "By served by endpoint" in page.content.decode()
+    assert "By serving endpoint" in page.content.decode()
 
 
 def test_the_list_finds_a_model_by_a_deployments_upstream_name(admin_client, endpoint):
