@@ -139,7 +139,7 @@ async def _states(runtime: Runtime, ids: list[int]) -> dict[int, dict]:
 class LiveStateAdmin(admin.ModelAdmin):
     """Adds the "Deployments now" panel (`deployments_now` in the change page's context)."""
 
-    wall_clock = staticmethod(timezone.now)  # a seam for tests: when "open until" is
+    wall_clock = staticmethod(timezone.now)  # what "open until" counts from (a test seam)
     live_by_model = False  # the rows named by endpoint (a model's page) or by model
 
     class Media:
