@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from django.db import connections
 from django.test import Client
 from django.urls import reverse
 
@@ -21,6 +22,14 @@ from proxy.snapshot import DeploymentInfo, EndpointInfo
 
 NOON = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 POLICY = BreakerPolicy(consecutive=5, cooldown=5.0)
+
+
+@pytest.fixture(autouse=True)
+def _connections_closed_after_each_request(monkeypatch):
+    # Django serves each ASGI request in a thread of its own: a persistent connection
+    # (CONN_MAX_AGE) made there outlives the request, and PostgreSQL then refuses to drop
+    # the test database at the end of the run.
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
 
 
 def info(deployment) -> DeploymentInfo:
