@@ -26,10 +26,12 @@ django_application = get_asgi_application()
 
 from proxy import ops  # noqa: E402 -- needs the apps loaded by the line above
 from proxy.app import App  # noqa: E402
+from proxy.runtime import SCOPE_KEY  # noqa: E402
 
 
 def make_application():
-    """A new ASGI application: its own `/v1` app (`.proxy`), the operations endpoints, Django."""
+    """A new ASGI application: its own `/v1` app (`.proxy`), the operations endpoints, Django
+    (each of whose requests carries the `/v1` app's runtime, see Runtime.of_request)."""
     proxy = App()
 
     async def application(scope, receive, send):
@@ -39,7 +41,9 @@ def make_application():
         elif path in ops.PATHS and scope["type"] == "http":
             await ops.app(scope, receive, send, proxy.runtime)
         else:
-            await django_application(scope, receive, send)
+            # With this application's runtime, for the admin's live deployment state
+            # (Runtime.of_request): each process shows what its own router learned.
+            await django_application({**scope, SCOPE_KEY: proxy.runtime}, receive, send)
 
     application.proxy = proxy
     return application

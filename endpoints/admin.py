@@ -3,7 +3,7 @@
 from django import forms
 from django.contrib import admin
 
-from aethergate.lib.admin import GatewayAdmin, count
+from aethergate.lib.admin import GatewayAdmin
 from endpoints.models import Endpoint
 
 
@@ -82,9 +82,6 @@ class EndpointAdmin(GatewayAdmin):
         return "set" if obj and obj.has_credential else "not set"
 
     def delete_notes(self, objs):
-        models = sum(endpoint.models.count() for endpoint in objs)
-        return [
-            f"{count(models, 'model is', 'models are')} unlinked, not deleted: they stay "
-            "in the catalog without an endpoint (and cannot be served) until one is assigned.",
-            "Request logs are kept; they record the endpoint by name.",
-        ]
+        # The models that lose a deployment are named by the subclass registered in
+        # proxy.admin, which may know the catalog; this app does not.
+        return ["Request logs are kept; they record the endpoint by name."]

@@ -5,6 +5,8 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import admin
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from aethergate.lib import money
 from aethergate.lib.admin import GatewayAdmin, count, swap_fields
@@ -87,12 +89,63 @@ class ModelForm(forms.ModelForm):
         return cleaned
 
 
+DEPLOYMENTS_HELP = (
+    "Each row sends this model's requests to an upstream model on an endpoint. Priority 0 "
+    "is used first; a higher number is a standby tier, used only while every deployment "
+    "with a lower number is unavailable (its circuit open after failures, or its endpoint "
+    "inactive). Within one priority, the balancing strategy (Routing, above) spreads the "
+    "requests: weighted random gives weight 2 twice the share of weight 1. Weight 0 drains "
+    "a deployment: it gets no requests but stays listed, ready to be weighted again."
+)
+
+
+class DeploymentFormSet(forms.BaseInlineFormSet):
+    """A model's deployments; two rows for one upstream name on one endpoint are refused."""
+
+    def get_unique_error_message(self, unique_check):
+        # Django's own message names the columns ("endpoint and upstream_name").
+        return (
+            "Two rows deploy the same upstream name on the same endpoint: "
+            "keep one (weights and priorities belong to it)."
+        )
+
+
 class DeploymentInline(admin.TabularInline):
+    """A model's deployments, edited on its page, under a line that says how they are used."""
+
     model = Deployment
-    extra = 0
-    min_num = 0
+    formset = DeploymentFormSet
     autocomplete_fields = ("endpoint",)
-    fields = ("endpoint", "upstream_name", "weight", "priority")
+    fields = Deployment.shared_fields
+    template = "admin/models_registry/deployment_inline.html"
+    help = DEPLOYMENTS_HELP
+
+    def get_extra(self, request, obj=None, **kwargs):
+        return 0 if obj else 1  # a new model: one empty row, as it needs one to be served
+
+
+class ServedByFilter(admin.RelatedFieldListFilter):
+    """Models with a deployment on the endpoint picked (`?deployments__endpoint__id__exact=`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.title = "serving endpoint"  # the sidebar reads "By serving endpoint"
+
+
+TIMES = "\u00d7"  # the multiplication sign, before a weight
+
+
+def deployment_label(deployment: Deployment) -> str:
+    """How a list names a deployment: "gpu-a/llama3:8b", then TIMES and its weight when
+    that is not 1, "(drained)" at weight 0, "(standby)" off priority 0."""
+    label = f"{deployment.endpoint}/{deployment.upstream_name}"
+    if deployment.weight == 0:
+        label += " (drained)"
+    elif deployment.weight != 1:
+        label += f" {TIMES}{deployment.weight}"
+    if deployment.priority:
+        label += " (standby)"
+    return label
 
 
 @admin.register(Model)
@@ -107,7 +160,12 @@ class ModelAdmin(GatewayAdmin):
         "is_active",
     )
     list_editable = ("is_active",)
-    list_filter = ("is_active", "capability", "billing_unit", "deployments__endpoint")
+    list_filter = (
+        "is_active",
+        "capability",
+        "billing_unit",
+        ("deployments__endpoint", ServedByFilter),
+    )
     search_fields = ("name", "deployments__upstream_name")
     autocomplete_fields = ("fallback", "context_fallback")
     inlines = (DeploymentInline,)
@@ -115,11 +173,10 @@ class ModelAdmin(GatewayAdmin):
     fieldsets = (
         (None, {"fields": ("name", "capability", "is_active")}),
         ("Billing", {"fields": ("billing_unit", "price_in", "price_out")}),
-        (
-            "Routing and limits",
-            {"fields": ("strategy", "fallback", "context_fallback", "rpm_limit", "day_limit")},
-        ),
-        ("History", {"fields": ("created_at", "updated_at")}),
+        ("Limits", {"fields": ("rpm_limit", "day_limit")}),
+        ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
+        # Last, so that it stands just above the deployments it chooses among.
+        ("Routing", {"fields": ("strategy", "fallback", "context_fallback")}),
     )
 
     def get_fieldsets(self, request, obj=None):
@@ -134,7 +191,10 @@ class ModelAdmin(GatewayAdmin):
 
     @admin.display(description="served by")
     def served_by(self, obj):
-        return ", ".join(str(d.endpoint) for d in obj.deployments.all()) or "-"
+        # From the prefetch of get_queryset, in the deployments' order (priority first);
+        # one a line, so that a label wraps only when it is longer than the column.
+        labels = [(deployment_label(d),) for d in obj.deployments.all()]
+        return format_html_join(mark_safe(",<br>"), "{}", labels) or "-"
 
     @admin.display(description="input price", ordering="price_in")
     def input_price(self, obj):

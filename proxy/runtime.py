@@ -27,6 +27,11 @@ from proxy.upstream import Client
 
 log = logging.getLogger(__name__)
 
+# The scope key under which aethergate.asgi hands each Django request it serves the
+# Runtime of the `/v1` app beside it (None before that starts), so that admin pages
+# can show what this process's router knows without a module-global runtime.
+SCOPE_KEY = "aethergate.runtime"
+
 
 class Runtime:
     """What one process's `/v1` needs between requests; `start` makes one, `close` ends it."""
@@ -67,6 +72,12 @@ class Runtime:
             runtime._tasks.append(loop.create_task(broadcast.listen(catalog.invalidate)))
         runtime._drain_on_sigterm(loop)
         return runtime
+
+    @staticmethod
+    def of_request(request) -> "Runtime | None":
+        """The Runtime serving `/v1` beside the Django `request`; None when there is none
+        (not started yet, or a server that does not run aethergate.asgi: WSGI, tests)."""
+        return getattr(request, "scope", {}).get(SCOPE_KEY)
 
     def _changed(self, **_signal) -> None:
         self.catalog.invalidate()

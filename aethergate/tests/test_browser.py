@@ -10,6 +10,7 @@ It skips when Chromium or Playwright is missing, unless AETHERGATE_REQUIRE_BROWS
 (CI sets it), in which case it fails instead.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -110,7 +111,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     """A first-run AetherGate: fresh database, first admin, collected static, uvicorn."""
-    workdir = tmp_path_factory.mktemp("aethergate-e2e")
+    with serve(tmp_path_factory.mktemp("aethergate-e2e")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve(workdir: Path, settings: dict[str, str] | None = None):
+    """A first-run AetherGate in `workdir`, with `settings` (environment variables) on top."""
     log = workdir / "server.log"
     password = secrets.token_urlsafe(18)
     env = {
@@ -130,6 +137,7 @@ def gateway(tmp_path_factory):
         "REDIS_URL": "",
         "MASTER_API_KEY": "",
         "PYTHONUNBUFFERED": "1",
+        **(settings or {}),
     }
 
     with log.open("ab") as out:
@@ -226,12 +234,27 @@ def _raw_html(page) -> str:
     return response.text()
 
 
-def _pick_autocomplete(page, field, text):
-    """Choose `text` in a Django autocomplete (select2) widget, as a person would."""
-    page.locator(f".field-{field} .select2-selection").click()
+def _pick_autocomplete(page, field, text, *, prefix=""):
+    """Choose `text` in a Django autocomplete (select2) widget, as a person would; `prefix`
+    names an inline row ("deployments-0-") whose widget it is."""
+    within = f"#{prefix[:-1]} " if prefix else ""
+    page.locator(f"{within}.field-{field} .select2-selection").click()
     page.locator(".select2-container--open .select2-search__field").fill(text)
     page.locator(".select2-results__option", has_text=text).click()
-    expect(page.locator(f"#select2-id_{field}-container")).to_contain_text(text)
+    expect(page.locator(f"#select2-id_{prefix}{field}-container")).to_contain_text(text)
+
+
+def _add_deployment(page, index, endpoint, upstream_name, *, weight=None, priority=None):
+    """Fill the model page's deployment row `index`, adding the row if the page has none."""
+    prefix = f"deployments-{index}-"
+    if not page.locator(f"#deployments-{index}").count():
+        page.locator("#deployments-group .add-row a").click()
+    _pick_autocomplete(page, "endpoint", endpoint, prefix=prefix)
+    page.locator(f"#id_{prefix}upstream_name").fill(upstream_name)
+    if weight is not None:
+        page.locator(f"#id_{prefix}weight").fill(str(weight))
+    if priority is not None:
+        page.locator(f"#id_{prefix}priority").fill(str(priority))
 
 
 def _add_consumer(page, username, email, organization, balance):
@@ -387,14 +410,15 @@ def _walk(page, gateway, shots):
     assert credential not in page.content()
     assert credential not in _raw_html(page)
 
-    # A model served by that endpoint, chosen through the autocomplete widget.
+    # A model deployed on that endpoint, chosen through the autocomplete widget.
     page.goto(MODELS + "add/")
     page.locator("#id_name").fill("e2e-llama")
-    page.locator("#id_upstream_name").fill("llama3:8b")
-    _pick_autocomplete(page, "endpoint", "e2e-upstream")
+    _add_deployment(page, 0, "e2e-upstream", "llama3:8b")
     expect(page.locator("label[for=id_price_in]")).to_have_text("Input price (per 1M tokens):")
     _price_per_1m_tokens(page, "e2e-llama", "was added successfully")
-    expect(_row(page, "e2e-llama").locator("td.field-endpoint")).to_have_text("e2e-upstream")
+    expect(_row(page, "e2e-llama").locator("td.field-served_by")).to_have_text(
+        "e2e-upstream/llama3:8b"
+    )
 
     # An API key for the user: its secret is shown once, then never again.
     page.goto(KEYS + "add/")
@@ -505,10 +529,13 @@ def _walk(page, gateway, shots):
     expect(_row(page, "ci-key")).to_have_count(1)
 
     _delete_through_page(
-        page, ENDPOINTS, "e2e-upstream", ["1 model is unlinked", "Request logs are kept"]
+        page,
+        ENDPOINTS,
+        "e2e-upstream",
+        ["1 model loses a deployment", "no other deployment", "Request logs are kept"],
     )
     page.goto(MODELS)
-    expect(_row(page, "e2e-llama").locator("td.field-endpoint")).to_have_text("-")
+    expect(_row(page, "e2e-llama").locator("td.field-served_by")).to_have_text("-")
 
     _delete_through_page(page, MODELS, "e2e-llama", ["Request logs are kept"])
 

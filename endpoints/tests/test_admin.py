@@ -5,6 +5,7 @@ import re
 import pytest
 from django.urls import reverse
 
+from aethergate.testing import deploy, make_model
 from endpoints.models import Endpoint
 from models_registry.models import Model
 
@@ -123,18 +124,61 @@ def test_it_refuses_a_bad_url_or_limit_without_echoing_the_credential(admin_clie
     assert not Endpoint.objects.exists()
 
 
-def test_deleting_an_endpoint_unlinks_its_models(admin_client):
-    endpoint = Endpoint.objects.create(name="ollama", base_url="http://127.0.0.1:11434/v1")
-    model = Model.objects.create(name="llama3", upstream_name="llama3:8b", endpoint=endpoint)
-    url = reverse("admin:endpoints_endpoint_delete", args=[endpoint.pk])
+def test_deleting_an_endpoint_names_the_models_that_lose_a_deployment(admin_client):
+    gone = Endpoint.objects.create(name="ollama", base_url="http://127.0.0.1:11434/v1")
+    kept = Endpoint.objects.create(name="gpu-b", base_url="http://127.0.0.1:8001/v1")
+    both = make_model("llama3", "llama3:8b", gone)
+    deploy(both, kept, "llama3")
+    deploy(both, gone, "llama3:70b")  # two on the endpoint: named once
+    only = make_model("qwen2", "qwen2:7b", gone)
+    make_model("phi3", "phi3", kept)
+    url = reverse("admin:endpoints_endpoint_delete", args=[gone.pk])
 
     page = admin_client.get(url).content.decode()
-    assert "1 model is unlinked, not deleted" in page
+    assert (
+        "2 models lose a deployment, deleted with the endpoint: llama3, qwen2. The models "
+        "stay in the catalog."
+    ) in page
+    assert "1 model has no other deployment and cannot be served until one is added: qwen2." in (
+        page
+    )
+    assert "Request logs are kept" in page
 
     admin_client.post(url, {"post": "yes"})
-    model.refresh_from_db()
-    assert model.endpoint is None
-    assert not Endpoint.objects.exists()
+    assert not Endpoint.objects.filter(pk=gone.pk).exists()
+    assert sorted(Model.objects.values_list("name", flat=True)) == ["llama3", "phi3", "qwen2"]
+    assert [(d.endpoint.name, d.upstream_name) for d in both.deployments.all()] == [
+        ("gpu-b", "llama3")
+    ]
+    assert not only.deployments.exists()
+
+
+def test_deleting_endpoints_no_model_uses_says_so(admin_client):
+    first = Endpoint.objects.create(name="spare", base_url="http://127.0.0.1:8001/v1")
+    second = Endpoint.objects.create(name="spare-2", base_url="http://127.0.0.1:8002/v1")
+
+    page = admin_client.post(
+        reverse("admin:endpoints_endpoint_changelist"),
+        {"action": "delete_selected", "_selected_action": [first.pk, second.pk]},
+    ).content.decode()
+
+    assert "No model has a deployment on it." in page
+    assert Endpoint.objects.count() == 2  # the confirmation page only
+
+
+def test_a_bulk_delete_names_the_models_of_every_endpoint_picked(admin_client):
+    first = Endpoint.objects.create(name="gpu-a", base_url="http://127.0.0.1:8001/v1")
+    second = Endpoint.objects.create(name="gpu-b", base_url="http://127.0.0.1:8002/v1")
+    model = make_model("llama3", "llama3:8b", first)
+    deploy(model, second, "llama3")
+
+    page = admin_client.post(
+        reverse("admin:endpoints_endpoint_changelist"),
+        {"action": "delete_selected", "_selected_action": [first.pk, second.pk]},
+    ).content.decode()
+
+    assert "1 model loses a deployment, deleted with the endpoints: llama3." in page
+    assert "1 model has no other deployment" in page  # its other one goes too
 
 
 def test_endpoints_are_deactivated_from_the_list(admin_client):

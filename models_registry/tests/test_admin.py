@@ -1,16 +1,25 @@
-"""The model catalog in admin: validation, fallbacks, activation, deletion."""
+"""The model catalog in admin: deployments, validation, fallbacks, activation, deletion."""
 
 from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.urls import reverse
+from django.db import connection, reset_queries
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse, reverse_lazy
 
-from aethergate.testing import VIEW, make_staff
+from aethergate.testing import VIEW, deploy, make_model, make_staff
 from endpoints.models import Endpoint
-from models_registry.models import MAX_FALLBACK_DEPTH, Model
+from models_registry.models import MAX_FALLBACK_DEPTH, Deployment, Model
 
 pytestmark = pytest.mark.django_db
+
+ADD = reverse_lazy("admin:models_registry_model_add")
+CHANGELIST = reverse_lazy("admin:models_registry_model_changelist")
+DUPLICATE = (
+    "Two rows deploy the same upstream name on the same endpoint: keep one (weights and "
+    "priorities belong to it)."
+)
 
 
 @pytest.fixture
@@ -18,29 +27,247 @@ def endpoint():
     return Endpoint.objects.create(name="ollama", base_url="http://127.0.0.1:11434/v1")
 
 
-def form(endpoint, **overrides):
+def deployments(*rows, model=None):
+    """The deployment inline's POST data: `model`'s saved deployments (as the page shows
+    them, unchanged), then each of `rows` (dicts of the inline's fields) as a new one."""
+    saved = list(model.deployments.all()) if model else []
+    data = {
+        "deployments-TOTAL_FORMS": str(len(saved) + len(rows)),
+        "deployments-INITIAL_FORMS": str(len(saved)),
+        "deployments-MIN_NUM_FORMS": "0",
+        "deployments-MAX_NUM_FORMS": "1000",
+    }
+    for i, d in enumerate(saved):
+        data |= {
+            f"deployments-{i}-id": str(d.pk),
+            f"deployments-{i}-model": str(model.pk),
+            f"deployments-{i}-endpoint": str(d.endpoint_id),
+            f"deployments-{i}-upstream_name": d.upstream_name,
+            f"deployments-{i}-weight": str(d.weight),
+            f"deployments-{i}-priority": str(d.priority),
+        }
+    for i, row in enumerate(rows, start=len(saved)):
+        data |= {f"deployments-{i}-{name}": str(value) for name, value in row.items()}
+    return data
+
+
+def row(endpoint, upstream_name="llama3:8b", weight=1, priority=0):
+    return {
+        "endpoint": endpoint.pk,
+        "upstream_name": upstream_name,
+        "weight": weight,
+        "priority": priority,
+    }
+
+
+def form(endpoint=None, *, model=None, rows=None, **overrides):
+    """The model page's POST data: the model's fields, and its deployments (one new one on
+    `endpoint` by default; `model`'s saved ones as they are on its change page)."""
+    if rows is None:
+        rows = [] if model else [row(endpoint)]
     return {
         "name": "llama3",
-        "upstream_name": "llama3:8b",
-        "endpoint": endpoint.pk,
         "capability": "TEXT",
         "billing_unit": "TOKEN",
+        "strategy": "weighted",
         "price_in": "1",
         "price_out": "2",
         "is_active": "on",
+        **deployments(*rows, model=model),
         **overrides,
     }
 
 
+def served(model) -> list[tuple]:
+    return [
+        (d.endpoint.name, d.upstream_name, d.weight, d.priority)
+        for d in model.deployments.select_related("endpoint")
+    ]
+
+
+# --------------------------------------------------------------------------- deployments
+
+
+def test_it_adds_a_model_with_two_deployments(admin_client, endpoint):
+    other = Endpoint.objects.create(name="gpu-b", base_url="http://127.0.0.1:8001/v1")
+
+    response = admin_client.post(
+        ADD,
+        form(
+            rows=[row(endpoint, weight=2), row(other, "llama3", weight=1, priority=1)],
+            strategy="least_busy",
+        ),
+    )
+
+    assert response.status_code == 302
+    model = Model.objects.get()
+    assert model.strategy == "least_busy"
+    assert served(model) == [("ollama", "llama3:8b", 2, 0), ("gpu-b", "llama3", 1, 1)]
+
+
+def test_a_new_model_page_offers_one_deployment_row_under_its_help(admin_client):
+    page = admin_client.get(ADD)
+
+    html = page.content.decode()
+    assert page.context["inline_admin_formsets"][0].formset.total_form_count() == 1
+    assert 'id="deployments-help"' in html
+    assert "a higher number is a standby tier" in html
+    assert "Weight 0 drains a deployment" in html
+    assert html.index('id="deployments-help"') < html.index('id="deployments-group"')
+
+
+def test_it_adds_a_deployment_on_the_change_page_and_keeps_the_others(admin_client, endpoint):
+    model = make_model("llama3", "llama3:8b", endpoint)
+    other = Endpoint.objects.create(name="gpu-b", base_url="http://127.0.0.1:8001/v1")
+    url = reverse("admin:models_registry_model_change", args=[model.pk])
+
+    response = admin_client.post(
+        url, form(model=model, rows=[row(other, "llama3", priority=1)], price_in="0")
+    )
+
+    assert response.status_code == 302
+    assert served(model) == [("ollama", "llama3:8b", 1, 0), ("gpu-b", "llama3", 1, 1)]
+
+
+def test_it_drains_and_deletes_deployments_from_the_change_page(admin_client, endpoint):
+    model = make_model("llama3", "llama3:8b", endpoint)
+    deploy(model, endpoint, "llama3:70b")
+    url = reverse("admin:models_registry_model_change", args=[model.pk])
+    data = form(model=model, price_in="0")
+    data |= {"deployments-0-weight": "0", "deployments-1-DELETE": "on"}
+
+    response = admin_client.post(url, data)
+
+    assert response.status_code == 302
+    assert served(model) == [("ollama", "llama3:8b", 0, 0)]
+
+
+def test_a_duplicate_deployment_in_one_form_is_a_form_error(admin_client, endpoint):
+    response = admin_client.post(ADD, form(rows=[row(endpoint), row(endpoint, weight=3)]))
+
+    assert response.status_code == 200
+    formset = response.context["inline_admin_formsets"][0].formset
+    assert formset.non_form_errors() == [DUPLICATE]
+    assert formset.errors[1] == {"__all__": ["Please correct the duplicate values below."]}
+    assert DUPLICATE in response.content.decode()
+    assert not Model.objects.exists()
+    assert not Deployment.objects.exists()
+
+
+def test_a_deployment_already_saved_cannot_be_added_again(admin_client, endpoint):
+    model = make_model("llama3", "llama3:8b", endpoint)
+    url = reverse("admin:models_registry_model_change", args=[model.pk])
+
+    response = admin_client.post(url, form(model=model, rows=[row(endpoint)], price_in="0"))
+
+    assert response.status_code == 200
+    formset = response.context["inline_admin_formsets"][0].formset
+    assert formset.non_form_errors() == [DUPLICATE]
+    assert served(model) == [("ollama", "llama3:8b", 1, 0)]
+    model.refresh_from_db()
+    assert model.price_in == Decimal("0")  # the model's own fields were not saved either
+
+
+def test_a_negative_weight_or_priority_is_a_field_error(admin_client, endpoint):
+    response = admin_client.post(ADD, form(rows=[row(endpoint, weight=-1, priority=-2)]))
+
+    assert response.status_code == 200
+    errors = response.context["inline_admin_formsets"][0].formset.errors[0]
+    assert errors["weight"] == ["Ensure this value is greater than or equal to 0."]
+    assert errors["priority"] == ["Ensure this value is greater than or equal to 0."]
+    assert not Model.objects.exists()
+
+
+def test_the_list_names_each_deployment_with_its_weight_and_tier(admin_client, endpoint):
+    """One a line, in the order requests try them, and escaped."""
+    gpu_a = Endpoint.objects.create(name="gpu-a", base_url="http://127.0.0.1:8001/v1")
+    gpu_b = Endpoint.objects.create(name="gpu-b", base_url="http://127.0.0.1:8002/v1")
+    model = make_model("llama3", "llama3:8b", gpu_a)
+    model.deployments.update(weight=2)
+    deploy(model, gpu_b, "llama3", priority=1)
+    deploy(model, endpoint, "llama3:8b-q4", weight=0)
+    Model.objects.create(name="nowhere")
+    make_model("odd", "<b>bold</b>", endpoint)
+
+    listed = admin_client.get(CHANGELIST)
+
+    cells = dict(
+        (m.name, listed.context["cl"].model_admin.served_by(m))
+        for m in listed.context["cl"].result_list
+    )
+    assert cells == {
+        "llama3": "gpu-a/llama3:8b \u00d72,<br>ollama/llama3:8b-q4 (drained),<br>"
+        "gpu-b/llama3 (standby)",
+        "nowhere": "-",
+        "odd": "ollama/&lt;b&gt;bold&lt;/b&gt;",
+    }
+    assert '<td class="field-served_by">gpu-a/llama3:8b \u00d72,<br>ollama' in (
+        listed.content.decode()
+    )
+
+
+def test_the_list_is_filtered_by_the_endpoint_that_serves_a_model(admin_client, endpoint):
+    other = Endpoint.objects.create(name="gpu-b", base_url="http://127.0.0.1:8001/v1")
+    both = make_model("both", "x", endpoint)
+    deploy(both, other, "x")
+    deploy(both, other, "y")  # two rows on one endpoint: the model is listed once
+    make_model("elsewhere", "x", endpoint)
+
+    page = admin_client.get(CHANGELIST, {"deployments__endpoint__id__exact": other.pk})
+
+    assert [m.name for m in page.context["cl"].result_list] == ["both"]
+    assert "By serving endpoint" in page.content.decode()
+
+
+def test_the_list_finds_a_model_by_a_deployments_upstream_name(admin_client, endpoint):
+    model = make_model("llama3", "llama3:8b", endpoint)
+    deploy(model, endpoint, "meta-llama/Llama-3.1-8B-Instruct")
+    make_model("qwen", "qwen2:7b", endpoint)
+
+    page = admin_client.get(CHANGELIST, {"q": "Llama-3.1"})
+
+    assert [m.name for m in page.context["cl"].result_list] == ["llama3"]
+
+
+def _list_queries(client) -> int:
+    reset_queries()  # each request empties the query log (request_started): start empty too
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(CHANGELIST).status_code == 200
+    return len(queries)
+
+
+def _models_with_deployments(start: int, count: int) -> None:
+    for n in range(start, start + count):
+        endpoint = Endpoint.objects.create(name=f"ep{n}", base_url="http://127.0.0.1:8001/v1")
+        model = make_model(f"model{n}", "x", endpoint)
+        deploy(model, endpoint, "y", weight=3)
+        deploy(model, Endpoint.objects.get(name="ep0"), f"z{n}", priority=1)
+
+
+def test_the_list_costs_the_same_queries_for_many_models_and_deployments(admin_client):
+    _models_with_deployments(0, 2)
+    _list_queries(admin_client)  # the session's first use
+    few = _list_queries(admin_client)
+
+    _models_with_deployments(2, 20)
+    many = _list_queries(admin_client)
+
+    assert few == many
+    assert few <= 10  # session, user, counts, rows, deployments with their endpoints, filter
+
+
+# --------------------------------------------------------------------------- prices
+
+
 def test_it_stores_token_prices_entered_per_1m_tokens_per_token(admin_client, endpoint):
     response = admin_client.post(
-        reverse("admin:models_registry_model_add"),
+        ADD,
         form(endpoint, price_in="0.15", price_out="0.6"),
     )
 
     assert response.status_code == 302
     model = Model.objects.get()
-    assert model.endpoint == endpoint
+    assert served(model) == [("ollama", "llama3:8b", 1, 0)]
     assert model.price_in == Decimal("0.00000015")
     assert model.price_out == Decimal("0.0000006")
 
@@ -50,7 +277,7 @@ def test_it_stores_token_prices_entered_per_1m_tokens_per_token(admin_client, en
 )
 def test_it_stores_other_units_prices_as_entered(admin_client, endpoint, unit, capability):
     response = admin_client.post(
-        reverse("admin:models_registry_model_add"),
+        ADD,
         form(
             endpoint,
             billing_unit=unit,
@@ -66,9 +293,7 @@ def test_it_stores_other_units_prices_as_entered(admin_client, endpoint, unit, c
 
 
 def test_it_refuses_a_billing_unit_the_capability_cannot_measure(admin_client, endpoint):
-    response = admin_client.post(
-        reverse("admin:models_registry_model_add"), form(endpoint, billing_unit="MINUTE")
-    )
+    response = admin_client.post(ADD, form(endpoint, billing_unit="MINUTE"))
 
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
@@ -80,9 +305,7 @@ def test_it_refuses_a_billing_unit_the_capability_cannot_measure(admin_client, e
 
 
 def test_it_refuses_a_price_per_1m_tokens_with_more_than_4_decimals(admin_client, endpoint):
-    response = admin_client.post(
-        reverse("admin:models_registry_model_add"), form(endpoint, price_in="0.12345")
-    )
+    response = admin_client.post(ADD, form(endpoint, price_in="0.12345"))
 
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
@@ -94,7 +317,7 @@ def test_it_refuses_a_price_per_1m_tokens_with_more_than_4_decimals(admin_client
 
 def test_it_refuses_a_price_too_large_for_the_column(admin_client, endpoint):
     response = admin_client.post(
-        reverse("admin:models_registry_model_add"),
+        ADD,
         form(endpoint, billing_unit="REQUEST", price_in="12345678901"),
     )
 
@@ -104,16 +327,8 @@ def test_it_refuses_a_price_too_large_for_the_column(admin_client, endpoint):
 
 
 def test_the_model_page_shows_prices_per_the_billing_unit(admin_client, endpoint):
-    tokens = Model.objects.create(
-        name="chat", upstream_name="x", endpoint=endpoint, price_in=Decimal("0.0000025")
-    )
-    images = Model.objects.create(
-        name="draw",
-        upstream_name="y",
-        endpoint=endpoint,
-        billing_unit="IMAGE",
-        price_out=Decimal("0.04"),
-    )
+    tokens = make_model("chat", "x", endpoint, price_in=Decimal("0.0000025"))
+    images = make_model("draw", "y", endpoint, billing_unit="IMAGE", price_out=Decimal("0.04"))
 
     page = admin_client.get(reverse("admin:models_registry_model_change", args=[tokens.pk]))
     html = page.content.decode()
@@ -126,18 +341,15 @@ def test_the_model_page_shows_prices_per_the_billing_unit(admin_client, endpoint
 
 
 def test_saving_a_model_page_unchanged_keeps_its_prices(admin_client, endpoint):
-    model = Model.objects.create(
-        name="chat", upstream_name="x", endpoint=endpoint, price_in=Decimal("0.0000025")
-    )
+    model = make_model("chat", "x", endpoint, price_in=Decimal("0.0000025"))
     url = reverse("admin:models_registry_model_change", args=[model.pk])
     shown = admin_client.get(url).context["adminform"].form
 
     admin_client.post(
         url,
         form(
-            endpoint,
+            model=model,
             name="chat",
-            upstream_name="x",
             price_in=shown["price_in"].value(),
             price_out=shown["price_out"].value(),
         ),
@@ -145,31 +357,28 @@ def test_saving_a_model_page_unchanged_keeps_its_prices(admin_client, endpoint):
 
     model.refresh_from_db()
     assert (model.price_in, model.price_out) == (Decimal("0.0000025"), Decimal("0"))
+    assert served(model) == [("ollama", "x", 1, 0)]
 
 
 def test_changing_the_unit_asks_for_prices_per_the_new_unit(admin_client, endpoint):
-    model = Model.objects.create(
-        name="chat", upstream_name="x", endpoint=endpoint, price_in=Decimal("0.0000025")
-    )
+    model = make_model("chat", "x", endpoint, price_in=Decimal("0.0000025"))
     url = reverse("admin:models_registry_model_change", args=[model.pk])
-    fields = {"name": "chat", "upstream_name": "x", "billing_unit": "REQUEST", "price_out": "0"}
+    fields = {"name": "chat", "billing_unit": "REQUEST", "price_out": "0"}
 
-    kept = admin_client.post(url, form(endpoint, price_in="2.5", **fields))
+    kept = admin_client.post(url, form(model=model, price_in="2.5", **fields))
     model.refresh_from_db()
     assert kept.context["adminform"].form.errors["price_in"] == [
         "The billing unit changed: enter this price per request."
     ]
     assert (model.billing_unit, model.price_in) == ("TOKEN", Decimal("0.0000025"))
 
-    admin_client.post(url, form(endpoint, price_in="0.01", **fields))
+    admin_client.post(url, form(model=model, price_in="0.01", **fields))
     model.refresh_from_db()
     assert (model.billing_unit, model.price_in) == ("REQUEST", Decimal("0.01"))
 
 
 def test_a_read_only_model_page_shows_prices_for_people(client, endpoint):
-    model = Model.objects.create(
-        name="chat", upstream_name="x", endpoint=endpoint, price_in=Decimal("0.00000015")
-    )
+    model = make_model("chat", "x", endpoint, price_in=Decimal("0.00000015"))
     client.force_login(make_staff("viewer", VIEW))
     url = reverse("admin:models_registry_model_change", args=[model.pk])
 
@@ -184,22 +393,12 @@ def test_a_read_only_model_page_shows_prices_for_people(client, endpoint):
 
 
 def test_the_list_shows_prices_for_people(admin_client, endpoint):
-    Model.objects.create(
-        name="chat",
-        upstream_name="x",
-        endpoint=endpoint,
-        price_in=Decimal("0.00000015"),
-        price_out=Decimal("0.0000006"),
+    make_model(
+        "chat", "x", endpoint, price_in=Decimal("0.00000015"), price_out=Decimal("0.0000006")
     )
-    Model.objects.create(
-        name="tts",
-        upstream_name="y",
-        endpoint=endpoint,
-        billing_unit="REQUEST",
-        price_in=Decimal("0.015"),
-    )
+    make_model("tts", "y", endpoint, billing_unit="REQUEST", price_in=Decimal("0.015"))
 
-    html = admin_client.get(reverse("admin:models_registry_model_changelist")).content.decode()
+    html = admin_client.get(CHANGELIST).content.decode()
 
     assert "$0.15 / 1M tokens" in html
     assert "$0.60 / 1M tokens" in html
@@ -208,9 +407,7 @@ def test_the_list_shows_prices_for_people(admin_client, endpoint):
 
 
 def test_the_api_keeps_per_unit_prices(admin_client, endpoint):
-    Model.objects.create(
-        name="chat", upstream_name="x", endpoint=endpoint, price_in=Decimal("0.00000015")
-    )
+    make_model("chat", "x", endpoint, price_in=Decimal("0.00000015"))
 
     listed = admin_client.get("/api/v1/models/").json()
 
@@ -218,9 +415,7 @@ def test_the_api_keeps_per_unit_prices(admin_client, endpoint):
 
 
 def test_negative_prices_are_refused(admin_client, endpoint):
-    response = admin_client.post(
-        reverse("admin:models_registry_model_add"), form(endpoint, price_out="-0.1")
-    )
+    response = admin_client.post(ADD, form(endpoint, price_out="-0.1"))
 
     assert response.status_code == 200
     assert "greater than or equal to 0" in response.content.decode()
@@ -228,12 +423,12 @@ def test_negative_prices_are_refused(admin_client, endpoint):
 
 
 def test_a_fallback_loop_is_refused(admin_client, endpoint):
-    first = Model.objects.create(name="a", upstream_name="a", endpoint=endpoint)
-    second = Model.objects.create(name="b", upstream_name="b", endpoint=endpoint, fallback=first)
+    first = make_model("a", "a", endpoint)
+    second = make_model("b", "b", endpoint, fallback=first)
 
     response = admin_client.post(
         reverse("admin:models_registry_model_change", args=[first.pk]),
-        form(endpoint, name="a", upstream_name="a", fallback=second.pk),
+        form(model=first, name="a", fallback=second.pk),
     )
 
     assert "loops back" in response.content.decode()
@@ -242,7 +437,7 @@ def test_a_fallback_loop_is_refused(admin_client, endpoint):
 
 
 def test_a_model_cannot_fall_back_to_itself(endpoint):
-    model = Model.objects.create(name="a", upstream_name="a", endpoint=endpoint)
+    model = make_model("a", "a", endpoint)
     model.fallback = model
     with pytest.raises(ValidationError, match="loops back"):
         model.full_clean()
@@ -251,17 +446,15 @@ def test_a_model_cannot_fall_back_to_itself(endpoint):
 def test_a_fallback_chain_has_a_depth_limit(endpoint):
     previous = None
     for i in range(MAX_FALLBACK_DEPTH + 1):
-        previous = Model.objects.create(
-            name=f"m{i}", upstream_name="x", endpoint=endpoint, fallback=previous
-        )
-    head = Model(name="head", upstream_name="x", endpoint=endpoint, fallback=previous)
+        previous = make_model(f"m{i}", "x", endpoint, fallback=previous)
+    head = Model(name="head", fallback=previous)
     with pytest.raises(ValidationError, match="at most"):
         head.full_clean()
 
 
 def test_deleting_a_model_clears_fallbacks_that_point_to_it(admin_client, endpoint):
-    target = Model.objects.create(name="a", upstream_name="a", endpoint=endpoint)
-    user = Model.objects.create(name="b", upstream_name="b", endpoint=endpoint, fallback=target)
+    target = make_model("a", "a", endpoint)
+    user = make_model("b", "b", endpoint, fallback=target)
     url = reverse("admin:models_registry_model_delete", args=[target.pk])
 
     assert "1 other model falls back" in admin_client.get(url).content.decode()
@@ -269,13 +462,14 @@ def test_deleting_a_model_clears_fallbacks_that_point_to_it(admin_client, endpoi
 
     user.refresh_from_db()
     assert user.fallback is None
+    assert not Deployment.objects.filter(model_id=target.pk).exists()  # gone with it
 
 
 def test_models_are_deactivated_from_the_list(admin_client, endpoint):
-    model = Model.objects.create(name="a", upstream_name="a", endpoint=endpoint)
+    model = make_model("a", "a", endpoint)
 
     admin_client.post(
-        reverse("admin:models_registry_model_changelist"),
+        CHANGELIST,
         {"action": "deactivate_selected", "_selected_action": [model.pk]},
     )
 

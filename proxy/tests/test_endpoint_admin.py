@@ -17,6 +17,10 @@ from proxy.tests.conftest import UPSTREAM_API_KEY
 pytestmark = pytest.mark.django_db
 
 
+def served(model) -> list[tuple]:
+    return [(d.endpoint, d.upstream_name) for d in model.deployments.select_related("endpoint")]
+
+
 def page_of(endpoint):
     return reverse("admin:endpoints_endpoint_models", args=[endpoint.pk])
 
@@ -126,17 +130,14 @@ def test_import_creates_the_picked_models_and_leaves_existing_ones(
 
     created = Model.objects.get(name="llama3:8b")
     assert created.price_in == 0
-    assert [(d.upstream_name, d.endpoint) for d in created.deployments.all()] == [
-        ("llama3:8b", endpoint)
-    ]
+    assert served(created) == [(endpoint, "llama3:8b")]
     assert not Model.objects.filter(name__in=["phi3", "not-listed"]).exists()
-    assert [(d.upstream_name, d.endpoint) for d in existing.deployments.all()] == [
-        ("qwen2-q4", other)
-    ]
+    assert served(existing) == [(other, "qwen2-q4")]
     assert response.redirect_chain[-1][0] == (
         reverse("admin:models_registry_model_changelist")
         + f"?deployments__endpoint__id__exact={endpoint.pk}"
     )
+    assert [m.name for m in response.context["cl"].result_list] == ["llama3:8b"]
     shown = [str(m) for m in response.context["messages"]]
     assert shown[0] == "1 model imported: llama3:8b. Their prices are 0 until you set them."
     assert shown[1] == "Already in the catalog, left as they are: qwen2:7b."
