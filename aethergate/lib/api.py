@@ -100,21 +100,28 @@ class CleanModelSerializer(serializers.ModelSerializer):
 
     def create(self, validated_data):
         instance = self._cleaned
-        with transaction.atomic():
-            instance.save()
-            self.set_relations(instance, validated_data)
+        self.write(instance, None, validated_data)
         return instance
 
     def update(self, instance, validated_data):
         cleaned, columns = self._cleaned, self._columns
         if any(f.name == "updated_at" for f in cleaned._meta.concrete_fields):
             columns.add("updated_at")  # also the change marker other processes poll
-        with transaction.atomic():
-            if columns:
-                cleaned.save(update_fields=sorted(columns))
-            self.set_relations(cleaned, validated_data)
+        self.write(cleaned, sorted(columns), validated_data)
         cleaned._prefetched_objects_cache = {}
         return cleaned
+
+    def write(self, instance, update_fields: list[str] | None, validated_data) -> None:
+        """Save the validated `instance` and its relations in one transaction.
+
+        `update_fields` is None on create (every column) and the columns the
+        request set on update (none: only the relations). A subclass whose write
+        spans other rows hands it to its app's service here.
+        """
+        with transaction.atomic():
+            if update_fields is None or update_fields:
+                instance.save(update_fields=update_fields)
+            self.set_relations(instance, validated_data)
 
     def set_relations(self, instance, validated_data):
         for field in instance._meta.many_to_many:

@@ -3,18 +3,21 @@
 import django_filters
 from django.db.models import Q
 
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 
 
 class ModelFilter(django_filters.FilterSet):
-    endpoint = django_filters.CharFilter(method="filter_endpoint", label="Endpoint id or name")
+    endpoint = django_filters.CharFilter(
+        method="filter_endpoint", label="Endpoint id or name: models with a deployment on it"
+    )
 
     class Meta:
         model = Model
-        fields = ("is_active", "capability", "billing_unit", "endpoint")
+        fields = ("is_active", "capability", "billing_unit", "strategy", "endpoint")
 
     def filter_endpoint(self, queryset, name, value):
         match = Q(endpoint__name=value)
         if value.isdigit():
             match |= Q(endpoint_id=int(value))
-        return queryset.filter(match)
+        # A subquery, not a join: a model with two deployments there is listed once.
+        return queryset.filter(pk__in=Deployment.objects.filter(match).values("model_id"))
