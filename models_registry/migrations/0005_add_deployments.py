@@ -75,8 +75,17 @@ class Migration(migrations.Migration):
             name='fallback',
             field=models.ForeignKey(blank=True, help_text='Tried when every deployment of this model failed before answering.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='fallback_for', to='models_registry.model'),
         ),
+        # A default for the column only so that going back can add it again to a table
+        # that has rows (NOT NULL, and blank is not allowed): the RunPython below then
+        # fills it, and going back further drops the default again.
+        migrations.AlterField(
+            model_name='model',
+            name='upstream_name',
+            field=models.CharField(default='', help_text='Model name the upstream expects, e.g. llama3:8b.', max_length=200),
+        ),
         migrations.RunPython(deployments_from_endpoints, endpoints_from_deployments),
-        # Going back, these columns come back empty before the RunPython above fills them.
+        # Going back, these columns come back empty (endpoint null, upstream_name "")
+        # before the RunPython above fills them.
         migrations.RemoveField(
             model_name='model',
             name='endpoint',
