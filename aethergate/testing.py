@@ -213,6 +213,16 @@ def deploy(model, endpoint, upstream_name=None, **fields):
     )
 
 
+def served_by(model) -> list[tuple]:
+    """`model`'s deployments as stored, (endpoint name, upstream name, weight, priority), by
+    priority, heaviest first, then upstream name: what a test compares with what it wrote."""
+    return list(
+        model.deployments.order_by("priority", "-weight", "upstream_name").values_list(
+            "endpoint__name", "upstream_name", "weight", "priority"
+        )
+    )
+
+
 def make_key(owner, name="test", **fields):
     """A consumer key of `owner`, made by the keys service: (APIKey, secret)."""
     from keys.services import create_key

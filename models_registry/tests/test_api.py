@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 from django.db import IntegrityError
 
-from aethergate.testing import deploy, make_endpoint, make_model
+from aethergate.testing import deploy, make_endpoint, make_model, served_by
 from keys import services as key_services
 from models_registry.models import MAX_FALLBACK_DEPTH, Deployment, Model
 
@@ -15,14 +15,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def llama(local):
     return make_model("llama3", "llama3:8b", endpoint=local)
-
-
-def served(model) -> list[tuple]:
-    """The model's deployments as stored: (endpoint, upstream name, weight, priority)."""
-    return [
-        (d.endpoint.name, d.upstream_name, d.weight, d.priority)
-        for d in model.deployments.select_related("endpoint").order_by("priority", "-weight")
-    ]
 
 
 def row(endpoint, upstream_name, weight=1, priority=0) -> dict:
@@ -59,7 +51,7 @@ def test_it_creates_a_model_with_its_deployments_and_relations_by_name(api, loca
 
     assert response.status_code == 201, response.json()
     model = Model.objects.get(name="qwen")
-    assert served(model) == [("gpu", "qwen3:32b", 3, 0), ("local", "qwen3:8b", 1, 1)]
+    assert served_by(model) == [("gpu", "qwen3:32b", 3, 0), ("local", "qwen3:8b", 1, 1)]
     assert (model.fallback, model.context_fallback, model.strategy) == (llama, llama, "least_busy")
     assert (model.rpm_limit, model.price_in) == (100, Decimal("0.0000025"))
     data = response.json()
@@ -186,7 +178,7 @@ def test_a_bad_deployment_in_an_update_leaves_the_model_and_its_set_as_they_were
     assert response.status_code == 400
     llama.refresh_from_db()
     assert llama.price_in == 0
-    assert served(llama) == [("local", "llama3:8b", 1, 0)]
+    assert served_by(llama) == [("local", "llama3:8b", 1, 0)]
 
 
 def test_the_write_is_one_transaction_a_failure_midway_leaves_nothing_written(
@@ -209,7 +201,7 @@ def test_the_write_is_one_transaction_a_failure_midway_leaves_nothing_written(
     assert response.status_code == 409
     llama.refresh_from_db()
     assert llama.price_in == 0
-    assert served(llama) == [("local", "llama3:8b", 1, 0)]
+    assert served_by(llama) == [("local", "llama3:8b", 1, 0)]
 
 
 def test_a_duplicate_name_is_a_conflict(api, llama):
@@ -237,7 +229,7 @@ def test_patch_with_deployments_replaces_the_set_and_keeps_a_matching_one(api, l
         row("local", "llama3:8b", 4),
         row("local", "llama3:q4", 0, 1),
     ]
-    assert served(llama) == [("local", "llama3:8b", 4, 0), ("local", "llama3:q4", 0, 1)]
+    assert served_by(llama) == [("local", "llama3:8b", 4, 0), ("local", "llama3:q4", 0, 1)]
     # The same endpoint and upstream name: the same row, so the proxy's state for it stays.
     assert llama.deployments.get(upstream_name="llama3:8b").pk == kept.pk
 
@@ -252,7 +244,7 @@ def test_an_empty_list_removes_every_deployment(api, llama):
 
 def test_patch_and_put_without_deployments_leave_the_set(api, gpu, llama):
     deploy(llama, gpu, "llama3:70b")
-    before = served(llama)
+    before = served_by(llama)
 
     patched = api.patch(f"/api/v1/models/{llama.pk}/", {"price_in": "0.5"})
     put = api.put(f"/api/v1/models/{llama.pk}/", {"name": "llama3.1", "capability": "EMBEDDING"})
@@ -264,7 +256,7 @@ def test_patch_and_put_without_deployments_leave_the_set(api, gpu, llama):
         "EMBEDDING",
         Decimal("0.5"),
     )
-    assert served(llama) == before
+    assert served_by(llama) == before
     assert len(put.json()["deployments"]) == 2
 
 
@@ -277,7 +269,7 @@ def test_put_with_deployments_replaces_the_model_and_its_set(api, gpu, llama):
     assert response.status_code == 200
     llama.refresh_from_db()
     assert llama.name == "llama3.1"
-    assert served(llama) == [("gpu", "llama3.1:8b", 1, 0)]
+    assert served_by(llama) == [("gpu", "llama3.1:8b", 1, 0)]
 
 
 def test_it_refuses_a_fallback_loop_with_the_models_own_rule(api, llama):
@@ -321,7 +313,7 @@ def test_an_old_script_creating_a_model_on_an_endpoint_gets_one_deployment(api, 
     )
 
     assert response.status_code == 201
-    assert served(Model.objects.get(name="llama3")) == [("local", "llama3:8b", 1, 0)]
+    assert served_by(Model.objects.get(name="llama3")) == [("local", "llama3:8b", 1, 0)]
     data = response.json()
     assert data["deployments"] == [row("local", "llama3:8b")]
     assert "endpoint" not in data and "upstream_name" not in data
@@ -331,7 +323,7 @@ def test_an_old_endpoint_without_upstream_name_serves_the_models_name(api, local
     response = api.post("/api/v1/models/", {"name": "llama3", "endpoint": "local"})
 
     assert response.status_code == 201
-    assert served(Model.objects.get()) == [("local", "llama3", 1, 0)]
+    assert served_by(Model.objects.get()) == [("local", "llama3", 1, 0)]
 
 
 def test_an_old_patch_of_the_endpoint_moves_the_model_keeping_its_upstream_name(api, gpu, llama):
@@ -345,14 +337,14 @@ def test_an_old_patch_of_the_endpoint_moves_the_model_keeping_its_upstream_name(
     llama.refresh_from_db()
     assert llama.price_in == Decimal("0.5")
     # The first deployment's upstream name, now the model's only deployment.
-    assert served(llama) == [("gpu", "llama3:8b", 1, 0)]
+    assert served_by(llama) == [("gpu", "llama3:8b", 1, 0)]
 
 
 def test_an_old_patch_of_the_upstream_name_renames_on_the_first_deployments_endpoint(api, llama):
     response = api.patch(f"/api/v1/models/{llama.pk}/", {"upstream_name": "llama3:8b-q8"})
 
     assert response.status_code == 200
-    assert served(llama) == [("local", "llama3:8b-q8", 1, 0)]
+    assert served_by(llama) == [("local", "llama3:8b-q8", 1, 0)]
 
 
 def test_an_old_null_endpoint_removes_every_deployment(api, gpu, llama):
@@ -382,7 +374,7 @@ def test_old_fields_and_deployments_together_are_refused(api, local, llama):
 
     assert response.status_code == 400
     assert list(response.json()) == ["endpoint"]
-    assert served(llama) == [("local", "llama3:8b", 1, 0)]
+    assert served_by(llama) == [("local", "llama3:8b", 1, 0)]
 
 
 # --------------------------------------------------------------------------- lists

@@ -6,19 +6,11 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from aethergate.testing import deploy, make_model
+from aethergate.testing import deploy, make_model, served_by
 from models_registry import services
 from models_registry.models import Deployment, Model
 
 pytestmark = pytest.mark.django_db
-
-
-def stored(model) -> list[tuple]:
-    return list(
-        model.deployments.order_by("priority", "-weight", "upstream_name").values_list(
-            "endpoint__name", "upstream_name", "weight", "priority"
-        )
-    )
 
 
 def writes(queries) -> list[str]:
@@ -39,7 +31,7 @@ def test_it_creates_updates_and_deletes_to_match_the_rows(local, gpu):
     )
 
     assert written is True
-    assert stored(model) == [("gpu", "llama3:q4", 1, 0), ("local", "llama3:8b", 3, 1)]
+    assert served_by(model) == [("gpu", "llama3:q4", 1, 0), ("local", "llama3:8b", 3, 1)]
     assert model.deployments.get(endpoint=local).pk == kept.pk
 
 
@@ -85,7 +77,7 @@ def test_it_refuses_a_bad_set_naming_each_row_and_writes_nothing(local):
         "deployments[2]": [services.DUPLICATE],
         "deployments[3]": ["priority: Ensure this value is greater than or equal to 0."],
     }
-    assert stored(model) == [("local", "llama3:8b", 1, 0)]
+    assert served_by(model) == [("local", "llama3:8b", 1, 0)]
 
 
 def test_save_model_writes_the_model_and_its_set_together_or_not_at_all(local):
@@ -100,12 +92,12 @@ def test_save_model_writes_the_model_and_its_set_together_or_not_at_all(local):
         )
 
     assert Model.objects.get().price_in == 0
-    assert stored(model) == [("local", "llama3:8b", 1, 0)]
+    assert served_by(model) == [("local", "llama3:8b", 1, 0)]
 
     services.save_model(model, deployments=[{"endpoint": local, "upstream_name": "x"}])
 
     assert Model.objects.get().price_in == 1
-    assert stored(model) == [("local", "x", 1, 0)]
+    assert served_by(model) == [("local", "x", 1, 0)]
 
 
 def test_save_model_without_deployments_leaves_the_set(local):
@@ -115,7 +107,7 @@ def test_save_model_without_deployments_leaves_the_set(local):
     services.save_model(model, update_fields=["price_in"])
 
     assert Model.objects.get().price_in == 2
-    assert stored(model) == [("local", "llama3:8b", 1, 0)]
+    assert served_by(model) == [("local", "llama3:8b", 1, 0)]
 
 
 def test_a_new_model_is_saved_first_then_served(local):
@@ -123,4 +115,4 @@ def test_a_new_model_is_saved_first_then_served(local):
 
     services.save_model(model, deployments=[{"endpoint": local, "upstream_name": "fresh:1b"}])
 
-    assert stored(Model.objects.get(name="fresh")) == [("local", "fresh:1b", 1, 0)]
+    assert served_by(Model.objects.get(name="fresh")) == [("local", "fresh:1b", 1, 0)]
