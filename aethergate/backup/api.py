@@ -87,18 +87,30 @@ class ReportSerializer(serializers.Serializer):
 
 EXPORT_EXAMPLE = {
     "format": "aethergate-backup",
-    "version": 1,
+    "version": 2,
     "exported_at": "2026-12-01T13:00:00+00:00",
     "users": [{"username": "alice", "is_active": True, "balance": "10"}],
-    "endpoints": [{"name": "local", "base_url": "http://127.0.0.1:11434/v1"}],
-    "models": [{"name": "llama3", "upstream_name": "llama3", "endpoint": "local"}],
+    "endpoints": [
+        {"name": "local", "base_url": "http://127.0.0.1:11434/v1"},
+        {"name": "gpu", "base_url": "http://10.0.0.5:8000/v1"},
+    ],
+    "models": [
+        {
+            "name": "llama3",
+            "strategy": "weighted",
+            "deployments": [
+                {"endpoint": "gpu", "upstream_name": "llama3:8b", "weight": 3, "priority": 0},
+                {"endpoint": "local", "upstream_name": "llama3", "weight": 1, "priority": 1},
+            ],
+        }
+    ],
     "api_keys": [{"digest": "9f86d0…", "owner": "alice", "name": "ci"}],
 }
 REPORT_EXAMPLE = {
     "source": "AetherGate backup",
     "dry_run": True,
     "tallies": {
-        "endpoints": {"created": 1, "updated": 0, "unchanged": 0},
+        "endpoints": {"created": 2, "updated": 0, "unchanged": 0},
         "models": {"created": 1, "updated": 0, "unchanged": 0},
         "users": {"created": 0, "updated": 1, "unchanged": 3},
         "api_keys": {"created": 2, "updated": 0, "unchanged": 0},

@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from accounts.models import User
@@ -20,7 +21,7 @@ from aethergate.backup.schema import (
 )
 from endpoints.models import Endpoint
 from keys.models import APIKey
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 
 
 def _plain(obj, kind) -> dict:
@@ -36,6 +37,25 @@ def _plain(obj, kind) -> dict:
     return row
 
 
+def _name(obj) -> str | None:
+    return obj.name if obj is not None else None
+
+
+def _deployments(model) -> list[dict]:
+    """The model's deployments as rows (Deployment.shared_fields, the endpoint by name):
+    by priority, heaviest first, then by endpoint and upstream name."""
+    rows = [
+        {
+            **{name: getattr(d, name) for name in Deployment.shared_fields},
+            "endpoint": d.endpoint.name,
+        }
+        for d in model.deployments.all()
+    ]
+    # By value, not id: the same catalog exports the same whatever order it was made in.
+    rows.sort(key=lambda r: (r["priority"], -r["weight"], r["endpoint"], r["upstream_name"]))
+    return rows
+
+
 def export_backup(*, include_secrets: bool = False) -> dict:
     """The whole configuration as a JSON-ready document; lists sorted by natural key.
 
@@ -49,7 +69,11 @@ def export_backup(*, include_secrets: bool = False) -> dict:
     # this runs may be exported unreferenced but never referenced and missing.
     # (No transaction: on SQLite it would take the write lock the log writer needs.)
     all_keys = list(APIKey.objects.select_related("owner").prefetch_related("allowed_models"))
-    all_models = list(Model.objects.select_related("endpoint", "fallback"))
+    all_models = list(
+        Model.objects.select_related("fallback", "context_fallback").prefetch_related(
+            Prefetch("deployments", queryset=Deployment.objects.select_related("endpoint"))
+        )
+    )
     all_endpoints = list(Endpoint.objects.all())
     all_users = list(User.objects.all())
 
@@ -75,8 +99,9 @@ def export_backup(*, include_secrets: bool = False) -> dict:
     models = [
         {
             **_plain(model, SCHEMA["models"]),
-            "endpoint": model.endpoint.name if model.endpoint else None,
-            "fallback": model.fallback.name if model.fallback else None,
+            "deployments": _deployments(model),
+            "fallback": _name(model.fallback),
+            "context_fallback": _name(model.context_fallback),
         }
         for model in sorted(all_models, key=lambda m: m.name)
     ]

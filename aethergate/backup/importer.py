@@ -1,24 +1,30 @@
 """The import of a backup, AetherGate's own or the earlier version's (legacy.py): all or nothing.
 
-The file's format is recognised and its shape checked (schema.py) before any
-database access; then endpoints, models, fallbacks, users and keys are applied
-in that order in one transaction, each row saved only when a value differs
-(upsert.py), so the same file imported twice changes nothing the second time.
+The file's format is recognised, brought to the current version (upgrade.py,
+or legacy.py for the earlier product) and its shape checked (schema.py) before
+any database access; then endpoints, models with their deployments, fallbacks,
+users and keys are applied in that order in one transaction, each row saved only
+when a value differs (upsert.py; deployments through models_registry.services),
+so the same file imported twice changes nothing the second time.
 """
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import transaction
 
 from accounts.models import User
-from aethergate.backup import legacy, privileges
+from aethergate.backup import legacy, privileges, upgrade
 from aethergate.backup.schema import EARLIER, KINDS, Row, recognise, rows_of
 from aethergate.backup.upsert import clean, named, upsert
+from aethergate.lib.commands import describe
 from endpoints.models import Endpoint
 from keys.models import APIKey
+from models_registry import services as catalog
 from models_registry.models import Model
+
+FALLBACKS = ("fallback", "context_fallback")
 
 
 @dataclass
@@ -106,35 +112,59 @@ class _Importer:
         self._upsert(row, self.endpoints, Endpoint, row.fields(), prepare)
 
     def _model(self, row: Row) -> None:
-        values = row.fields()
-        if "endpoint" in row.data:
-            values["endpoint"] = named(
-                row, self.endpoints, "endpoint", row.data["endpoint"], "endpoint"
-            )
-        self._upsert(row, self.models, Model, values)
+        """The model's own fields, then (if the row has them) its deployment set, replaced."""
+        deployments = None
+        if "deployments" in row.data:
+            deployments = [
+                {
+                    **item,
+                    "endpoint": named(
+                        row,
+                        self.endpoints,
+                        "endpoint",
+                        item["endpoint"],
+                        f"deployments[{index}]: endpoint",
+                    ),
+                }
+                for index, item in enumerate(row.data["deployments"])
+            ]
+        model = self._upsert(row, self.models, Model, row.fields())
+        if deployments is None:
+            return
+        try:
+            written = catalog.set_deployments(model, deployments)
+        except ValidationError as error:
+            raise row.error(describe(error)) from None
+        if written:
+            self._mark_updated(row)
 
     def _fallbacks(self) -> None:
-        """Point models at their fallbacks once every model exists, then check the chains."""
-        rows = [row for row in self.rows["models"] if "fallback" in row.data]
+        """Point models at their fallbacks (both kinds) once every model exists, then check
+        the chains."""
+        rows = [row for row in self.rows["models"] if any(f in row.data for f in FALLBACKS)]
         by_pk = {m.pk: m for m in self.models.values()}
-        before = {row.natural: self.models[row.natural].fallback_id for row in rows}
+
+        def links(model) -> tuple:
+            return tuple(getattr(model, f"{f}_id") for f in FALLBACKS)
+
+        before = {row.natural: links(self.models[row.natural]) for row in rows}
         # Link everything first, to these very objects, so loops are judged on the
         # chains as the backup leaves them rather than on half-updated ones.
         for model in self.models.values():
-            if model.fallback_id in by_pk:
-                model.fallback = by_pk[model.fallback_id]
+            for f in FALLBACKS:
+                if getattr(model, f"{f}_id") in by_pk:
+                    setattr(model, f, by_pk[getattr(model, f"{f}_id")])
         for row in rows:
-            target = named(row, self.models, "model", row.data["fallback"], "fallback")
-            self.models[row.natural].fallback = target
-        for row in rows:
-            model = self.models[row.natural]
-            if model.fallback_id != before[row.natural]:
-                clean(row, model)
-        for row in rows:
-            model = self.models[row.natural]
-            if model.fallback_id != before[row.natural]:
-                model.save()
-                self._mark_updated(row)
+            for f in FALLBACKS:
+                if f in row.data:
+                    target = named(row, self.models, "model", row.data[f], f)
+                    setattr(self.models[row.natural], f, target)
+        changed = [row for row in rows if links(self.models[row.natural]) != before[row.natural]]
+        for row in changed:
+            clean(row, self.models[row.natural])
+        for row in changed:
+            self.models[row.natural].save()
+            self._mark_updated(row)
 
     def _user(self, row: Row) -> None:
         password = row.data.get("password")
@@ -206,7 +236,7 @@ def import_backup(
     """
     source = recognise(document)
     converted, warnings = (
-        legacy.translate(document["data"]) if source == EARLIER else (document, [])
+        legacy.translate(document["data"]) if source == EARLIER else upgrade.current(document)
     )
     rows = rows_of(converted)
     importer = _Importer(rows, warnings, grant_privileges=grant_privileges)

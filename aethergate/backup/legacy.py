@@ -2,9 +2,10 @@
 
 Its document is `{"version": 1, "timestamp", "data": {"endpoints", "models",
 "users", "api_keys"}}`, with integer or UUID ids for references and models
-named by LiteLLM (`litellm_name`, such as `ollama/llama3`). The translation
-only renames and converts; the importer then checks and saves the rows as it
-does an AetherGate export's.
+named by LiteLLM (`litellm_name`, such as `ollama/llama3`); a model there has
+one endpoint (`endpoint_id`), here one deployment on it. The translation only
+renames and converts; the importer then checks and saves the rows as it does an
+AetherGate export's.
 """
 
 from datetime import UTC
@@ -163,7 +164,6 @@ def translate(data: dict) -> tuple[dict, list[str]]:
             provider, upstream = "openai", provider
         row = {
             "name": name,
-            "upstream_name": upstream,
             **_copy(item, {"capability": "capability", "billing_unit": "billing_unit"}),
             **_copy(item, {"is_active": "is_active", "fallback_model_id": "fallback"}),
         }
@@ -182,15 +182,17 @@ def translate(data: dict) -> tuple[dict, list[str]]:
                 row[limit] = _legacy_limit(item[limit])
         endpoint_id = item.get("endpoint_id")
         if endpoint_id is None:
-            row["endpoint"] = None
+            row["deployments"] = []
             warnings.append(
                 f"{where}: has no endpoint (the earlier version used its default Ollama URL); "
-                "imported without one: choose its endpoint before using it."
+                f'imported without a deployment: add one (upstream name "{upstream}") on its '
+                "endpoint before using it."
             )
         elif endpoint_id not in endpoint_rows:
             raise BackupError(f"{where}: endpoint_id: no endpoint with id {endpoint_id!r}.")
         else:
-            row["endpoint"] = endpoint_rows[endpoint_id]["name"]
+            endpoint_name = endpoint_rows[endpoint_id]["name"]
+            row["deployments"] = [{"endpoint": endpoint_name, "upstream_name": upstream}]
             if provider in OLLAMA:
                 ollama_endpoints.append(endpoint_rows[endpoint_id])
             if provider in OLLAMA | OPENAI_COMPATIBLE:

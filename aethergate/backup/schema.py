@@ -1,9 +1,10 @@
 """The backup format: its name and version, the fields of each kind, and the checks on a file.
 
 Each kind carries its model's `shared_fields`, the list the management API's
-serializers use too, so a field added there reaches both. Nothing here
-touches the database: a document is parsed, bounded and checked for shape
-before the importer reads or writes a row.
+serializers use too, so a field added there reaches both; a model row nests its
+deployments (`Deployment.shared_fields`). Nothing here touches the database: a
+document is parsed, bounded and checked for shape before the importer reads or
+writes a row. Older versions of the format are brought to this one by upgrade.py.
 """
 
 import json
@@ -18,10 +19,12 @@ from django.conf import settings
 from accounts.models import User
 from endpoints.models import Endpoint
 from keys.models import APIKey
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 
 FORMAT = "aethergate-backup"
-VERSION = 1
+# 2: a model's deployments (a list) instead of its endpoint and upstream name.
+VERSION = 2
+READABLE = (1, 2)  # the versions import reads; upgrade.py brings 1 to 2
 LEGACY_VERSION = 1
 KINDS = ("users", "endpoints", "models", "api_keys")
 LABELS = {"users": "users", "endpoints": "endpoints", "models": "models", "api_keys": "API keys"}
@@ -108,10 +111,12 @@ def recognise(document: Any) -> str:
     if "format" in document:
         if document["format"] != FORMAT:
             raise BackupError(f'Unknown backup format "{document["format"]}".')
-        if document.get("version") != VERSION:
+        version = document.get("version")
+        if isinstance(version, bool) or version not in READABLE:
+            readable = " and ".join(str(v) for v in READABLE)
             raise BackupError(
-                f"This is a version {document.get('version')!r} AetherGate backup; "
-                f"this AetherGate reads version {VERSION}."
+                f"This is a version {version!r} AetherGate backup; "
+                f"this AetherGate reads versions {readable}."
             )
         return OWN
     if "data" in document:
@@ -151,7 +156,7 @@ def _kind(model, key: str, extra: tuple[str, ...]) -> Kind:
 
 SCHEMA = {
     "endpoints": _kind(Endpoint, "name", ("api_key", "has_credential")),
-    "models": _kind(Model, "name", ("endpoint", "fallback")),
+    "models": _kind(Model, "name", ("deployments", "fallback", "context_fallback")),
     "users": _kind(User, "username", ("password",)),
     "api_keys": _kind(APIKey, "digest", ("owner", "allowed_models")),
 }
@@ -209,5 +214,28 @@ def rows_of(document: dict) -> dict[str, list[Row]]:
             seen[natural] = index
             if kind == "api_keys" and not DIGEST.fullmatch(natural):
                 raise row.error("digest: must be the 64 lowercase hex digits of a SHA-256 digest.")
+            if kind == "models" and "deployments" in item:
+                _check_deployments(row, item["deployments"])
             rows[kind].append(row)
     return rows
+
+
+def _check_deployments(row: Row, deployments: Any) -> None:
+    """A model row's `deployments`: a list of objects of Deployment.shared_fields, the
+    endpoint (by name) and upstream name texts, weight and priority whole numbers."""
+    if not isinstance(deployments, list):
+        raise row.error(f"deployments: expected a list, not {type(deployments).__name__}.")
+    for index, item in enumerate(deployments):
+        where = f"deployments[{index}]"
+        if not isinstance(item, dict):
+            raise row.error(f"{where}: expected an object, not {type(item).__name__}.")
+        unknown = sorted(set(item) - set(Deployment.shared_fields))
+        if unknown:
+            raise row.error(f"{where}: unknown field(s): {', '.join(unknown)}.")
+        for name in ("endpoint", "upstream_name"):
+            if not isinstance(item.get(name), str):
+                raise row.error(f"{where}: {name} is missing or not a text.")
+        for name in ("weight", "priority"):
+            value = item.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise row.error(f"{where}: {name}: expected a whole number.")

@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import User
+from aethergate.testing import deploy, make_model
 from endpoints.models import Endpoint
 from keys.services import create_key, rotate_key
 from models_registry.models import Model
@@ -33,7 +34,12 @@ def _fast_password_hashing(settings):
 
 @pytest.fixture
 def data():
-    """A small but complete configuration; returns the consumer secrets by key name."""
+    """A small but complete configuration; returns the consumer secrets by key name.
+
+    gpt-4o is served by one deployment on openai; llama3 by two on local (the
+    second a standby tier) and falls back to gpt-4o (also on a too-long prompt);
+    embed by none.
+    """
     local = Endpoint.objects.create(name="local", base_url="http://127.0.0.1:11434/v1")
     openai = Endpoint(
         name="openai",
@@ -46,19 +52,25 @@ def data():
     )
     openai.set_api_key(CREDENTIAL)
     openai.save()
-    gpt = Model.objects.create(
-        name="gpt-4o",
-        upstream_name="gpt-4o-2024-08-06",
+    gpt = make_model(
+        "gpt-4o",
+        "gpt-4o-2024-08-06",
         endpoint=openai,
         price_in=Decimal("0.0000025"),
         price_out=Decimal("0.00001"),
     )
-    llama = Model.objects.create(
-        name="llama3", upstream_name="llama3:8b", endpoint=local, fallback=gpt, rpm_limit=10
+    llama = make_model(
+        "llama3",
+        "llama3:8b",
+        endpoint=local,
+        fallback=gpt,
+        context_fallback=gpt,
+        rpm_limit=10,
+        strategy=Model.Strategy.LEAST_BUSY,
     )
+    deploy(llama, local, "llama3:8b-q4", weight=2, priority=1)
     Model.objects.create(
         name="embed",
-        upstream_name="nomic-embed-text",
         capability="EMBEDDING",
         billing_unit="REQUEST",
         is_active=False,

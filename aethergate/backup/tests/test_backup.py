@@ -21,6 +21,7 @@ from django.test.utils import CaptureQueriesContext
 from accounts.models import User
 from aethergate import backup
 from aethergate.backup.tests.conftest import CREDENTIAL, ROOT_PASSWORD, wipe, without_time
+from aethergate.testing import served_by
 from endpoints.models import Endpoint
 from keys.models import APIKey, digest
 from models_registry.models import Model
@@ -63,7 +64,7 @@ def counts(report) -> dict:
 def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
     document = export()
 
-    assert document["format"] == "aethergate-backup" and document["version"] == 1
+    assert document["format"] == "aethergate-backup" and document["version"] == 2
     assert [u["username"] for u in document["users"]] == ["alice", "bob", "root"]
     assert [e["name"] for e in document["endpoints"]] == ["local", "openai"]
     assert [m["name"] for m in document["models"]] == ["embed", "gpt-4o", "llama3"]
@@ -98,18 +99,26 @@ def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
     assert document["endpoints"][0]["kind"] == "generic"
     assert document["models"][2] == {
         "name": "llama3",
-        "upstream_name": "llama3:8b",
-        "endpoint": "local",
         "capability": "TEXT",
         "billing_unit": "TOKEN",
         "price_in": "0",
         "price_out": "0",
         "rpm_limit": 10,
         "day_limit": None,
-        "fallback": "gpt-4o",
+        "strategy": "least_busy",
         "is_active": True,
+        "deployments": [
+            {"endpoint": "local", "upstream_name": "llama3:8b", "weight": 1, "priority": 0},
+            {"endpoint": "local", "upstream_name": "llama3:8b-q4", "weight": 2, "priority": 1},
+        ],
+        "fallback": "gpt-4o",
+        "context_fallback": "gpt-4o",
     }
     assert document["models"][1]["price_in"] == "0.0000025"
+    assert document["models"][1]["deployments"] == [
+        {"endpoint": "openai", "upstream_name": "gpt-4o-2024-08-06", "weight": 1, "priority": 0}
+    ]
+    assert document["models"][0]["deployments"] == []
     ci = next(k for k in document["api_keys"] if k["name"] == "ci")
     key = APIKey.objects.get(name="ci")
     assert ci == {
@@ -270,6 +279,51 @@ def test_it_sets_or_clears_a_credential_the_file_gives(data):
     assert not Endpoint.objects.get(name="openai").has_credential
 
 
+def test_the_files_deployments_replace_a_models_set(data, saves):
+    llama = Model.objects.get(name="llama3")
+    kept = llama.deployments.get(upstream_name="llama3:8b").pk
+    document = export()
+    document["models"][2]["deployments"] = [
+        {"endpoint": "local", "upstream_name": "llama3:8b", "weight": 5, "priority": 0},
+        {"endpoint": "openai", "upstream_name": "gpt-4o-mini"},
+    ]
+    saves.clear()
+
+    report = import_(document)
+
+    assert counts(report)["models"] == (0, 1, 2)
+    assert served_by(llama) == [("local", "llama3:8b", 5, 0), ("openai", "gpt-4o-mini", 1, 0)]
+    assert llama.deployments.get(upstream_name="llama3:8b").pk == kept  # updated in place
+    assert saves == ["Deployment", "Deployment"]  # the weight, the new one
+    assert counts(import_(document))["models"] == (0, 0, 3)
+
+
+def test_a_model_row_without_deployments_leaves_its_set_as_it_is(data):
+    llama = Model.objects.get(name="llama3")
+    before = served_by(llama)
+    document = {
+        "format": "aethergate-backup",
+        "version": 2,
+        "models": [{"name": "llama3", "rpm_limit": 20}],
+    }
+
+    report = import_(document)
+
+    assert counts(report)["models"] == (0, 1, 0)
+    assert served_by(llama) == before
+    assert Model.objects.get(name="llama3").rpm_limit == 20
+
+
+def test_an_empty_list_of_deployments_removes_them(data):
+    document = export()
+    document["models"][2]["deployments"] = []
+
+    report = import_(document)
+
+    assert counts(report)["models"] == (0, 1, 2)
+    assert not Model.objects.get(name="llama3").deployments.exists()
+
+
 def test_a_dry_run_reports_but_saves_nothing(data):
     document = export(include_secrets=True)
     wipe()
@@ -291,8 +345,12 @@ def test_a_dry_run_reports_but_saves_nothing(data):
         ("[1, 2]", "A backup is a JSON object; this file holds a list."),
         ('{"format": "other", "version": 1}', 'Unknown backup format "other".'),
         (
-            '{"format": "aethergate-backup", "version": 2}',
-            "This is a version 2 AetherGate backup; this AetherGate reads version 1.",
+            '{"format": "aethergate-backup", "version": 3}',
+            "This is a version 3 AetherGate backup; this AetherGate reads versions 1 and 2.",
+        ),
+        (
+            '{"format": "aethergate-backup", "version": true}',
+            "This is a version True AetherGate backup; this AetherGate reads versions 1 and 2.",
         ),
         ('{"hello": 1}', "Not a backup"),
         ('{"format": "aethergate-backup", "version": 1, "users": {}}', '"users" must be a list'),
@@ -309,6 +367,41 @@ def test_a_dry_run_reports_but_saves_nothing(data):
             '{"format": "aethergate-backup", "version": 1, '
             '"endpoints": [{"name": "a"}, {"name": "a"}]}',
             'endpoints[1] ("a"): the same name as endpoints[0].',
+        ),
+        (
+            '{"format": "aethergate-backup", "version": 2, '
+            '"models": [{"name": "m", "deployments": {"endpoint": "local"}}]}',
+            'models[0] ("m"): deployments: expected a list, not dict.',
+        ),
+        (
+            '{"format": "aethergate-backup", "version": 2, '
+            '"models": [{"name": "m", "deployments": ["local"]}]}',
+            'models[0] ("m"): deployments[0]: expected an object, not str.',
+        ),
+        (
+            '{"format": "aethergate-backup", "version": 2, "models": [{"name": "m", '
+            '"deployments": [{"endpoint": "local", "upstream_name": "x", "id": 3}]}]}',
+            'models[0] ("m"): deployments[0]: unknown field(s): id.',
+        ),
+        (
+            '{"format": "aethergate-backup", "version": 2, '
+            '"models": [{"name": "m", "deployments": [{"endpoint": "local"}]}]}',
+            'models[0] ("m"): deployments[0]: upstream_name is missing or not a text.',
+        ),
+        (
+            '{"format": "aethergate-backup", "version": 2, "models": [{"name": "m", '
+            '"deployments": [{"endpoint": "local", "upstream_name": "x", "weight": "3"}]}]}',
+            'models[0] ("m"): deployments[0]: weight: expected a whole number.',
+        ),
+        (
+            '{"format": "aethergate-backup", "version": 2, "models": [{"name": "m", '
+            '"deployments": [{"endpoint": "local", "upstream_name": "x", "priority": true}]}]}',
+            'models[0] ("m"): deployments[0]: priority: expected a whole number.',
+        ),
+        (
+            '{"format": "aethergate-backup", "version": 2, '
+            '"models": [{"name": "m", "endpoint": "local", "upstream_name": "x"}]}',
+            'models[0] ("m"): unknown field(s): endpoint, upstream_name.',
         ),
         (
             '{"format": "aethergate-backup", "version": 1, '
@@ -346,8 +439,38 @@ def test_one_invalid_row_rejects_the_whole_file_and_is_named(data):
 @pytest.mark.parametrize(
     ("kind", "index", "change", "message"),
     [
-        ("models", 2, {"endpoint": "nope"}, 'models[2] ("llama3"): endpoint: no endpoint named'),
+        (
+            "models",
+            2,
+            {"deployments": [{"endpoint": "nope", "upstream_name": "x"}]},
+            'models[2] ("llama3"): deployments[0]: endpoint: no endpoint named "nope"',
+        ),
+        (
+            "models",
+            2,
+            {"deployments": [{"endpoint": "local", "upstream_name": "x", "weight": -1}]},
+            'models[2] ("llama3"): deployments[0]: weight: Ensure this value is greater than',
+        ),
+        (
+            "models",
+            2,
+            {"deployments": [{"endpoint": "local", "upstream_name": ""}]},
+            'models[2] ("llama3"): deployments[0]: upstream_name: This field cannot be blank.',
+        ),
+        (
+            "models",
+            2,
+            {"deployments": [{"endpoint": "local", "upstream_name": "x"}] * 2},
+            'models[2] ("llama3"): deployments[1]: Another deployment of this model has this',
+        ),
         ("models", 2, {"fallback": "nope"}, 'models[2] ("llama3"): fallback: no model named'),
+        (
+            "models",
+            2,
+            {"context_fallback": "nope"},
+            'models[2] ("llama3"): context_fallback: no model named "nope"',
+        ),
+        ("models", 2, {"strategy": "random"}, "strategy: Value 'random' is not a valid choice."),
         ("api_keys", 0, {"owner": "nobody"}, 'owner: no user named "nobody" in the backup'),
         ("api_keys", 0, {"allowed_models": ["nope"]}, 'allowed_models: no model named "nope"'),
         ("users", 0, {"email": "not-an-email"}, 'users[0] ("alice"): email: Enter a valid'),
@@ -397,20 +520,34 @@ def test_it_refuses_fallbacks_that_loop(data):
 def test_it_resolves_fallbacks_to_models_later_in_the_file():
     document = {
         "format": "aethergate-backup",
-        "version": 1,
+        "version": 2,
         "models": [
-            {"name": "a", "upstream_name": "a", "fallback": "b"},
-            {"name": "b", "upstream_name": "b", "fallback": "c"},
-            {"name": "c", "upstream_name": "c"},
+            {"name": "a", "fallback": "b", "context_fallback": "c"},
+            {"name": "b", "fallback": "c"},
+            {"name": "c"},
         ],
     }
 
     import_(document)
     report = import_(document)
 
-    assert Model.objects.get(name="a").fallback.name == "b"
+    a = Model.objects.get(name="a")
+    assert (a.fallback.name, a.context_fallback.name) == ("b", "c")
     assert Model.objects.get(name="b").fallback.name == "c"
     assert report.tallies["models"].unchanged == 3
+
+
+def test_it_refuses_context_fallbacks_that_loop(data):
+    document = export()
+    document["models"][1]["context_fallback"] = "llama3"  # gpt-4o → llama3 → gpt-4o
+
+    with pytest.raises(backup.BackupError) as error:
+        import_(document)
+
+    assert 'models[1] ("gpt-4o"): context_fallback: This fallback chain loops back' in str(
+        error.value
+    )
+    assert Model.objects.get(name="gpt-4o").context_fallback is None
 
 
 # --------------------------------------------------------------------------- commands

@@ -24,9 +24,10 @@ from aethergate.backup.tests.legacy_sample import (
     legacy_backup,
     sha256,
 )
+from aethergate.testing import served_by
 from endpoints.models import Endpoint
 from keys.models import APIKey
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 
 
 def import_(document, **options) -> backup.ImportReport:
@@ -131,18 +132,16 @@ def test_a_repeated_import_keeps_a_kind_chosen_where_the_file_gave_no_sure_sign(
 def test_it_maps_litellm_names_prices_limits_and_fallbacks():
     import_(legacy_backup())
 
-    models = {m.name: m for m in Model.objects.select_related("endpoint", "fallback")}
-    mapped = {
-        name: (m.upstream_name, m.endpoint.name if m.endpoint else None, m.is_active)
-        for name, m in models.items()
-    }
+    models = {m.name: m for m in Model.objects.select_related("fallback")}
+    # Each model's one endpoint, with its LiteLLM name's model part, is its one deployment.
+    mapped = {name: (served_by(m), m.is_active) for name, m in models.items()}
     assert mapped == {
-        "llama3": ("llama3", "Local Ollama", True),
-        "llama3-big": ("llama3:70b", "Local Ollama (2)", True),
-        "gpt-4o": ("gpt-4o", "OpenAI", True),
-        "gpt-4o-mini": ("gpt-4o-mini", "OpenAI", True),
-        "claude-sonnet": ("claude-3-5-sonnet-20240620", "OpenAI", False),
-        "embed": ("BAAI/bge-m3", None, True),
+        "llama3": ([("Local Ollama", "llama3", 1, 0)], True),
+        "llama3-big": ([("Local Ollama (2)", "llama3:70b", 1, 0)], True),
+        "gpt-4o": ([("OpenAI", "gpt-4o", 1, 0)], True),
+        "gpt-4o-mini": ([("OpenAI", "gpt-4o-mini", 1, 0)], True),
+        "claude-sonnet": ([("OpenAI", "claude-3-5-sonnet-20240620", 1, 0)], False),
+        "embed": ([], True),  # no endpoint: no deployment
     }
     llama = models["llama3"]
     assert (llama.price_in, llama.price_out) == (Decimal("0.000001"), Decimal("0.000002"))
@@ -210,7 +209,8 @@ def test_it_warns_about_what_it_changed_or_could_not_carry_over():
         '"claude-3-5-sonnet-20240620": point it at an OpenAI-compatible endpoint (a proxy or '
         "the provider's compatibility URL), then activate it.",
         'models[5] ("embed"): has no endpoint (the earlier version used its default Ollama '
-        "URL); imported without one: choose its endpoint before using it.",
+        'URL); imported without a deployment: add one (upstream name "BAAI/bge-m3") on its '
+        "endpoint before using it.",
         'endpoint "Local Ollama": base URL http://localhost:11434 → http://localhost:11434/v1 '
         "(Ollama's OpenAI-compatible API).",
         'endpoint "Local Ollama (2)": base URL http://10.0.0.5:11434/ → '
@@ -274,7 +274,9 @@ def test_importing_it_again_changes_nothing():
         "api_keys": (0, 0),
     }
     assert sum(t.unchanged for t in report.tallies.values()) == 14
-    writes = [q["sql"] for q in queries if q["sql"].split()[0].upper() in ("INSERT", "UPDATE")]
+    writes = [
+        q["sql"] for q in queries if q["sql"].split()[0].upper() in ("INSERT", "UPDATE", "DELETE")
+    ]
     assert writes == []
     assert stamps == {
         model: dict(model.objects.values_list("pk", "updated_at"))
@@ -295,6 +297,22 @@ def test_a_changed_legacy_file_updates_rows_in_place():
     assert User.objects.get(username="alice").balance == Decimal("42.25")
     assert Endpoint.objects.get(name="OpenAI").api_key == "sk-new-credential"
     assert Endpoint.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_a_models_new_endpoint_in_the_file_replaces_its_deployment():
+    import_(legacy_backup())
+    llama = Model.objects.get(name="llama3")
+    Deployment.objects.create(
+        model=llama, endpoint=Endpoint.objects.get(name="OpenAI"), upstream_name="extra"
+    )
+    document = legacy_backup()
+    document["data"]["models"][0]["endpoint_id"] = 3  # "Local Ollama (2)"
+
+    report = import_(document)
+
+    assert report.tallies["models"].updated == 1
+    assert served_by(llama) == [("Local Ollama (2)", "llama3", 1, 0)]
 
 
 @pytest.mark.django_db
