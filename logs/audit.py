@@ -1,7 +1,8 @@
 """The audit log's recorders: model signals and services' announcements become AuditEntry rows.
 
-Every save and delete of a user, API token, consumer key, endpoint or model
-(admin, API, command, importer alike) is compared with the row as stored and
+Every save and delete of a user, API token, consumer key, endpoint, model or
+deployment (admin, API, command, importer alike; a deployment deleted with its
+endpoint or model too) is compared with the row as stored and
 recorded with the current actor (`aethergate.lib.audit`); writes made with
 `QuerySet.update()`, which no signal sees, are announced by the service that
 makes them (`audit.record()`). Secret columns are recorded as "changed" only.
@@ -18,9 +19,9 @@ from aethergate.lib import audit
 from endpoints.models import Endpoint
 from keys.models import APIKey
 from logs.models import AuditEntry
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 
-AUDITED = (User, APIToken, APIKey, Endpoint, Model)
+AUDITED = (User, APIToken, APIKey, Endpoint, Model, Deployment)
 
 # Usage and bookkeeping columns, written without anyone changing anything.
 IGNORED = frozenset({"updated_at", "last_login", "last_used_at"})
@@ -68,6 +69,13 @@ def _kind(instance) -> str:
     return str(instance._meta.verbose_name)
 
 
+def _name(instance) -> str:
+    if isinstance(instance, Deployment):
+        # "llama3:8b on gpu" alone does not say whose: the entry names the model too.
+        return f"{instance.model.name}: {instance}"
+    return str(instance)
+
+
 def _remember(sender, instance, update_fields=None, **kwargs):
     instance._audit_before = None
     if instance._state.adding or instance.pk is None:
@@ -104,7 +112,7 @@ def _saved(sender, instance, created, update_fields=None, **kwargs):
         action=action,
         kind=_kind(instance),
         object_id=instance.pk,
-        name=str(instance),
+        name=_name(instance),
         changes=changes,
     )
 
@@ -114,7 +122,7 @@ def _deleted(sender, instance, **kwargs):
         action="delete",
         kind=_kind(instance),
         object_id=instance.pk,
-        name=str(instance),
+        name=_name(instance),
         changes={},
         deleted_user=instance.pk if sender is User else None,
     )
@@ -145,7 +153,7 @@ def _m2m(field_name):
             action="update",
             kind=_kind(instance),
             object_id=instance.pk,
-            name=str(instance),
+            name=_name(instance),
             changes={field_name: [before, after]},
         )
 

@@ -159,15 +159,72 @@ def test_it_names_the_master_key_as_the_actor(settings, api_client_class, endpoi
     assert (entry.action, entry.object_name, entry.address) == ("delete", "local", ADDRESS)
 
 
-def test_an_api_create_records_the_new_values(root_api, alice):
+def test_an_api_create_records_the_new_values(root_api, alice, endpoint):
     response = root_api.post(
-        "/api/v1/models/", {"name": "llama3", "upstream_name": "llama3:8b", "capability": "TEXT"}
+        "/api/v1/models/",
+        {
+            "name": "llama3",
+            "capability": "TEXT",
+            "deployments": [{"endpoint": "local", "upstream_name": "llama3:8b"}],
+        },
     )
     assert response.status_code == 201, response.content
 
     entry = last(object_kind="model")
     assert (entry.action, entry.object_name, entry.surface) == ("create", "llama3", "api")
-    assert entry.changes["upstream_name"] == [None, "llama3:8b"]
+    assert entry.changes["capability"] == [None, "TEXT"]
+    deployment = last(object_kind="deployment")
+    assert (deployment.action, deployment.object_name, deployment.surface) == (
+        "create",
+        "llama3: llama3:8b on local",
+        "api",
+    )
+    assert deployment.changes["upstream_name"] == [None, "llama3:8b"]
+    assert deployment.changes["endpoint"] == [None, endpoint.pk]
+
+
+def test_it_records_each_deployment_a_new_set_changes_or_removes(root_api, endpoint):
+    from aethergate.testing import deploy, make_endpoint, make_model
+
+    llama = make_model("llama3", "llama3:8b", endpoint=endpoint)
+    deploy(llama, endpoint, "llama3:q4")
+    gone = deploy(llama, make_endpoint("gpu", "http://gpu.example/v1"), "llama3:70b")
+    AuditEntry.objects.all().delete()
+
+    response = root_api.patch(
+        f"/api/v1/models/{llama.pk}/",
+        {
+            "deployments": [
+                {"endpoint": "local", "upstream_name": "llama3:8b", "weight": 3},
+                {"endpoint": "local", "upstream_name": "llama3:q4"},
+            ]
+        },
+    )
+    assert response.status_code == 200, response.content
+
+    entries = AuditEntry.objects.filter(object_kind="deployment").order_by("id")
+    assert [(e.action, e.object_name, e.changes) for e in entries] == [
+        ("delete", "llama3: llama3:70b on gpu", {}),
+        ("update", "llama3: llama3:8b on local", {"weight": [1, 3]}),
+    ]
+    assert entries[0].object_id == str(gone.pk)
+    assert {e.surface for e in entries} == {"api"}
+
+
+def test_deleting_an_endpoint_records_the_deployments_it_takes_with_it(root_api, endpoint):
+    from aethergate.testing import make_model
+
+    make_model("llama3", "llama3:8b", endpoint=endpoint)
+    make_model("qwen", "qwen3:8b", endpoint=endpoint)
+
+    assert root_api.delete(f"/api/v1/endpoints/{endpoint.pk}/").status_code == 204
+
+    deleted = AuditEntry.objects.filter(object_kind="deployment", action="delete")
+    assert sorted(deleted.values_list("object_name", flat=True)) == [
+        "llama3: llama3:8b on local",
+        "qwen: qwen3:8b on local",
+    ]
+    assert last(object_kind="endpoint").action == "delete"
 
 
 # Commands --------------------------------------------------------------------------------
@@ -416,7 +473,7 @@ def test_listing_entries_costs_the_same_queries_for_many_rows(admin_client, api,
 def test_it_records_a_change_of_allowed_models(root_api, alice):
     from models_registry.models import Model
 
-    llama = Model.objects.create(name="llama3", upstream_name="llama3:8b")
+    llama = Model.objects.create(name="llama3")
     key, _ = keys.create_key(owner=alice, name="ci")
     response = root_api.patch(f"/api/v1/keys/{key.pk}/", {"allowed_models": ["llama3"]})
     assert response.status_code == 200, response.content
