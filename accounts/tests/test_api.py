@@ -10,12 +10,11 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.models import APIToken, User
-from aethergate.testing import make_world
+from aethergate.testing import deploy, make_model, make_world
 from endpoints.models import Endpoint
 from keys import services as key_services
 from keys.models import APIKey
 from logs.models import RequestLog
-from models_registry.models import Model
 
 pytestmark = pytest.mark.django_db
 
@@ -62,7 +61,12 @@ def writes(world):
         ("post", "/api/v1/keys/", {"owner": user.pk, "name": "ci"}, 201),
         ("put", f"/api/v1/keys/{key.pk}/", {"owner": user.pk, "name": "renamed"}, 200),
         ("post", f"/api/v1/keys/{key.pk}/rotate/", None, 200),
-        ("post", "/api/v1/models/", {"name": "m2", "upstream_name": "m2"}, 201),
+        (
+            "post",
+            "/api/v1/models/",
+            {"name": "m2", "deployments": [{"endpoint": endpoint.name, "upstream_name": "m2"}]},
+            201,
+        ),
         ("delete", f"/api/v1/endpoints/{endpoint.pk}/", None, 204),
     ]
 
@@ -488,7 +492,8 @@ def test_list_queries_do_not_grow_with_the_rows(api, world, django_assert_max_nu
     for n in range(10):
         key, _ = key_services.create_key(owner=owner, name=f"k{n}")
         key.allowed_models.set([world["model"]])
-        Model.objects.create(name=f"m{n}", upstream_name="x", endpoint=world["endpoint"])
+        model = make_model(f"m{n}", "x", endpoint=world["endpoint"])
+        deploy(model, world["endpoint"], "x-standby", priority=1)
 
     for url in ("/api/v1/keys/", "/api/v1/models/", "/api/v1/users/", "/api/v1/logs/"):
         # Two of these, once per request, load the caller's permissions (direct

@@ -42,7 +42,7 @@ def _name(obj) -> str | None:
 
 
 def _deployments(model) -> list[dict]:
-    """The model's deployments as rows (Deployment.shared_fields, the endpoint by name):
+    """The model's deployments as rows (DEPLOYMENT_FIELDS, the endpoint by name):
     by priority, heaviest first, then by endpoint and upstream name."""
     rows = [
         {

@@ -162,6 +162,10 @@ SCHEMA = {
 }
 
 
+# The fields of each deployment a model row nests (its endpoint by name).
+DEPLOYMENT_FIELDS = Deployment.shared_fields
+
+
 @dataclass
 class Row:
     """One entry of a kind, with what error messages call it (never by its digest)."""
@@ -221,7 +225,7 @@ def rows_of(document: dict) -> dict[str, list[Row]]:
 
 
 def _check_deployments(row: Row, deployments: Any) -> None:
-    """A model row's `deployments`: a list of objects of Deployment.shared_fields, the
+    """A model row's `deployments`: a list of objects of DEPLOYMENT_FIELDS, the
     endpoint (by name) and upstream name texts, weight and priority whole numbers."""
     if not isinstance(deployments, list):
         raise row.error(f"deployments: expected a list, not {type(deployments).__name__}.")
@@ -229,7 +233,7 @@ def _check_deployments(row: Row, deployments: Any) -> None:
         where = f"deployments[{index}]"
         if not isinstance(item, dict):
             raise row.error(f"{where}: expected an object, not {type(item).__name__}.")
-        unknown = sorted(set(item) - set(Deployment.shared_fields))
+        unknown = sorted(set(item) - set(DEPLOYMENT_FIELDS))
         if unknown:
             raise row.error(f"{where}: unknown field(s): {', '.join(unknown)}.")
         for name in ("endpoint", "upstream_name"):

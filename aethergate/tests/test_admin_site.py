@@ -13,7 +13,6 @@ from django.urls import reverse
 from aethergate import testing
 from endpoints.models import Endpoint
 from keys import services as key_services
-from models_registry.models import Model
 
 pytestmark = pytest.mark.django_db
 
@@ -109,12 +108,7 @@ def _add_rows(start: int, count: int) -> None:
         user = testing.prepaid_consumer(f"user{n}", balance=Decimal("1.5"))
         key_services.create_key(owner=user, name=f"key{n}")
         endpoint = Endpoint.objects.create(name=f"ep{n}", base_url=testing.LOCAL_UPSTREAM)
-        Model.objects.create(
-            name=f"model{n}",
-            upstream_name="x",
-            endpoint=endpoint,
-            price_in=Decimal("0.00000015"),
-        )
+        testing.make_model(f"model{n}", "x", endpoint=endpoint, price_in=Decimal("0.00000015"))
 
 
 @pytest.mark.parametrize(

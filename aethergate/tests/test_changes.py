@@ -8,8 +8,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from aethergate.lib import changes
+from aethergate.testing import make_model
 from endpoints.models import Endpoint
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 
 pytestmark = pytest.mark.django_db
 
@@ -84,9 +85,7 @@ def test_bulk_update_stamps_and_announces(endpoint, announced, commits):
 
 def test_bulk_create_announces_its_rows(endpoint, announced, commits):
     with commits():
-        Model.objects.bulk_create(
-            [Model(name=name, upstream_name="echo", endpoint=endpoint) for name in ("a", "b")]
-        )
+        Model.objects.bulk_create([Model(name=name) for name in ("a", "b")])
 
     assert announced == [Model]
     assert sorted(Model.objects.values_list("name", flat=True)) == ["a", "b"]
@@ -108,18 +107,15 @@ def test_bulk_create_stamps_the_rows_it_updates_on_conflict(endpoint, announced,
     assert announced == [Endpoint]
 
 
-def test_deleting_an_endpoint_stamps_and_announces_the_models_it_unlinks(
-    endpoint, announced, commits
-):
-    model = Model.objects.create(name="m", upstream_name="echo", endpoint=endpoint)
-    Model.objects.filter(pk=model.pk).update_unannounced(updated_at=LONG_AGO)
+def test_deleting_an_endpoint_announces_the_deployments_it_deletes(endpoint, announced, commits):
+    model = make_model("m", "echo", endpoint=endpoint)
 
     with commits():
         endpoint.delete()
 
-    model.refresh_from_db()
-    assert model.endpoint is None and model.updated_at > LONG_AGO
-    assert set(announced) == {Endpoint, Model}
+    assert Model.objects.filter(pk=model.pk).exists()  # the model stays, unserved
+    assert not Deployment.objects.exists()
+    assert set(announced) == {Endpoint, Deployment}
 
 
 def test_the_fast_delete_path_announces(endpoint, announced, commits):

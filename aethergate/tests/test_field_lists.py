@@ -1,9 +1,12 @@
-"""Every field of a user, key, endpoint and model reaches the admin, the API and the backup.
+"""Every field of a user, key, endpoint, model and deployment reaches the admin, the API and
+the backup.
 
 Each model's `shared_fields` feeds its API serializer and its backup kind; the
-admin lays fields out in fieldsets by hand. So that a new field cannot be
-forgotten by one surface, every concrete and many-to-many field must be shown
-by each surface or left out of it below, with the reason.
+admin lays fields out in fieldsets by hand. A deployment is shown within its
+model on each: the model page's inline, the model's `deployments` in the API
+and in the backup. So that a new field cannot be forgotten by one surface,
+every concrete and many-to-many field must be shown by each surface or left
+out of it below, with the reason.
 """
 
 import pytest
@@ -14,13 +17,13 @@ from django.test import RequestFactory
 
 from accounts.api.serializers import UserSerializer
 from accounts.models import User
-from aethergate.backup.schema import SCHEMA
+from aethergate.backup.schema import DEPLOYMENT_FIELDS, SCHEMA
 from endpoints.api.serializers import EndpointSerializer
 from endpoints.models import Endpoint
 from keys.api.serializers import KeySerializer
 from keys.models import APIKey
-from models_registry.api.serializers import CatalogModelSerializer
-from models_registry.models import Model
+from models_registry.api.serializers import CatalogModelSerializer, DeploymentSerializer
+from models_registry.models import Deployment, Model
 
 # The admin's pages read the database (whether any group exists).
 pytestmark = pytest.mark.django_db
@@ -30,10 +33,13 @@ SERIALIZERS = {
     APIKey: KeySerializer,
     Endpoint: EndpointSerializer,
     Model: CatalogModelSerializer,
+    Deployment: DeploymentSerializer,
 }
 KINDS = {User: "users", APIKey: "api_keys", Endpoint: "endpoints", Model: "models"}
 
 BOOKKEEPING = "set by every save; a restore writes its own"
+NESTED = "shown within its model, whose deployment it is"
+TIMES = "bookkeeping, not configuration"
 CREDENTIAL = "stored encrypted; carried in clear as `{}`, which only sets it"
 PERMISSIONS = (
     "Django permissions and groups, granted in the admin only; a restored staff "
@@ -77,6 +83,11 @@ LEFT_OUT = {
         "api": {},
         "backup": {"created_at": BOOKKEEPING, "updated_at": BOOKKEEPING},
     },
+    Deployment: {
+        "admin": {"model": NESTED, "created_at": TIMES, "updated_at": TIMES},
+        "api": {"model": NESTED, "created_at": TIMES, "updated_at": TIMES},
+        "backup": {"model": NESTED, "created_at": BOOKKEEPING, "updated_at": BOOKKEEPING},
+    },
 }
 
 
@@ -95,6 +106,11 @@ def admin_fields(model) -> set[str]:
     Group.objects.get_or_create(name="support")
     request = RequestFactory().get("/admin/")
     request.user = User(username="root", is_staff=True, is_superuser=True)
+    if model is Deployment:  # edited inline, on its model's page
+        model_admin = admin.site.get_model_admin(Model)
+        inlines = model_admin.get_inline_instances(request, Model())
+        inline = next(i for i in inlines if i.model is Deployment)
+        return set(flatten_fieldsets(inline.get_fieldsets(request)))
     model_admin = admin.site.get_model_admin(model)
     return set(flatten_fieldsets(model_admin.get_fieldsets(request, model())))
 
@@ -104,6 +120,8 @@ def api_fields(model) -> set[str]:
 
 
 def backup_fields(model) -> set[str]:
+    if model is Deployment:
+        return set(DEPLOYMENT_FIELDS)
     kind = SCHEMA[KINDS[model]]
     return {kind.key, *kind.fields, *kind.extra}
 

@@ -271,7 +271,12 @@ MATRIX = {
     "api/v1/^endpoints/(?P<pk>[^/.]+)/$": api_detail("endpoints", "endpoint"),
     "api/v1/^models/$": [
         Call("get", "/api/v1/models/", API_READ),
-        Call("post", "/api/v1/models/", api_write(201), {"name": "m2", "upstream_name": "m2"}),
+        Call(
+            "post",
+            "/api/v1/models/",
+            api_write(201),
+            {"name": "m2", "deployments": [{"endpoint": "local", "upstream_name": "m2"}]},
+        ),
     ],
     "api/v1/^models/(?P<pk>[^/.]+)/$": api_detail("models", "model"),
     # Logs and the audit log are read-only (api_read_only).

@@ -6,7 +6,8 @@ from endpoints.models import Endpoint
 
 
 class EndpointViewSet(ManagementViewSet):
-    """Upstream servers. Deleting one unlinks its models (they stay, unserved); logs are kept."""
+    """Upstream servers. Deleting one deletes its deployments: the models they served stay, with
+    their deployments elsewhere (if none, unserved); logs are kept."""
 
     queryset = Endpoint.objects.all()
     serializer_class = EndpointSerializer

@@ -2,6 +2,7 @@
 
 import pytest
 
+from aethergate.testing import deploy, make_endpoint, make_model, served_by
 from endpoints.models import Endpoint
 from models_registry.models import Model
 
@@ -197,14 +198,18 @@ def test_it_retrieves_an_endpoint_and_404s_an_unknown_one(api, endpoint):
     assert api.patch("/api/v1/endpoints/999999/", {"rpm_limit": 1}).status_code == 404
 
 
-def test_deleting_an_endpoint_unlinks_its_models(api, endpoint):
-    model = Model.objects.create(name="gpt-4o", upstream_name="gpt-4o", endpoint=endpoint)
+def test_deleting_an_endpoint_deletes_its_deployments_and_keeps_the_models(api, endpoint):
+    other = make_endpoint("azure", "https://azure.example/v1")
+    gpt = make_model("gpt-4o", "gpt-4o", endpoint=endpoint)
+    deploy(gpt, other, "gpt-4o-eu", priority=1)
+    only_here = make_model("gpt-4o-mini", "gpt-4o-mini", endpoint=endpoint)
 
     assert api.delete(f"/api/v1/endpoints/{endpoint.pk}/").status_code == 204
 
-    model.refresh_from_db()
-    assert model.endpoint is None
-    assert not Endpoint.objects.exists()
+    assert not Endpoint.objects.filter(pk=endpoint.pk).exists()
+    # Each model stays in the catalog with the deployments it has elsewhere, if any.
+    assert served_by(gpt) == [("azure", "gpt-4o-eu", 1, 1)]
+    assert Model.objects.filter(pk=only_here.pk).exists() and served_by(only_here) == []
 
 
 def test_a_duplicate_saved_by_a_concurrent_request_is_a_conflict(api, endpoint, monkeypatch):

@@ -107,7 +107,7 @@ def test_the_rotate_action_rotates_every_selected_key(admin_client, owner, key):
 
 
 def test_editing_limits_and_settings_does_not_rotate(admin_client, key):
-    model = Model.objects.create(name="llama3", upstream_name="llama3:8b")
+    model = Model.objects.create(name="llama3")
     old_digest, old_prefix = key.digest, key.prefix
     response = admin_client.post(
         reverse("admin:keys_apikey_change", args=[key.pk]),
@@ -197,7 +197,7 @@ def test_the_admin_creates_keys_through_the_service(admin_client, owner, monkeyp
         return create_key(**fields)
 
     monkeypatch.setattr(services, "create_key", recording)
-    llama = Model.objects.create(name="llama3", upstream_name="llama3:8b")
+    llama = Model.objects.create(name="llama3")
 
     response = admin_client.post(
         reverse("admin:keys_apikey_add"), add_form(owner, allowed_models=[llama.pk])

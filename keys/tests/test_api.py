@@ -35,7 +35,7 @@ def api_client_class():
 
 @pytest.fixture
 def llama(db):
-    return Model.objects.create(name="llama3", upstream_name="llama3:8b")
+    return Model.objects.create(name="llama3")
 
 
 @pytest.fixture

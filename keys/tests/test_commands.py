@@ -49,8 +49,8 @@ def issued_secret(out: str) -> str:
 
 
 def test_it_creates_a_key_and_prints_its_secret_once(alice, capsys):
-    llama = Model.objects.create(name="llama3", upstream_name="llama3")
-    gpt = Model.objects.create(name="gpt-4o", upstream_name="gpt-4o")
+    llama = Model.objects.create(name="llama3")
+    gpt = Model.objects.create(name="gpt-4o")
 
     out = run(
         capsys,
@@ -105,7 +105,7 @@ def test_an_expiry_date_alone_means_its_midnight(alice, capsys):
     ],
 )
 def test_it_refuses_bad_input_with_the_reason(alice, args, message):
-    Model.objects.create(name="llama3", upstream_name="llama3")
+    Model.objects.create(name="llama3")
 
     with pytest.raises(CommandError) as error:
         call_command("create_key", "--user=alice", "--name=ci", *args)
