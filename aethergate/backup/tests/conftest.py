@@ -49,6 +49,7 @@ def data():
         day_limit=5000,
         connect_timeout=3.5,
         total_timeout=300.0,
+        health_path="/models",
     )
     openai.set_api_key(CREDENTIAL)
     openai.save()

@@ -92,11 +92,13 @@ def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
         "first_byte_timeout": 120.0,
         "idle_timeout": 60.0,
         "total_timeout": 300.0,
+        "health_path": "/models",
         "is_active": True,
         "has_credential": True,
     }
     assert document["endpoints"][0]["has_credential"] is False
     assert document["endpoints"][0]["kind"] == "generic"
+    assert document["endpoints"][0]["health_path"] == ""
     assert document["models"][2] == {
         "name": "llama3",
         "capability": "TEXT",
