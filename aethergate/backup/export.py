@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from aethergate.backup.schema import (
+    DEPLOYMENT_FIELDS,
     FORMAT,
     SCHEMA,
     VERSION,
@@ -46,7 +47,7 @@ def _deployments(model) -> list[dict]:
     by priority, heaviest first, then by endpoint and upstream name."""
     rows = [
         {
-            **{name: getattr(d, name) for name in Deployment.shared_fields},
+            **{name: getattr(d, name) for name in DEPLOYMENT_FIELDS},
             "endpoint": d.endpoint.name,
         }
         for d in model.deployments.all()
