@@ -1,9 +1,10 @@
 """Backup and restore: a JSON export, and an all-or-nothing import of it or of an earlier backup.
 
 schema.py is the format (versions, the fields of each kind, the checks on a
-file), export.py writes it, importer.py reads it into the database, legacy.py
-translates the earlier FastAPI version's backup, and privileges.py says what
-an import may give a user. Callers (the export_backup and import_backup
+file), export.py writes it, importer.py reads it into the database, upgrade.py
+brings an older version of it to the current one, legacy.py translates the
+earlier FastAPI version's backup, and privileges.py says what an import may
+give a user. Callers (the export_backup and import_backup
 commands, tests) use the names below.
 """
 
