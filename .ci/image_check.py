@@ -175,7 +175,10 @@ def check(base: str, master: str, upstream, server: subprocess.Popen, log: Path)
         f"{api}/models/",
         method="POST",
         headers=admin,
-        body={"name": "gpt-image", "upstream_name": "echo", "endpoint": "stand-in"},
+        body={
+            "name": "gpt-image",
+            "deployments": [{"endpoint": "stand-in", "upstream_name": "echo"}],
+        },
     )
     expect("a model created through the API", status == 201, body)
     status, _, body = request(

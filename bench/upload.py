@@ -46,11 +46,12 @@ SETUP = """
 from accounts.models import User
 from endpoints.models import Endpoint
 from keys.services import create_key
-from models_registry.models import Model
+from models_registry.models import Deployment, Model
 user = User.objects.create_user(username="bench", password=None)
 endpoint = Endpoint.objects.create(name="stand-in", base_url="{base_url}")
-Model.objects.create(name="whisper", upstream_name="echo-stt", endpoint=endpoint,
-                     capability="AUDIO_STT", billing_unit="MINUTE", price_in="0.006")
+model = Model.objects.create(name="whisper", capability="AUDIO_STT", billing_unit="MINUTE",
+                             price_in="0.006")
+Deployment.objects.create(model=model, endpoint=endpoint, upstream_name="echo-stt")
 key, secret = create_key(owner=user, name="bench")
 print("BENCH_SECRET=" + secret)
 """
