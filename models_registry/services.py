@@ -138,10 +138,10 @@ def import_models(*, endpoint: Endpoint, names: Iterable[str]) -> Imported:
     """Add each of `names` (upstream model ids) to the catalog, served by `endpoint`.
 
     A new model's public and upstream names are the id, its one deployment on
-    `endpoint`; it is active, billed
-    per token at price 0 until staff set its prices. A name already in the
-    catalog (on any endpoint) is left as it is; one the model's own
-    validation refuses (too long, …) is reported, not created. All or nothing.
+    `endpoint`; it is active, billed per token at price 0 until staff set its
+    prices. A name already in the catalog (on any endpoint) is left as it is;
+    one the model's own validation refuses (too long, …) is reported, not
+    created. All or nothing.
     """
     wanted = list(dict.fromkeys(name.strip() for name in names if name.strip()))
     result = Imported()
