@@ -174,9 +174,10 @@ def load_snapshot() -> Snapshot:
     endpoints = {e.pk: EndpointInfo.from_model(e) for e in Endpoint.objects.filter(is_active=True)}
     serving: dict[int, list[DeploymentInfo]] = {}
     for d in Deployment.objects.serving().filter(model__is_active=True):
-        serving.setdefault(d.model_id, []).append(
-            DeploymentInfo.from_model(d, endpoint=endpoints[d.endpoint_id])
-        )
+        endpoint = endpoints.get(d.endpoint_id)
+        if endpoint is None:
+            continue  # activated after the endpoints were read: in the next snapshot
+        serving.setdefault(d.model_id, []).append(DeploymentInfo.from_model(d, endpoint=endpoint))
     models = {
         m.name: ModelInfo.from_model(m, deployments=tuple(serving.get(m.pk, ())))
         for m in Model.objects.filter(is_active=True).select_related("fallback", "context_fallback")
