@@ -14,3 +14,23 @@ def test_each_served_endpoint_record_carries_its_kind(db):
 
     assert [d.endpoint.kind for d in models["llama3"].deployments] == ["ollama"]
     assert [d.endpoint.kind for d in models["any"].deployments] == ["generic"]
+
+
+def test_a_deployment_whose_endpoint_came_active_between_two_reads_waits_for_the_next(
+    db, monkeypatch
+):
+    make_model("early", endpoint=make_endpoint("early"))
+    late = make_endpoint("late")
+    make_model("late-model", endpoint=late)
+    read = Endpoint.objects.filter
+
+    def endpoints_as_read_a_moment_before(**lookups):
+        # The endpoints query ran just before `late` was activated; the deployments one after.
+        return read(**lookups).exclude(pk=late.pk)
+
+    monkeypatch.setattr(Endpoint.objects, "filter", endpoints_as_read_a_moment_before)
+
+    models = load_snapshot().models
+
+    assert [d.endpoint.name for d in models["early"].deployments] == ["early"]
+    assert models["late-model"].deployments == ()
