@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.contrib.auth.models import UserManager as DjangoUserManager
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -14,11 +15,63 @@ from aethergate.lib.changes import ChangeQuerySet
 MONEY = {"max_digits": 20, "decimal_places": 10}
 
 
+class BudgetPeriod(models.TextChoices):
+    """How often a budget starts again, at midnight in AETHERGATE_BUDGET_TIME_ZONE."""
+
+    NONE = "none", "Never (one total)"
+    DAY = "day", "Every day"
+    WEEK = "week", "Every week (from Monday)"
+    MONTH = "month", "Every month (from the 1st)"
+
+
+class Budgeted(models.Model):
+    """A spend budget: a hard limit that refuses (402), a soft one that alerts, and a period.
+
+    Shared by users (all their keys together) and keys; enforced by proxy.budgets.
+    """
+
+    budget = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        verbose_name="budget (hard limit)",
+        help_text="Spend allowed per period; requests beyond it are refused (402). "
+        "Empty: no budget.",
+    )
+    budget_soft = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        verbose_name="budget alert at",
+        help_text="Spend per period that sends one alert (webhook and log); requests go on. "
+        "Empty: no alert.",
+    )
+    budget_period = models.CharField(
+        max_length=8,
+        choices=BudgetPeriod.choices,
+        default=BudgetPeriod.MONTH,
+        help_text="When spend counts from zero again, in the gateway's budget time zone.",
+    )
+
+    class Meta:
+        abstract = True
+
+    def clean(self):
+        super().clean()
+        if self.budget is not None and self.budget_soft is not None:
+            if self.budget_soft > self.budget:
+                raise ValidationError(
+                    {"budget_soft": "The alert must be at or below the hard limit."}
+                )
+
+
 class UserManager(DjangoUserManager.from_queryset(ChangeQuerySet)):
     """Django's user manager, with writes that send no signal announced (lib.changes)."""
 
 
-class User(AbstractUser):
+class User(Budgeted, AbstractUser):  # noqa: DJ008 -- AbstractUser has __str__
     """A consumer (owns API keys) or a staff member (`is_staff`), or both.
 
     `balance` is None when the user is not on prepaid billing: requests are
@@ -34,6 +87,9 @@ class User(AbstractUser):
         "last_name",
         "organization",
         "balance",
+        "budget",
+        "budget_soft",
+        "budget_period",
         "is_active",
         "is_staff",
         "is_superuser",

@@ -5,6 +5,7 @@ Every variable is listed, with its default, in `.env.example`.
 
 import os
 import sys
+import zoneinfo
 from pathlib import Path
 
 import environ
@@ -276,6 +277,28 @@ AETHERGATE_RETRY_BACKOFF_MAX_SECONDS = env.float(
 # seconds an idle one is kept.
 AETHERGATE_AFFINITY_MAX_SESSIONS = env.int("AETHERGATE_AFFINITY_MAX_SESSIONS", default=10_000)
 AETHERGATE_AFFINITY_SECONDS = env.float("AETHERGATE_AFFINITY_SECONDS", default=3600.0)
+# Token limits and budgets reserve a request's input (estimated) plus its output cap
+# (max_tokens, else the model's "output tokens reserved", else this) until its real
+# usage settles them.
+AETHERGATE_DEFAULT_MAX_OUTPUT_TOKENS = env.int("AETHERGATE_DEFAULT_MAX_OUTPUT_TOKENS", default=4096)
+# Concurrency leases expire this long after their process last renewed them (it
+# renews its own every third of it), so a crashed process cannot hold a key's slots.
+AETHERGATE_LEASE_SECONDS = env.float("AETHERGATE_LEASE_SECONDS", default=60.0)
+# Budget periods (day, week from Monday, month) start at midnight in this zone.
+AETHERGATE_BUDGET_TIME_ZONE = env.str("AETHERGATE_BUDGET_TIME_ZONE", default=TIME_ZONE)
+try:
+    zoneinfo.ZoneInfo(AETHERGATE_BUDGET_TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    sys.exit(f"AetherGate: AETHERGATE_BUDGET_TIME_ZONE {AETHERGATE_BUDGET_TIME_ZONE!r} is unknown.")
+# A soft budget limit crossed is logged and, with a URL, POSTed there once per
+# period, signed with HMAC-SHA256 of the body under the secret (X-AetherGate-Signature).
+AETHERGATE_BUDGET_WEBHOOK_URL = env.str("AETHERGATE_BUDGET_WEBHOOK_URL", default="")
+AETHERGATE_BUDGET_WEBHOOK_SECRET = env.str("AETHERGATE_BUDGET_WEBHOOK_SECRET", default="")
+# A model whose prices are all zero and not marked free: "serve" it, logging its
+# requests as cost unknown, or "refuse" it to keys with a budget or a balance.
+AETHERGATE_UNPRICED_MODELS = env.str("AETHERGATE_UNPRICED_MODELS", default="serve")
+if AETHERGATE_UNPRICED_MODELS not in ("serve", "refuse"):
+    sys.exit("AetherGate: AETHERGATE_UNPRICED_MODELS must be serve or refuse.")
 # A ": keep-alive" comment is sent when an upstream stream is silent this long.
 AETHERGATE_SSE_KEEPALIVE_SECONDS = env.float("AETHERGATE_SSE_KEEPALIVE_SECONDS", default=15.0)
 # The log writer: records per batch, seconds between flushes, and the buffer of

@@ -120,6 +120,8 @@ class Endpoint(models.Model):
         "kind",
         "rpm_limit",
         "day_limit",
+        "tpm_limit",
+        "tpd_limit",
         "connect_timeout",
         "first_byte_timeout",
         "idle_timeout",
@@ -157,6 +159,20 @@ class Endpoint(models.Model):
         validators=[MinValueValidator(1)],
         verbose_name="requests per day",
         help_text="Across all models on this endpoint. Empty: unlimited.",
+    )
+    tpm_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="tokens per minute",
+        help_text="Input + output tokens across all models on this endpoint. Empty: unlimited.",
+    )
+    tpd_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="tokens per day",
+        help_text="Input + output tokens across all models on this endpoint. Empty: unlimited.",
     )
     connect_timeout = models.FloatField(
         default=5.0, validators=[MinValueValidator(0.1)], help_text="Seconds to open a connection."

@@ -3,10 +3,12 @@
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.models import Budgeted
 from aethergate.lib import hashed_secrets
 from aethergate.lib.capabilities import Capability
 from aethergate.lib.changes import ChangeQuerySet
@@ -85,7 +87,7 @@ class APIKeyQuerySet(ChangeQuerySet):
         )
 
 
-class APIKey(models.Model):
+class APIKey(Budgeted):
     """A gateway-issued key a consumer presents as `Authorization: Bearer …`.
 
     The secret exists in clear only in the response that issues it; the row
@@ -101,6 +103,10 @@ class APIKey(models.Model):
         "is_active",
         "log_content",
         "rate_limit",
+        "max_concurrent",
+        "budget",
+        "budget_soft",
+        "budget_period",
         "allowed_capabilities",
         "allowed_models",
         "expires_at",
@@ -122,7 +128,15 @@ class APIKey(models.Model):
         max_length=200,
         blank=True,
         validators=[validate_spec],
-        help_text='Requests per window, e.g. "60/m" or "60/m,1000/h,5000/d". Empty: unlimited.',
+        help_text='Requests or tokens (input + output) per window, e.g. "60/m" or '
+        '"60/m,1000/d,100000tok/m,2000000tok/d". Empty: unlimited.',
+    )
+    max_concurrent = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="concurrent requests",
+        help_text="Requests in flight at once, across every gateway process. Empty: unlimited.",
     )
     allowed_capabilities = CapabilityListField(
         help_text="What this key may call. None ticked: every capability."

@@ -64,10 +64,24 @@ class RequestLog(models.Model):
     ttft_ms = models.PositiveIntegerField(
         null=True, blank=True, verbose_name="time to first token (ms)"
     )
-    input_units = models.PositiveIntegerField(default=0)
+    input_units = models.PositiveIntegerField(
+        default=0, help_text="All input units, cached ones included."
+    )
+    cache_read_units = models.PositiveIntegerField(
+        default=0, help_text="Input tokens read from the upstream's prompt cache."
+    )
+    cache_write_units = models.PositiveIntegerField(
+        default=0, help_text="Input tokens written to the upstream's prompt cache."
+    )
     output_units = models.PositiveIntegerField(default=0)
+    reasoning_units = models.PositiveIntegerField(
+        default=0, help_text="Output tokens spent reasoning, where the upstream reports them."
+    )
     usage_estimated = models.BooleanField(default=False)
     cost = models.DecimalField(**MONEY, default=0)
+    cost_unknown = models.BooleanField(
+        default=False, help_text="The model had no price: the cost shown is not what it cost."
+    )
     prompt_text = models.TextField(blank=True)
     completion_text = models.TextField(blank=True)
     error = models.TextField(blank=True, help_text="Why the request failed, if it did.")
@@ -125,8 +139,12 @@ class UsageSlot(models.Model):
     outcome = models.CharField(max_length=32, choices=Outcome.choices)
     requests = models.PositiveBigIntegerField(default=0)
     input_units = models.PositiveBigIntegerField(default=0)
+    cache_read_units = models.PositiveBigIntegerField(default=0)
+    cache_write_units = models.PositiveBigIntegerField(default=0)
     output_units = models.PositiveBigIntegerField(default=0)
+    reasoning_units = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(**MONEY, default=0)
+    cost_unknown_requests = models.PositiveBigIntegerField(default=0)
     latency_count = models.PositiveBigIntegerField(default=0)
     latency_sum_ms = models.PositiveBigIntegerField(default=0)
     ttft_count = models.PositiveBigIntegerField(default=0)
@@ -182,6 +200,35 @@ class DailyUsageRollup(UsageSlot):
             models.Index(fields=["api_key_id", "hour"], name="daily_rollup_key_day"),
             models.Index(fields=["model", "hour"], name="daily_rollup_model_day"),
         ]
+
+
+class BudgetAlert(models.Model):
+    """A soft budget limit crossed: one row per owner and period, so each alert is sent once.
+
+    `scope` is "k" (an API key) or "u" (a user); `owner_id` a plain id, so the
+    row outlives its owner. `delivered_at` stays empty until the webhook took it.
+    """
+
+    scope = models.CharField(max_length=1, choices=[("k", "API key"), ("u", "User")])
+    owner_id = models.PositiveBigIntegerField()
+    owner_name = models.CharField(max_length=150)
+    period_start = models.DateTimeField()
+    soft_limit = models.DecimalField(**MONEY)
+    spent = models.DecimalField(**MONEY)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scope", "owner_id", "period_start"], name="budget_alert_once"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.get_scope_display()} {self.owner_name} over {self.soft_limit}"
 
 
 class AuditEntry(models.Model):

@@ -28,10 +28,14 @@ class RequestRecord:
     stream: bool
     latency_ms: int | None
     ttft_ms: int | None
-    input_units: int
+    input_units: int  # all of them, cached ones included
+    cache_read_units: int
+    cache_write_units: int
     output_units: int
+    reasoning_units: int
     usage_estimated: bool
     cost: Decimal
+    cost_unknown: bool
     prompt_text: str
     completion_text: str
     error: str

@@ -191,9 +191,14 @@ ROLLUP_SUMS = (
     "ttft_sum_ms",
     *histogram_fields("latency"),
     *histogram_fields("ttft"),
+    "cache_read_units",
+    "cache_write_units",
+    "reasoning_units",
+    "cost_unknown_requests",
 )
 _BINS = len(LATENCY_BOUNDS_MS) + 1
 _LATENCY_AT, _TTFT_AT = 8, 8 + _BINS  # where each histogram starts in ROLLUP_SUMS
+_COMPONENTS_AT = 2 + 8 + 2 * _BINS  # where the usage components start in a slot's sums
 
 
 def _add_to_rollups(rows) -> None:
@@ -256,6 +261,10 @@ def _sum_into(slots: dict[tuple, list], rows) -> None:
             sums[8] += 1
             sums[9] += row.ttft_ms
             sums[2 + _TTFT_AT + bisect_left(LATENCY_BOUNDS_MS, row.ttft_ms)] += 1
+        sums[_COMPONENTS_AT] += row.cache_read_units
+        sums[_COMPONENTS_AT + 1] += row.cache_write_units
+        sums[_COMPONENTS_AT + 2] += row.reasoning_units
+        sums[_COMPONENTS_AT + 3] += row.cost_unknown
 
 
 def _upsert(slots: dict[tuple, list], table: type[UsageSlot]) -> None:
@@ -393,6 +402,10 @@ _ROW_FIELDS = (
     "cost",
     "latency_ms",
     "ttft_ms",
+    "cache_read_units",
+    "cache_write_units",
+    "reasoning_units",
+    "cost_unknown",
 )
 REBUILD_SLOTS = 20_000
 

@@ -64,6 +64,21 @@ def unit_error(capability: str, billing_unit: str) -> str:
     )
 
 
+def is_unpriced(billing_unit: str, price_in, price_out, is_free: bool) -> bool:
+    """Whether a model's unit is billed at a price nobody set: zero, and not marked free.
+
+    The one rule behind the admin's and the API's flag and the proxy's
+    `cost_unknown` (and its refusal, per AETHERGATE_UNPRICED_MODELS).
+    """
+    if is_free:
+        return False
+    if billing_unit == BillingUnit.TOKEN:
+        return not price_in and not price_out
+    if billing_unit == BillingUnit.IMAGE:
+        return not price_out
+    return not price_in
+
+
 class ModelQuerySet(ChangeQuerySet):
     def active(self):
         return self.filter(is_active=True)
@@ -86,8 +101,15 @@ class Model(models.Model):
         "billing_unit",
         "price_in",
         "price_out",
+        "price_cache_read",
+        "price_cache_write",
+        "is_free",
         "rpm_limit",
         "day_limit",
+        "tpm_limit",
+        "tpd_limit",
+        "max_concurrent",
+        "max_output_tokens",
         "strategy",
         "fallback",
         "context_fallback",
@@ -127,6 +149,30 @@ class Model(models.Model):
         verbose_name="output price",
         help_text="Per output unit (e.g. per completion token).",
     )
+    price_cache_read = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        verbose_name="cache-read price",
+        help_text="Per input token read from the upstream's prompt cache. Empty: the input price.",
+    )
+    price_cache_write = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        verbose_name="cache-write price",
+        help_text="Per input token written to the upstream's prompt cache. Empty: the input "
+        "price.",
+    )
+    is_free = models.BooleanField(
+        "free on purpose",
+        default=False,
+        help_text="Tick for a model that costs nothing (a local server): without it, a model "
+        "whose prices are all zero is flagged as unpriced, and its requests logged with "
+        "their cost unknown.",
+    )
     rpm_limit = models.PositiveIntegerField(
         null=True,
         blank=True,
@@ -140,6 +186,37 @@ class Model(models.Model):
         validators=[MinValueValidator(1)],
         verbose_name="requests per day",
         help_text="Across all keys. Empty: unlimited.",
+    )
+    tpm_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="tokens per minute",
+        help_text="Input + output tokens across all keys. Empty: unlimited.",
+    )
+    tpd_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="tokens per day",
+        help_text="Input + output tokens across all keys. Empty: unlimited.",
+    )
+    max_concurrent = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="concurrent requests",
+        help_text="Requests in flight at once across all keys and gateway processes. "
+        "Empty: unlimited.",
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="output tokens reserved",
+        help_text="What a request that sets no max_tokens is assumed to produce, reserved "
+        "against token limits and budgets until its real usage is known. Empty: "
+        "AETHERGATE_DEFAULT_MAX_OUTPUT_TOKENS.",
     )
     fallback = models.ForeignKey(
         "self",
@@ -184,6 +261,10 @@ class Model(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def unpriced(self) -> bool:
+        return is_unpriced(self.billing_unit, self.price_in, self.price_out, self.is_free)
 
     def clean(self):
         """Refuse a billing unit the capability's routes cannot measure, and a fallback

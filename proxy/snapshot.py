@@ -16,8 +16,33 @@ from aethergate.lib.ratelimit import Rate, parse_spec
 log = logging.getLogger(__name__)
 
 
-def _rates(rpm: int | None, per_day: int | None) -> tuple[Rate, ...]:
-    return tuple(r for r in (rpm and Rate(rpm, 60), per_day and Rate(per_day, 86400)) if r)
+def _rates(row) -> tuple[Rate, ...]:
+    """A model's or endpoint's limits: requests and tokens per minute and per day."""
+    found = (
+        row.rpm_limit and Rate(row.rpm_limit, 60),
+        row.day_limit and Rate(row.day_limit, 86400),
+        row.tpm_limit and Rate(row.tpm_limit, 60, True),
+        row.tpd_limit and Rate(row.tpd_limit, 86400, True),
+    )
+    return tuple(r for r in found if r)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetInfo:
+    """A key's or a user's spend budget; `scope` ("k<id>" or "u<id>") names its counter."""
+
+    scope: str
+    owner: str
+    limit: Decimal | None  # the hard limit: refused beyond it
+    soft: Decimal | None  # the alert
+    period: str  # accounts.models.BudgetPeriod
+
+    @classmethod
+    def of(cls, row, scope: str, owner: str) -> "BudgetInfo | None":
+        """The budget of a User or APIKey row; None when it has neither limit."""
+        if row.budget is None and row.budget_soft is None:
+            return None
+        return cls(scope, owner, row.budget, row.budget_soft, row.budget_period)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +58,8 @@ class KeyInfo:
     rates: tuple[Rate, ...]
     capabilities: frozenset[str]
     models: frozenset[str]
+    max_concurrent: int | None
+    budgets: tuple[BudgetInfo, ...]  # the key's, then its owner's
 
     @classmethod
     def from_model(cls, key, *, models: frozenset[str]) -> "KeyInfo":
@@ -52,6 +79,15 @@ class KeyInfo:
             rates=parse_spec(key.rate_limit),
             capabilities=frozenset(key.allowed_capabilities or ()),
             models=models,
+            max_concurrent=key.max_concurrent,
+            budgets=tuple(
+                b
+                for b in (
+                    BudgetInfo.of(key, f"k{key.pk}", key.prefix),
+                    BudgetInfo.of(key.owner, f"u{key.owner_id}", key.owner.username),
+                )
+                if b
+            ),
         )
 
 
@@ -87,7 +123,7 @@ class EndpointInfo:
             kind=endpoint.kind,
             api_key=credential,
             usable=usable,
-            rates=_rates(endpoint.rpm_limit, endpoint.day_limit),
+            rates=_rates(endpoint),
             connect_timeout=endpoint.connect_timeout,
             first_byte_timeout=endpoint.first_byte_timeout,
             idle_timeout=endpoint.idle_timeout,
@@ -127,7 +163,12 @@ class ModelInfo:
     billing_unit: str
     price_in: Decimal
     price_out: Decimal
+    price_cache_read: Decimal  # the input price unless one is set
+    price_cache_write: Decimal
+    unpriced: bool  # models_registry.models.is_unpriced
     rates: tuple[Rate, ...]
+    max_concurrent: int | None
+    max_output_tokens: int | None
     strategy: str
     fallback: str | None
     context_fallback: str | None
@@ -145,13 +186,22 @@ class ModelInfo:
             billing_unit=model.billing_unit,
             price_in=model.price_in,
             price_out=model.price_out,
-            rates=_rates(model.rpm_limit, model.day_limit),
+            price_cache_read=_or(model.price_cache_read, model.price_in),
+            price_cache_write=_or(model.price_cache_write, model.price_in),
+            unpriced=model.unpriced,
+            rates=_rates(model),
+            max_concurrent=model.max_concurrent,
+            max_output_tokens=model.max_output_tokens,
             strategy=model.strategy,
             fallback=_active_name(model.fallback),
             context_fallback=_active_name(model.context_fallback),
             deployments=deployments,
             created=int(model.created_at.timestamp()),
         )
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def _active_name(model) -> str | None:

@@ -1,4 +1,4 @@
-"""Rate limits: specs (`"60/m"`, `"1000/h"`, `"5000/d"`, comma-separated) and limiters."""
+"""Rate limits: specs (`"60/m"`, `"1000/h"`, `"100000tok/m"`, comma-separated) and limiters."""
 
 import logging
 import re
@@ -27,14 +27,16 @@ UNIT_SECONDS = {
     "d": 86400,
     "day": 86400,
 }
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*(tok|tokens)?\s*/\s*([a-z]+)\s*$")
 
 
 class Rate(NamedTuple):
-    """At most `limit` requests in any window of `seconds`."""
+    """At most `limit` requests (or, with `tokens`, input + output tokens) in any window
+    of `seconds`."""
 
     limit: int
     seconds: int
+    tokens: bool = False
 
 
 def parse_spec(spec: str) -> tuple[Rate, ...]:
@@ -42,14 +44,15 @@ def parse_spec(spec: str) -> tuple[Rate, ...]:
     rates = []
     for part in filter(None, (p.strip() for p in (spec or "").split(","))):
         match = _RATE.match(part.lower())
-        if not match or match[2] not in UNIT_SECONDS:
+        if not match or match[3] not in UNIT_SECONDS:
             raise ValueError(
-                f'"{part}" is not a rate: write COUNT/UNIT with UNIT one of s, m, h, d '
-                '(for example "60/m" or "60/m,1000/d")'
+                f'"{part}" is not a rate: write COUNT/UNIT (requests) or COUNTtok/UNIT '
+                '(tokens) with UNIT one of s, m, h, d (for example "60/m" or '
+                '"60/m,100000tok/m")'
             )
         if int(match[1]) < 1:
-            raise ValueError(f'"{part}" allows no request: the count must be at least 1')
-        rates.append(Rate(int(match[1]), UNIT_SECONDS[match[2]]))
+            raise ValueError(f'"{part}" allows nothing: the count must be at least 1')
+        rates.append(Rate(int(match[1]), UNIT_SECONDS[match[3]], bool(match[2])))
     return tuple(rates)
 
 

@@ -96,7 +96,7 @@ def test_an_expiry_date_alone_means_its_midnight(alice, capsys):
     [
         (["--user=nobody"], 'There is no user "nobody"'),
         (["--rate-limit=lots"], 'rate_limit: "lots" is not a rate'),
-        (["--rate-limit=0/m"], 'rate_limit: "0/m" allows no request'),
+        (["--rate-limit=0/m"], 'rate_limit: "0/m" allows nothing'),
         (["--capabilities=TEXT,VIDEO"], "allowed_capabilities: Must be a list of capabilities"),
         (["--models=llama3,nope,gone"], "Unknown model(s): gone, nope."),
         (["--expires=next week"], '--expires "next week" is not an ISO date'),

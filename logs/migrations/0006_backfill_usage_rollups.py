@@ -1,14 +1,15 @@
-"""Rollups for the request logs stored before rollups existed (reversed: emptied)."""
+"""Rollups for the request logs stored before rollups existed (reversed: emptied).
+
+The backfill runs the writer's current code, which writes columns added
+after this migration: it now runs in 0007, once they exist, and here only
+for databases that already ran it (nothing to do).
+"""
 
 from django.db import migrations
 
 
 def backfill(apps, schema_editor):
-    # The writer's own summing (through rebuild_usage), so that old and new rows are
-    # rolled up alike; it writes the rollup table as this migration left it.
-    from logs.services import rebuild_usage
-
-    rebuild_usage(log_model=apps.get_model("logs", "RequestLog"))
+    pass
 
 
 def empty(apps, schema_editor):
@@ -17,7 +18,6 @@ def empty(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("logs", "0005_add_usage_rollups"),
     ]

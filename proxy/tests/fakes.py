@@ -94,7 +94,12 @@ def model_info(
         "billing_unit": "TOKEN",
         "price_in": Decimal("0.001"),
         "price_out": Decimal("0.002"),
+        "price_cache_read": fields.get("price_in", Decimal("0.001")),
+        "price_cache_write": fields.get("price_in", Decimal("0.001")),
+        "unpriced": False,
         "rates": (),
+        "max_concurrent": None,
+        "max_output_tokens": None,
         "strategy": "weighted",
         "fallback": None,
         "context_fallback": None,
@@ -120,6 +125,8 @@ def key_info(**fields) -> KeyInfo:
         "rates": (),
         "capabilities": frozenset(),
         "models": frozenset(),
+        "max_concurrent": None,
+        "budgets": (),
     }
     if isinstance(fields.get("rate_limit"), str):
         fields["rates"] = parse_spec(fields.pop("rate_limit"))
