@@ -16,7 +16,7 @@ from django.db import connections
 from django.utils import timezone
 
 from aethergate.lib import changes
-from aethergate.lib.ratelimit import make_limiter
+from aethergate.lib.ratelimit import make_limiter, make_shared
 from logs.writer import LogWriter
 from proxy import broadcast
 from proxy.catalog import Catalog
@@ -52,9 +52,10 @@ class Runtime:
     @classmethod
     async def start(cls) -> "Runtime":
         catalog = Catalog()
+        shared = make_shared(settings.REDIS_URL)
         runtime = cls(
             catalog=catalog,
-            limiter=make_limiter(settings.REDIS_URL, settings.AETHERGATE_REDIS_PREFIX),
+            limiter=make_limiter(shared, settings.AETHERGATE_REDIS_PREFIX),
             writer=LogWriter(on_settled=catalog.settled, on_rejected=catalog.released),
             upstream=Client(max_connections=settings.AETHERGATE_UPSTREAM_MAX_CONNECTIONS),
             key_throttle=InvalidKeyThrottle(settings.AETHERGATE_INVALID_KEY_LIMIT),

@@ -34,6 +34,10 @@ from aethergate.testing import FakeClock
         ("10/s", (Rate(10, 1),)),
         (" 60/m , 1000/h,5000/d ", (Rate(60, 60), Rate(1000, 3600), Rate(5000, 86400))),
         ("60/minute,2/Day", (Rate(60, 60), Rate(2, 86400))),
+        (
+            "60/m, 100000tok/m, 2000000 tokens/d",
+            (Rate(60, 60), Rate(100000, 60, True), Rate(2000000, 86400, True)),
+        ),
     ],
 )
 def test_it_parses_valid_specs(spec, rates):
@@ -42,7 +46,8 @@ def test_it_parses_valid_specs(spec, rates):
 
 
 @pytest.mark.parametrize(
-    "spec", ["60", "60/", "/m", "60/x", "sixty/m", "60/m;10/h", "-1/m", "1.5/m"]
+    "spec",
+    ["60", "60/", "/m", "60/x", "sixty/m", "60/m;10/h", "-1/m", "1.5/m", "10tok/x", "10tk/m"],
 )
 def test_it_rejects_malformed_specs_with_the_expected_form(spec):
     with pytest.raises(ValidationError) as error:
@@ -74,7 +79,13 @@ def hit(request, clock):
         limiter = RedisLimiter(server.url, prefix=prefix, clock=clock)
     # One loop for the whole test: a Redis connection belongs to the loop that opened it.
     loop = asyncio.new_event_loop()
-    yield lambda *checks: loop.run_until_complete(limiter.hit(list(checks)))
+
+    def one(*checks):
+        return loop.run_until_complete(limiter.hit(list(checks)))
+
+    one.tokens = lambda n, *checks: loop.run_until_complete(limiter.hit(list(checks), n))
+    one.settle = lambda decision, used: loop.run_until_complete(limiter.settle(decision, used))
+    yield one
     loop.run_until_complete(limiter.close())
     loop.close()
 
@@ -182,6 +193,76 @@ def test_it_never_admits_more_than_the_limit_in_any_window(hit, clock):
     for i, t in enumerate(admitted):
         in_window = [u for u in admitted[: i + 1] if u > t - rate.seconds]
         assert len(in_window) <= rate.limit
+
+
+def test_a_token_rate_counts_the_reservation_and_refuses_what_does_not_fit(hit):
+    rate = ("k", Rate(1000, 60, True))
+    first = hit.tokens(600, rate)
+    refused = hit.tokens(500, rate)
+    fits = hit.tokens(400, rate)
+
+    assert (first.allowed, first.token_limit, first.token_remaining) == (True, 1000, 400)
+    assert first.reserved == 600 and len(first.held) == 1
+    assert (refused.allowed, refused.tokens, refused.scope, refused.limit) == (
+        False,
+        True,
+        "k",
+        1000,
+    )
+    assert 0 < refused.retry_after <= 61
+    assert (fits.allowed, fits.token_remaining) == (True, 0)
+
+
+def test_settling_gives_back_what_was_reserved_and_not_used(hit):
+    rate = ("k", Rate(1000, 60, True))
+    decision = hit.tokens(900, rate)
+    assert not hit.tokens(200, rate).allowed
+
+    hit.settle(decision, 150)  # 750 of the 900 reserved go back
+
+    after = hit.tokens(800, rate)
+    assert (after.allowed, after.token_remaining) == (True, 50)
+
+
+def test_settling_counts_more_than_was_reserved(hit):
+    rate = ("k", Rate(1000, 60, True))
+    decision = hit.tokens(100, rate)
+    hit.settle(decision, 700)  # the answer was longer than its reservation
+
+    assert not hit.tokens(400, rate).allowed
+    assert hit.tokens(300, rate).token_remaining == 0
+
+
+def test_a_request_larger_than_the_token_limit_is_refused_for_good(hit):
+    refused = hit.tokens(1001, ("k", Rate(1000, 60, True)))
+
+    assert (refused.allowed, refused.tokens, refused.retry_after) == (False, True, float("inf"))
+    assert hit.tokens(1000, ("k", Rate(1000, 60, True))).allowed  # nothing was counted
+
+
+def test_request_and_token_rates_of_one_scope_and_window_are_counted_apart(hit):
+    requests, tokens = ("k", Rate(2, 60)), ("k", Rate(100, 60, True))
+
+    first = hit.tokens(50, requests, tokens)
+    second = hit.tokens(50, requests, tokens)
+
+    assert (first.limit, first.remaining, first.token_limit, first.token_remaining) == (
+        2,
+        1,
+        100,
+        50,
+    )
+    assert (second.remaining, second.token_remaining) == (0, 0)
+    refused = hit.tokens(1, requests, tokens)
+    assert not refused.allowed
+
+
+def test_a_token_refusal_counts_no_request(hit):
+    requests, tokens = ("k", Rate(3, 60)), ("m", Rate(100, 60, True))
+    assert hit.tokens(80, requests, tokens).allowed
+    assert not hit.tokens(80, requests, tokens).allowed
+
+    assert hit(requests).remaining == 1  # 3 - the first - this one
 
 
 # --------------------------------------------------------------------------- the local limiter
