@@ -17,6 +17,7 @@ class Outcome(models.TextChoices):
     MODEL_NOT_FOUND = "model_not_found", "Model not found"
     RATE_LIMITED = "rate_limited", "Rate limited"
     INSUFFICIENT_BALANCE = "insufficient_balance", "Insufficient balance"
+    BUDGET_EXCEEDED = "budget_exceeded", "Budget exceeded"
     UPSTREAM_ERROR = "upstream_error", "Upstream error"
     UPSTREAM_TIMEOUT = "upstream_timeout", "Upstream timeout"
     CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"

@@ -842,3 +842,25 @@ def usage_summary(*, user_id: int | None = None, api_key_id: int | None = None, 
         logs = RequestLog.objects.filter(api_key_id=api_key_id)
     summary["last_used"] = logs.order_by("-created_at").values_list("created_at", flat=True).first()
     return summary
+
+
+def spend_since(field: str, owners: list[int], since: datetime) -> dict[int, Decimal]:
+    """What each of `owners` (ids in `field`: "user_id" or "api_key_id") spent from `since`.
+
+    The whole hours come from the hourly rollups, which outlive pruned logs;
+    the part of an hour before the first whole one (a period starting at
+    :30 in a zone such as Asia/Kolkata) from the request logs.
+    """
+    hour = since.replace(minute=0, second=0, microsecond=0)
+    whole = hour if hour == since else hour + timedelta(hours=1)
+    found: dict[int, Decimal] = defaultdict(Decimal)
+    rollups = UsageRollup.objects.filter(**{f"{field}__in": owners}, hour__gte=whole)
+    for owner, cost in rollups.values_list(field).annotate(total=Sum("cost")).order_by():
+        found[owner] += cost
+    if whole != since:
+        logs = RequestLog.objects.filter(
+            **{f"{field}__in": owners}, created_at__gte=since, created_at__lt=whole
+        )
+        for owner, cost in logs.values_list(field).annotate(total=Sum("cost")).order_by():
+            found[owner] += cost
+    return dict(found)

@@ -6,7 +6,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from decimal import Decimal
 
 from django.conf import settings
 
@@ -48,14 +47,14 @@ class LogWriter:
     backoff. A batch refused for what a record holds is split in halves until
     the bad records stand alone: the others are stored and charged, the bad
     ones are set aside (logged by request id, counted, never charged) and
-    `on_rejected(charges)` is told what they would have charged.
+    `on_rejected(records)` is told of them, for what they would have charged.
     `close` flushes what is left. The records held (waiting, or in the batch
     being written) are bounded in count and in memory: a record that would
     take them past AETHERGATE_LOG_BUFFER_MAX records or
     AETHERGATE_LOG_BUFFER_MAX_BYTES (`record_bytes`) drops the oldest waiting
     ones first; drops are counted, logged, and release their charges. The
     batch being written is never dropped.
-    `on_settled(charges)` is told what each stored batch charged per user;
+    `on_settled(records)` is told of each stored batch, for what it charged;
     `write` is the storage seam (tests pass a failing one), `clock` the time
     seam of `health`, `retry_seconds` the unit of the back-off after an
     outage (`retry_seconds` * 2**n after n failures in a row, at most
@@ -64,9 +63,9 @@ class LogWriter:
 
     def __init__(
         self,
-        on_settled: Callable[[dict], None] | None = None,
+        on_settled: Callable[[list[RequestRecord]], None] | None = None,
         write=write_batch,
-        on_rejected: Callable[[dict], None] | None = None,
+        on_rejected: Callable[[list[RequestRecord]], None] | None = None,
         clock=time.monotonic,
         retry_seconds: float = 0.5,
     ):
@@ -192,7 +191,7 @@ class LogWriter:
             while parts:
                 part = parts.popleft()
                 try:
-                    charges = await run_db(self.write, part)
+                    await run_db(self.write, part)
                 except Exception as exc:
                     if not is_record_fault(exc):
                         self._outage(exc, part, parts)
@@ -205,7 +204,7 @@ class LogWriter:
                         half = len(part) // 2
                         parts.extendleft((part[half:], part[:half]))
                     continue
-                self._stored(part, charges)
+                self._stored(part)
         finally:
             if refused:
                 self._log_refused(refused)
@@ -214,7 +213,7 @@ class LogWriter:
     def _progress(self) -> None:
         self.last_success = self._waiting_since = self.clock()
 
-    def _stored(self, part: list[RequestRecord], charges: dict) -> None:
+    def _stored(self, part: list[RequestRecord]) -> None:
         self.written += len(part)
         self._in_flight -= len(part)
         self._forget(part)
@@ -222,7 +221,7 @@ class LogWriter:
         metrics.LOG_BATCHES.labels("ok").inc()
         metrics.LOG_WRITTEN.inc(len(part))
         if self.on_settled:
-            self.on_settled(charges)
+            self.on_settled(part)
 
     def _set_aside(self, record: RequestRecord) -> None:
         self.rejected += 1
@@ -240,7 +239,7 @@ class LogWriter:
     def _release(self, record: RequestRecord) -> None:
         """Tell `on_rejected` the charge of a record that will never be stored."""
         if self.on_rejected and record.user_id and record.cost:
-            self.on_rejected({record.user_id: Decimal(record.cost)})
+            self.on_rejected([record])
 
     def _outage(self, exc: Exception, part: list[RequestRecord], rest: deque) -> None:
         self.failed_batches += 1

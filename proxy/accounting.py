@@ -61,6 +61,7 @@ class Exchange:
     completion: list[str] = field(default_factory=list)
     error: str = ""
     attempts: list[dict] = field(default_factory=list)
+    held: object = None  # a proxy.meter.Held: what it reserved, given back at its end
 
     def failed(self, status: int, outcome: Outcome, error: str = "") -> None:
         self.status, self.outcome, self.error = status, outcome, error
@@ -118,7 +119,7 @@ def account(runtime, ex: Exchange) -> None:
         runtime.faults.report(ex.request_id)
     if ex.key is None:
         return  # no key, no account to log it under
-    runtime.catalog.charge(ex.key.user_id, cost)
+    runtime.catalog.charge(ex.key, cost)
     runtime.writer.submit(ex.record(elapsed, cost))
 
 

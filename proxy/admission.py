@@ -1,11 +1,15 @@
 """Whether a key may make this call, in the documented order: model, allowed, capability,
-limits, balance. Each refusal is an APIError naming its reason.
+request and token limits, concurrency, budget, balance. Each refusal is an APIError
+naming its reason.
 
-`find_model`, `admit` and `check_balance` are pure; `limit` asks the limiter.
+`find_model`, `admit`, `check_balance` and the refusals are pure; `limit` asks the
+limiter; `proxy.meter` takes the leases and budget reservations.
 """
 
+import math
 from decimal import Decimal
 
+from aethergate.lib.money import format_money
 from aethergate.lib.ratelimit import Decision
 from logs.models import Outcome
 from proxy import errors
@@ -54,41 +58,97 @@ def checks(key: KeyInfo | None, model: ModelInfo) -> list[tuple[str, object]]:
     return found
 
 
-async def limit(limiter, key: KeyInfo | None, model: ModelInfo) -> Decision:
-    """Count the request against every limit it falls under; 429 if one is reached.
+async def limit(limiter, key: KeyInfo | None, model: ModelInfo, tokens: int = 0) -> Decision:
+    """Count the request against every limit it falls under, reserving `tokens` in the
+    token limits; 429 if one is reached.
 
     `key` is None for a fallback model: the key was counted once already.
     """
-    return refused_unless_allowed(await limiter.hit(checks(key, model)))
+    return refused_unless_allowed(await limiter.hit(checks(key, model), tokens), tokens)
 
 
-async def limit_endpoint(limiter, endpoint: EndpointInfo, headers: dict[str, str]) -> None:
+async def limit_endpoint(
+    limiter, endpoint: EndpointInfo, headers: dict[str, str], tokens: int = 0
+) -> Decision:
     """Count an attempt against its endpoint's limits; 429 if one is reached.
 
-    `headers` (the answer's `x-ratelimit-*`) then describe the endpoint's tier
-    if it is the tightest.
+    `headers` (the answer's `x-ratelimit-*`) then describe the endpoint's tiers
+    where they are the tightest.
     """
-    decision = await limiter.hit([(f"e{endpoint.id}", r) for r in endpoint.rates])
-    refused_unless_allowed(decision)
-    remaining = headers.get("x-ratelimit-remaining-requests")
-    if remaining is None or decision.remaining < int(remaining):
-        headers.update(ratelimit_headers(decision))
+    decision = await limiter.hit([(f"e{endpoint.id}", r) for r in endpoint.rates], tokens)
+    refused_unless_allowed(decision, tokens)
+    found = ratelimit_headers(decision)
+    for kind in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        if f"x-ratelimit-limit-{kind}" in found and (
+            remaining is None or int(found[f"x-ratelimit-remaining-{kind}"]) < int(remaining)
+        ):
+            for part in ("limit", "remaining", "reset"):
+                name = f"x-ratelimit-{part}-{kind}"
+                headers[name] = found[name]
+    return decision
 
 
-def refused_unless_allowed(decision: Decision) -> Decision:
-    """`decision`, or the 429 that says which limit refused it."""
-    if not decision.allowed:
-        retry = min(MAX_RETRY_AFTER_SECONDS, max(1, int(decision.retry_after + 0.999)))
+def refused_unless_allowed(decision: Decision, tokens: int = 0) -> Decision:
+    """`decision`, or the 429 that says which limit refused it, in requests or tokens."""
+    if decision.allowed:
+        return decision
+    tier = TIERS[decision.scope[0]]
+    if decision.retry_after == math.inf:
         raise APIError(
             429,
-            f"Rate limit reached for {TIERS[decision.scope[0]]}: {decision.limit} requests "
-            f"per window. Retry in {retry} s.",
-            type="requests",
+            f"Request too large for {tier}'s limit of {decision.limit} tokens per window: "
+            f"it reserves {tokens} (its input, estimated, and its max_tokens). Reduce the "
+            "input or max_tokens.",
+            type="tokens",
             code="rate_limit_exceeded",
             outcome=Outcome.RATE_LIMITED,
-            headers={"retry-after": str(retry), **ratelimit_headers(decision)},
         )
-    return decision
+    retry = min(MAX_RETRY_AFTER_SECONDS, max(1, int(decision.retry_after + 0.999)))
+    unit = "tokens" if decision.tokens else "requests"
+    raise APIError(
+        429,
+        f"Rate limit reached for {tier}: {decision.limit} {unit} per window. Retry in {retry} s.",
+        type=unit,
+        code="rate_limit_exceeded",
+        outcome=Outcome.RATE_LIMITED,
+        headers={"retry-after": str(retry), **ratelimit_headers(decision)},
+    )
+
+
+def concurrency_refused(tier: str, limit: int) -> APIError:
+    """The 429 for a request over a concurrency limit: retried once one in flight ends."""
+    return APIError(
+        429,
+        f"Too many concurrent requests for {TIERS[tier]}: at most {limit} at once. Retry "
+        "when one of them has finished.",
+        type="requests",
+        code="concurrency_limit_exceeded",
+        outcome=Outcome.RATE_LIMITED,
+        headers={"retry-after": "1"},
+    )
+
+
+def budget_refused(budget, period_end, *, spent: Decimal, reserved: Decimal) -> APIError:
+    """The 402 for a request that would take `budget` (a BudgetInfo) past its hard limit."""
+    owner = "This API key's" if budget.scope[0] == "k" else "Your account's"
+    per = "" if budget.period == "none" else f" per {budget.period}"
+    message = (
+        f"{owner} budget of {format_money(budget.limit)}{per} is used up: "
+        f"{format_money(spent)} spent"
+    )
+    if reserved:
+        message += f" and {format_money(reserved)} held by requests in progress"
+    message += "."
+    if period_end is not None:
+        message += f" It resets at {period_end.isoformat().replace('+00:00', 'Z')}."
+    return APIError(
+        402,
+        message,
+        type="insufficient_quota",
+        code="budget_exceeded",
+        outcome=Outcome.BUDGET_EXCEEDED,
+    )
 
 
 def check_balance(balance: Decimal | None) -> None:
@@ -104,10 +164,17 @@ def check_balance(balance: Decimal | None) -> None:
 
 
 def ratelimit_headers(decision: Decision) -> dict[str, str]:
-    if not decision.limit:
-        return {}
-    return {
-        "x-ratelimit-limit-requests": str(decision.limit),
-        "x-ratelimit-remaining-requests": str(decision.remaining),
-        "x-ratelimit-reset-requests": f"{max(decision.reset, 0):.3f}s",
-    }
+    """The `x-ratelimit-*` headers of the tightest request and token tiers, as OpenAI
+    sends them (the reset as a duration, "1.5s")."""
+    found = {}
+    if decision.limit and not (decision.tokens and not decision.allowed):
+        found["x-ratelimit-limit-requests"] = str(decision.limit)
+        found["x-ratelimit-remaining-requests"] = str(decision.remaining)
+        found["x-ratelimit-reset-requests"] = f"{max(decision.reset, 0):.3f}s"
+    if decision.token_limit or (decision.tokens and not decision.allowed):
+        limit = decision.token_limit or decision.limit
+        found["x-ratelimit-limit-tokens"] = str(limit)
+        found["x-ratelimit-remaining-tokens"] = str(decision.token_remaining)
+        reset = decision.token_reset if decision.allowed else decision.reset
+        found["x-ratelimit-reset-tokens"] = f"{max(reset, 0):.3f}s"
+    return found

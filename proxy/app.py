@@ -13,7 +13,7 @@ import logging
 
 from aethergate.lib import metrics
 from logs.models import Outcome
-from proxy import auth, errors, routes
+from proxy import auth, errors, meter, routes
 from proxy.accounting import Exchange, account
 from proxy.asgi_io import Receive, Responder, Scope, Send
 from proxy.errors import APIError, ClientGone
@@ -94,4 +94,9 @@ class App:
             await responder.error(error)
         finally:
             runtime.active -= 1
+            if ex.held is not None:
+                try:
+                    await meter.settle(runtime, ex)
+                except Exception:  # its log record and charge must not be lost with it
+                    runtime.faults.report(ex.request_id)
             account(runtime, ex)

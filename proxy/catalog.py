@@ -3,7 +3,8 @@
 No request queries the database: the snapshot is rebuilt when a change is
 signalled in this process (`aethergate.lib.changes`), announced by another
 process over Redis, or seen by polling a cheap change marker. Balances are
-re-read at every poll, so charges made by other processes count here within a poll.
+re-read at every poll, and so is what each budget has spent this period, so
+charges made by other processes count here within a poll.
 
 If the database is unreachable the previous snapshot keeps serving: known
 keys keep working, and `available` turns False so that unknown keys get a
@@ -18,7 +19,7 @@ from decimal import Decimal
 from django.conf import settings
 
 from aethergate.lib.db import run_db
-from proxy.snapshot import Snapshot, change_marker, load_balances, load_snapshot
+from proxy.snapshot import Snapshot, change_marker, load_balances, load_snapshot, load_spent
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,16 @@ class Catalog:
     def _load():
         return change_marker(), load_snapshot()
 
-    @staticmethod
-    def _poll():
-        return change_marker(), load_balances()
+    def _poll(self):
+        budgets = self.snapshot.budgets if self.snapshot else {}
+        return change_marker(), load_balances(), load_spent(budgets) if budgets else {}
 
     async def watch(self) -> None:
         """Poll for changes made by other processes, and re-read balances."""
         while True:
             await asyncio.sleep(settings.AETHERGATE_CATALOG_POLL_SECONDS)
             try:
-                marker, balances = await run_db(self._poll)
+                marker, balances, spent = await run_db(self._poll)
             except Exception as exc:
                 self._went_unavailable(exc)
                 continue
@@ -95,7 +96,7 @@ class Catalog:
             elif self._loaded == self._wanted:
                 # Read after every charge this process has seen settled (the
                 # writer shares the database thread), so those leave the ledger.
-                self.snapshot = replace(self.snapshot, balances=balances)
+                self.snapshot = replace(self.snapshot, balances=balances, spent=spent)
                 self._settled = {}
 
     def _went_unavailable(self, exc: Exception) -> None:
@@ -112,25 +113,54 @@ class Catalog:
             log.warning("The database is reachable again")
         self.available = True
 
-    # Balances: the snapshot's value, less charges made since it was read.
+    # Balances and budget spend: the snapshot's values, with the charges made since
+    # they were read. The ledger is keyed by user id (balances) and by budget scope
+    # ("k<id>", "u<id>"; only for keys and users with a budget).
     def balance(self, user_id: int) -> Decimal | None:
         base = self.snapshot.balances.get(user_id) if self.snapshot else None
         if base is None:
             return None
         return base - self._unsettled.get(user_id, 0) - self._settled.get(user_id, 0)
 
-    def charge(self, user_id: int, cost: Decimal) -> None:
-        """A request's cost, counted until the log writer has stored it."""
+    def spent(self, scope: str, start) -> Decimal:
+        """What the budget `scope` has spent in the period from `start`, as far as this
+        process knows: the database's (at the last poll) and its own charges since."""
+        read = self.snapshot.spent.get(scope) if self.snapshot else None
+        base = read[1] if read is not None and read[0] == start else Decimal(0)
+        return base + self._unsettled.get(scope, 0) + self._settled.get(scope, 0)
+
+    def charge(self, key, cost: Decimal) -> None:
+        """A request's cost on `key` (a KeyInfo), counted until the log writer has stored it."""
         if cost:
-            self._unsettled[user_id] = self._unsettled.get(user_id, 0) + cost
+            self._add(self._unsettled, key.user_id, cost)
+            for budget in key.budgets:
+                self._add(self._unsettled, budget.scope, cost)
 
-    def released(self, charges: dict[int, Decimal]) -> None:
-        """The writer will never store these charges (their records were refused): forget them."""
-        for user_id, cost in charges.items():
-            self._unsettled[user_id] = self._unsettled.get(user_id, 0) - cost
+    def released(self, records) -> None:
+        """The writer will never store these records: forget their charges."""
+        for key, cost in self._charges(records):
+            self._add(self._unsettled, key, -cost)
 
-    def settled(self, charges: dict[int, Decimal]) -> None:
-        """The writer stored these charges: they are in the database, not yet in the snapshot."""
-        for user_id, cost in charges.items():
-            self._unsettled[user_id] = self._unsettled.get(user_id, 0) - cost
-            self._settled[user_id] = self._settled.get(user_id, 0) + cost
+    def settled(self, records) -> None:
+        """The writer stored these records: their charges are in the database, not yet in
+        the snapshot."""
+        for key, cost in self._charges(records):
+            self._add(self._unsettled, key, -cost)
+            self._add(self._settled, key, cost)
+
+    def _charges(self, records):
+        """(ledger key, cost) of each charge these records made."""
+        for record in records:
+            if record.cost and record.user_id:
+                yield record.user_id, record.cost
+                for scope in (f"k{record.api_key_id}", f"u{record.user_id}"):
+                    if scope in self._unsettled:
+                        yield scope, record.cost
+
+    @staticmethod
+    def _add(ledger: dict, key, amount: Decimal) -> None:
+        left = ledger.get(key, 0) + amount
+        if left:
+            ledger[key] = left
+        else:
+            ledger.pop(key, None)

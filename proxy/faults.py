@@ -1,4 +1,5 @@
-"""Faults in a request's own bookkeeping (metrics, access log): counted, logged without flooding."""
+"""Faults in a request's own bookkeeping (metrics, access log, settling its limits): counted,
+logged without flooding."""
 
 import logging
 import time
@@ -34,7 +35,7 @@ class FaultReporter:
         if self._last_report is not None and now - self._last_report < self.interval:
             return
         log.error(
-            "Counting request %s in the metrics or the access log failed "
+            "Counting request %s in the metrics, the access log or its limits failed "
             "(%d such failures since the last report; their log records were kept)",
             request_id,
             self._unreported,

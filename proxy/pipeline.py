@@ -11,7 +11,7 @@ import random
 from django.conf import settings
 
 from logs.models import Outcome
-from proxy import admission, errors, forms, forwarding, routing
+from proxy import admission, errors, forms, forwarding, meter, routing
 from proxy.accounting import Exchange
 from proxy.asgi_io import Receive, Responder, Scope, read_body, sends_json, wait_for_disconnect
 from proxy.codec import dumps, loads_client
@@ -64,7 +64,16 @@ async def _infer(
     snapshot = runtime.catalog.snapshot
     ex.model = model = admission.find_model(snapshot, name)
     admission.admit(ex.key, model, op.capability)
-    decision = await admission.limit(runtime.limiter, ex.key, model)
+    # Held from here to the end of the request, whatever ends it (meter.settle).
+    held = None
+    if meter.needs_holding(ex.key, model, snapshot.models):
+        ex.held = held = meter.Held()
+        held.tokens, held.cost = meter.reserve(model, payload)
+    decision = await admission.limit(runtime.limiter, ex.key, model, held.tokens if held else 0)
+    if held is not None:
+        if decision.held:
+            held.decisions.append((decision, None))
+        await meter.take(runtime, ex.key, model, held, ex.created_at)
     admission.check_balance(runtime.catalog.balance(ex.key.user_id))
     headers = admission.ratelimit_headers(decision)
     # Only a choice between deployments needs the session; most models have one.
@@ -79,7 +88,9 @@ async def _infer(
         )
 
     async def admit_fallback(candidate: ModelInfo) -> None:
-        await admission.limit(runtime.limiter, None, candidate)
+        found = await admission.limit(runtime.limiter, None, candidate, held.tokens if held else 0)
+        if found.held:
+            ex.held.decisions.append((found, None))
 
     # The client going away cancels this task, and with it the upstream call.
     task = asyncio.current_task()
@@ -163,10 +174,15 @@ async def call_upstream(
     endpoint = deployment.endpoint
     record["deployment"] = deployment.label
     if endpoint.rates:
+        held = ex.held
         try:
-            await admission.limit_endpoint(runtime.limiter, endpoint, headers)
+            found = await admission.limit_endpoint(
+                runtime.limiter, endpoint, headers, held.tokens if held else 0
+            )
         except errors.APIError as limited:
             raise errors.Retryable("rate_limited", limited) from None
+        if found.held:
+            held.decisions.append((found, endpoint.id))
     ex.endpoint = endpoint.name
     # Upstreams parse this header: llama-cpp-python refuses anything but a UUID
     # (400, empty body) and vLLM makes it the engine's request id, which must be

@@ -7,7 +7,7 @@ in `proxy.formats`.
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy import errors, listing, pipeline, relay, validation
+from proxy import errors, listing, me, pipeline, relay, validation
 from proxy.formats import openai
 
 
@@ -123,6 +123,7 @@ OPERATIONS = (
         )
     ),
     Operation("GET", "/v1/models", listing.list_models),
+    Operation("GET", "/v1/me", me.describe),
 )
 RETRIEVE_MODEL = Operation("GET", listing.PREFIX + "{model}", listing.retrieve_model)
 

@@ -1,7 +1,8 @@
 """The per-process state `/v1` serves from, made at lifespan startup and passed to every step.
 
-A `Runtime` holds the catalog, the rate limiter, the log writer, the
-upstream client, the deployment router, the invalid-key throttle and the drain state; nothing of it
+A `Runtime` holds the catalog, the rate limiter, the concurrency leases, the
+budgets and their alerts, the log writer, the upstream client, the deployment
+router, the invalid-key throttle and the drain state; nothing of it
 lives in module globals, so every server (or test) starts clean.
 """
 
@@ -16,9 +17,12 @@ from django.db import connections
 from django.utils import timezone
 
 from aethergate.lib import changes
+from aethergate.lib.budgets import Budgets
+from aethergate.lib.leases import Leases
 from aethergate.lib.ratelimit import make_limiter, make_shared
 from logs.writer import LogWriter
 from proxy import broadcast
+from proxy.alerts import Alerts
 from proxy.catalog import Catalog
 from proxy.faults import FaultReporter
 from proxy.routing import Router
@@ -36,10 +40,25 @@ SCOPE_KEY = "aethergate.runtime"
 class Runtime:
     """What one process's `/v1` needs between requests; `start` makes one, `close` ends it."""
 
-    def __init__(self, *, catalog, limiter, writer, upstream, key_throttle, router=None):
+    def __init__(
+        self,
+        *,
+        catalog,
+        limiter,
+        writer,
+        upstream,
+        key_throttle,
+        router=None,
+        leases=None,
+        budgets=None,
+        alerts=None,
+    ):
         self.catalog = catalog
         self.router = router or Router()
         self.limiter = limiter
+        self.leases = leases or Leases()
+        self.budgets = budgets or Budgets()
+        self.alerts = alerts or Alerts()
         self.writer = writer
         self.upstream = upstream
         self.key_throttle = key_throttle
@@ -53,9 +72,12 @@ class Runtime:
     async def start(cls) -> "Runtime":
         catalog = Catalog()
         shared = make_shared(settings.REDIS_URL)
+        prefix, seconds = settings.AETHERGATE_REDIS_PREFIX, settings.AETHERGATE_LEASE_SECONDS
         runtime = cls(
             catalog=catalog,
-            limiter=make_limiter(shared, settings.AETHERGATE_REDIS_PREFIX),
+            limiter=make_limiter(shared, prefix),
+            leases=Leases(shared, prefix=prefix, seconds=seconds),
+            budgets=Budgets(shared, prefix=prefix, seconds=seconds),
             writer=LogWriter(on_settled=catalog.settled, on_rejected=catalog.released),
             upstream=Client(max_connections=settings.AETHERGATE_UPSTREAM_MAX_CONNECTIONS),
             key_throttle=InvalidKeyThrottle(settings.AETHERGATE_INVALID_KEY_LIMIT),
@@ -69,6 +91,8 @@ class Runtime:
             loop.create_task(catalog.watch()),
             loop.create_task(runtime.router.watch(runtime.upstream)),
         ]
+        if shared is not None:
+            runtime._tasks.append(loop.create_task(runtime._renew(seconds / 3)))
         if settings.REDIS_URL:
             runtime._tasks.append(loop.create_task(broadcast.listen(catalog.invalidate)))
         runtime._drain_on_sigterm(loop)
@@ -79,6 +103,14 @@ class Runtime:
         """The Runtime serving `/v1` beside the Django `request`; None when there is none
         (not started yet, or a server that does not run aethergate.asgi: WSGI, tests)."""
         return getattr(request, "scope", {}).get(SCOPE_KEY)
+
+    async def _renew(self, every: float) -> None:
+        """Renew this process's shared leases and budget reservations, so that only a
+        process that stopped renewing (crashed) has its expire."""
+        while True:
+            await asyncio.sleep(every)
+            await self.leases.renew()
+            await self.budgets.renew()
 
     def _changed(self, **_signal) -> None:
         self.catalog.invalidate()
@@ -93,6 +125,7 @@ class Runtime:
         for task in self._tasks:
             task.cancel()
         self._tasks = []
+        await self.alerts.close()
         await self.writer.close()
         await self.limiter.close()
         await self.upstream.close()

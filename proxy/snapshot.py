@@ -5,12 +5,14 @@ is added in one place per layer: the model, and its record here.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 from django.db.models import Count, Max
 
+from aethergate.lib import periods
 from aethergate.lib.ratelimit import Rate, parse_spec
 
 log = logging.getLogger(__name__)
@@ -213,6 +215,9 @@ class Snapshot:
     keys: dict[str, KeyInfo]  # by digest of the whole secret
     models: dict[str, ModelInfo]  # by public name
     balances: dict[int, Decimal | None]  # by user id; users without one are absent
+    budgets: dict[str, str] = field(default_factory=dict)  # budget scope -> its period
+    # budget scope -> (start of the period it was read for, spent in it then)
+    spent: dict[str, tuple[datetime, Decimal]] = field(default_factory=dict)
 
 
 def load_snapshot() -> Snapshot:
@@ -245,7 +250,8 @@ def load_snapshot() -> Snapshot:
             log.error(
                 "API key %s has an invalid rate limit %r; refusing it", k.prefix, k.rate_limit
             )
-    return Snapshot(keys, models, load_balances())
+    budgets = {b.scope: b.period for key in keys.values() for b in key.budgets}
+    return Snapshot(keys, models, load_balances(), budgets, load_spent(budgets))
 
 
 def load_balances() -> dict[int, Decimal]:
@@ -253,6 +259,30 @@ def load_balances() -> dict[int, Decimal]:
     from accounts.models import User
 
     return dict(User.objects.filter(balance__isnull=False).values_list("pk", "balance"))
+
+
+def load_spent(budgets: dict[str, str]) -> dict[str, tuple[datetime, Decimal]]:
+    """What each budget (scope -> period) has spent in its current period, from the
+    usage the log writer has stored: one query per kind of owner and period start."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from logs.services import spend_since
+
+    zone = ZoneInfo(settings.AETHERGATE_BUDGET_TIME_ZONE)
+    now = timezone.now()
+    groups: dict[tuple[str, datetime], list[int]] = {}
+    for scope, period in budgets.items():
+        start = periods.bounds(period, now, zone)[0]
+        groups.setdefault((scope[0], start), []).append(int(scope[1:]))
+    found = {}
+    for (kind, start), ids in groups.items():
+        field_name = "api_key_id" if kind == "k" else "user_id"
+        for owner, amount in spend_since(field_name, ids, start).items():
+            found[f"{kind}{owner}"] = (start, amount)
+        for owner in ids:
+            found.setdefault(f"{kind}{owner}", (start, Decimal(0)))
+    return found
 
 
 def change_marker() -> tuple:

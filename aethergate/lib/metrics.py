@@ -101,7 +101,19 @@ LIMITER_DECISIONS = Counter(
 )
 LIMITER_FALLBACKS = Counter(
     "aethergate_ratelimit_backend_fallbacks",
-    "Times the shared (Redis) limiter became unreachable and in-process limits took over.",
+    "Times Redis became unreachable and in-process rate, token and concurrency limits and "
+    "budgets took over.",
+)
+LEASES_LOCAL = Gauge(
+    "aethergate_concurrency_leases_local",
+    "Concurrency leases held in this process's own count (Redis not configured or down).",
+    multiprocess_mode="livesum",
+)
+BUDGET_ALERTS = Counter(
+    "aethergate_budget_alerts", "Soft budget limits crossed (one alert per budget and period)."
+)
+BUDGET_WEBHOOKS = Counter(
+    "aethergate_budget_webhook_attempts", "Budget webhook deliveries tried, by result.", ["result"]
 )
 LOG_QUEUE = Gauge(
     "aethergate_log_queue_depth",

@@ -134,7 +134,9 @@ def test_a_failed_batch_is_retried_not_dropped(key, settings):
     assert calls[:2] == [2, 2]
     assert writer.failed_batches == 1
     assert writer.written == 2
-    assert settled == [{key.owner_id: Decimal("0.50")}]
+    assert [[(r.user_id, r.cost) for r in rs] for rs in settled] == [
+        [(key.owner_id, Decimal("0.25")), (key.owner_id, Decimal("0.25"))]
+    ]
     assert RequestLog.objects.count() == 2
 
 
@@ -169,7 +171,10 @@ def test_the_buffer_is_bounded_and_counts_drops(key, settings):
     assert writer.dropped == 2
     assert [r.request_id for r in writer.pending] == ["r2", "r3", "r4"]
     # What the dropped records would have charged is no longer counted against the user.
-    assert released == [{key.owner_id: Decimal("0.1")}, {key.owner_id: Decimal("0.2")}]
+    assert [[(r.user_id, r.cost) for r in rs] for rs in released] == [
+        [(key.owner_id, Decimal("0.1"))],
+        [(key.owner_id, Decimal("0.2"))],
+    ]
 
 
 def test_the_buffer_is_bounded_in_memory_and_drops_the_oldest_first(key, settings):
@@ -187,7 +192,10 @@ def test_the_buffer_is_bounded_in_memory_and_drops_the_oldest_first(key, setting
     assert [r.request_id for r in writer.pending] == ["r2", "r3", "r4"]
     assert writer.held_bytes == 3 * one
     assert REGISTRY.get_sample_value("aethergate_log_queue_bytes") == 3 * one
-    assert released == [{key.owner_id: Decimal("0.1")}, {key.owner_id: Decimal("0.2")}]
+    assert [[(r.user_id, r.cost) for r in rs] for rs in released] == [
+        [(key.owner_id, Decimal("0.1"))],
+        [(key.owner_id, Decimal("0.2"))],
+    ]
 
 
 def test_a_record_counts_the_memory_its_texts_take(key):
@@ -348,8 +356,8 @@ def test_a_bad_record_is_set_aside_and_the_rest_of_its_batch_stored_and_charged(
     assert calls[0] == 8 and len(calls) <= 1 + 2 * 3
     key.owner.refresh_from_db()
     assert key.owner.balance == Decimal("10") - 7 * Decimal("0.25")
-    assert sum(sum(c.values()) for c in settled) == 7 * Decimal("0.25")
-    assert released == [{key.owner_id: Decimal("0.25")}]
+    assert sum(r.cost for rs in settled for r in rs) == 7 * Decimal("0.25")
+    assert [[r.request_id for r in rs] for rs in released] == [["bad-one"]]
     assert rejected_total() - before == 1
     messages = [r.getMessage() for r in caplog.records if r.name == "logs.writer"]
     assert len(messages) == 1 and "bad-one" in messages[0]
@@ -458,8 +466,8 @@ def test_an_outage_while_splitting_keeps_what_is_left_and_charges_nothing_twice(
     assert (writer.written, writer.rejected, writer.failed_batches) == (5, 1, 1)
     key.owner.refresh_from_db()
     assert key.owner.balance == Decimal("10") - 5 * Decimal("0.25")
-    assert sum(sum(c.values()) for c in settled) == 5 * Decimal("0.25")
-    assert released == [{key.owner_id: Decimal("0.25")}]
+    assert sum(r.cost for rs in settled for r in rs) == 5 * Decimal("0.25")
+    assert [[r.request_id for r in rs] for rs in released] == [["bad"]]
 
 
 def test_a_deleted_user_among_bad_records_keeps_its_row_without_the_link(key):

@@ -415,7 +415,7 @@ def test_the_retry_after_is_at_least_one_second_and_at_most_two_minutes():
         def __init__(self, retry_after):
             self.retry_after = retry_after
 
-        async def hit(self, checks):
+        async def hit(self, checks, tokens=0):
             return Decision(False, 5, 0, 0.2, self.retry_after, "k7")
 
     for wait, header in ((0.0001, "1"), (1.2, "2"), (3600, "120")):
