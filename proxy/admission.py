@@ -129,17 +129,20 @@ def concurrency_refused(tier: str, limit: int) -> APIError:
     )
 
 
-def budget_refused(budget, period_end, *, spent: Decimal, reserved: Decimal) -> APIError:
-    """The 402 for a request that would take `budget` (a BudgetInfo) past its hard limit."""
+def budget_refused(
+    budget, period_end, *, spent: Decimal, reserved: Decimal, reserving: Decimal
+) -> APIError:
+    """The 402 for a request whose reserved cost would take `budget` (a BudgetInfo) past
+    its hard limit."""
     owner = "This API key's" if budget.scope[0] == "k" else "Your account's"
     per = "" if budget.period == "none" else f" per {budget.period}"
-    message = (
-        f"{owner} budget of {format_money(budget.limit)}{per} is used up: "
-        f"{format_money(spent)} spent"
-    )
+    message = f"{owner} budget of {format_money(budget.limit)}{per} has {format_money(spent)} spent"
     if reserved:
         message += f" and {format_money(reserved)} held by requests in progress"
-    message += "."
+    message += (
+        f"; this request may cost up to {format_money(reserving)} (its input, estimated, "
+        "and its max_tokens), more than is left."
+    )
     if period_end is not None:
         message += f" It resets at {period_end.isoformat().replace('+00:00', 'Z')}."
     return APIError(

@@ -14,10 +14,14 @@ keys keep working, and `available` turns False so that unknown keys get a
 import asyncio
 import logging
 from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
+from aethergate.lib import periods
+from aethergate.lib.budgets import counter
 from aethergate.lib.db import run_db
 from proxy.snapshot import Snapshot, change_marker, load_balances, load_snapshot, load_spent
 
@@ -114,27 +118,30 @@ class Catalog:
         self.available = True
 
     # Balances and budget spend: the snapshot's values, with the charges made since
-    # they were read. The ledger is keyed by user id (balances) and by budget scope
-    # ("k<id>", "u<id>"; only for keys and users with a budget).
+    # they were read. The ledger is keyed by user id (balances) and by budget counter
+    # ("k<id>:<period start>", "u<id>:…"; only for keys and users with a budget), so a
+    # charge made before a period began never counts in the next.
     def balance(self, user_id: int) -> Decimal | None:
         base = self.snapshot.balances.get(user_id) if self.snapshot else None
         if base is None:
             return None
         return base - self._unsettled.get(user_id, 0) - self._settled.get(user_id, 0)
 
-    def spent(self, scope: str, start) -> Decimal:
+    def spent(self, scope: str, start: datetime) -> Decimal:
         """What the budget `scope` has spent in the period from `start`, as far as this
         process knows: the database's (at the last poll) and its own charges since."""
         read = self.snapshot.spent.get(scope) if self.snapshot else None
         base = read[1] if read is not None and read[0] == start else Decimal(0)
-        return base + self._unsettled.get(scope, 0) + self._settled.get(scope, 0)
+        name = counter(scope, start)
+        return base + self._unsettled.get(name, 0) + self._settled.get(name, 0)
 
-    def charge(self, key, cost: Decimal) -> None:
-        """A request's cost on `key` (a KeyInfo), counted until the log writer has stored it."""
+    def charge(self, user_id: int, cost: Decimal, counters=()) -> None:
+        """A request's cost to `user_id` and its budget `counters`, counted until the log
+        writer has stored it."""
         if cost:
-            self._add(self._unsettled, key.user_id, cost)
-            for budget in key.budgets:
-                self._add(self._unsettled, budget.scope, cost)
+            self._add(self._unsettled, user_id, cost)
+            for name in counters:
+                self._add(self._unsettled, name, cost)
 
     def released(self, records) -> None:
         """The writer will never store these records: forget their charges."""
@@ -150,12 +157,18 @@ class Catalog:
 
     def _charges(self, records):
         """(ledger key, cost) of each charge these records made."""
+        budgets = self.snapshot.budgets if self.snapshot else {}
+        zone = ZoneInfo(settings.AETHERGATE_BUDGET_TIME_ZONE) if budgets else None
         for record in records:
-            if record.cost and record.user_id:
-                yield record.user_id, record.cost
-                for scope in (f"k{record.api_key_id}", f"u{record.user_id}"):
-                    if scope in self._unsettled:
-                        yield scope, record.cost
+            if not (record.cost and record.user_id):
+                continue
+            yield record.user_id, record.cost
+            for scope in (f"k{record.api_key_id}", f"u{record.user_id}"):
+                period = budgets.get(scope)
+                if period is not None:
+                    name = counter(scope, periods.bounds(period, record.created_at, zone)[0])
+                    if name in self._unsettled:
+                        yield name, record.cost
 
     @staticmethod
     def _add(ledger: dict, key, amount: Decimal) -> None:

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 
 from aethergate.lib import periods
+from aethergate.lib.budgets import counter
 from aethergate.lib.ratelimit import Rate
-from proxy import meter
 from proxy.accounting import Exchange
 from proxy.asgi_io import Receive, Responder, Scope
 from proxy.codec import dumps
@@ -34,7 +34,7 @@ def _money(amount) -> str | None:
 async def _budget(runtime, budget: BudgetInfo, now: datetime, zone: ZoneInfo) -> dict:
     start, end = periods.bounds(budget.period, now, zone)
     seed = runtime.catalog.spent(budget.scope, start)
-    spent, reserved = await runtime.budgets.read(meter.counter(budget, start), seed)
+    spent, reserved = await runtime.budgets.read(counter(budget.scope, start), seed)
     return {
         "owner_type": "api_key" if budget.scope[0] == "k" else "user",
         "period": budget.period,

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 
 from aethergate.lib import periods
-from aethergate.lib.budgets import Hold, Refusal, Wanted
+from aethergate.lib.budgets import Hold, Refusal, Wanted, counter
 from aethergate.lib.leases import Lease
 from aethergate.lib.ratelimit import Decision
 from proxy import admission, forms, usage
@@ -121,7 +121,7 @@ async def take(runtime, key: KeyInfo, model: ModelInfo, held: Held, now: datetim
     found = await runtime.budgets.reserve(
         [
             Wanted(
-                counter(b, start),
+                counter(b.scope, start),
                 b.limit,
                 runtime.catalog.spent(b.scope, start),
                 _keep_seconds(now, end),
@@ -132,13 +132,10 @@ async def take(runtime, key: KeyInfo, model: ModelInfo, held: Held, now: datetim
     )
     if isinstance(found, Refusal):
         budget, _, end = held.budgets[found.index]
-        raise admission.budget_refused(budget, end, spent=found.spent, reserved=found.reserved)
+        raise admission.budget_refused(
+            budget, end, spent=found.spent, reserved=found.reserved, reserving=held.cost
+        )
     held.budget = found
-
-
-def counter(budget: BudgetInfo, start: datetime) -> str:
-    """The name of a budget's counter for the period from `start`."""
-    return f"{budget.scope}:{int(start.timestamp())}"
 
 
 def _keep_seconds(now: datetime, end: datetime | None) -> int:

@@ -231,6 +231,11 @@ class Budgets:
         return "" if self.shared.server_time else repr(self.shared.clock())
 
 
+def counter(scope: str, start) -> str:
+    """The name of budget `scope`'s counter for the period that started at `start`."""
+    return f"{scope}:{int(start.timestamp())}"
+
+
 def _units(amount: Decimal) -> str:
     """`amount` as the integer of 10**-10 Redis keeps (rounded half even, as the database)."""
     return str(int((amount * SCALE).to_integral_value()))
