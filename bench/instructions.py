@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = (50, 250)
 
 
-def serve(count: int, kind: str, deployments: int) -> None:
+def serve(count: int, kind: str, deployments: int, limits: bool) -> None:
     """Answer `count` chat requests of `kind` (json or stream) in this process, for a model
-    with `deployments` deployments."""
+    with `deployments` deployments; with `limits`, from a key with a token limit, a
+    concurrency limit and a budget (all in the process, as without Redis)."""
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aethergate.settings")
     import django
@@ -46,7 +47,18 @@ def serve(count: int, kind: str, deployments: int) -> None:
         fakes.deployment_info("echo", fakes.endpoint_info(id=n, name=f"ep{n}"))
         for n in range(deployments)
     )
-    snapshot = fakes.snapshot(models=[fakes.model_info(deployments=served)])
+    keys = None
+    if limits:
+        from decimal import Decimal
+
+        from proxy.snapshot import BudgetInfo
+
+        budget = BudgetInfo("k7", "bench", Decimal(10**9), Decimal(10**8), "month")
+        key = fakes.key_info(
+            rate_limit="1000000/m,1000000000tok/m", max_concurrent=100, budgets=(budget,)
+        )
+        keys = {fakes.SECRET: key}
+    snapshot = fakes.snapshot(keys=keys, models=[fakes.model_info(deployments=served)])
 
     async def run():
         runtime = fakes.runtime(snapshot, upstream=upstream)
@@ -58,7 +70,7 @@ def serve(count: int, kind: str, deployments: int) -> None:
     asyncio.run(run())
 
 
-def instructions(count: int, kind: str, deployments: int) -> int:
+def instructions(count: int, kind: str, deployments: int, limits: bool) -> int:
     env = dict(
         os.environ,
         PYTHONHASHSEED="0",
@@ -70,7 +82,8 @@ def instructions(count: int, kind: str, deployments: int) -> int:
         out = Path(tmp) / "callgrind.out"
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-             __file__, "--serve", str(count), f"--deployments={deployments}", kind],
+             __file__, "--serve", str(count), f"--deployments={deployments}",
+             *(["--limits"] if limits else []), kind],
             env=env, check=True, capture_output=True,
         )  # fmt: skip
         return int(re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M).group(1))
@@ -86,16 +99,25 @@ def main(argv=None) -> int:
         default=[1],
         help="deployments of the model: each count is measured",
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="the key has a token limit, a concurrency limit and a budget",
+    )
     parser.add_argument("kinds", nargs="*", default=["json", "stream"])
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.kinds[0], args.deployments[0])
+        serve(args.serve, args.kinds[0], args.deployments[0], args.limits)
         return 0
+    extra = ", token limit + concurrency + budget" if args.limits else ""
     for deployments in args.deployments:
         for kind in args.kinds:
-            low, high = (instructions(n, kind, deployments) for n in RUNS)
+            low, high = (instructions(n, kind, deployments, args.limits) for n in RUNS)
             per = (high - low) // (RUNS[1] - RUNS[0])
-            print(f"chat {kind}, {deployments} deployment(s): {per:,} instructions per request")
+            print(
+                f"chat {kind}, {deployments} deployment(s){extra}: "
+                f"{per:,} instructions per request"
+            )
     return 0
 
 

@@ -44,23 +44,17 @@ class Held:
 
 def needs_holding(key: KeyInfo, model: ModelInfo, models: dict[str, ModelInfo]) -> bool:
     """Whether a request of `key` on `model` falls under a token, concurrency or budget
-    limit: its key's, its model's, or those of the models it may fall back to and of
-    their endpoints."""
-    if key.budgets or key.max_concurrent or any(r.tokens for r in key.rates):
+    limit: its key's, its model's (their `holds`), or a model it may fall back to."""
+    if key.holds or model.holds:
         return True
-    if model.max_concurrent:
-        return True
-    seen: set[str] = set()
-    todo = [model]
+    seen, todo = {model.name}, [model]
     while todo:
         current = todo.pop()
-        seen.add(current.name)
-        if any(r.tokens for r in current.rates) or any(
-            r.tokens for d in current.deployments for r in d.endpoint.rates
-        ):
-            return True
         for name in (current.fallback, current.context_fallback):
             if name is not None and name not in seen and name in models:
+                if models[name].holds:
+                    return True
+                seen.add(name)
                 todo.append(models[name])
     return False
 

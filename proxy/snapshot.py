@@ -62,6 +62,12 @@ class KeyInfo:
     models: frozenset[str]
     max_concurrent: int | None
     budgets: tuple[BudgetInfo, ...]  # the key's, then its owner's
+    # Whether its requests hold anything (proxy.meter): a token limit, leases, a budget.
+    holds: bool = field(init=False)
+
+    def __post_init__(self):
+        holds = bool(self.budgets or self.max_concurrent or any(r.tokens for r in self.rates))
+        object.__setattr__(self, "holds", holds)
 
     @classmethod
     def from_model(cls, key, *, models: frozenset[str]) -> "KeyInfo":
@@ -177,6 +183,17 @@ class ModelInfo:
     # By priority, then weight; only those that may be sent requests (weighted, endpoint active).
     deployments: tuple[DeploymentInfo, ...]
     created: int
+    # Whether its requests hold anything (proxy.meter): leases, or a token limit of its
+    # own or of one of its endpoints.
+    holds: bool = field(init=False)
+
+    def __post_init__(self):
+        holds = bool(
+            self.max_concurrent
+            or any(r.tokens for r in self.rates)
+            or any(r.tokens for d in self.deployments for r in d.endpoint.rates)
+        )
+        object.__setattr__(self, "holds", holds)
 
     @classmethod
     def from_model(cls, model, *, deployments: tuple[DeploymentInfo, ...]) -> "ModelInfo":

@@ -159,7 +159,8 @@ def test_a_lease_is_given_back_when_the_client_leaves_or_the_upstream_fails(
         json={"model": "long", "messages": [{"role": "user", "content": "hi"}], "stream": True},
         headers=bearer(secret),
     ) as streamed:
-        next(streamed.iter_lines())  # the stream started: the slot is taken
+        lines = streamed.iter_lines()  # held: a dropped iterator closes the stream
+        next(lines)  # the stream started: the slot is taken
         assert chat(http, secret).status_code == 429
     # The client left mid-stream.
     wait_for(lambda: runtime(gateway).leases.local == {}, what="the lease given back")
