@@ -115,8 +115,7 @@ def main(argv=None) -> int:
             low, high = (instructions(n, kind, deployments, args.limits) for n in RUNS)
             per = (high - low) // (RUNS[1] - RUNS[0])
             print(
-                f"chat {kind}, {deployments} deployment(s){extra}: "
-                f"{per:,} instructions per request"
+                f"chat {kind}, {deployments} deployment(s){extra}: {per:,} instructions per request"
             )
     return 0
 
