@@ -25,18 +25,15 @@ from decimal import Decimal
 
 from redis.exceptions import RedisError
 
+from aethergate.lib.ratelimit import LUA_NOW
+
 SCALE = Decimal(10) ** 10  # amounts in Redis are integers of 1/SCALE
 
 # KEYS: one hash per budget; ARGV: now (empty: the server's clock), seconds a
 # reservation lives, seconds a hash lives, the reservation id, the amount,
 # then per budget its hard limit ("" for none) and the spend to seed it with.
 # Returns {1} or {0, index, spent, reserved} of the budget that refused.
-_RESERVE = """
-local now = tonumber(ARGV[1])
-if now == nil then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_RESERVE = LUA_NOW + """
 local ttl, keep, id, amount = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 for i = 1, #KEYS do
   local h, z = KEYS[i], KEYS[i] .. ':r'
@@ -92,12 +89,7 @@ return reply
 """
 
 # KEYS: the reservation sets; ARGV: now, seconds, then the id for each key.
-_RENEW = """
-local now = tonumber(ARGV[1])
-if now == nil then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_RENEW = LUA_NOW + """
 for i = 1, #KEYS do
   redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[2]), ARGV[2 + i])
 end
@@ -158,7 +150,7 @@ class Budgets:
         hold_id = f"{self._id_prefix}{next(self._ids):x}"
         keys = tuple(w.key for w in wanted)
         if self.shared is not None and not self.shared.down():
-            args = [self._now(), self.seconds, max(w.keep_seconds for w in wanted), hold_id]
+            args = [self.shared.now(), self.seconds, max(w.keep_seconds for w in wanted), hold_id]
             args.append(_units(amount))
             for w in wanted:
                 args += ["" if w.hard is None else _units(w.hard), _units(w.seed)]
@@ -225,10 +217,8 @@ class Budgets:
             for key in hold.keys:
                 keys.append(f"{self.prefix}{key}:r")
                 ids.append(hold.id)
-        await self.shared.run(self._renew, keys, [self._now(), self.seconds, *ids], "budgets")
+        await self.shared.run(self._renew, keys, [self.shared.now(), self.seconds, *ids], "budgets")
 
-    def _now(self) -> str:
-        return "" if self.shared.server_time else repr(self.shared.clock())
 
 
 def counter(scope: str, start) -> str:

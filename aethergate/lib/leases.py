@@ -14,16 +14,12 @@ import secrets
 from dataclasses import dataclass, field
 
 from aethergate.lib import metrics
+from aethergate.lib.ratelimit import LUA_NOW
 
 # Takes a lease in every scope or in none. KEYS: one sorted set per scope;
 # ARGV: now (empty: the server's clock), seconds a lease lives, the lease id,
 # then each scope's limit. Returns {1} or {0, index of the full scope}.
-_ACQUIRE = """
-local now = tonumber(ARGV[1])
-if now == nil then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_ACQUIRE = LUA_NOW + """
 for i = 1, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[3 + i]) then return {0, i} end
@@ -38,12 +34,7 @@ return {1}
 
 # Renews leases that still exist. KEYS: sorted sets; ARGV: now, seconds, then
 # the lease id for each key.
-_RENEW = """
-local now = tonumber(ARGV[1])
-if now == nil then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_RENEW = LUA_NOW + """
 local ttl = tonumber(ARGV[2])
 for i = 1, #KEYS do
   if redis.call('ZADD', KEYS[i], 'XX', 'CH', now + ttl, ARGV[2 + i]) == 1 then
@@ -54,12 +45,7 @@ return 0
 """
 
 # Counts the live leases of KEYS[1] (ARGV[1]: now, empty for the server's clock).
-_COUNT = """
-local now = tonumber(ARGV[1])
-if now == nil then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+_COUNT = LUA_NOW + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 """
@@ -108,7 +94,7 @@ class Leases:
             reply = await self.shared.run(
                 self._acquire,
                 [self.prefix + scope for scope in scopes],
-                [self._now(), self.seconds, lease_id, *(limit for _, limit in wanted)],
+                [self.shared.now(), self.seconds, lease_id, *(limit for _, limit in wanted)],
                 "concurrency limits",
             )
             if reply is not None:
@@ -157,18 +143,16 @@ class Leases:
                 keys.append(self.prefix + scope)
                 ids.append(lease.id)
         await self.shared.run(
-            self._renew, keys, [self._now(), self.seconds, *ids], "concurrency limits"
+            self._renew, keys, [self.shared.now(), self.seconds, *ids], "concurrency limits"
         )
 
     async def in_use(self, scope: str) -> int:
         """Leases held now in `scope`: across processes with Redis, else in this one."""
         if self.shared is not None and not self.shared.down():
             found = await self.shared.run(
-                self._count, [self.prefix + scope], [self._now()], "concurrency limits"
+                self._count, [self.prefix + scope], [self.shared.now()], "concurrency limits"
             )
             if found is not None:
                 return found
         return self.local.get(scope, 0)
 
-    def _now(self) -> str:
-        return "" if self.shared.server_time else repr(self.shared.clock())

@@ -233,6 +233,16 @@ def _admitted(best: dict, held: tuple, tokens: int, *, shared: bool) -> Decision
     )  # fmt: skip
 
 
+# The time of a script: ARGV[1] when the caller's clock runs it (tests), else the
+# Redis server's, so that hosts with skewed clocks share one.
+LUA_NOW = """
+local now = tonumber(ARGV[1])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
 # The same stepped window as LocalLimiter, in one hash per (scope, window)
 # (field: step index, value: amount), decided for every tier of a request in
 # one atomic round trip. Times are the Redis server's (ARGV[2] empty), so
@@ -347,7 +357,6 @@ class RedisLimiter:
         self.script = self.redis.register_script(_STEPPED_WINDOW)
         self.settle_script = self.redis.register_script(_SETTLE)
         self.prefix = f"{prefix}:rl:"
-        self.server_time = self.shared.server_time
         self.clock = self.shared.clock
         self.local = LocalLimiter(self.clock)
 
@@ -358,7 +367,7 @@ class RedisLimiter:
             return await self.local.hit(checks, tokens)
         keys = [f"{self.prefix}{scope}:{rate.seconds}{'t' if rate.tokens else ''}"
                 for scope, rate in checks]  # fmt: skip
-        args = [STEPS, "" if self.server_time else repr(self.clock())]
+        args = [STEPS, self.shared.now()]
         for _, rate in checks:
             args += [rate.limit, rate.seconds, tokens if rate.tokens else 1, int(rate.tokens)]
         reply = await self.shared.run(self.script, keys, args, "rate limits")
@@ -424,6 +433,10 @@ class SharedRedis:
 
     def down(self) -> bool:
         return self.clock() < self.down_until
+
+    def now(self) -> str:
+        """The time to pass a script (LUA_NOW): "" for the Redis server's."""
+        return "" if self.server_time else repr(self.clock())
 
     async def run(self, script, keys: list, args: list, what: str):
         try:
