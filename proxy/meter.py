@@ -47,6 +47,8 @@ def needs_holding(key: KeyInfo, model: ModelInfo, models: dict[str, ModelInfo]) 
     limit: its key's, its model's (their `holds`), or a model it may fall back to."""
     if key.holds or model.holds:
         return True
+    if model.fallback is None and model.context_fallback is None:
+        return False
     seen, todo = {model.name}, [model]
     while todo:
         current = todo.pop()

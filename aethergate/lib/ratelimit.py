@@ -170,6 +170,8 @@ class LocalLimiter:
         pass
 
     def _hit(self, checks: list[tuple[str, Rate]], tokens: int = 0) -> Decision:
+        if not checks:
+            return ADMITTED
         now = self.clock()
         best: dict[bool, tuple] = {}  # by tokens: (limit, remaining, reset, scope)
         refused = None
