@@ -82,10 +82,15 @@ class Exchange:
             self.outcome == Outcome.OK or bool(self.input_units or self.output_units)
         )
 
+    def cost_unknown(self) -> bool:
+        """Whether it would be charged but its model has no price (`ModelInfo.unpriced`):
+        logged so, with a cost of 0, never silently free."""
+        return self.billable() and self.model.unpriced
+
     def charge(self) -> Decimal:
         """What the request costs: its units at its model's prices, the cached input at the
-        cache prices; nothing when it is not billable."""
-        if not self.billable():
+        cache prices; nothing when it is not billable or its cost is unknown."""
+        if not self.billable() or self.model.unpriced:
             return Decimal(0)
         return usage.cost(
             self.model,
@@ -119,7 +124,7 @@ class Exchange:
             reasoning_units=self.reasoning_units,
             usage_estimated=self.estimated,
             cost=cost,
-            cost_unknown=False,
+            cost_unknown=self.cost_unknown(),
             prompt_text=self.prompt if key.log_content else "",
             completion_text="".join(self.completion) if key.log_content else "",
             error=self.error,
@@ -186,6 +191,7 @@ def observe(ex: Exchange, elapsed: float, cost: Decimal) -> None:
                 "output_units": ex.output_units,
                 "reasoning_units": ex.reasoning_units,
                 "cost": str(cost),
+                "cost_unknown": ex.cost_unknown(),
                 "key_prefix": ex.key.prefix if ex.key else "",
                 "user": ex.key.username if ex.key else "",
             },

@@ -65,7 +65,9 @@ async def _infer(
     ex.model = model = admission.find_model(snapshot, name)
     admission.admit(ex.key, model, op.capability)
     decision = await admission.limit(runtime.limiter, ex.key, model)
-    admission.check_balance(runtime.catalog.balance(ex.key.user_id))
+    balance = runtime.catalog.balance(ex.key.user_id)
+    admission.check_balance(balance)
+    admission.check_priced(model, metered=balance is not None or bool(ex.key.budgets))
     headers = admission.ratelimit_headers(decision)
     # Only a choice between deployments needs the session; most models have one.
     session = None

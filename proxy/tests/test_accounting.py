@@ -96,6 +96,19 @@ def test_cached_input_is_charged_at_the_cache_prices():
     assert ex.charge() == Decimal("0.1") + Decimal("0.06") + Decimal("0.6") + Decimal("1")
 
 
+def test_a_request_on_an_unpriced_model_costs_nothing_and_its_cost_is_unknown():
+    ex = exchange(units=(100, 10), unpriced=True, price_in=Decimal(0), price_out=Decimal(0),
+                  price_cache_read=Decimal("0.5"))  # fmt: skip
+    ex.key = fakes.key_info()
+
+    assert ex.charge() == 0
+    assert ex.record(elapsed=0.1, cost=ex.charge()).cost_unknown is True
+    # A failure that produced nothing would have cost nothing at any price: known.
+    failed = exchange(Outcome.UPSTREAM_ERROR, unpriced=True)
+    failed.key = fakes.key_info()
+    assert failed.record(elapsed=0.1, cost=failed.charge()).cost_unknown is False
+
+
 def test_an_answer_with_cached_tokens_is_recorded_with_its_components():
     reported = {
         "prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52,

@@ -1,5 +1,6 @@
 """Usage components end to end: an upstream's cached and reasoning tokens, through the live
-gateway to the stand-in, are recorded in the request log and charged at the cache prices."""
+gateway to the stand-in, are recorded in the request log and charged at the cache prices; a
+model without prices is logged with its cost unknown, never silently free."""
 
 import json
 from decimal import Decimal
@@ -109,3 +110,41 @@ def test_a_cached_stream_is_charged_from_its_last_chunks_usage(
     assert row.cost == cost_of(CHUNKS) == Decimal("0.0001314")
     owner.refresh_from_db()
     assert owner.balance == BALANCE - Decimal("0.0001314")
+
+
+def test_a_model_without_prices_is_logged_with_its_cost_unknown(gateway, make_model, owner, secret):
+    make_model(name="unpriced", upstream_name="echo+cached=3")
+    make_model(name="local", upstream_name="echo", is_free=True)
+
+    for model in ("unpriced", "local"):
+        answer = post(gateway, secret, "/chat/completions", {"model": model, "messages": MESSAGES})
+        assert answer.status_code == 200, answer.text
+
+    unpriced, free = wait_for_logs(2)
+    assert (unpriced.model, unpriced.cost, unpriced.cost_unknown) == ("unpriced", 0, True)
+    assert (unpriced.input_units, unpriced.cache_read_units) == (PROMPT_TOKENS, 3)
+    assert (free.model, free.cost, free.cost_unknown) == ("local", 0, False)
+    owner.refresh_from_db()
+    assert owner.balance == BALANCE
+
+
+def test_under_refuse_a_metered_key_is_refused_an_unpriced_model_and_an_unmetered_one_served(
+    gateway, make_model, make_user, make_key, owner, secret, settings
+):
+    settings.AETHERGATE_UNPRICED_MODELS = "refuse"
+    make_model(name="unpriced", upstream_name="echo")
+    unmetered = make_key(owner=make_user("bob"))[1]  # no balance, no budget
+
+    refused = post(
+        gateway, secret, "/chat/completions", {"model": "unpriced", "messages": MESSAGES}
+    )
+    served = post(
+        gateway, unmetered, "/chat/completions", {"model": "unpriced", "messages": MESSAGES}
+    )
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "model_unpriced"
+    assert served.status_code == 200, served.text
+    first, second = wait_for_logs(2)
+    assert (first.username, first.outcome, first.cost_unknown) == ("alice", "forbidden", False)
+    assert (second.username, second.outcome, second.cost_unknown) == ("bob", "ok", True)
