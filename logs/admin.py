@@ -123,6 +123,32 @@ def log_list_query(*, since, until, **filters) -> str:
     return urlencode(params)
 
 
+UNKNOWN = "the model had no price when the request was made"
+
+
+def uncached_units(log) -> int:
+    """The input units not read from or written to the upstream's prompt cache."""
+    return log.input_units - log.cache_read_units - log.cache_write_units
+
+
+def cached_text(log) -> str:
+    """What of a row's input the cache served or took ("" for none): "48 cached", "48
+    cached, 8 written"."""
+    parts = []
+    if log.cache_read_units:
+        parts.append(f"{log.cache_read_units} cached")
+    if log.cache_write_units:
+        parts.append(f"{log.cache_write_units} written")
+    return ", ".join(parts)
+
+
+def usage_summary_text(log) -> str:
+    """A row's units in words, for the list cell's title."""
+    text = f"{log.input_units} in ({uncached_units(log)} uncached"
+    text += f", {log.cache_read_units} read from the cache, {log.cache_write_units} written)"
+    return f"{text}; {log.output_units} out ({log.reasoning_units} reasoning)"
+
+
 @admin.register(RequestLog)
 class RequestLogAdmin(SecretSearchAdmin, ReadOnlyAdmin):
     """Logs are an audit trail: viewable and filterable, never added or edited here.
@@ -153,11 +179,18 @@ class RequestLogAdmin(SecretSearchAdmin, ReadOnlyAdmin):
         EndpointFilter,
         "stream",
         "usage_estimated",
+        "cost_unknown",
     )
     search_fields = ("request_id", "username", "key_prefix", "model")
     search_help_text = "Request id, username, key prefix or model."
-    readonly_fields = ("created_at_exact", "cost_exact")
-    exclude = ("created_at", "cost")
+    readonly_fields = ("created_at_exact", "usage_table", "cost_exact")
+    fieldsets = (
+        (None, {"fields": ("created_at_exact", "request_id", "user", "username", "api_key",
+                           "key_prefix", "model", "endpoint", "path", "status", "outcome",
+                           "stream", "latency_ms", "ttft_ms", "error", "attempts")}),
+        ("Usage and cost", {"fields": ("usage_table", "usage_estimated", "cost_exact")}),
+        ("Content", {"fields": ("prompt_text", "completion_text")}),
+    )  # fmt: skip
     looks_like_secret = staticmethod(looks_like_secret)
     refused_kind = "key"
     refused_advice = "Search by its prefix, and consider rotating it if that address was logged."
@@ -190,15 +223,53 @@ class RequestLogAdmin(SecretSearchAdmin, ReadOnlyAdmin):
 
     @admin.display(description="units in / out")
     def units(self, log):
-        return f"{log.input_units} / {log.output_units}"
+        # The cached part under the totals, small: the whole breakdown is in the title
+        # and on the row's page, so the column stays narrow.
+        units = format_html(
+            '<span title="{}">{} / {}</span>',
+            usage_summary_text(log),
+            log.input_units,
+            log.output_units,
+        )
+        cached = cached_text(log)
+        if not cached:
+            return units
+        return format_html(
+            '{}<br><small style="color: var(--body-quiet-color)">{}</small>', units, cached
+        )
 
     @admin.display(description="cost", ordering="cost")
     def cost_shown(self, log):
+        if log.cost_unknown:
+            return format_html(
+                '<span style="color: var(--error-fg)" title="{}">unknown</span>', UNKNOWN
+            )
         return format_money(log.cost)
 
     @admin.display(description="cost")
     def cost_exact(self, log):
+        if log.cost_unknown:
+            return f"unknown: {UNKNOWN} ({format_money(log.cost)} charged)"
         return f"{format_money(log.cost)} (exactly {log.cost})"
+
+    @admin.display(description="units")
+    def usage_table(self, log):
+        rows = [
+            ("input", "input (all)", log.input_units),
+            ("uncached", "\u2003uncached", uncached_units(log)),
+            ("cache-read", "\u2003read from the cache", log.cache_read_units),
+            ("cache-write", "\u2003written to the cache", log.cache_write_units),
+            ("output", "output", log.output_units),
+            ("reasoning", "\u2003reasoning", log.reasoning_units),
+        ]
+        return format_html(
+            '<table class="usage-units"><tbody>{}</tbody></table>',
+            format_html_join(
+                "",
+                '<tr><th scope="row">{}</th><td data-units="{}">{}</td></tr>',
+                ((label, name, value) for name, label, value in rows),
+            ),
+        )
 
     def get_urls(self):
         export = self.admin_site.admin_view(self.export_view)
@@ -301,9 +372,13 @@ EXPORT_FIELDS = (
     "latency_ms",
     "ttft_ms",
     "input_units",
+    "cache_read_units",
+    "cache_write_units",
     "output_units",
+    "reasoning_units",
     "usage_estimated",
     "cost",
+    "cost_unknown",
     "error",
 )
 

@@ -17,7 +17,7 @@ from aethergate.lib.money import format_money
 from endpoints.models import Endpoint
 from keys.models import APIKey
 from logs.admin import csv_lines, log_list_query
-from logs.services import PERCENTILES, UsageQuery, usage_report
+from logs.services import COMPONENTS, PERCENTILES, UsageQuery, usage_report
 from models_registry.models import Model
 
 # The ranges offered, in hours back from the end of the current hour, and their bucket.
@@ -211,8 +211,8 @@ def dashboard(query: UsageQuery, report: dict) -> dict:
         "query": query,
         "range_label": f"{date_format(timezone.localtime(since), 'Y-m-d H:i')} to "
         f"{date_format(timezone.localtime(until), 'Y-m-d H:i')}",
-        "totals": {**totals, "cost_shown": format_money(totals["cost"]),
-                   "error_rate_shown": f"{totals['error_rate']:.1%}", "link": link(since, until)},
+        "totals": {**_shown(totals), "error_rate_shown": f"{totals['error_rate']:.1%}",
+                   "link": link(since, until)},
         "series": series,
         "tables": tables,
         "outcomes": outcomes,
@@ -220,7 +220,8 @@ def dashboard(query: UsageQuery, report: dict) -> dict:
         "latency": report["latency"],
         "ttft": report["ttft"],
         "charts": {
-            "series": _chart(series, ("requests", "input_units", "output_units", "cost")),
+            "series": _chart(series, ("requests", "input_units", "output_units", "cost",
+                                      "uncached_units", "cache_read_units", "cache_write_units")),
             **{t["id"]: _chart(t["rows"], ("requests", "cost")) for t in tables},
             "outcomes": {
                 "labels": [o["outcome"] for o in outcomes],
@@ -237,7 +238,10 @@ def dashboard(query: UsageQuery, report: dict) -> dict:
 
 
 def _shown(group: dict, **extra) -> dict:
-    return {**group, **extra, "cost_shown": format_money(group["cost"])}
+    """`group`'s sums, with what the page shows of them: the cost rounded, and the input
+    not read from or written to the upstream's cache."""
+    uncached = group["input_units"] - group["cache_read_units"] - group["cache_write_units"]
+    return {**group, **extra, "cost_shown": format_money(group["cost"]), "uncached_units": uncached}
 
 
 def _chart(rows: list[dict], fields: tuple[str, ...]) -> dict:
@@ -262,10 +266,14 @@ def _row_label(key: str, group: dict, name: str) -> str:
     return group[name] or "(none)"
 
 
+# The sums each CSV row has, in its columns' order (the components last, as they came last).
+SUMS = ("requests", "input_units", "output_units", "cost", "errors", *COMPONENTS)
+
+
 def table_rows(query: UsageQuery, report: dict):
     """The dashboard's tables as CSV rows: a header, then a row per bucket, group and outcome,
     in full precision."""
-    yield ("table", "label", "start", "requests", "input_units", "output_units", "cost", "errors")
+    yield ("table", "label", "start", *SUMS)
     for bucket in report["series"]:
         yield ("time", _label(bucket["start"], query.bucket), bucket["start"].isoformat(),
                *_sums(bucket))  # fmt: skip
@@ -273,8 +281,8 @@ def table_rows(query: UsageQuery, report: dict):
         for group in report[key]:
             yield (key, _row_label(key, group, name), "", *_sums(group))
     for group in report["by_outcome"]:
-        yield ("by_outcome", group["outcome"], "", group["requests"], "", "", "", "")
+        yield ("by_outcome", group["outcome"], "", group["requests"], *[""] * (len(SUMS) - 1))
 
 
 def _sums(group: dict) -> tuple:
-    return tuple(group[f] for f in ("requests", "input_units", "output_units", "cost", "errors"))
+    return tuple(group[f] for f in SUMS)

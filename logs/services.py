@@ -560,6 +560,12 @@ def _hour(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+# The usage components a report sums besides the totals: input tokens read from and
+# written to the upstream's cache (parts of input_units), output tokens spent reasoning
+# (part of output_units), and the requests logged with their cost unknown.
+COMPONENTS = ("cache_read_units", "cache_write_units", "reasoning_units", "cost_unknown_requests")
+
+
 def _usage() -> dict:
     """The sums of a group of rollup rows."""
     # `errors` first: a later expression naming "requests" would read the sum below.
@@ -571,6 +577,7 @@ def _usage() -> dict:
         "cost": Coalesce(
             Sum("cost"), Value(Decimal(0)), output_field=models.DecimalField(**MONEY_SUM)
         ),
+        **{name: Coalesce(Sum(name), 0) for name in COMPONENTS},
     }
 
 
@@ -583,9 +590,11 @@ def usage_report(query: UsageQuery, *, limit: int | None = None) -> dict:
     """Usage for `query`: totals, a series over time, breakdowns, outcomes, latency and TTFT.
 
     - `totals`: requests, input_units, output_units, cost, errors (outcomes
-      other than ok) and `error_rate` (errors / requests, 0 without requests);
+      other than ok), the usage components (`COMPONENTS`) and `error_rate`
+      (errors / requests, 0 without requests);
     - `series`: one entry per bucket of the range, empty buckets included,
-      each `{"start", requests, input_units, output_units, cost, errors}`;
+      each `{"start", requests, input_units, output_units, cost, errors}` and
+      the components;
     - `by_model`, `by_endpoint`, `by_user` (`user_id`, `username`) and
       `by_key` (`api_key_id`, `key_prefix`, `username`, `name`: the key's
       name, "" once it is deleted): the same sums per group, most expensive
@@ -741,7 +750,8 @@ def _percentile(counts: list[int], p: int) -> int | None:
 
 
 def log_totals(logs: models.QuerySet, *, kept: dict | None = None) -> dict:
-    """The request count, input and output units and cost of the rows `logs` selects.
+    """The request count, input and output units, cost and usage components (`COMPONENTS`)
+    of the rows `logs` selects.
 
     By default one aggregate over those rows. `kept` says that `logs` is no
     more than a time range and filters the rollups keep: `since` and `until`
@@ -796,6 +806,10 @@ def _row_totals(logs: models.QuerySet) -> dict:
         cost=Coalesce(
             Sum("cost"), Value(Decimal(0)), output_field=models.DecimalField(**MONEY_SUM)
         ),
+        cache_read_units=Coalesce(Sum("cache_read_units"), 0),
+        cache_write_units=Coalesce(Sum("cache_write_units"), 0),
+        reasoning_units=Coalesce(Sum("reasoning_units"), 0),
+        cost_unknown_requests=Count("id", filter=Q(cost_unknown=True)),
     )
     totals["cost"] = exact(totals["cost"])
     return totals

@@ -337,3 +337,27 @@ class Deployment(models.Model):
 
     def __str__(self):
         return f"{self.upstream_name} on {self.endpoint}"
+
+
+class PriceImport(models.Model):
+    """The prices `import_prices` last wrote to a model, per unit as stored: what lets a
+    later import tell the prices it set from prices staff changed by hand since, which it
+    keeps (`models_registry.prices`).
+
+    Bookkeeping of the command, not configuration: the admin, the API and the backup do
+    not carry it, and a model restored from a backup has none (its prices then count as
+    set by hand).
+    """
+
+    model = models.OneToOneField(
+        Model, on_delete=models.CASCADE, primary_key=True, related_name="price_import"
+    )
+    price_in = models.DecimalField(**MONEY)
+    price_out = models.DecimalField(**MONEY)
+    price_cache_read = models.DecimalField(**MONEY, null=True)
+    price_cache_write = models.DecimalField(**MONEY, null=True)
+    source = models.CharField(max_length=200, blank=True, help_text="The price file's source.")
+    imported_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.model} prices, imported {self.imported_at:%Y-%m-%d %H:%M}"

@@ -55,8 +55,11 @@ class Exchange:
     outcome: Outcome = Outcome.OK
     stream: bool = False
     ttft: float | None = None
-    input_units: int = 0
+    input_units: int = 0  # all of them, cached ones included
     output_units: int = 0
+    cache_read_units: int = 0  # of the input, read from the upstream's prompt cache
+    cache_write_units: int = 0  # of the input, written to it
+    reasoning_units: int = 0  # of the output, spent reasoning
     estimated: bool = False
     prompt: str = ""
     completion: list[str] = field(default_factory=list)
@@ -67,14 +70,37 @@ class Exchange:
     def failed(self, status: int, outcome: Outcome, error: str = "") -> None:
         self.status, self.outcome, self.error = status, outcome, error
 
+    def set_usage(self, used: usage.Usage, estimated: bool = False) -> None:
+        """Take `used` as what the request used (replacing what an earlier attempt counted)."""
+        self.input_units, self.output_units = used.input, used.output
+        self.cache_read_units, self.cache_write_units = used.cache_read, used.cache_write
+        self.reasoning_units = used.reasoning
+        self.estimated = estimated
+
+    def billable(self) -> bool:
+        """Whether the request is charged: its model is known, and it succeeded or produced
+        units (a failure that produced none costs nothing)."""
+        return self.model is not None and (
+            self.outcome == Outcome.OK or bool(self.input_units or self.output_units)
+        )
+
+    def cost_unknown(self) -> bool:
+        """Whether it would be charged but its model has no price (`ModelInfo.unpriced`):
+        logged so, with a cost of 0, never silently free."""
+        return self.billable() and self.model.unpriced
+
     def charge(self) -> Decimal:
-        """What the request costs: its units at its model's prices; nothing for a failure
-        that produced none."""
-        if self.model is None or (
-            not (self.input_units or self.output_units) and self.outcome != Outcome.OK
-        ):
+        """What the request costs: its units at its model's prices, the cached input at the
+        cache prices; nothing when it is not billable or its cost is unknown."""
+        if not self.billable() or self.model.unpriced:
             return Decimal(0)
-        return usage.cost(self.model, self.input_units, self.output_units)
+        return usage.cost(
+            self.model,
+            self.input_units,
+            self.output_units,
+            cache_read=self.cache_read_units,
+            cache_write=self.cache_write_units,
+        )
 
     def record(self, elapsed: float, cost: Decimal) -> RequestRecord:
         key = self.key
@@ -94,13 +120,13 @@ class Exchange:
             latency_ms=usage.milliseconds(elapsed),
             ttft_ms=None if self.ttft is None else usage.milliseconds(self.ttft),
             input_units=self.input_units,
-            cache_read_units=0,
-            cache_write_units=0,
+            cache_read_units=self.cache_read_units,
+            cache_write_units=self.cache_write_units,
             output_units=self.output_units,
-            reasoning_units=0,
+            reasoning_units=self.reasoning_units,
             usage_estimated=self.estimated,
             cost=cost,
-            cost_unknown=False,
+            cost_unknown=self.cost_unknown(),
             prompt_text=self.prompt if key.log_content else "",
             completion_text="".join(self.completion) if key.log_content else "",
             error=self.error,
@@ -143,6 +169,10 @@ def observe(ex: Exchange, elapsed: float, cost: Decimal) -> None:
             metrics.series(metrics.TOKENS, label, "input").inc(ex.input_units)
         if ex.output_units:
             metrics.series(metrics.TOKENS, label, "output").inc(ex.output_units)
+        if ex.cache_read_units:
+            metrics.series(metrics.TOKENS, label, "cache_read").inc(ex.cache_read_units)
+        if ex.cache_write_units:
+            metrics.series(metrics.TOKENS, label, "cache_write").inc(ex.cache_write_units)
         if cost:
             metrics.series(metrics.COST, label).inc(float(cost))
     if settings.AETHERGATE_ACCESS_LOG:
@@ -163,8 +193,12 @@ def observe(ex: Exchange, elapsed: float, cost: Decimal) -> None:
                 "latency_ms": int(elapsed * 1000),
                 "ttft_ms": None if ex.ttft is None else int(ex.ttft * 1000),
                 "input_units": ex.input_units,
+                "cache_read_units": ex.cache_read_units,
+                "cache_write_units": ex.cache_write_units,
                 "output_units": ex.output_units,
+                "reasoning_units": ex.reasoning_units,
                 "cost": str(cost),
+                "cost_unknown": ex.cost_unknown(),
                 "key_prefix": ex.key.prefix if ex.key else "",
                 "user": ex.key.username if ex.key else "",
             },

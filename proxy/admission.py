@@ -9,6 +9,8 @@ limiter; `proxy.meter` takes the leases and budget reservations.
 import math
 from decimal import Decimal
 
+from django.conf import settings
+
 from aethergate.lib.money import format_money
 from aethergate.lib.ratelimit import Decision
 from logs.models import Outcome
@@ -163,6 +165,23 @@ def check_balance(balance: Decimal | None) -> None:
             type="insufficient_quota",
             code="insufficient_balance",
             outcome=Outcome.INSUFFICIENT_BALANCE,
+        )
+
+
+def check_priced(model: ModelInfo, metered: bool) -> None:
+    """403 `model_unpriced` for a `metered` request (its key or owner has a budget or a
+    prepaid balance) on a model without prices, when AETHERGATE_UNPRICED_MODELS is "refuse".
+
+    403, not 402: the refusal is the operator's configuration, which no credit
+    the client adds can change (402 says "pay", and a client may do just that
+    and retry); the model must be priced or marked free. Unmetered requests,
+    and every request under "serve", go on and are logged with their cost unknown.
+    """
+    if model.unpriced and metered and settings.AETHERGATE_UNPRICED_MODELS == "refuse":
+        raise errors.forbidden(
+            f"The model '{model.name}' has no price yet, and this key's spending is metered: "
+            "ask the gateway's operator to price it.",
+            "model_unpriced",
         )
 
 

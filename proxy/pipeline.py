@@ -74,7 +74,9 @@ async def _infer(
         if decision.held:
             held.decisions.append((decision, None))
         await meter.take(runtime, ex.key, model, held, ex.created_at)
-    admission.check_balance(runtime.catalog.balance(ex.key.user_id))
+    balance = runtime.catalog.balance(ex.key.user_id)
+    admission.check_balance(balance)
+    admission.check_priced(model, metered=balance is not None or bool(ex.key.budgets))
     headers = admission.ratelimit_headers(decision)
     # Only a choice between deployments needs the session; most models have one.
     session = None

@@ -45,7 +45,7 @@ async def relay_json(
         raise Retryable("timeout", errors.upstream_timeout(ex.model_name)) from None
     except MALFORMED:
         # Not JSON, too large, or not shaped like an OpenAI answer: nothing to bill.
-        ex.input_units = ex.output_units = 0
+        ex.set_usage(usage.NOTHING)
         raise Retryable("invalid response", errors.invalid_response(ex.model_name)) from None
     if ex.key.log_content:
         ex.completion.append(text)
@@ -96,8 +96,10 @@ async def relay_stream(
                 raise UpstreamStreamError("invalid chunk")
             if "error" in chunk:
                 raise UpstreamStreamError("the upstream reported an error")
-            reported = usage.from_upstream(chunk.get("usage"))
-            if reported:
+            # The usage (and llama.cpp's timings) comes in the last chunk with choices,
+            # or in one of its own without them (`stream_options.include_usage`).
+            reported = usage.from_upstream(chunk.get("usage"), chunk.get("timings"))
+            if reported is not None:
                 counted = reported
             if not wants_usage and "usage" in chunk:
                 if not chunk.get("choices"):
@@ -132,9 +134,7 @@ async def relay_stream(
         if wants_usage and not usage_sent:
             # The client asked for usage and the upstream (llama-cpp-python, LM Studio)
             # sent none: the gateway's own count, flagged as estimated in the log.
-            ex.input_units, ex.output_units, ex.estimated = usage.count(
-                counted, payload, "".join(ex.completion)
-            )
+            ex.set_usage(*usage.count(counted, payload, "".join(ex.completion)))
             await send(
                 {
                     "type": "http.response.body",
@@ -155,7 +155,7 @@ async def relay_stream(
             # Billed only for what reached the client: an attempt that failed
             # before its first byte is an upstream error, charged nothing.
             text = "".join(ex.completion)
-            ex.input_units, ex.output_units, ex.estimated = usage.count(counted, payload, text)
+            ex.set_usage(*usage.count(counted, payload, text))
         if not ex.key.log_content:
             ex.completion.clear()
 
@@ -206,7 +206,7 @@ async def relay_transcript(
     except TimeoutError:
         raise Retryable("timeout", errors.upstream_timeout(ex.model_name)) from None
     except MALFORMED:  # too large, or not text
-        ex.input_units = ex.output_units = 0
+        ex.set_usage(usage.NOTHING)
         raise Retryable("invalid response", errors.invalid_response(ex.model_name)) from None
     if ex.key.log_content:
         ex.completion.append(text)

@@ -33,7 +33,9 @@ SCALE = Decimal(10) ** 10  # amounts in Redis are integers of 1/SCALE
 # reservation lives, seconds a hash lives, the reservation id, the amount,
 # then per budget its hard limit ("" for none) and the spend to seed it with.
 # Returns {1} or {0, index, spent, reserved} of the budget that refused.
-_RESERVE = LUA_NOW + """
+_RESERVE = (
+    LUA_NOW
+    + """
 local ttl, keep, id, amount = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 for i = 1, #KEYS do
   local h, z = KEYS[i], KEYS[i] .. ':r'
@@ -65,6 +67,7 @@ for i = 1, #KEYS do
 end
 return {1}
 """
+)
 
 # KEYS: the hashes; ARGV: the reservation id, the cost. Drops the reservation
 # and adds the cost to spent (unless the hash is gone: then the database has
@@ -89,12 +92,15 @@ return reply
 """
 
 # KEYS: the reservation sets; ARGV: now, seconds, then the id for each key.
-_RENEW = LUA_NOW + """
+_RENEW = (
+    LUA_NOW
+    + """
 for i = 1, #KEYS do
   redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[2]), ARGV[2 + i])
 end
 return 0
 """
+)
 
 
 @dataclass(slots=True)
@@ -218,7 +224,6 @@ class Budgets:
                 keys.append(f"{self.prefix}{key}:r")
                 ids.append(hold.id)
         await self.shared.run(self._renew, keys, [self.shared.now(), self.seconds, *ids], "budgets")
-
 
 
 def counter(scope: str, start) -> str:

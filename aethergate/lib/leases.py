@@ -19,7 +19,9 @@ from aethergate.lib.ratelimit import LUA_NOW
 # Takes a lease in every scope or in none. KEYS: one sorted set per scope;
 # ARGV: now (empty: the server's clock), seconds a lease lives, the lease id,
 # then each scope's limit. Returns {1} or {0, index of the full scope}.
-_ACQUIRE = LUA_NOW + """
+_ACQUIRE = (
+    LUA_NOW
+    + """
 for i = 1, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[3 + i]) then return {0, i} end
@@ -31,10 +33,13 @@ for i = 1, #KEYS do
 end
 return {1}
 """
+)
 
 # Renews leases that still exist. KEYS: sorted sets; ARGV: now, seconds, then
 # the lease id for each key.
-_RENEW = LUA_NOW + """
+_RENEW = (
+    LUA_NOW
+    + """
 local ttl = tonumber(ARGV[2])
 for i = 1, #KEYS do
   if redis.call('ZADD', KEYS[i], 'XX', 'CH', now + ttl, ARGV[2 + i]) == 1 then
@@ -43,12 +48,16 @@ for i = 1, #KEYS do
 end
 return 0
 """
+)
 
 # Counts the live leases of KEYS[1] (ARGV[1]: now, empty for the server's clock).
-_COUNT = LUA_NOW + """
+_COUNT = (
+    LUA_NOW
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 """
+)
 
 _RELEASE = """
 for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
@@ -155,4 +164,3 @@ class Leases:
             if found is not None:
                 return found
         return self.local.get(scope, 0)
-

@@ -40,7 +40,9 @@ TTFT = Histogram(
 )
 TOKENS = Counter(
     "aethergate_tokens",
-    "Billed units (tokens for token-priced models), by model and direction.",
+    "Billed units (tokens for token-priced models), by model and direction: input (all of "
+    "it), output, and cache_read and cache_write (the input tokens read from and written to "
+    "the upstream's prompt cache, part of input).",
     ["model", "direction"],
 )
 COST = Counter("aethergate_cost", "Cost charged, by model.", ["model"])

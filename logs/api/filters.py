@@ -25,7 +25,8 @@ class LogFilter(django_filters.FilterSet):
 
     class Meta:
         model = RequestLog
-        fields = ("user", "key", "model", "endpoint", "outcome", "status", "stream", "request_id")
+        fields = ("user", "key", "model", "endpoint", "outcome", "status", "stream", "request_id",
+                  "cost_unknown")  # fmt: skip
 
     # Snapshot columns, so the history of a deleted user or key stays reachable.
     def filter_user(self, queryset, name, value):

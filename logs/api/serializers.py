@@ -22,16 +22,26 @@ LIST_FIELDS = (
     "latency_ms",
     "ttft_ms",
     "input_units",
+    "cache_read_units",
+    "cache_write_units",
     "output_units",
+    "reasoning_units",
     "usage_estimated",
     "cost",
+    "cost_unknown",
     "error",
     "attempts",
 )
 
 
 class LogSerializer(serializers.ModelSerializer):
-    """A log row without prompt and completion text, which can be large."""
+    """A log row without prompt and completion text, which can be large.
+
+    `input_units` counts all input, `cache_read_units` and `cache_write_units` the parts
+    of it read from and written to the upstream's prompt cache (uncached input is the
+    rest); `reasoning_units` is part of `output_units`; `cost_unknown` says the model had
+    no price, so `cost` (0) is not what the request cost.
+    """
 
     class Meta:
         model = RequestLog
@@ -71,9 +81,21 @@ class StatsQuerySerializer(serializers.Serializer):
 
 class UsageSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
-    input_units = serializers.IntegerField()
+    input_units = serializers.IntegerField(help_text="All input units, cached tokens included.")
+    cache_read_units = serializers.IntegerField(
+        help_text="Input tokens read from the upstream's prompt cache (part of input_units)."
+    )
+    cache_write_units = serializers.IntegerField(
+        help_text="Input tokens written to the upstream's prompt cache (part of input_units)."
+    )
     output_units = serializers.IntegerField()
+    reasoning_units = serializers.IntegerField(
+        help_text="Output tokens spent reasoning, where reported (part of output_units)."
+    )
     cost = serializers.DecimalField(max_digits=None, decimal_places=10)
+    cost_unknown_requests = serializers.IntegerField(
+        help_text="Requests on a model without prices: logged at cost 0, their cost unknown."
+    )
     errors = serializers.IntegerField(help_text="Requests whose outcome was not ok.")
 
 

@@ -27,7 +27,8 @@ class LogViewSet(ManagementReadOnlyViewSet):
     queryset = RequestLog.objects.all()
     filterset_class = LogFilter
     search_fields = ("request_id", "username", "key_prefix", "model", "error")
-    ordering_fields = ("id", "created_at", "cost", "latency_ms", "input_units", "output_units")
+    ordering_fields = ("id", "created_at", "cost", "latency_ms", "input_units", "output_units",
+                       "cache_read_units")  # fmt: skip
     ordering = ("-created_at", "-id")
 
     def get_queryset(self):

@@ -102,7 +102,8 @@ def traffic(db):
                            input_units=10, output_units=5, cost=Decimal("0.0000012345")),
             request_record(laptop, request_id="a_2", created_at=T0 + timedelta(seconds=2),
                            input_units=20, output_units=7, cost=Decimal("1.25"),
-                           prompt_text="secret plans", completion_text="ok"),
+                           prompt_text="secret plans", completion_text="ok",
+                           cache_read_units=12, cache_write_units=3, reasoning_units=2),
             request_record(laptop, request_id="a_3", created_at=T0 + timedelta(hours=1),
                            outcome="upstream_error", status=502, model="qwen"),
             request_record(phone, request_id="b_1", created_at=T0 + timedelta(hours=2),
@@ -132,6 +133,10 @@ def test_the_list_is_headed_by_the_totals_of_its_filters(admin_client, traffic):
         "output_units": 12,
         "cost": Decimal("1.2500012345"),
         "cost_shown": "$1.25",
+        "cache_read_units": 12,
+        "cache_write_units": 3,
+        "reasoning_units": 2,
+        "cost_unknown_requests": 0,
     }
     page = laptop.content.decode()
     assert 'data-total="requests">3<' in page and 'title="1.2500012345">$1.25<' in page
@@ -144,6 +149,41 @@ def test_the_list_shows_times_to_the_second_and_money_rounded(admin_client, traf
     assert "2026-11-30 10:00:01 UTC" in page
     assert "$0.0000012" in page and "0.0000012345" not in page
     assert "10 / 5" in page
+
+
+def test_the_list_shows_the_cached_input_under_the_units_and_an_unknown_cost(admin_client, traffic):
+    write_batch([request_record(traffic["phone"], request_id="b_2", created_at=T0,
+                                model="unpriced", input_units=9, cost_unknown=True)])  # fmt: skip
+
+    page = admin_client.get(CHANGELIST).content.decode()
+    unknown = admin_client.get(CHANGELIST, {"cost_unknown__exact": "1"})
+
+    assert ">20 / 7</span><br><small" in page and "12 cached, 3 written</small>" in page
+    assert "20 in (5 uncached, 12 read from the cache, 3 written); 7 out (2 reasoning)" in page
+    assert ">unknown</span>" in page
+    assert shown(unknown) == ["b_2"]
+    assert 'data-total="cost_unknown_requests">1<' in unknown.content.decode()
+    assert 'data-total="cache_read_units">12<' in page
+
+
+def test_a_rows_page_breaks_its_units_down_and_says_an_unknown_cost_is_unknown(
+    admin_client, traffic
+):
+    cached = RequestLog.objects.get(request_id="a_2")
+    write_batch([request_record(traffic["phone"], request_id="b_2", created_at=T0,
+                                input_units=9, cost_unknown=True)])  # fmt: skip
+    unknown = RequestLog.objects.get(request_id="b_2")
+
+    page = admin_client.get(reverse("admin:logs_requestlog_change", args=[cached.pk]))
+    other = admin_client.get(reverse("admin:logs_requestlog_change", args=[unknown.pk]))
+
+    text = page.content.decode()
+    for name, value in (("input", 20), ("uncached", 5), ("cache-read", 12), ("cache-write", 3),
+                        ("output", 7), ("reasoning", 2)):  # fmt: skip
+        assert f'data-units="{name}">{value}<' in text
+    assert "$1.25 (exactly 1.2500000000)" in text
+    assert "unknown: the model had no price" in other.content.decode()
+    assert "secret plans" in text  # the content is on the page, as before
 
 
 def test_the_list_takes_every_filter_the_dashboard_links_set(admin_client, traffic):
@@ -196,6 +236,8 @@ def test_the_export_streams_the_filtered_rows_in_full_precision_without_content(
         rows[2]["cost"] == "0.0000012345" and rows[2]["created_at"] == "2026-11-30T10:00:01+00:00"
     )
     assert "prompt_text" not in rows[0] and "secret plans" not in str(rows)
+    assert (rows[1]["cache_read_units"], rows[1]["cache_write_units"]) == ("12", "3")
+    assert (rows[1]["reasoning_units"], rows[1]["cost_unknown"]) == ("2", "False")
     assert (
         rows[0]["outcome"] == "upstream_error" and rows[0]["key_prefix"] == traffic["laptop"].prefix
     )

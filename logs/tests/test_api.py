@@ -58,9 +58,22 @@ def rows(django_user_model):
                 cost="1.50",
                 prompt_text="Hello?",
                 completion_text="Hi!",
+                cache_read_units=80,
+                cache_write_units=10,
+                reasoning_units=30,
             ),
             log(3, at(2, 8), bob, bob_key, "llama3", units=(5, 5), cost="0.10", stream=True),
-            log(4, at(2, 12), bob, bob_key, "gpt-4o", status=502, outcome="upstream_error"),
+            # Its model had no price: logged with its cost unknown.
+            log(
+                4,
+                at(2, 12),
+                bob,
+                bob_key,
+                "gpt-4o",
+                status=502,
+                outcome="upstream_error",
+                cost_unknown=True,
+            ),
             log(5, at(2, 23), alice, alice_key, "llama3", status=429, outcome="rate_limited"),
         ],
     }
@@ -89,6 +102,10 @@ def test_it_retrieves_a_log_with_its_text(api, rows):
 
     assert (data["prompt_text"], data["completion_text"]) == ("Hello?", "Hi!")
     assert (data["input_units"], data["output_units"], data["cost"]) == (100, 50, "1.5000000000")
+    assert (data["cache_read_units"], data["cache_write_units"], data["reasoning_units"]) == (
+        80, 10, 30,
+    )  # fmt: skip
+    assert data["cost_unknown"] is False
     assert api.get("/api/v1/logs/999999/").status_code == 404
 
 
@@ -115,6 +132,8 @@ def test_it_paginates_logs(api, rows):
         ({"user": "bob", "model": "llama3"}, ["req_3"]),
         ({"search": "gpt"}, ["req_4", "req_2"]),
         ({"ordering": "cost"}, ["req_5", "req_4", "req_3", "req_1", "req_2"]),
+        ({"ordering": "-cache_read_units,id"}, ["req_2", "req_1", "req_3", "req_4", "req_5"]),
+        ({"cost_unknown": "true"}, ["req_4"]),
     ],
 )
 def test_it_filters_logs(api, rows, params, expected):
@@ -154,9 +173,15 @@ def test_logs_are_read_only(api, rows, method):
 
 
 # Stats -----------------------------------------------------------------------
-def usage(requests, units, cost, errors=0, **names):
+def usage(requests, units, cost, errors=0, parts=(0, 0, 0), unknown=0, **names):
+    """A usage entry: `units` (in, out), `parts` (cache read, cache write, reasoning)."""
     return {**names, "requests": requests, "input_units": units[0], "output_units": units[1],
-            "cost": cost, "errors": errors}  # fmt: skip
+            "cost": cost, "errors": errors, "cache_read_units": parts[0],
+            "cache_write_units": parts[1], "reasoning_units": parts[2],
+            "cost_unknown_requests": unknown}  # fmt: skip
+
+
+GPT_PARTS = (80, 10, 30)  # req_2's cache read, cache write and reasoning tokens
 
 
 def test_stats_add_up_every_log(api, rows, django_assert_max_num_queries):
@@ -175,29 +200,34 @@ def test_stats_add_up_every_log(api, rows, django_assert_max_num_queries):
         "errors": {"rate_limited": 1, "upstream_error": 1},
         "error_count": 2,
         "error_rate": 0.4,
+        "cache_read_units": 80,
+        "cache_write_units": 10,
+        "reasoning_units": 30,
+        "cost_unknown_requests": 1,
     }
     assert stats["by_day"] == [
-        usage(2, (110, 70), "1.8000000000", date="2026-03-01"),
-        usage(3, (5, 5), "0.1000000000", 2, date="2026-03-02"),
+        usage(2, (110, 70), "1.8000000000", parts=GPT_PARTS, date="2026-03-01"),
+        usage(3, (5, 5), "0.1000000000", 2, unknown=1, date="2026-03-02"),
     ]
     assert stats["series"][:2] == [
-        usage(2, (110, 70), "1.8000000000", start="2026-03-01T00:00:00Z"),
-        usage(3, (5, 5), "0.1000000000", 2, start="2026-03-02T00:00:00Z"),
+        usage(2, (110, 70), "1.8000000000", parts=GPT_PARTS, start="2026-03-01T00:00:00Z"),
+        usage(3, (5, 5), "0.1000000000", 2, unknown=1, start="2026-03-02T00:00:00Z"),
     ]
     assert stats["by_model"] == [
-        usage(2, (100, 50), "1.5000000000", 1, model="gpt-4o"),
+        usage(2, (100, 50), "1.5000000000", 1, parts=GPT_PARTS, unknown=1, model="gpt-4o"),
         usage(3, (15, 25), "0.4000000000", 1, model="llama3"),
     ]
     alice, bob = rows["alice"], rows["bob"]
     assert stats["by_user"] == [
-        usage(3, (110, 70), "1.8000000000", 1, user_id=alice.pk, username="alice"),
-        usage(2, (5, 5), "0.1000000000", 1, user_id=bob.pk, username="bob"),
-    ]
+        usage(3, (110, 70), "1.8000000000", 1, parts=GPT_PARTS, user_id=alice.pk,
+              username="alice"),
+        usage(2, (5, 5), "0.1000000000", 1, unknown=1, user_id=bob.pk, username="bob"),
+    ]  # fmt: skip
     alice_key, bob_key = rows["alice_key"], rows["bob_key"]
     assert stats["by_key"] == [
-        usage(3, (110, 70), "1.8000000000", 1, api_key_id=alice_key.pk,
+        usage(3, (110, 70), "1.8000000000", 1, parts=GPT_PARTS, api_key_id=alice_key.pk,
               key_prefix=alice_key.prefix, username="alice", name="a"),
-        usage(2, (5, 5), "0.1000000000", 1, api_key_id=bob_key.pk,
+        usage(2, (5, 5), "0.1000000000", 1, unknown=1, api_key_id=bob_key.pk,
               key_prefix=bob_key.prefix, username="bob", name="b"),
     ]  # fmt: skip
     assert stats["by_outcome"][0] == {"outcome": "ok", "requests": 3, "share": 0.6}
@@ -253,6 +283,10 @@ def test_stats_of_nothing_are_zeros(api):
         "errors": {},
         "error_count": 0,
         "error_rate": 0.0,
+        "cache_read_units": 0,
+        "cache_write_units": 0,
+        "reasoning_units": 0,
+        "cost_unknown_requests": 0,
     }
     assert stats["by_day"] == stats["by_model"] == stats["by_user"] == stats["by_key"] == []
     assert len(stats["series"]) == 1 and stats["series"][0]["requests"] == 0

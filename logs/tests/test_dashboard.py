@@ -33,7 +33,8 @@ def traffic(db):
     write_batch(
         [
             request_record(laptop, created_at=NOW - timedelta(hours=2), input_units=100,
-                           output_units=50, cost=Decimal("1.2345678901"), latency_ms=120),
+                           output_units=50, cost=Decimal("1.2345678901"), latency_ms=120,
+                           cache_read_units=60, cache_write_units=10, reasoning_units=5),
             request_record(laptop, created_at=NOW - timedelta(days=1), cost=Decimal("0.25"),
                            model="qwen", outcome="upstream_error", status=502),
             request_record(phone, created_at=NOW - timedelta(days=2), input_units=7,
@@ -64,7 +65,36 @@ def test_it_shows_totals_tables_and_chart_data_for_the_last_7_days(admin_client,
     assert charts["outcomes"]["labels"] == ["ok", "upstream_error"]
     page = response.content.decode()
     assert 'data-total="cost" title="1.4845720901">$1.48<' in page
+    # 107 in: 37 uncached, 60 read from the cache, 10 written to it; 5 of 53 out reasoning.
+    for name, value in (("uncached_units", 37), ("cache_read_units", 60),
+                        ("cache_write_units", 10), ("reasoning_units", 5)):  # fmt: skip
+        assert f'data-total="{name}">{value}<' in page
+    assert 'data-total="cost_unknown_requests"' not in page  # none: not shown
+    assert (
+        sum(charts["series"]["uncached_units"])
+        + sum(charts["series"]["cache_read_units"])
+        + sum(charts["series"]["cache_write_units"])
+        == context["totals"]["input_units"]
+    )
+    assert '<small class="usage-cached" data-field="cached">60 cached</small>' in page
+    assert "In: 30 uncached, 60 read from the cache, 10 written to it; out: 5 reasoning" in page
     assert "chartjs/chart.umd.min.js" in page and 'id="chart-by_key"' in page
+
+
+def test_requests_with_their_cost_unknown_are_counted_on_the_totals_and_their_rows(
+    admin_client, traffic
+):
+    write_batch([request_record(traffic["phone"], created_at=NOW - timedelta(hours=1),
+                                model="unpriced", input_units=9, cost_unknown=True)])  # fmt: skip
+
+    response = admin_client.get(URL)
+
+    page = response.content.decode()
+    assert response.context["totals"]["cost_unknown_requests"] == 1
+    assert 'data-total="cost_unknown_requests">1<' in page
+    (row,) = [r for r in response.context["tables"][0]["rows"] if r["label"] == "unpriced"]
+    assert (row["cost_unknown_requests"], row["cost"]) == (1, Decimal(0))
+    assert "+1 unknown</small>" in page
 
 
 def test_each_row_links_to_the_matching_request_logs(admin_client, traffic):
@@ -120,6 +150,11 @@ def test_the_csv_streams_the_tables_in_full_precision(admin_client, traffic):
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
     models = {row["label"]: row for row in rows if row["table"] == "by_model"}
     assert models["llama3"]["cost"] == "1.2345720901" and models["qwen"]["errors"] == "1"
+    assert (models["llama3"]["cache_read_units"], models["llama3"]["cache_write_units"]) == (
+        "60", "10",
+    )  # fmt: skip
+    assert models["llama3"]["reasoning_units"] == "5"
+    assert models["qwen"]["cost_unknown_requests"] == "0"
     assert sum(int(row["requests"]) for row in rows if row["table"] == "time") == 3
     assert {row["label"] for row in rows if row["table"] == "by_outcome"} == {
         "ok",

@@ -50,6 +50,11 @@ for n in range(600):
     endpoint, price = models[model]
     outcome = "ok" if n % 13 else ("upstream_error" if n % 2 else "rate_limited")
     units = (rng.randrange(50, 3000), rng.randrange(10, 900)) if outcome == "ok" else (0, 0)
+    # Every other answer read most of its prompt from the upstream's cache (a tenth of the
+    # input price), one in five wrote some to it; gpt-4o-mini reasons.
+    cached = units[0] * 3 // 4 if n % 2 else 0
+    written = units[0] // 10 if n % 5 == 0 else 0
+    reasoning = units[1] // 5 if model == "gpt-4o-mini" else 0
     latency = int(rng.lognormvariate(6, 0.8)) if outcome != "rate_limited" else 2
     stream = n % 3 == 0
     records.append(request_record(
@@ -57,17 +62,20 @@ for n in range(600):
         model=model, endpoint=endpoint, outcome=outcome,
         status={"ok": 200, "upstream_error": 502, "rate_limited": 429}[outcome],
         input_units=units[0], output_units=units[1], stream=stream,
-        cost=(units[0] + units[1]) * Decimal(price), latency_ms=latency,
-        ttft_ms=latency // 4 if stream and outcome == "ok" else None))
+        cache_read_units=cached, cache_write_units=written, reasoning_units=reasoning,
+        cost=(units[0] - cached + units[1]) * Decimal(price) + cached * Decimal(price) / 10,
+        latency_ms=latency, ttft_ms=latency // 4 if stream and outcome == "ok" else None))
 write_batch(records)
 hour = now.replace(minute=0, second=0, microsecond=0)
 since = hour + timedelta(hours=1) - timedelta(days=7)
 rows = RequestLog.objects.filter(created_at__gte=since)
-totals = rows.aggregate(requests=Count("id"), cost=Sum("cost"), input=Sum("input_units"))
+totals = rows.aggregate(requests=Count("id"), cost=Sum("cost"), input=Sum("input_units"),
+                        cached=Sum("cache_read_units"))
 by_model = {m: {"requests": n, "cost": str(c)} for m, n, c in
             rows.values_list("model").annotate(Count("id"), Sum("cost"))}
 print(json.dumps({"requests": totals["requests"], "cost": str(totals["cost"]),
-                  "input_units": totals["input"], "by_model": by_model}))
+                  "input_units": totals["input"], "cache_read_units": totals["cached"],
+                  "by_model": by_model}))
 """
 
 
@@ -92,6 +100,14 @@ def _traffic(gateway) -> dict:
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _in_the_days_last_hour() -> bool:
+    """Whether it is now 23:xx in the gateway's time zone (UTC), when the dashboard's 7-day
+    range starts at midnight and so covers 7 day buckets, not 8."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).hour == 23
 
 
 def _money(amount: str) -> str:
@@ -131,6 +147,9 @@ def _walk(page, gateway, expected):
     expect(totals.locator('[data-total="requests"]')).to_have_text(str(expected["requests"]))
     expect(totals.locator('[data-total="cost"]')).to_have_text(_money(expected["cost"]))
     expect(totals.locator('[data-total="input_units"]')).to_have_text(str(expected["input_units"]))
+    expect(totals.locator('[data-total="cache_read_units"]')).to_have_text(
+        str(expected["cache_read_units"])
+    )
 
     # Every chart is drawn, with the data of its table.
     canvases = page.locator("canvas")
@@ -140,7 +159,9 @@ def _walk(page, gateway, expected):
                       "chart-timings"):  # fmt: skip
         assert _chart(page, canvas_id), f"no Chart on #{canvas_id}"
     requests = _chart(page, "chart-requests")
-    assert requests["type"] == "bar" and len(requests["labels"]) == 8  # 7 days + today
+    # 7 days back from the end of this hour: 8 day buckets, or 7 in the day's last hour.
+    days = 7 if _in_the_days_last_hour() else 8
+    assert requests["type"] == "bar" and len(requests["labels"]) == days
     assert sum(requests["data"][0]) == expected["requests"]
     by_model = _chart(page, "chart-by_model")
     assert sorted(by_model["labels"]) == sorted(expected["by_model"])
@@ -174,6 +195,18 @@ def _walk(page, gateway, expected):
     )
     assert widths["table"] <= widths["room"], widths
     page.screenshot(path=SHOTS / "usage-logs-1366x768.png")
+
+    # A row with cached tokens: its page breaks its units down.
+    cached_row = page.locator("#result_list tbody tr", has_text="cached").first
+    expected_units = cached_row.locator("td.field-units span").first.inner_text()
+    cached_row.locator("th a, td a").first.click()
+    units = page.locator("table.usage-units")
+    expect(units).to_be_visible()
+    expect(units.locator('[data-units="input"]')).to_have_text(expected_units.split(" / ")[0])
+    assert int(units.locator('[data-units="cache-read"]').inner_text()) > 0
+    units.scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "usage-log-row-1366x768.png")
+    page.go_back()
 
     # A chart's bar: the same, by clicking the first bar of the per-model chart.
     page.go_back()

@@ -12,7 +12,14 @@ from django.utils import timezone
 
 from aethergate.testing import make_key, make_user, request_record
 from logs.models import DailyUsageRollup, RequestLog, UsageRollup
-from logs.services import UsageQuery, prune_logs, rebuild_usage, usage_report, write_batch
+from logs.services import (
+    UsageQuery,
+    log_totals,
+    prune_logs,
+    rebuild_usage,
+    usage_report,
+    write_batch,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -41,13 +48,15 @@ def traffic(keys):
     write_batch(
         [
             request_record(laptop, created_at=at(5), input_units=100, output_units=10,
-                           cost=Decimal("0.0100000001"), latency_ms=40, ttft_ms=20),
+                           cost=Decimal("0.0100000001"), latency_ms=40, ttft_ms=20,
+                           cache_read_units=60, cache_write_units=10, reasoning_units=4),
             request_record(laptop, created_at=at(50), input_units=200, output_units=20,
                            cost=Decimal("0.02"), latency_ms=120, ttft_ms=90),
             request_record(ci, created_at=at(70), input_units=300, output_units=30,
                            cost=Decimal("0.03"), latency_ms=450, model="qwen"),
             request_record(phone, created_at=at(75), input_units=1000, output_units=100,
-                           cost=Decimal("0.5"), latency_ms=900, endpoint="cloud"),
+                           cost=Decimal("0.5"), latency_ms=900, endpoint="cloud",
+                           cache_read_units=800, reasoning_units=20),
             request_record(phone, created_at=at(80), outcome="upstream_error", status=502,
                            latency_ms=70000),
         ]
@@ -79,7 +88,8 @@ def test_it_sums_each_hour_user_key_model_endpoint_and_outcome_into_one_rollup_r
     assert (row.user_id, row.username, row.key_prefix) == (laptop.owner_id, "alice", laptop.prefix)
     assert (row.model, row.endpoint, row.outcome) == ("llama3", "local", "ok")
     assert (row.requests, row.input_units, row.output_units) == (3, 301, 31)
-    assert row.cost == Decimal("0.0310000001")
+    assert (row.cache_read_units, row.cache_write_units, row.reasoning_units) == (60, 10, 4)
+    assert (row.cost, row.cost_unknown_requests) == (Decimal("0.0310000001"), 0)
     assert (row.latency_count, row.latency_sum_ms) == (3, 205)
     assert (row.latency_le_50, row.latency_le_200) == (2, 1)
     assert (row.ttft_count, row.ttft_sum_ms, row.ttft_le_50, row.ttft_le_100) == (2, 110, 1, 1)
@@ -144,6 +154,10 @@ def test_the_report_has_the_exact_totals_breakdowns_and_timings(traffic):
         "cost": Decimal("0.5650000001"),
         "errors": 2,
         "error_rate": 0.25,
+        "cache_read_units": 860,
+        "cache_write_units": 10,
+        "reasoning_units": 24,
+        "cost_unknown_requests": 0,
     }
     assert [(s["start"], s["requests"], s["cost"]) for s in report["series"]] == [
         (T0, 3, Decimal("0.0310000001")),
@@ -186,6 +200,31 @@ def test_the_report_has_the_exact_totals_breakdowns_and_timings(traffic):
     assert (report["ttft"]["count"], report["ttft"]["p50_ms"], report["ttft"]["p95_ms"]) == (
         3, 100, 200,
     )  # fmt: skip
+
+
+def test_requests_with_their_cost_unknown_are_counted_apart(keys):
+    laptop = keys["laptop"]
+    write_batch(
+        [
+            request_record(laptop, created_at=at(5), model="free-by-accident", input_units=9,
+                           cost_unknown=True),
+            request_record(laptop, created_at=at(6), model="free-by-accident", cost_unknown=True,
+                           outcome="upstream_error", status=502),
+            request_record(laptop, created_at=at(7), input_units=9, cost=Decimal("0.1")),
+        ]
+    )  # fmt: skip
+
+    report = usage_report(UsageQuery(since=T0, until=at(60)))
+
+    assert (report["totals"]["cost_unknown_requests"], report["totals"]["cost"]) == (
+        2,
+        Decimal("0.1"),
+    )
+    assert [(g["model"], g["cost_unknown_requests"]) for g in report["by_model"]] == [
+        ("llama3", 0),
+        ("free-by-accident", 2),
+    ]
+    assert log_totals(RequestLog.objects.all())["cost_unknown_requests"] == 2
 
 
 def test_the_report_keeps_to_its_filters(traffic):

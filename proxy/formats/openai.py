@@ -134,9 +134,8 @@ def count_generation(data: dict, payload: dict, ex) -> str:
     """Name the public model in `data`, count its usage into `ex`; the text a log keeps."""
     data["model"] = ex.model_name
     text = answer_text(data)
-    ex.input_units, ex.output_units, ex.estimated = usage.count(
-        usage.from_upstream(data.get("usage")), payload, text
-    )
+    counted = usage.from_upstream(data.get("usage"), data.get("timings"))
+    ex.set_usage(*usage.count(counted, payload, text))
     return text
 
 
@@ -258,9 +257,7 @@ def chunk_text(chunk: dict) -> str:
 
 
 def count_images(data: dict, payload: dict, ex) -> str:
-    ex.input_units, ex.output_units, ex.estimated = usage.of_images(
-        ex.model, data, str(payload.get("prompt") or "")
-    )
+    ex.set_usage(*usage.of_images(ex.model, data, str(payload.get("prompt") or "")))
     return ""
 
 
@@ -273,16 +270,13 @@ def count_transcript(answer: dict | str, payload: dict, ex) -> str:
     """A transcript's units (a JSON answer, a stream's done event, or text); its text."""
     if isinstance(answer, dict) and not isinstance(answer.get("text"), str):
         raise ValueError("a transcript without text")
-    ex.input_units, ex.output_units, ex.estimated = usage.of_transcript(
-        ex.model, answer, payload.form.upload
-    )
+    ex.set_usage(*usage.of_transcript(ex.model, answer, payload.form.upload))
     return answer if isinstance(answer, str) else answer["text"]
 
 
 def count_speech(data, payload: dict, ex) -> str:
     """Speech is counted from its input text, estimated: audio carries no usage."""
-    ex.input_units = usage.estimate_tokens(payload["input"])
-    ex.output_units, ex.estimated = 0, True
+    ex.set_usage(usage.Usage(usage.estimate_tokens(payload["input"])), estimated=True)
     return ""
 
 
@@ -297,14 +291,14 @@ def transcript_delta(chunk: dict) -> dict | None:
     return {"type": "transcript.text.delta", "delta": text} if text else None
 
 
-def transcript_done(text: str, counted: tuple[int, int] | None) -> dict:
+def transcript_done(text: str, counted: usage.Usage | None) -> dict:
     """The `transcript.text.done` event that ends a stream of chat-shaped chunks."""
     done = {"type": "transcript.text.done", "text": text}
-    if counted:
+    if counted is not None:
         done["usage"] = {
             "type": "tokens",
-            "input_tokens": counted[0],
-            "output_tokens": counted[1],
-            "total_tokens": counted[0] + counted[1],
+            "input_tokens": counted.input,
+            "output_tokens": counted.output,
+            "total_tokens": counted.input + counted.output,
         }
     return done

@@ -9,7 +9,7 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 
 from logs.models import Outcome
-from proxy import accounting
+from proxy import accounting, usage
 from proxy.accounting import Exchange
 from proxy.tests import fakes
 from proxy.tests.fakes import FAKE_KEY, REQUEST_ID, call, error_of
@@ -83,6 +83,67 @@ def test_an_upstream_failure_is_logged_without_a_charge():
     (record,) = rt.writer.records
     assert (record.outcome, record.cost, record.input_units) == ("upstream_error", 0, 0)
     assert rt.catalog.balance(3) == Decimal(5)
+
+
+def test_cached_input_is_charged_at_the_cache_prices():
+    ex = exchange(
+        price_in=Decimal("0.01"), price_cache_read=Decimal("0.001"),
+        price_cache_write=Decimal("0.02"), price_out=Decimal("0.1"),
+    )  # fmt: skip
+    ex.set_usage(usage.Usage(100, 10, cache_read=60, cache_write=30, reasoning=4))
+
+    # 10 uncached at 0.01, 60 read at 0.001, 30 written at 0.02, 10 out (4 reasoning) at 0.1.
+    assert ex.charge() == Decimal("0.1") + Decimal("0.06") + Decimal("0.6") + Decimal("1")
+
+
+def test_a_request_on_an_unpriced_model_costs_nothing_and_its_cost_is_unknown():
+    ex = exchange(units=(100, 10), unpriced=True, price_in=Decimal(0), price_out=Decimal(0),
+                  price_cache_read=Decimal("0.5"))  # fmt: skip
+    ex.key = fakes.key_info()
+
+    assert ex.charge() == 0
+    assert ex.record(elapsed=0.1, cost=ex.charge()).cost_unknown is True
+    # A failure that produced nothing would have cost nothing at any price: known.
+    failed = exchange(Outcome.UPSTREAM_ERROR, unpriced=True)
+    failed.key = fakes.key_info()
+    assert failed.record(elapsed=0.1, cost=failed.charge()).cost_unknown is False
+
+
+def test_an_answer_with_cached_tokens_is_recorded_with_its_components():
+    reported = {
+        "prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52,
+        "prompt_tokens_details": {"cached_tokens": 32},
+        "completion_tokens_details": {"reasoning_tokens": 5},
+    }  # fmt: skip
+    answers = {
+        False: fakes.FakeResponse(200, [fakes.chat_answer(usage=reported)]),
+        True: fakes.FakeResponse(200, fakes.sse(
+            fakes.chunk("Hel"), fakes.chunk(finish="stop"), fakes.chunk(usage=reported))),
+    }  # fmt: skip
+    for stream, response in answers.items():
+        rt = fakes.runtime(
+            fakes.snapshot(balances={3: Decimal(5)}), upstream=fakes.FakeUpstream(default=response)
+        )
+
+        assert call(rt, "POST", CHAT_PATH, {**CHAT, "stream": stream}).status == 200
+
+        (record,) = rt.writer.records
+        assert (record.input_units, record.cache_read_units, record.cache_write_units,
+                record.output_units, record.reasoning_units) == (40, 32, 0, 12, 5)  # fmt: skip
+        assert (record.usage_estimated, record.cost_unknown) == (False, False)
+        # fakes.model_info prices the cache read as the input: 40 in at 0.001, 12 out at 0.002.
+        assert record.cost == Decimal("0.064")
+        assert rt.catalog.balance(3) == Decimal(5) - Decimal("0.064")
+
+
+def test_a_malformed_answer_after_a_counted_one_leaves_no_components_behind():
+    ex = exchange()
+    ex.set_usage(usage.Usage(9, 3, cache_read=4, cache_write=1, reasoning=2), estimated=True)
+
+    ex.set_usage(usage.NOTHING)
+
+    assert (ex.input_units, ex.cache_read_units, ex.cache_write_units, ex.output_units,
+            ex.reasoning_units, ex.estimated) == (0, 0, 0, 0, 0, False)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the record
@@ -255,3 +316,28 @@ def test_the_access_log_has_one_line_per_request_when_enabled(settings, caplog, 
     assert (ok.key_prefix, ok.user) == (fakes.key_info().prefix, "alice")
     assert (refused.status, refused.model, refused.key_prefix, refused.user) == (401, "", "", "")
     assert fakes.SECRET not in caplog.text
+
+
+def test_cached_tokens_are_counted_under_their_own_direction():
+    details = {"cached_tokens": 32, "cache_write_tokens": 6}
+    reported = {"prompt_tokens": 40, "completion_tokens": 12, "prompt_tokens_details": details}
+    upstream = fakes.FakeUpstream(
+        default=fakes.FakeResponse(200, [fakes.chat_answer(usage=reported)])
+    )
+    model = fakes.model_info("cache-metrics")
+    rt = fakes.runtime(fakes.snapshot(models=[model]), upstream=upstream)
+
+    def counted():
+        directions = ("input", "cache_read", "cache_write", "output")
+        return [
+            REGISTRY.get_sample_value(
+                "aethergate_tokens_total", {"model": "cache-metrics", "direction": direction}
+            )
+            or 0.0
+            for direction in directions
+        ]
+
+    before = counted()
+    call(rt, "POST", CHAT_PATH, {**CHAT, "model": "cache-metrics"})
+
+    assert [n - m for n, m in zip(counted(), before, strict=True)] == [40, 32, 6, 12]

@@ -16,6 +16,7 @@ import pytest
 from aethergate.lib.ratelimit import Decision, LocalLimiter, Rate
 from proxy import admission
 from proxy.errors import APIError
+from proxy.snapshot import BudgetInfo
 from proxy.tests import fakes
 from proxy.tests.fakes import SECRET, call, error_of
 
@@ -490,3 +491,72 @@ def test_check_balance_refuses_only_a_balance_at_or_below_zero():
         with pytest.raises(APIError) as refused:
             admission.check_balance(balance)
         assert (refused.value.status, refused.value.outcome) == (402, "insufficient_balance")
+
+
+# --------------------------------------------------------------------------- unpriced models
+
+
+def budget(scope: str) -> BudgetInfo:
+    return BudgetInfo(scope, "alice", Decimal("50"), None, "month")
+
+
+@pytest.mark.parametrize(
+    ("policy", "unpriced", "metered", "refused"),
+    [
+        ("refuse", True, True, True),
+        ("refuse", True, False, False),  # nobody's spending is measured against a limit
+        ("refuse", False, True, False),
+        ("serve", True, True, False),  # served, and logged with its cost unknown
+    ],
+)
+def test_check_priced_refuses_only_a_metered_request_on_an_unpriced_model_under_refuse(
+    settings, policy, unpriced, metered, refused
+):
+    settings.AETHERGATE_UNPRICED_MODELS = policy
+    model = fakes.model_info(unpriced=unpriced)
+
+    if not refused:
+        admission.check_priced(model, metered)
+        return
+    with pytest.raises(APIError) as error:
+        admission.check_priced(model, metered)
+    assert (error.value.status, error.value.code, error.value.outcome) == (
+        403,
+        "model_unpriced",
+        "forbidden",
+    )
+    assert "gpt-test" in error.value.message
+
+
+def test_under_refuse_keys_with_a_balance_or_a_budget_are_refused_an_unpriced_model(settings):
+    settings.AETHERGATE_UNPRICED_MODELS = "refuse"
+    keys = {
+        "ag-prepaid": fakes.key_info(id=1, user_id=1),
+        "ag-budgeted": fakes.key_info(id=2, user_id=2, budgets=(budget("k2"),)),
+        "ag-owner-budgeted": fakes.key_info(id=3, user_id=3, budgets=(budget("u3"),)),
+        "ag-postpaid": fakes.key_info(id=4, user_id=4),
+    }
+    models = [fakes.model_info(id=1, unpriced=True, price_in=Decimal(0), price_out=Decimal(0))]
+    rt = fakes.runtime(fakes.snapshot(keys, models, balances={1: Decimal("5")}))
+
+    answers = {secret: chat(rt, secret) for secret in keys}
+
+    for secret in ("ag-prepaid", "ag-budgeted", "ag-owner-budgeted"):
+        error_of(answers[secret], 403, "model_unpriced")
+    assert answers["ag-postpaid"].status == 200
+    assert len(rt.upstream.calls) == 1
+    assert [(r.outcome, r.cost, r.cost_unknown) for r in rt.writer.records] == [
+        ("forbidden", 0, False),
+        ("forbidden", 0, False),
+        ("forbidden", 0, False),
+        ("ok", 0, True),
+    ]
+    assert rt.catalog.balance(1) == Decimal("5")
+
+
+def test_a_balance_used_up_is_reported_before_an_unpriced_model(settings):
+    settings.AETHERGATE_UNPRICED_MODELS = "refuse"
+    models = [fakes.model_info(id=1, unpriced=True)]
+    rt = fakes.runtime(fakes.snapshot(models=models, balances={3: Decimal("0")}))
+
+    error_of(chat(rt), 402, "insufficient_balance")

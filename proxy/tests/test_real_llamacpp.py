@@ -228,6 +228,30 @@ def test_it_relays_a_chat_completion_to_the_sync_sdk(llama_server, direct, sdk):
     )
 
 
+def test_a_repeated_prompt_is_recorded_without_cached_tokens_as_the_server_reports_none(
+    direct, sdk
+):
+    # llama-cpp-python reuses its KV cache for a repeated prefix, but its usage has only
+    # the three totals (llama_types.CompletionUsage): no prompt_tokens_details, no timings.
+    expected = upstream_chat(direct)
+    assert set(expected["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+
+    for _ in range(2):
+        sdk.chat.completions.create(model=CHAT, messages=HELLO, **GREEDY)
+
+    rows = wait_for_logs(2)
+    for row in rows:
+        assert (row.input_units, row.cache_read_units, row.cache_write_units) == (
+            expected["usage"]["prompt_tokens"], 0, 0,
+        )  # fmt: skip
+        assert (row.output_units, row.reasoning_units) == (
+            expected["usage"]["completion_tokens"],
+            0,
+        )
+        # The fixture's models have no prices: logged as such, not as free.
+        assert (row.cost, row.cost_unknown) == (0, True)
+
+
 def test_it_holds_the_server_to_max_completion_tokens(direct, sdk):
     # The SDKs' current name for max_tokens (LangChain sends only it); llama-cpp-python
     # knows only max_tokens, and without one writes until its context is full.

@@ -242,21 +242,42 @@ def test_nousage_omits_the_usage_key(upstream):
     assert "usage" not in response.json()
 
 
+def reported_usage(response) -> dict:
+    """The `usage` of a plain answer, or of a stream's last chunk."""
+    if not response.headers["content-type"].startswith("text/event-stream"):
+        return response.json()["usage"]
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
+    return json.loads(events[-1])["usage"]
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
 def test_usage_flag_reports_absurd_counts(upstream, stream):
     payload = {"model": "echo+usage=huge", "messages": HELLO, "stream": stream}
     if stream:
         payload["stream_options"] = {"include_usage": True}
-    response = httpx.post(f"{upstream.base_url}/chat/completions", json=payload)
+    usage = reported_usage(httpx.post(f"{upstream.base_url}/chat/completions", json=payload))
 
-    if stream:
-        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
-        usage = json.loads(events[-1])["usage"]
-    else:
-        usage = response.json()["usage"]
     assert usage == dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), 2**63)
     assert parse_flags("echo+usage=exponent").usage == "exponent"
     assert parse_flags("echo+usage=nonsense").usage == ""
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_component_flags_report_cached_and_reasoning_tokens_as_openai_details(
+    upstream, path, stream
+):
+    model = "echo+cached=4+cachewrite=1+reasoning=2"
+    body = {"messages": HELLO} if path == "/chat/completions" else {"prompt": "say hi"}
+    payload = {"model": model, "stream": stream, **body}
+    if stream:
+        payload["stream_options"] = {"include_usage": True}
+    usage = reported_usage(httpx.post(f"{upstream.base_url}{path}", json=payload))
+
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 4, "cache_write_tokens": 1}
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 2}
+    assert parse_flags("echo+cached=8").cached == 8
+    assert parse_flags("echo").cached is None
 
 
 def test_fail_answers_the_status_with_an_openai_error_carrying_internals(sdk):

@@ -60,7 +60,7 @@ SPEECH_MAX_INPUT = 4096
 
 _TRUE_FLAGS = {"nousage", "silent", "malformed", "nodone", "noduration", "vllm"}
 _FLOAT_FLAGS = {"slow", "gap"}
-_INT_FLAGS = {"chunks", "fail", "reset"}
+_INT_FLAGS = {"chunks", "fail", "reset", "cached", "cachewrite", "reasoning"}
 # `usage=KIND`: every count in `usage` (prompt, completion, total) becomes this value.
 ABSURD_USAGE: dict[str, Any] = {
     "huge": 2**63,  # past SQLite's INTEGER and PostgreSQL's bigint
@@ -89,6 +89,10 @@ class Flags:
     fail: int | None = None
     reset: int | None = None
     usage: str = ""
+    # Components reported in chat and completions usage, as OpenAI's details (None: absent).
+    cached: int | None = None
+    cachewrite: int | None = None
+    reasoning: int | None = None
 
 
 def parse_flags(model: str) -> Flags:
@@ -403,6 +407,11 @@ class Upstream:
                         `negative` -1000000, `exponent` -1e6, `float` 12.5, `text` "12",
                         `bool` true: see ABSURD_USAGE), in streams and plain answers; for
                         images and speech too, and as a transcription's duration in seconds
+        echo+cached=8   chat and completions usage says 8 prompt tokens were read from the
+                        cache (`prompt_tokens_details.cached_tokens`, whatever the prompt's
+                        size); `cachewrite=N` written to it (`.cache_write_tokens`),
+                        `reasoning=N` output tokens spent reasoning
+                        (`completion_tokens_details.reasoning_tokens`)
 
     Answers are deterministic; `chat_answer`, `completion_answer`, `stream_text` and
     `embedding_vector` compute them. The text is "Hello from upstream: " followed by the last
@@ -738,7 +747,7 @@ class Upstream:
                 ],
             }
             if not flags.nousage:
-                answer["usage"] = _usage(prompt_tokens, completion_tokens, flags.usage)
+                answer["usage"] = _usage(prompt_tokens, completion_tokens, flags)
             return web.json_response(answer)
         with_usage = wants_usage(record) and not flags.nousage
 
@@ -771,7 +780,7 @@ class Upstream:
         ]
         events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]))
         if with_usage:
-            events.append(chunk([], usage=_usage(prompt_tokens, flags.chunks, flags.usage)))
+            events.append(chunk([], usage=_usage(prompt_tokens, flags.chunks, flags)))
         return await self._stream(request, flags, events)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -797,7 +806,7 @@ class Upstream:
                 [{"text": text, "index": 0, "finish_reason": "stop", "logprobs": None}]
             )
             if not flags.nousage:
-                answer["usage"] = _usage(prompt_tokens, completion_tokens, flags.usage)
+                answer["usage"] = _usage(prompt_tokens, completion_tokens, flags)
             return web.json_response(answer)
         events = [
             completion([{"text": delta, "index": 0, "finish_reason": None, "logprobs": None}])
@@ -805,7 +814,7 @@ class Upstream:
         ]
         events.append(completion([{"text": "", "index": 0, "finish_reason": "stop"}]))
         if wants_usage(record) and not flags.nousage:
-            events.append(completion([], usage=_usage(prompt_tokens, flags.chunks, flags.usage)))
+            events.append(completion([], usage=_usage(prompt_tokens, flags.chunks, flags)))
         return await self._stream(request, flags, events)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -985,7 +994,7 @@ class Upstream:
         events.append(chunk([{"delta": {"content": ""}, "finish_reason": "stop"}]))
         if body.get("stream_include_usage") == "true" and not flags.nousage:
             prompt = audio_tokens(seconds)
-            events.append(chunk([], usage=_usage(prompt, len(deltas), flags.usage)))
+            events.append(chunk([], usage=_usage(prompt, len(deltas), flags)))
         return await self._stream(request, flags, events)
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
@@ -1141,15 +1150,21 @@ def wants_usage(record: Received) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _usage(prompt_tokens: int, completion_tokens: int, absurd: str = "") -> dict:
-    if absurd:
-        value = ABSURD_USAGE[absurd]
+def _usage(prompt_tokens: int, completion_tokens: int, flags: Flags) -> dict:
+    if flags.usage:
+        value = ABSURD_USAGE[flags.usage]
         return {"prompt_tokens": value, "completion_tokens": value, "total_tokens": value}
-    return {
+    usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    prompt = {"cached_tokens": flags.cached, "cache_write_tokens": flags.cachewrite}
+    if any(n is not None for n in prompt.values()):
+        usage["prompt_tokens_details"] = {k: n for k, n in prompt.items() if n is not None}
+    if flags.reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": flags.reasoning}
+    return usage
 
 
 def _bad_request_id(record: Received) -> web.Response | None:

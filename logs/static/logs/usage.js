@@ -43,13 +43,18 @@
     data: {
       labels: series.labels,
       datasets: [
-        { label: "Units in", data: series.input_units, backgroundColor: colours[2] },
+        // Input as its parts (uncached, read from and written to the cache), then output.
+        { label: "Units in, uncached", data: series.uncached_units, backgroundColor: colours[2] },
+        { label: "Cache read", data: series.cache_read_units, backgroundColor: colours[4] },
+        { label: "Cache write", data: series.cache_write_units, backgroundColor: colours[5] },
         { label: "Units out", data: series.output_units, backgroundColor: colours[1] },
       ],
     },
-    options: Object.assign(titled("Units (tokens, images, …)"), {
+    options: {
+      // With its legend: four stacked parts are told apart by it.
+      plugins: { title: { display: true, text: "Units (tokens, images, …)" }, legend: { display: true, position: "bottom" } },
       scales: { x: { stacked: true }, y: { stacked: true } },
-    }),
+    },
   }, series.links);
   draw("chart-cost", {
     type: "line",
