@@ -442,6 +442,13 @@ class Upstream:
     when the client went away first (handlers are cancelled the moment the connection drops),
     or `aborted` when the stand-in dropped the connection itself (`reset`, `silent` at 60 s).
     `Received.wait_done` blocks until one of these happened.
+
+    `in_flight(name)` counts the requests being answered now whose model name starts with
+    `name` (its part before any `+`: `cc+slow=1` and `cc+fail=503` are both `cc`): from
+    when their body was read until their answer ended or their connection closed; `peak(name)`
+    is the most there were at once since the last `reset()`. A connection the client closed
+    stops counting as soon as the stand-in has read its end, not only once the handler it
+    cancels has run: a client that closes one and then opens another is not counted twice.
     """
 
     def __init__(self):
@@ -453,6 +460,10 @@ class Upstream:
         self.require_api_key: str | None = None
         # The images answered as URLs, by name: GET /files/<name>.png serves them.
         self.files: dict[str, bytes] = {}
+        # By model name before any `+`: the connections of the requests being answered now,
+        # and the most at once.
+        self._in_flight: dict[str, list] = {}
+        self._peaks: dict[str, int] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -494,6 +505,7 @@ class Upstream:
         with self._lock:
             self.received.clear()
             self.files.clear()
+            self._peaks.clear()
         self.model_ids = list(DEFAULT_MODEL_IDS)
         self.require_api_key = None
 
@@ -502,6 +514,27 @@ class Upstream:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def in_flight(self, name: str) -> int:
+        """Requests for models named `name` (before any `+`) being answered now."""
+        with self._lock:
+            return sum(map(_open, self._in_flight.get(name, ())))
+
+    def peak(self, name: str) -> int:
+        """The most requests for models named `name` answered at once since `reset()`."""
+        with self._lock:
+            return self._peaks.get(name, 0)
+
+    def _started(self, name: str, transport) -> None:
+        with self._lock:
+            live = self._in_flight.setdefault(name, [])
+            live.append(transport)
+            now = sum(map(_open, live))
+            self._peaks[name] = max(self._peaks.get(name, 0), now)
+
+    def _ended(self, name: str, transport) -> None:
+        with self._lock:
+            self._in_flight[name].remove(transport)
 
     def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[Received]:
         """Block until at least `count` requests were received; return `received` (a copy)."""
@@ -624,6 +657,9 @@ class Upstream:
         `reset` needs to know.
         """
         record = await self._record(request, form=form)
+        # A form's model is read later: such a request counts under "" (the name of none).
+        counted, transport = str(record.model or "").partition("+")[0], request.transport
+        self._started(counted, transport)
         try:
             response = self._unauthorized(record) or _bad_request_id(record)
             if response is None and form:
@@ -655,6 +691,7 @@ class Upstream:
             self._closed(record)
             raise
         finally:
+            self._ended(counted, transport)
             record.done.set()
 
     @staticmethod
@@ -1060,6 +1097,11 @@ class Upstream:
             },
             status=404,
         )
+
+
+def _open(transport) -> bool:
+    """Whether a request's connection is still open (None: it was gone already)."""
+    return transport is not None and not transport.is_closing()
 
 
 def request_streams(record: Received) -> bool:
