@@ -37,7 +37,7 @@ class Held:
     tokens: int = 0  # reserved in each token limit
     cost: Decimal = Decimal(0)  # reserved in each budget
     decisions: list[tuple[Decision, int | None]] = field(default_factory=list)  # (…, endpoint)
-    lease: Lease | None = None
+    leases: list[Lease] = field(default_factory=list)  # the requested model's, its fallbacks'
     budget: Hold | None = None
     budgets: tuple[tuple[BudgetInfo, datetime, datetime | None], ...] = ()  # (…, start, end)
 
@@ -105,11 +105,7 @@ async def take(runtime, key: KeyInfo, model: ModelInfo, held: Held, now: datetim
     if model.max_concurrent:
         wanted.append((f"m{model.id}", model.max_concurrent))
     if wanted:
-        lease = await runtime.leases.acquire(wanted)
-        if not isinstance(lease, Lease):
-            scope, limit = wanted[lease]
-            raise admission.concurrency_refused(scope[0], limit)
-        held.lease = lease
+        await _lease(runtime, wanted, held)
     if not key.budgets:
         return
     zone = ZoneInfo(settings.AETHERGATE_BUDGET_TIME_ZONE)
@@ -134,6 +130,20 @@ async def take(runtime, key: KeyInfo, model: ModelInfo, held: Held, now: datetim
     held.budget = found
 
 
+async def take_fallback(runtime, model: ModelInfo, held: Held) -> None:
+    """Take a fallback model's concurrency lease before it is tried; 429 if it is full."""
+    if model.max_concurrent:
+        await _lease(runtime, [(f"m{model.id}", model.max_concurrent)], held)
+
+
+async def _lease(runtime, wanted: list[tuple[str, int]], held: Held) -> None:
+    lease = await runtime.leases.acquire(wanted)
+    if not isinstance(lease, Lease):
+        scope, limit = wanted[lease]
+        raise admission.concurrency_refused(scope[0], limit)
+    held.leases.append(lease)
+
+
 def _keep_seconds(now: datetime, end: datetime | None) -> int:
     """How long a period's counter must live: to its end and a day more (a year, for a
     budget without periods: it is seeded again from the database when it expires)."""
@@ -154,8 +164,8 @@ async def settle(runtime, ex) -> None:
             tokens = used if on_endpoint is None or on_endpoint == endpoint else 0
             await runtime.limiter.settle(decision, tokens)
     finally:
-        if held.lease is not None:
-            await runtime.leases.release(held.lease)
+        for lease in held.leases:
+            await runtime.leases.release(lease)
         if held.budget is not None:
             cost = ex.charge()
             after = await runtime.budgets.settle(held.budget, cost)

@@ -91,8 +91,10 @@ async def _infer(
 
     async def admit_fallback(candidate: ModelInfo) -> None:
         found = await admission.limit(runtime.limiter, None, candidate, held.tokens if held else 0)
-        if found.held:
-            ex.held.decisions.append((found, None))
+        if held is not None:
+            if found.held:
+                held.decisions.append((found, None))
+            await meter.take_fallback(runtime, candidate, held)
 
     # The client going away cancels this task, and with it the upstream call.
     task = asyncio.current_task()

@@ -13,9 +13,11 @@ With Redis, every process shares one hash per budget and period (`spent`,
 expiries: a crashed process's reservations expire unless it renews them.
 Amounts are kept as integers of 10**-10 (the MONEY columns' resolution).
 A budget's hash is seeded, the first time it is used in a period, with the
-spend the caller read from the database. Without Redis, budgets are kept
-in the process: spent is what the caller passes (the database's, plus this
-process's charges not yet stored), reserved this process's reservations.
+spend the caller read from the database, and raised to it whenever the
+database knows of more (what was settled while Redis was unreachable).
+Without Redis, budgets are kept in the process: spent is what the caller
+passes (the database's, plus this process's charges not yet stored),
+reserved this process's reservations.
 """
 
 import itertools
@@ -31,7 +33,8 @@ SCALE = Decimal(10) ** 10  # amounts in Redis are integers of 1/SCALE
 
 # KEYS: one hash per budget; ARGV: now (empty: the server's clock), seconds a
 # reservation lives, seconds a hash lives, the reservation id, the amount,
-# then per budget its hard limit ("" for none) and the spend to seed it with.
+# then per budget its hard limit ("" for none) and the spend the database knows of
+# (the seed of a new hash, and the least its spent may be).
 # Returns {1} or {0, index, spent, reserved} of the budget that refused.
 _RESERVE = (
     LUA_NOW
@@ -53,6 +56,11 @@ for i = 1, #KEYS do
   end
   local hard = tonumber(ARGV[4 + 2 * i])
   local spent = tonumber(redis.call('HGET', h, 'spent'))
+  if tonumber(ARGV[5 + 2 * i]) > spent then
+    -- The database knows of more (spend settled while Redis was unreachable).
+    spent = tonumber(ARGV[5 + 2 * i])
+    redis.call('HSET', h, 'spent', ARGV[5 + 2 * i])
+  end
   local reserved = tonumber(redis.call('HGET', h, 'reserved'))
   if hard ~= nil and spent + reserved + amount > hard then
     return {0, i, redis.call('HGET', h, 'spent'), redis.call('HGET', h, 'reserved')}
