@@ -250,6 +250,7 @@ def test_each_entry_point_refuses_a_negative_balance_in_its_own_shape(
         "username": "alice",
         "balance": "-5",
         "initial-balance": "10",
+        "budget_period": "month",
         "is_active": "on",
         "date_joined_0": "2026-01-01",
         "date_joined_1": "00:00:00",
