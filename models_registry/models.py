@@ -163,8 +163,7 @@ class Model(models.Model):
         blank=True,
         validators=[MinValueValidator(0)],
         verbose_name="cache-write price",
-        help_text="Per input token written to the upstream's prompt cache. Empty: the input "
-        "price.",
+        help_text="Per input token written to the upstream's prompt cache. Empty: the input price.",
     )
     is_free = models.BooleanField(
         "free on purpose",
