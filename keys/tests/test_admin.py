@@ -275,15 +275,7 @@ def test_a_whole_key_in_the_search_box_is_not_looked_up_or_echoed(admin_client, 
     assert "Find by secret" in content
 
 
-def test_the_admin_creates_keys_through_the_service(admin_client, owner, monkeypatch):
-    made = []
-    create_key = services.create_key
-
-    def recording(**fields):
-        made.append(fields)
-        return create_key(**fields)
-
-    monkeypatch.setattr(services, "create_key", recording)
+def test_the_admin_creates_keys_through_the_service(admin_client, owner, create_key_calls):
     llama = Model.objects.create(name="llama3")
 
     response = admin_client.post(
@@ -291,7 +283,7 @@ def test_the_admin_creates_keys_through_the_service(admin_client, owner, monkeyp
     )
 
     assert response.status_code == 200
-    assert [(call["owner"], call["name"]) for call in made] == [(owner, "laptop")]
+    assert [(call["owner"], call["name"]) for call in create_key_calls] == [(owner, "laptop")]
     key = APIKey.objects.get()
     assert key.digest == digest(SECRET.search(response.content.decode())[1])
     assert list(key.allowed_models.all()) == [llama]
