@@ -89,11 +89,11 @@ class UserEditForm(UserChangeForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Submit the balance the page showed, so a save applies the staff's
-        # change to the current balance instead of overwriting new charges.
         show_amounts_exactly(self, ("balance", *BUDGET_AMOUNTS))
         if "balance" in self.fields:  # not on a read-only page
             field = self.fields["balance"]
+            # Submit the balance the page showed, so a save applies the staff's
+            # change to the current balance instead of overwriting new charges.
             field.show_hidden_initial = True
             if self.instance.balance is not None:
                 field.help_text = f"{field.help_text} Now {format_money(self.instance.balance)}."
