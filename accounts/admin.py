@@ -22,6 +22,44 @@ from aethergate.lib.admin import (
 )
 from aethergate.lib.money import format_money, plain_amount
 
+BUDGET_AMOUNTS = ("budget", "budget_soft")
+# The Budget fieldset of users and keys (keys.admin uses it too), under `description`.
+BUDGET_FIELDS = (*BUDGET_AMOUNTS, "budget_period")
+
+
+def budget_fieldset(description: str) -> tuple[str, dict]:
+    return ("Budget", {"fields": BUDGET_FIELDS, "description": description})
+
+
+def show_amounts_exactly(form, names) -> None:
+    """Have `form`'s money inputs `names` show their amount exactly, without the column's
+    ten decimals ("10", not "10.0000000000"); those not on the form (a read-only page)
+    are left alone."""
+    for name in names:
+        if name in form.fields:
+            form.initial[name] = plain_amount(getattr(form.instance, name))
+
+
+class BudgetAdmin(admin.ModelAdmin):
+    """Shows a budget for people (format_money) on a page its viewer may not change, as
+    the balance is shown; subclasses put BUDGET_FIELDS in a fieldset (budget_fieldset)."""
+
+    @admin.display(description="budget (hard limit)", ordering="budget")
+    def shown_budget(self, obj):
+        return format_money(obj.budget)
+
+    @admin.display(description="budget alert at", ordering="budget_soft")
+    def shown_budget_soft(self, obj):
+        return format_money(obj.budget_soft)
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        return swap_fields(
+            fieldsets, {"budget": "shown_budget", "budget_soft": "shown_budget_soft"}
+        )
+
 
 class UserCreateForm(AdminUserCreationForm):
     class Meta(AdminUserCreationForm.Meta):
@@ -51,13 +89,12 @@ class UserEditForm(UserChangeForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Submit the balance the page showed, so a save applies the staff's
-        # change to the current balance instead of overwriting new charges.
+        show_amounts_exactly(self, ("balance", *BUDGET_AMOUNTS))
         if "balance" in self.fields:  # not on a read-only page
             field = self.fields["balance"]
+            # Submit the balance the page showed, so a save applies the staff's
+            # change to the current balance instead of overwriting new charges.
             field.show_hidden_initial = True
-            # Exact, without the column's ten decimals ("10", not "10.0000000000").
-            self.initial["balance"] = plain_amount(self.instance.balance)
             if self.instance.balance is not None:
                 field.help_text = f"{field.help_text} Now {format_money(self.instance.balance)}."
 
@@ -72,7 +109,7 @@ class UserEditForm(UserChangeForm):
 
 
 @admin.register(User)
-class UserAdmin(GatewayAdmin, DjangoUserAdmin):
+class UserAdmin(BudgetAdmin, GatewayAdmin, DjangoUserAdmin):
     """Users, under accounts.permissions: staff who are not superusers see superusers
     read-only, never see the privilege fields editable, and set only their own password.
     """
@@ -93,6 +130,11 @@ class UserAdmin(GatewayAdmin, DjangoUserAdmin):
     fieldsets = (
         (None, {"fields": ("username", "password")}),
         ("Gateway", {"fields": ("organization", "balance")}),
+        budget_fieldset(
+            "What all the user's keys may spend together in each period; a key may have a "
+            "budget of its own as well, and a request must fit both. The prepaid balance "
+            "(above) is another limit, and never starts again."
+        ),
         ("Personal info", {"fields": ("first_name", "last_name", "email")}),
         (
             "Permissions",

@@ -9,7 +9,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts import throttling
-from accounts.models import TOKEN_DISPLAY_LENGTH, APIToken, User, looks_like_token
+from accounts.models import TOKEN_DISPLAY_LENGTH, APIToken, BudgetPeriod, User, looks_like_token
 from aethergate.lib import audit
 
 # A token's last use is written at most this often, not on every request.
@@ -36,6 +36,9 @@ def create_user(
     last_name: str = "",
     organization: str = "",
     balance: Decimal | str | None = None,
+    budget: Decimal | str | None = None,
+    budget_soft: Decimal | str | None = None,
+    budget_period: str = BudgetPeriod.MONTH,
     password: str | None = None,
     is_active: bool = True,
     is_staff: bool = False,
@@ -55,6 +58,9 @@ def create_user(
         last_name=last_name,
         organization=organization,
         balance=balance,
+        budget=budget,
+        budget_soft=budget_soft,
+        budget_period=budget_period,
         is_active=is_active,
         is_staff=is_staff,
     )

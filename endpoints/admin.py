@@ -6,6 +6,24 @@ from django.contrib import admin
 from aethergate.lib.admin import GatewayAdmin
 from endpoints.models import Endpoint
 
+# Under the Limits of endpoints and models (models_registry.admin).
+LIMITS_NOTE = (
+    "Token limits count input + output tokens: a request is admitted for its estimated "
+    "input plus its output cap (its max_tokens, else the model's “output tokens reserved”), "
+    "then counted for what it really used."
+)
+
+
+TOKEN_LIMITS = ("tpm_limit", "tpd_limit")
+
+
+def widen_token_limits(form) -> None:
+    """Give `form`'s token limits the admin's wide number input (a BigIntegerField's): the
+    narrow default cuts "20000000" off."""
+    for name in TOKEN_LIMITS:
+        if name in form.fields:  # not on a read-only page
+            form.fields[name].widget.attrs["class"] = "vBigIntegerField"
+
 
 class EndpointForm(forms.ModelForm):
     """Sets, replaces or clears the credential without ever displaying it."""
@@ -21,6 +39,10 @@ class EndpointForm(forms.ModelForm):
     class Meta:
         model = Endpoint
         fields = Endpoint.shared_fields
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        widen_token_limits(self)
 
     def clean(self):
         cleaned = super().clean()
@@ -57,7 +79,13 @@ class EndpointAdmin(GatewayAdmin):
     fieldsets = (
         (None, {"fields": ("name", "base_url", "kind", "is_active")}),
         ("Credential", {"fields": ("credential_status", "new_api_key", "clear_api_key")}),
-        ("Limits", {"fields": ("rpm_limit", "day_limit")}),
+        (
+            "Limits",
+            {
+                "fields": (("rpm_limit", "day_limit"), ("tpm_limit", "tpd_limit")),
+                "description": LIMITS_NOTE,
+            },
+        ),
         (
             "Timeouts (seconds)",
             {

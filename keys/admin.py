@@ -1,6 +1,7 @@
 """Admin for API keys: create (secret shown once), edit without rotating, rotate, find by
 secret; and a user's keys on the user's page."""
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
@@ -13,10 +14,30 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.http import require_http_methods
 
-from accounts.admin import UserAdmin
+from accounts.admin import BudgetAdmin, UserAdmin, budget_fieldset, show_amounts_exactly
 from aethergate.lib.admin import GatewayAdmin, SecretSearchAdmin, adopt, count, secret_once_page
 from keys import services
 from keys.models import APIKey, looks_like_secret
+
+RATE_LIMIT_HELP = (
+    "Comma-separated rates, each COUNT/UNIT for requests or COUNTtok/UNIT for tokens "
+    "(input + output), with UNIT one of s, m, h, d: e.g. "
+    "<code>60/m,1000/d,100000tok/m,2000000tok/d</code>. A request is admitted against a "
+    "token rate for its estimated input plus its output cap (its max_tokens, else the "
+    "model's “output tokens reserved”), then counted for what it really used. Empty: "
+    "unlimited."
+)
+
+
+class APIKeyForm(forms.ModelForm):
+    """The key page: budgets entered and shown as exact amounts, as a balance is, and the
+    rate limit explained with its token rates."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        show_amounts_exactly(self, ("budget", "budget_soft"))
+        if "rate_limit" in self.fields:  # not on a read-only page
+            self.fields["rate_limit"].help_text = RATE_LIMIT_HELP
 
 
 class ExpiryFilter(admin.SimpleListFilter):
@@ -73,7 +94,8 @@ UserAdmin.inlines = [*UserAdmin.inlines, APIKeyInline]
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(SecretSearchAdmin, GatewayAdmin):
+class APIKeyAdmin(BudgetAdmin, SecretSearchAdmin, GatewayAdmin):
+    form = APIKeyForm
     actions = [*GatewayAdmin.actions, "rotate_selected"]
     list_display = (
         "name",
@@ -108,7 +130,13 @@ class APIKeyAdmin(SecretSearchAdmin, GatewayAdmin):
     readonly_fields = ("prefix", "created_at", "rotated_at", "last_used_at")
     fieldsets = (
         (None, {"fields": ("name", "owner", "prefix", "is_active", "expires_at")}),
-        ("Limits", {"fields": ("rate_limit", "allowed_capabilities", "allowed_models")}),
+        ("Limits", {"fields": (("rate_limit", "max_concurrent"),)}),
+        budget_fieldset(
+            "What this key may spend in each period. Its owner's budget, if the owner has "
+            "one, applies too: a request must fit both, and the owner's prepaid balance."
+        ),
+        # After the limits and budget, which are short: the models' picker is tall.
+        ("Allowed", {"fields": ("allowed_capabilities", "allowed_models")}),
         ("Privacy", {"fields": ("log_content",)}),
         ("History", {"fields": ("created_at", "rotated_at", "last_used_at")}),
     )

@@ -4,15 +4,31 @@ import json
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from aethergate.lib import money
 from aethergate.lib.admin import GatewayAdmin, count, swap_fields
-from models_registry.models import BillingUnit, Deployment, Model
+from endpoints.admin import LIMITS_NOTE, widen_token_limits
+from models_registry.models import BillingUnit, Deployment, Model, is_unpriced
 
-PRICES = {"price_in": "Input price", "price_out": "Output price"}
+PRICE_HELP = (
+    "Per 1M tokens for Token models; per image, minute or request for those units (see the "
+    "billing unit). Stored per single unit, exactly."
+)
+CACHE_HELP = (
+    "Per 1M input tokens {what} the upstream's prompt cache, as it reports them (Token "
+    "models). Empty: the input price."
+)
+# Each price the form enters per the unit's basis: its label and help.
+PRICES = {
+    "price_in": ("Input price", PRICE_HELP),
+    "price_out": ("Output price", PRICE_HELP),
+    "price_cache_read": ("Cache-read price", CACHE_HELP.format(what="read from")),
+    "price_cache_write": ("Cache-write price", CACHE_HELP.format(what="written to")),
+}
 
 
 def price_basis(unit: str | None) -> tuple[int, str]:
@@ -26,14 +42,16 @@ def price_basis(unit: str | None) -> tuple[int, str]:
 class ModelForm(forms.ModelForm):
     """The model page, with prices entered per the billing unit's basis (1M tokens, image, …).
 
-    `price_in` and `price_out` hold what the staff typed; `clean` turns them
-    into the stored per-unit prices with `money.price_to_store`, refusing an
-    entry the column cannot hold exactly.
+    The PRICES fields hold what the staff typed; `clean` turns them into the
+    stored per-unit prices with `money.price_to_store`, refusing an entry the
+    column cannot hold exactly. An empty cache price stays empty (the input price).
     """
 
     # 20 digits either way: 10 + 10 decimals per unit, or 16 + 4 decimals per 1M tokens.
     price_in = forms.DecimalField(min_value=0, max_digits=20, initial=0)
     price_out = forms.DecimalField(min_value=0, max_digits=20, initial=0)
+    price_cache_read = forms.DecimalField(min_value=0, max_digits=20, required=False)
+    price_cache_write = forms.DecimalField(min_value=0, max_digits=20, required=False)
 
     class Meta:
         model = Model
@@ -44,6 +62,7 @@ class ModelForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        widen_token_limits(self)
         if "billing_unit" in self.fields:  # not on a read-only page
             # For price_basis.js, which relabels the prices when another unit is picked.
             self.fields["billing_unit"].widget.attrs["data-price-basis"] = json.dumps(
@@ -54,20 +73,17 @@ class ModelForm(forms.ModelForm):
         # What the page showed, per the saved unit: a bound form compares it with
         # what came back (`changed_data`).
         saved_per = price_basis(self.instance.billing_unit)[0]
-        for name, label in PRICES.items():
+        for name, (label, help_text) in PRICES.items():
             field = self.fields.get(name)
             if field is None:  # a read-only page (ModelAdmin.get_fieldsets shows it)
                 continue
             field.label = f"{label} (per {words})"
-            field.help_text = (
-                "Per 1M tokens for Token models; per image, minute or request for those "
-                "units (see the billing unit). Stored per single unit, exactly."
-            )
+            field.help_text = help_text
             if self.instance.pk:
                 shown = money.price_to_show(getattr(self.instance, name), per=saved_per)
                 # A Decimal, so that `changed_data` compares numbers; without the
                 # column's trailing zeros, so that the input reads "2.5".
-                self.initial[name] = Decimal(money.plain_amount(shown))
+                self.initial[name] = None if shown is None else Decimal(money.plain_amount(shown))
 
     def clean(self):
         cleaned = super().clean()
@@ -132,6 +148,58 @@ class ServedByFilter(admin.RelatedFieldListFilter):
         self.title = "serving endpoint"  # the sidebar reads "By serving endpoint"
 
 
+class PricingFilter(admin.SimpleListFilter):
+    """Models by Model.unpriced: unpriced, free on purpose, or priced."""
+
+    title = "pricing"
+    parameter_name = "pricing"
+
+    def lookups(self, request, model_admin):
+        return [("unpriced", "Unpriced"), ("free", "Free on purpose"), ("priced", "Priced")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "free":
+            return queryset.filter(is_free=True)
+        if self.value() not in ("unpriced", "priced"):
+            return queryset
+        # The rule is models_registry.models.is_unpriced, applied in Python rather than
+        # restated as SQL, so that the list cannot disagree with the flag and the proxy;
+        # one query over a catalog's few rows.
+        rows = Model.objects.values_list("pk", "billing_unit", "price_in", "price_out", "is_free")
+        unpriced = [pk for pk, *prices in rows if is_unpriced(*prices)]
+        if self.value() == "unpriced":
+            return queryset.filter(pk__in=unpriced)
+        return queryset.filter(is_free=False).exclude(pk__in=unpriced)
+
+
+UNPRICED_TITLE = (
+    "Cost unknown: the prices its billing unit uses are 0, and it is not free on purpose."
+)
+
+
+def unpriced_warning(model: Model) -> str:
+    """What the change page of an unpriced `model` warns, per AETHERGATE_UNPRICED_MODELS."""
+    if settings.AETHERGATE_UNPRICED_MODELS == "refuse":
+        what = (
+            "This gateway refuses it to keys with a budget or a prepaid balance "
+            "(AETHERGATE_UNPRICED_MODELS=refuse); other keys' requests are logged with "
+            "their cost unknown."
+        )
+    else:
+        what = (
+            "This gateway serves it and logs its requests with their cost unknown "
+            "(AETHERGATE_UNPRICED_MODELS=serve); set to refuse, it would refuse it to keys "
+            "with a budget or a prepaid balance."
+        )
+    return format_html(
+        '<p class="unpriced-warning" id="unpriced-warning"><strong>Unpriced.</strong> {} '
+        "{} Set its prices, or tick “free on purpose” if it costs nothing.</p>",
+        f"Every price its billing unit ({model.get_billing_unit_display().lower()}) uses "
+        "is 0, and it is not marked free on purpose: what its requests cost is unknown.",
+        what,
+    )
+
+
 TIMES = "\u00d7"  # the multiplication sign, before a weight
 
 
@@ -154,7 +222,7 @@ class ModelAdmin(GatewayAdmin):
     list_display = (
         "name",
         "served_by",
-        "billing_unit",
+        "billing",
         "input_price",
         "output_price",
         "is_active",
@@ -164,6 +232,7 @@ class ModelAdmin(GatewayAdmin):
         "is_active",
         "capability",
         "billing_unit",
+        PricingFilter,
         ("deployments__endpoint", ServedByFilter),
     )
     search_fields = ("name", "deployments__upstream_name")
@@ -172,19 +241,50 @@ class ModelAdmin(GatewayAdmin):
     readonly_fields = ("created_at", "updated_at")
     fieldsets = (
         (None, {"fields": ("name", "capability", "is_active")}),
-        ("Billing", {"fields": ("billing_unit", "price_in", "price_out")}),
-        ("Limits", {"fields": ("rpm_limit", "day_limit")}),
+        (
+            "Billing",
+            {
+                "fields": (
+                    "billing_unit",
+                    ("price_in", "price_out"),
+                    ("price_cache_read", "price_cache_write"),
+                    "is_free",
+                )
+            },
+        ),
+        (
+            "Limits",
+            {
+                "fields": (
+                    ("rpm_limit", "day_limit"),
+                    ("tpm_limit", "tpd_limit"),
+                    ("max_concurrent", "max_output_tokens"),
+                ),
+                "description": LIMITS_NOTE,
+            },
+        ),
         ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
         # Last, so that it stands just above the deployments it chooses among.
         ("Routing", {"fields": ("strategy", "fallback", "context_fallback")}),
     )
 
+    class Media:
+        css = {"all": ("models_registry/catalog.css",)}
+
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and obj.unpriced:
+            # Said where its prices are set: the Billing fieldset's description.
+            fieldsets = [
+                (name, {**options, "description": unpriced_warning(obj)})
+                if name == "Billing"
+                else (name, options)
+                for name, options in fieldsets
+            ]
         if obj is None or self.has_change_permission(request, obj):
             return fieldsets
         # A read-only page shows prices per the unit's basis, not per unit with 10 decimals.
-        return swap_fields(fieldsets, {"price_in": "input_price", "price_out": "output_price"})
+        return swap_fields(fieldsets, READ_ONLY_PRICES)
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("deployments__endpoint")
@@ -204,6 +304,29 @@ class ModelAdmin(GatewayAdmin):
     def output_price(self, obj):
         return shown_price(obj.price_out, obj.billing_unit)
 
+    @admin.display(description="cache-read price")
+    def cache_read_price(self, obj):
+        return shown_cache_price(obj.price_cache_read, obj.billing_unit)
+
+    @admin.display(description="cache-write price")
+    def cache_write_price(self, obj):
+        return shown_cache_price(obj.price_cache_write, obj.billing_unit)
+
+    @admin.display(description="billing", ordering="billing_unit")
+    def billing(self, obj):
+        """The billing unit, over "unpriced" (a badge) or "free": in the unit's column, as
+        a column of its own would not leave a laptop's list room for the others."""
+        unit = obj.get_billing_unit_display()
+        if obj.unpriced:
+            return format_html(
+                '{}<br><span class="unpriced-badge" title="{}">unpriced</span>',
+                unit,
+                UNPRICED_TITLE,
+            )
+        if obj.is_free:
+            return format_html('{}<br><span class="free-note">free</span>', unit)
+        return unit
+
     def delete_notes(self, objs):
         fallbacks = sum(model.fallback_for.count() for model in objs)
         return [
@@ -218,3 +341,17 @@ def shown_price(stored: Decimal, unit: str) -> str:
     """A stored per-unit price as the list shows it: "$0.15 / 1M tokens", "$0.04 / image"."""
     per, words = price_basis(unit)
     return f"{money.format_price(money.price_to_show(stored, per=per))} / {words}"
+
+
+def shown_cache_price(stored: Decimal | None, unit: str) -> str:
+    """A cache price as `shown_price` words it; none set: "the input price"."""
+    return "the input price" if stored is None else shown_price(stored, unit)
+
+
+# A read-only model page's prices, per the unit's basis rather than per unit with 10 decimals.
+READ_ONLY_PRICES = {
+    "price_in": "input_price",
+    "price_out": "output_price",
+    "price_cache_read": "cache_read_price",
+    "price_cache_write": "cache_write_price",
+}

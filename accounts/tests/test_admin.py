@@ -19,6 +19,7 @@ def change_form(user, **overrides):
         "organization": user.organization,
         "balance": "" if user.balance is None else str(user.balance),
         "initial-balance": "" if user.balance is None else str(user.balance),
+        "budget_period": user.budget_period,
         "is_active": "on",
         "date_joined_0": "2026-01-01",
         "date_joined_1": "00:00:00",
@@ -124,6 +125,70 @@ def test_a_read_only_user_page_shows_the_balance_for_people(client, ops, django_
     assert '<div class="readonly">$7.50</div>' in page
     assert "7.5000000000" not in page
     assert 'name="balance"' not in page
+
+
+def test_a_users_budget_is_set_on_its_page_and_shown_exactly(admin_client, django_user_model):
+    user = django_user_model.objects.create_user("lea", balance=Decimal("5"))
+    url = reverse("admin:accounts_user_change", args=[user.pk])
+
+    response = admin_client.post(
+        url, change_form(user, budget="250", budget_soft="200.5", budget_period="day")
+    )
+    page = admin_client.get(url)
+
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert (user.budget, user.budget_soft, user.budget_period) == (
+        Decimal("250"),
+        Decimal("200.5"),
+        "day",
+    )
+    assert user.balance == Decimal("5")
+    form = page.context["adminform"].form
+    assert (form["budget"].value(), form["budget_soft"].value()) == ("250", "200.5")
+    html = page.content.decode()
+    assert "250.0000000000" not in html
+    fieldsets = [fieldset.name for fieldset in page.context["adminform"]]
+    assert fieldsets.index("Budget") == fieldsets.index("Gateway") + 1
+    assert "a request must fit both" in html
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"budget": "10", "budget_soft": "11"}, "budget_soft", "at or below the hard limit"),
+        ({"budget": "-1"}, "budget", "greater than or equal to 0"),
+        ({"budget_period": "year"}, "budget_period", "Select a valid choice"),
+    ],
+)
+def test_a_bad_budget_is_refused_on_its_field(
+    admin_client, django_user_model, fields, field, message
+):
+    user = django_user_model.objects.create_user("lea")
+
+    response = admin_client.post(
+        reverse("admin:accounts_user_change", args=[user.pk]), change_form(user, **fields)
+    )
+
+    assert response.status_code == 200
+    assert message in " ".join(response.context["adminform"].form.errors[field])
+    user.refresh_from_db()
+    assert (user.budget, user.budget_soft, user.budget_period) == (None, None, "month")
+
+
+def test_a_read_only_user_page_shows_the_budget_for_people(client, ops, django_user_model):
+    root = django_user_model.objects.create_superuser(
+        "boss", "", None, budget=Decimal("1500"), budget_soft=Decimal("0.00012")
+    )
+    client.force_login(ops)
+
+    page = client.get(reverse("admin:accounts_user_change", args=[root.pk])).content.decode()
+
+    assert '<div class="readonly">$1,500.00</div>' in page
+    assert '<div class="readonly">$0.00012</div>' in page
+    assert '<div class="readonly">Every month (from the 1st)</div>' in page
+    assert 'name="budget"' not in page
+    assert "1500.0000000000" not in page
 
 
 def test_prepaid_billing_is_switched_on_and_off(admin_client, django_user_model):

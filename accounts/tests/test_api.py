@@ -356,6 +356,60 @@ def test_a_balance_cannot_be_set_below_zero_but_a_spent_one_may_stay(api, alice)
     assert (alice.balance, alice.organization) == (Decimal("-0.25"), "X")
 
 
+def test_it_writes_and_reads_a_users_budget(api, alice):
+    created = api.post(
+        "/api/v1/users/",
+        {"username": "gina", "budget": "100", "budget_soft": "80", "budget_period": "day"},
+    )
+    patched = api.patch(
+        f"/api/v1/users/{alice.pk}/", {"budget": "0.5", "budget_period": "none"}, format="json"
+    )
+
+    assert created.status_code == 201, created.json()
+    gina = User.objects.get(username="gina")
+    assert (gina.budget, gina.budget_soft, gina.budget_period) == (
+        Decimal("100"),
+        Decimal("80"),
+        "day",
+    )
+    assert (created.json()["budget"], created.json()["budget_soft"]) == (
+        "100.0000000000",
+        "80.0000000000",
+    )
+    assert patched.status_code == 200
+    alice.refresh_from_db()
+    assert (alice.budget, alice.budget_soft, alice.budget_period) == (Decimal("0.5"), None, "none")
+    assert alice.balance == Decimal("10")  # the prepaid balance is another thing
+    listed = api.get("/api/v1/users/", {"username": "alice"}).json()["results"]
+    assert (listed[0]["budget"], listed[0]["budget_period"]) == ("0.5000000000", "none")
+
+
+def test_a_new_user_has_no_budget_and_a_monthly_period(api):
+    data = api.post("/api/v1/users/", {"username": "gina"}).json()
+
+    assert (data["budget"], data["budget_soft"], data["budget_period"]) == (None, None, "month")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"budget": "-5"}, "budget"),
+        ({"budget_soft": "-5"}, "budget_soft"),
+        ({"budget": "plenty"}, "budget"),
+        ({"budget": "0.00000000001"}, "budget"),  # 11 decimals
+        ({"budget": "5", "budget_soft": "6"}, "budget_soft"),
+        ({"budget_period": "quarter"}, "budget_period"),
+    ],
+)
+def test_it_answers_a_bad_budget_with_field_errors(api, alice, body, field):
+    response = api.patch(f"/api/v1/users/{alice.pk}/", body, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+    alice.refresh_from_db()
+    assert (alice.budget, alice.budget_soft, alice.budget_period) == (None, None, "month")
+
+
 def test_put_replaces_the_given_fields(api, alice):
     response = api.put(
         f"/api/v1/users/{alice.pk}/",

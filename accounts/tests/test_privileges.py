@@ -176,6 +176,7 @@ def change_form(user, **overrides):
         "organization": user.organization,
         "balance": "",
         "initial-balance": "",
+        "budget_period": user.budget_period,
         "is_active": "on",
         "date_joined_0": "2026-01-01",
         "date_joined_1": "00:00:00",

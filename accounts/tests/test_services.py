@@ -77,6 +77,25 @@ def test_create_user_reports_an_unreadable_balance_once():
     assert not User.objects.exists()
 
 
+def test_create_user_saves_a_budget_and_refuses_an_alert_above_it():
+    user = services.create_user(
+        username="carol", budget="50", budget_soft="40", budget_period="week"
+    )
+    with pytest.raises(ValidationError) as error:
+        services.create_user(username="dave", budget="5", budget_soft="6")
+
+    user.refresh_from_db()
+    assert (user.budget, user.budget_soft, user.budget_period) == (
+        Decimal("50"),
+        Decimal("40"),
+        "week",
+    )
+    assert error.value.message_dict == {
+        "budget_soft": ["The alert must be at or below the hard limit."]
+    }
+    assert not User.objects.filter(username="dave").exists()
+
+
 # --------------------------------------------------------------------------- balances
 
 
@@ -231,6 +250,7 @@ def test_each_entry_point_refuses_a_negative_balance_in_its_own_shape(
         "username": "alice",
         "balance": "-5",
         "initial-balance": "10",
+        "budget_period": "month",
         "is_active": "on",
         "date_joined_0": "2026-01-01",
         "date_joined_1": "00:00:00",

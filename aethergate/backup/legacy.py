@@ -18,7 +18,7 @@ from django.utils.dateparse import parse_datetime
 from accounts.models import User
 from aethergate.backup.schema import KINDS, BackupError, decimal_text
 from endpoints.models import Endpoint
-from models_registry.models import UNITS_FOR, BillingUnit, unit_error
+from models_registry.models import UNITS_FOR, BillingUnit, is_unpriced, unit_error
 
 MONEY_STEP = Decimal(10) ** -User._meta.get_field("balance").decimal_places
 
@@ -48,6 +48,12 @@ def _legacy_money(value, where: str, name: str, warnings: list[str]):
             f"{where}: {name} {value} rounded to {decimal_text(rounded)} (10 decimals)."
         )
     return decimal_text(rounded)
+
+
+def _priced_zero(row: dict) -> bool:
+    """Whether a translated model row's prices leave it unpriced (is_unpriced, not free)."""
+    prices = (Decimal(row.get(name) or 0) for name in ("price_in", "price_out"))
+    return is_unpriced(row.get("billing_unit", BillingUnit.TOKEN), *prices, False)
 
 
 def _legacy_time(value, where: str, name: str):
@@ -177,6 +183,14 @@ def translate(data: dict) -> tuple[dict, list[str]]:
         for price in ("price_in", "price_out"):
             if price in item:
                 row[price] = _legacy_money(item[price], where, price, warnings)
+        if _priced_zero(row):
+            # The earlier version billed such a model 0 without a word; here it is
+            # flagged, unless staff mark it free (it had no such mark to carry over).
+            warnings.append(
+                f"{where}: priced 0 in the backup, so unpriced here (its requests logged with "
+                "their cost unknown) unless marked “free on purpose”: tick that if it costs "
+                "nothing, or set its prices."
+            )
         for limit in ("rpm_limit", "day_limit"):
             if limit in item:
                 row[limit] = _legacy_limit(item[limit])

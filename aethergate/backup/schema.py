@@ -23,6 +23,10 @@ from models_registry.models import Deployment, Model
 
 FORMAT = "aethergate-backup"
 # 2: a model's deployments (a list) instead of its endpoint and upstream name.
+# A field added to a kind needs no new version: every plain field is optional
+# (absent: the default for a new row, kept for a known one), so this importer reads
+# an older file as it was meant, and an older one refuses a newer file's field by
+# name (rows_of). Budgets, token limits and cache prices came so, within version 2.
 VERSION = 2
 READABLE = (1, 2)  # the versions import reads; upgrade.py brings 1 to 2
 LEGACY_VERSION = 1

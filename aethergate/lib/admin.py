@@ -42,13 +42,18 @@ def secret_once_page(
 
 def swap_fields(fieldsets, shown: dict[str, str], dropped=frozenset()) -> list:
     """`fieldsets` with each field in `shown` replaced by its value (a display method,
-    say) and those in `dropped` left out; the sets' names and options are kept."""
+    say) and those in `dropped` left out, within a line of fields (a tuple) too; the
+    sets' names and options are kept."""
+
+    def swapped(fields):
+        return [
+            tuple(swapped(f)) if isinstance(f, tuple | list) else shown.get(f, f)
+            for f in fields
+            if f not in dropped
+        ]
+
     return [
-        (
-            name,
-            {**options, "fields": [shown.get(f, f) for f in options["fields"] if f not in dropped]},
-        )
-        for name, options in fieldsets
+        (name, {**options, "fields": swapped(options["fields"])}) for name, options in fieldsets
     ]
 
 

@@ -80,7 +80,8 @@ def test_delete_pages_are_titled_with_the_object(admin_client, make, admin_url, 
 
 def test_a_new_secret_is_a_notice_not_an_error(admin_client, alice):
     response = admin_client.post(
-        reverse("admin:keys_apikey_add"), {"name": "laptop", "owner": alice.pk}
+        reverse("admin:keys_apikey_add"),
+        {"name": "laptop", "owner": alice.pk, "budget_period": "month"},
     )
 
     page = response.content.decode()

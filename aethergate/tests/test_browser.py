@@ -626,6 +626,13 @@ def _shot(page, shots, name):
         page.screenshot(path=DOCS_SCREENSHOTS / name, full_page=True)
 
 
+def _viewport_shot(page, shots, name):
+    """What the screen shows now (not the whole page), like `_shot` otherwise."""
+    page.screenshot(path=shots / name)
+    if os.environ.get("AETHERGATE_SCREENSHOTS_TO_DOCS") == "1":
+        page.screenshot(path=DOCS_SCREENSHOTS / name)
+
+
 def _assert_list_fits(page, changelist):
     """The list's table is no wider than the room it has: no column hidden off-screen."""
     page.goto(changelist)

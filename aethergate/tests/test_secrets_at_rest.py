@@ -24,7 +24,8 @@ def every_stored_value() -> str:
 def test_secrets_are_absent_from_every_table_and_the_database_file(admin_client, django_user_model):
     owner = django_user_model.objects.create_user("alice")
     created = admin_client.post(
-        reverse("admin:keys_apikey_add"), {"name": "ci", "owner": owner.pk, "is_active": "on"}
+        reverse("admin:keys_apikey_add"),
+        {"name": "ci", "owner": owner.pk, "is_active": "on", "budget_period": "month"},
     )
     first = SECRET.search(created.content.decode())[1]
     key_id = owner.api_keys.get().pk

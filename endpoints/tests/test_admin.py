@@ -124,6 +124,37 @@ def test_it_refuses_a_bad_url_or_limit_without_echoing_the_credential(admin_clie
     assert not Endpoint.objects.exists()
 
 
+def test_token_limits_are_set_in_the_limits_next_to_the_request_limits(admin_client):
+    response = admin_client.post(
+        reverse("admin:endpoints_endpoint_add"),
+        form(rpm_limit="600", tpm_limit="450000", tpd_limit="20000000"),
+    )
+    endpoint = Endpoint.objects.get()
+    page = admin_client.get(reverse("admin:endpoints_endpoint_change", args=[endpoint.pk]))
+
+    assert response.status_code == 302
+    assert (endpoint.rpm_limit, endpoint.tpm_limit, endpoint.tpd_limit) == (
+        600,
+        450_000,
+        20_000_000,
+    )
+    limits = next(f for f in page.context["adminform"] if f.name == "Limits")
+    assert [line.fields for line in limits] == [
+        ("rpm_limit", "day_limit"),
+        ("tpm_limit", "tpd_limit"),
+    ]
+    assert "Token limits count input + output tokens" in page.content.decode()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_a_bad_token_limit_is_refused_on_its_field(admin_client, value):
+    response = admin_client.post(reverse("admin:endpoints_endpoint_add"), form(tpd_limit=value))
+
+    assert response.status_code == 200
+    assert list(response.context["adminform"].form.errors) == ["tpd_limit"]
+    assert not Endpoint.objects.exists()
+
+
 def test_deleting_an_endpoint_names_the_models_that_lose_a_deployment(admin_client):
     gone = Endpoint.objects.create(name="ollama", base_url="http://127.0.0.1:11434/v1")
     kept = Endpoint.objects.create(name="gpu-b", base_url="http://127.0.0.1:8001/v1")

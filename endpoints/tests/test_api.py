@@ -165,6 +165,52 @@ def test_it_answers_bad_input_with_field_errors(api, body, field):
     assert not Endpoint.objects.exists()
 
 
+def test_it_writes_reads_and_clears_token_limits(api, endpoint):
+    created = api.post(
+        "/api/v1/endpoints/",
+        {"name": "vllm", "base_url": "http://10.0.0.5:8000/v1", "tpm_limit": 90_000},
+    )
+    patched = api.patch(
+        f"/api/v1/endpoints/{endpoint.pk}/", {"tpm_limit": 450_000, "tpd_limit": 2_000_000}
+    )
+
+    assert created.status_code == 201, created.json()
+    assert (created.json()["tpm_limit"], created.json()["tpd_limit"]) == (90_000, None)
+    assert (patched.json()["tpm_limit"], patched.json()["tpd_limit"]) == (450_000, 2_000_000)
+    endpoint.refresh_from_db()
+    assert (endpoint.tpm_limit, endpoint.tpd_limit, endpoint.api_key) == (
+        450_000,
+        2_000_000,
+        CREDENTIAL,
+    )
+    cleared = api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"tpd_limit": None}, format="json")
+    assert cleared.status_code == 200
+    endpoint.refresh_from_db()
+    assert (endpoint.tpm_limit, endpoint.tpd_limit) == (450_000, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"tpm_limit": 0}, "tpm_limit"),
+        ({"tpm_limit": -100}, "tpm_limit"),
+        ({"tpd_limit": "lots"}, "tpd_limit"),
+        ({"tpd_limit": 2.5}, "tpd_limit"),
+        ({"tpd_limit": 2**63}, "tpd_limit"),
+    ],
+)
+def test_it_answers_bad_token_limits_with_field_errors(api, body, field):
+    response = api.post(
+        "/api/v1/endpoints/",
+        {"name": "x", "base_url": "http://x.example/v1", **body},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+    assert not Endpoint.objects.exists()
+
+
 def test_a_duplicate_name_is_a_conflict(api, endpoint):
     response = api.post("/api/v1/endpoints/", {"name": "openai", "base_url": "http://x.example/v1"})
     other = Endpoint.objects.create(name="other", base_url="http://y.example/v1")

@@ -1,10 +1,12 @@
 """Staff flows for API keys in Django admin."""
 
 import re
+from decimal import Decimal
 
 import pytest
 from django.urls import reverse
 
+from aethergate.testing import VIEW, make_staff
 from keys import services
 from keys.models import APIKey, digest
 from models_registry.models import Model
@@ -32,6 +34,7 @@ def add_form(owner, **overrides):
         "is_active": "on",
         "rate_limit": "60/m",
         "allowed_capabilities": ["TEXT"],
+        "budget_period": "month",
         **overrides,
     }
 
@@ -115,7 +118,11 @@ def test_editing_limits_and_settings_does_not_rotate(admin_client, key):
             "name": "renamed",
             "owner": key.owner.pk,
             "is_active": "on",
-            "rate_limit": "120/m,1000/d",
+            "rate_limit": "120/m,1000/d,100000tok/m",
+            "max_concurrent": "3",
+            "budget": "12.5",
+            "budget_soft": "10",
+            "budget_period": "week",
             "allowed_capabilities": ["TEXT", "EMBEDDING"],
             "allowed_models": [model.pk],
             "log_content": "on",
@@ -128,7 +135,12 @@ def test_editing_limits_and_settings_does_not_rotate(admin_client, key):
     key.refresh_from_db()
     assert (key.digest, key.prefix) == (old_digest, old_prefix)
     assert key.name == "renamed"
-    assert key.rate_limit == "120/m,1000/d"
+    assert (key.rate_limit, key.max_concurrent) == ("120/m,1000/d,100000tok/m", 3)
+    assert (key.budget, key.budget_soft, key.budget_period) == (
+        Decimal("12.5"),
+        Decimal("10"),
+        "week",
+    )
     assert key.allowed_capabilities == ["TEXT", "EMBEDDING"]
     assert list(key.allowed_models.all()) == [model]
     assert key.log_content
@@ -143,6 +155,81 @@ def test_an_invalid_rate_limit_is_refused_with_a_clear_message(admin_client, own
     assert response.status_code == 200
     assert "COUNT/UNIT" in response.content.decode()
     assert not APIKey.objects.exists()
+
+
+def test_a_new_key_gets_its_budget_and_concurrency_limit_through_the_service(admin_client, owner):
+    response = admin_client.post(
+        reverse("admin:keys_apikey_add"),
+        add_form(owner, max_concurrent="2", budget="5", budget_soft="4.5", budget_period="day"),
+    )
+
+    assert response.status_code == 200
+    key = APIKey.objects.get()
+    assert key.digest == digest(SECRET.search(response.content.decode())[1])
+    assert (key.max_concurrent, key.budget, key.budget_soft, key.budget_period) == (
+        2,
+        Decimal("5"),
+        Decimal("4.5"),
+        "day",
+    )
+
+
+def test_the_key_page_shows_its_budget_exactly_and_explains_token_rates(admin_client, key):
+    APIKey.objects.filter(pk=key.pk).update(budget=Decimal("12.5"), max_concurrent=4)
+
+    page = admin_client.get(reverse("admin:keys_apikey_change", args=[key.pk]))
+
+    form = page.context["adminform"].form
+    assert (form["budget"].value(), form["budget_soft"].value()) == ("12.5", "")
+    assert form["max_concurrent"].value() == 4
+    html = page.content.decode()
+    assert "12.5000000000" not in html
+    assert "<code>60/m,1000/d,100000tok/m,2000000tok/d</code>" in html
+    assert "then counted for what it really used" in html
+    # The concurrency limit stands next to the rate limit, on its line.
+    assert 'class="form-row field-rate_limit field-max_concurrent"' in html
+    assert "a request must fit both" in html
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"budget": "3", "budget_soft": "4"}, "budget_soft", "at or below the hard limit"),
+        ({"budget_soft": "-2"}, "budget_soft", "greater than or equal to 0"),
+        ({"budget": "a lot"}, "budget", "Enter a number"),
+        ({"budget_period": "year"}, "budget_period", "Select a valid choice"),
+        ({"max_concurrent": "0"}, "max_concurrent", "greater than or equal to 1"),
+        ({"rate_limit": "10tok/x"}, "rate_limit", '"10tok/x" is not a rate'),
+    ],
+)
+def test_bad_limits_and_budgets_are_refused_on_their_field(
+    admin_client, key, fields, field, message
+):
+    url = reverse("admin:keys_apikey_change", args=[key.pk])
+
+    response = admin_client.post(url, add_form(key.owner, name="ci", **fields))
+
+    assert response.status_code == 200
+    assert message in " ".join(response.context["adminform"].form.errors[field])
+    key.refresh_from_db()
+    assert (key.rate_limit, key.max_concurrent, key.budget, key.budget_soft) == (
+        "60/m",
+        None,
+        None,
+        None,
+    )
+
+
+def test_a_read_only_key_page_shows_the_budget_for_people(client, key):
+    APIKey.objects.filter(pk=key.pk).update(budget=Decimal("2500"), budget_soft=Decimal("2000"))
+    client.force_login(make_staff("viewer", VIEW))
+
+    page = client.get(reverse("admin:keys_apikey_change", args=[key.pk])).content.decode()
+
+    assert '<div class="readonly">$2,500.00</div>' in page
+    assert '<div class="readonly">$2,000.00</div>' in page
+    assert 'name="budget"' not in page
+    assert "2500.0000000000" not in page
 
 
 def test_keys_are_deactivated_and_activated_from_the_list(admin_client, key):
@@ -188,15 +275,7 @@ def test_a_whole_key_in_the_search_box_is_not_looked_up_or_echoed(admin_client, 
     assert "Find by secret" in content
 
 
-def test_the_admin_creates_keys_through_the_service(admin_client, owner, monkeypatch):
-    made = []
-    create_key = services.create_key
-
-    def recording(**fields):
-        made.append(fields)
-        return create_key(**fields)
-
-    monkeypatch.setattr(services, "create_key", recording)
+def test_the_admin_creates_keys_through_the_service(admin_client, owner, create_key_calls):
     llama = Model.objects.create(name="llama3")
 
     response = admin_client.post(
@@ -204,7 +283,7 @@ def test_the_admin_creates_keys_through_the_service(admin_client, owner, monkeyp
     )
 
     assert response.status_code == 200
-    assert [(call["owner"], call["name"]) for call in made] == [(owner, "laptop")]
+    assert [(call["owner"], call["name"]) for call in create_key_calls] == [(owner, "laptop")]
     key = APIKey.objects.get()
     assert key.digest == digest(SECRET.search(response.content.decode())[1])
     assert list(key.allowed_models.all()) == [llama]

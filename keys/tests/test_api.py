@@ -1,6 +1,7 @@
 """The management API for consumer keys: secrets once, edits without rotation, rotation."""
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -97,6 +98,94 @@ def test_it_answers_bad_input_with_field_errors(api, alice, body, field):
     assert response.status_code == 400
     assert field in response.json()
     assert not APIKey.objects.exists()
+
+
+def test_it_writes_and_reads_token_rates_concurrency_and_a_budget(api, alice):
+    response = api.post(
+        "/api/v1/keys/",
+        {
+            "owner": alice.pk,
+            "name": "agent",
+            "rate_limit": "60/m,100000tok/m,2000000tok/d",
+            "max_concurrent": 4,
+            "budget": "25",
+            "budget_soft": "20.5",
+            "budget_period": "week",
+        },
+    )
+
+    assert response.status_code == 201, response.json()
+    key = APIKey.objects.get()
+    assert (key.rate_limit, key.max_concurrent) == ("60/m,100000tok/m,2000000tok/d", 4)
+    assert (key.budget, key.budget_soft, key.budget_period) == (
+        Decimal("25"),
+        Decimal("20.5"),
+        "week",
+    )
+    data = api.get(f"/api/v1/keys/{key.pk}/").json()
+    assert (data["rate_limit"], data["max_concurrent"]) == ("60/m,100000tok/m,2000000tok/d", 4)
+    assert (data["budget"], data["budget_soft"], data["budget_period"]) == (
+        "25.0000000000",
+        "20.5000000000",
+        "week",
+    )
+
+
+def test_a_key_without_them_has_no_budget_a_monthly_period_and_no_concurrency_limit(api, alice):
+    data = api.post("/api/v1/keys/", {"owner": alice.pk, "name": "x"}).json()
+
+    assert (data["max_concurrent"], data["budget"], data["budget_soft"]) == (None, None, None)
+    assert data["budget_period"] == "month"
+
+
+def test_patch_sets_and_clears_a_budget_and_the_concurrency_limit(api, key):
+    set_ = api.patch(f"/api/v1/keys/{key.pk}/", {"budget": "10", "max_concurrent": 2})
+    assert (set_.json()["budget"], set_.json()["max_concurrent"]) == ("10.0000000000", 2)
+
+    response = api.patch(
+        f"/api/v1/keys/{key.pk}/", {"budget": None, "max_concurrent": None}, format="json"
+    )
+
+    assert response.status_code == 200
+    key.refresh_from_db()
+    assert (key.budget, key.max_concurrent, key.rate_limit) == (None, None, "60/m")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"budget": "-1"}, "budget"),
+        ({"budget_soft": "-0.01"}, "budget_soft"),
+        ({"budget": "lots"}, "budget"),
+        ({"budget": "1" * 11}, "budget"),  # more whole digits than the column holds
+        ({"budget": "10", "budget_soft": "10.01"}, "budget_soft"),
+        ({"budget_period": "year"}, "budget_period"),
+        ({"budget_period": None}, "budget_period"),
+        ({"rate_limit": "10tok/x"}, "rate_limit"),
+        ({"rate_limit": "0tok/m"}, "rate_limit"),
+        ({"rate_limit": "60/m,100000tokens/fortnight"}, "rate_limit"),
+        ({"max_concurrent": 0}, "max_concurrent"),
+        ({"max_concurrent": -2}, "max_concurrent"),
+        ({"max_concurrent": "some"}, "max_concurrent"),
+    ],
+)
+def test_it_answers_bad_limits_and_budgets_with_field_errors(api, alice, body, field):
+    response = api.post("/api/v1/keys/", {"owner": alice.pk, "name": "x", **body}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+    assert not APIKey.objects.exists()
+
+
+def test_an_alert_above_the_keys_hard_limit_is_refused_on_patch(api, key):
+    APIKey.objects.filter(pk=key.pk).update(budget=Decimal("5"))
+
+    response = api.patch(f"/api/v1/keys/{key.pk}/", {"budget_soft": "6"})
+
+    assert response.status_code == 400
+    assert response.json() == {"budget_soft": ["The alert must be at or below the hard limit."]}
+    key.refresh_from_db()
+    assert key.budget_soft is None
 
 
 def test_patch_edits_a_key_without_rotating_it(api, key, llama):

@@ -2,6 +2,7 @@
 
 import re
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.core.management import ManagementUtility, call_command
@@ -84,6 +85,48 @@ def test_a_key_without_options_is_unlimited_and_never_expires(alice, capsys):
     assert not key.allowed_models.exists() and not key.log_content
 
 
+def test_it_creates_a_key_with_token_rates_concurrency_and_a_budget(alice, capsys):
+    out = run(
+        capsys,
+        "create_key",
+        "--user=alice",
+        "--name=agent",
+        "--rate-limit=60/m,100000tok/m",
+        "--max-concurrent=4",
+        "--budget=25",
+        "--budget-soft=20.5",
+        "--budget-period=week",
+    )
+
+    issued_secret(out)
+    key = APIKey.objects.get()
+    assert (key.rate_limit, key.max_concurrent) == ("60/m,100000tok/m", 4)
+    assert (key.budget, key.budget_soft, key.budget_period) == (
+        Decimal("25"),
+        Decimal("20.5"),
+        "week",
+    )
+
+
+def test_a_key_without_those_options_has_no_budget_and_no_concurrency_limit(alice, capsys):
+    run(capsys, "create_key", "--user=alice", "--name=app")
+
+    key = APIKey.objects.get()
+    assert (key.max_concurrent, key.budget, key.budget_soft, key.budget_period) == (
+        None,
+        None,
+        None,
+        "month",
+    )
+
+
+def test_the_command_creates_keys_through_the_service(alice, capsys, create_key_calls):
+    run(capsys, "create_key", "--user=alice", "--name=ci", "--budget=5", "--max-concurrent=2")
+
+    assert [(c["budget"], c["max_concurrent"]) for c in create_key_calls] == [("5", "2")]
+    assert APIKey.objects.get().budget == Decimal("5")
+
+
 def test_an_expiry_date_alone_means_its_midnight(alice, capsys):
     run(capsys, "create_key", "--user=alice", "--name=ci", "--expires=2099-01-31")
 
@@ -102,6 +145,15 @@ def test_an_expiry_date_alone_means_its_midnight(alice, capsys):
         (["--expires=next week"], '--expires "next week" is not an ISO date'),
         (["--expires=2001-01-01"], "is in the past"),
         (["--name="], "name: This field cannot be blank."),
+        (["--rate-limit=10tok/x"], 'rate_limit: "10tok/x" is not a rate'),
+        (["--max-concurrent=0"], "max_concurrent: Ensure this value is greater than or equal to 1"),
+        (["--max-concurrent=many"], "max_concurrent: “many” value must be an integer."),
+        (["--budget=-1"], "budget: Ensure this value is greater than or equal to 0."),
+        (["--budget=lots"], "budget: “lots” value must be a decimal number."),
+        (
+            ["--budget=10", "--budget-soft=12"],
+            "budget_soft: The alert must be at or below the hard limit.",
+        ),
     ],
 )
 def test_it_refuses_bad_input_with_the_reason(alice, args, message):
@@ -187,13 +239,28 @@ def test_it_lists_keys_without_secrets_or_digests(alice, django_user_model, caps
     out = run(capsys, "list_keys")
 
     lines = out.splitlines()
-    assert lines[0].split() == "id prefix name owner state rate limit expires last used".split()
+    assert lines[0].split() == (
+        "id prefix name owner state rate limit concurrent budget expires last used".split()
+    )
     assert len(lines) == 3
     assert lines[1].split()[:6] == [str(app.pk), f"{app.prefix}…", "app", "bob", "usable", "-"]
     assert lines[2].split()[:6] == [str(ci.pk), f"{ci.prefix}…", "ci", "alice", "usable", "60/m"]
     assert "gone" not in out
     for key, secret in ((ci, ci_secret), (app, app_secret), (gone, gone_secret)):
         assert secret not in out and key.digest not in out
+
+
+def test_it_lists_each_keys_concurrency_and_budget(alice, capsys):
+    create_key(
+        owner=alice, name="week", max_concurrent=4, budget=Decimal("25"), budget_period="week"
+    )
+    create_key(owner=alice, name="total", budget=Decimal("1234.5"), budget_period="none")
+
+    out = run(capsys, "list_keys")
+
+    rows = {line.split()[2]: line for line in out.splitlines()[1:]}
+    assert rows["week"].split()[5:8] == ["-", "4", "$25.00/week"]
+    assert rows["total"].split()[5:9] == ["-", "-", "$1,234.50", "total"]
 
 
 def test_it_lists_inactive_keys_and_one_users_keys_on_request(alice, django_user_model, capsys):

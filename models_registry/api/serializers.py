@@ -57,7 +57,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
 @extend_schema_serializer(deprecate_fields=LEGACY)
 class CatalogModelSerializer(CleanModelSerializer):
-    """A public model name served by its `deployments`; fallbacks by name.
+    """A public model name served by its `deployments`; fallbacks by name. Prices are per
+    single unit (a token, an image, …); the cache prices, null, are the input price.
 
     A write that carries `deployments` replaces the model's set with it (one
     already stored with the same endpoint and upstream name is updated in place,
@@ -90,6 +91,12 @@ class CatalogModelSerializer(CleanModelSerializer):
         "Name of the model tried instead when the upstream refuses the request as too long "
         "for its context.",
     )
+    unpriced = serializers.BooleanField(
+        read_only=True,
+        help_text="Whether the prices its billing unit uses are all 0 and it is not marked "
+        "is_free: its cost is unknown (logged so), and with AETHERGATE_UNPRICED_MODELS=refuse "
+        "it is refused to keys with a budget or a prepaid balance.",
+    )
     endpoint = by_name(
         Endpoint.objects.all(),
         "Deprecated: send deployments. Endpoint name of the model's one deployment; null: "
@@ -109,6 +116,7 @@ class CatalogModelSerializer(CleanModelSerializer):
             "id",
             *Model.shared_fields,
             "deployments",
+            "unpriced",
             *LEGACY,
             "created_at",
             "updated_at",

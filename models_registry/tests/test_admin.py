@@ -422,6 +422,184 @@ def test_negative_prices_are_refused(admin_client, endpoint):
     assert not Model.objects.exists()
 
 
+# --------------------------------------------------------------------------- cache prices
+
+
+def test_cache_prices_are_entered_per_1m_tokens_and_stored_per_token(admin_client, endpoint):
+    response = admin_client.post(
+        ADD,
+        form(endpoint, price_in="3", price_out="15", price_cache_read="0.3", price_cache_write=""),
+    )
+
+    assert response.status_code == 302
+    model = Model.objects.get()
+    assert (model.price_cache_read, model.price_cache_write) == (Decimal("0.0000003"), None)
+    page = admin_client.get(reverse("admin:models_registry_model_change", args=[model.pk]))
+    html = page.content.decode()
+    assert 'name="price_cache_read" value="0.3"' in html
+    assert page.context["adminform"].form["price_cache_write"].value() is None
+    assert "Cache-read price (per 1M tokens)" in html
+    assert "Empty: the input price." in html
+
+
+def test_a_cache_price_is_refused_as_an_input_price_would_be(admin_client, endpoint):
+    response = admin_client.post(
+        ADD, form(endpoint, price_cache_read="0.12345", price_cache_write="-1")
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors["price_cache_read"] == [
+        "Enter at most 4 decimal places per 1M tokens: prices are stored per single unit with 10."
+    ]
+    assert "greater than or equal to 0" in errors["price_cache_write"][0]
+    assert not Model.objects.exists()
+
+
+def test_changing_the_unit_asks_for_cache_prices_per_the_new_unit_too(admin_client, endpoint):
+    model = make_model("chat", "x", endpoint, price_cache_read=Decimal("0.0000003"))
+    url = reverse("admin:models_registry_model_change", args=[model.pk])
+    fields = {"name": "chat", "billing_unit": "REQUEST", "price_in": "0.01", "price_out": "0"}
+
+    response = admin_client.post(url, form(model=model, price_cache_read="0.3", **fields))
+
+    assert response.context["adminform"].form.errors["price_cache_read"] == [
+        "The billing unit changed: enter this price per request."
+    ]
+    model.refresh_from_db()
+    assert (model.billing_unit, model.price_cache_read) == ("TOKEN", Decimal("0.0000003"))
+
+
+def test_a_read_only_model_page_shows_cache_prices_for_people(client, endpoint):
+    model = make_model("chat", "x", endpoint, price_cache_write=Decimal("0.00000375"))
+    client.force_login(make_staff("viewer", VIEW))
+
+    page = client.get(reverse("admin:models_registry_model_change", args=[model.pk]))
+
+    html = page.content.decode()
+    assert '<div class="readonly">$3.75 / 1M tokens</div>' in html
+    assert '<div class="readonly">the input price</div>' in html  # cache read: none set
+    assert "0.0000037500" not in html
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_token_and_concurrency_limits_are_set_on_the_model_page(admin_client, endpoint):
+    response = admin_client.post(
+        ADD,
+        form(
+            endpoint,
+            rpm_limit="60",
+            tpm_limit="30000",
+            tpd_limit="1000000",
+            max_concurrent="4",
+            max_output_tokens="1024",
+        ),
+    )
+
+    assert response.status_code == 302
+    model = Model.objects.get()
+    assert (model.rpm_limit, model.tpm_limit, model.tpd_limit) == (60, 30_000, 1_000_000)
+    assert (model.max_concurrent, model.max_output_tokens) == (4, 1024)
+    page = admin_client.get(reverse("admin:models_registry_model_change", args=[model.pk]))
+    limits = next(f for f in page.context["adminform"] if f.name == "Limits")
+    assert [line.fields for line in limits] == [
+        ("rpm_limit", "day_limit"),
+        ("tpm_limit", "tpd_limit"),
+        ("max_concurrent", "max_output_tokens"),
+    ]
+    assert "Token limits count input + output tokens" in page.content.decode()
+
+
+@pytest.mark.parametrize("field", ["tpm_limit", "tpd_limit", "max_concurrent", "max_output_tokens"])
+def test_a_limit_of_0_is_refused_on_its_field(admin_client, endpoint, field):
+    response = admin_client.post(ADD, form(endpoint, **{field: "0"}))
+
+    assert response.status_code == 200
+    assert list(response.context["adminform"].form.errors) == [field]
+    assert not Model.objects.exists()
+
+
+# --------------------------------------------------------------------------- unpriced
+
+
+def test_the_list_flags_unpriced_models_and_filters_by_pricing(admin_client, endpoint):
+    make_model("unset", "a", endpoint)
+    make_model("local", "b", endpoint, is_free=True)
+    make_model("paid", "c", endpoint, price_out=Decimal("0.000001"))
+    make_model("draw", "d", endpoint, capability="IMAGE", billing_unit="IMAGE", price_in=1)
+
+    def listed(**params):
+        page = admin_client.get(CHANGELIST, params)
+        return {
+            m.name: page.context["cl"].model_admin.billing(m)
+            for m in page.context["cl"].result_list
+        }
+
+    everything = listed()
+    assert {name for name, shown in everything.items() if "unpriced-badge" in shown} == {
+        "unset",
+        "draw",  # an image's price is its output price
+    }
+    assert everything["local"] == 'Token<br><span class="free-note">free</span>'
+    assert everything["paid"] == "Token"
+    assert set(listed(pricing="unpriced")) == {"unset", "draw"}
+    assert set(listed(pricing="free")) == {"local"}
+    assert set(listed(pricing="priced")) == {"paid"}
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert html.count('<span class="unpriced-badge"') == 2
+    assert "Free on purpose" in html  # the filter's choice
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [
+        ("serve", "This gateway serves it and logs its requests with their cost unknown"),
+        ("refuse", "This gateway refuses it to keys with a budget or a prepaid balance"),
+    ],
+)
+def test_an_unpriced_models_page_warns_what_that_means(
+    admin_client, endpoint, settings, mode, said
+):
+    settings.AETHERGATE_UNPRICED_MODELS = mode
+    model = make_model("unset", "a", endpoint)
+
+    page = admin_client.get(reverse("admin:models_registry_model_change", args=[model.pk]))
+
+    html = page.content.decode()
+    assert 'id="unpriced-warning"' in html
+    assert "what its requests cost is unknown" in html
+    assert said in html
+    assert "tick “free on purpose”" in html
+    billing = next(f for f in page.context["adminform"] if f.name == "Billing")
+    assert "unpriced-warning" in billing.description
+
+
+@pytest.mark.parametrize(
+    "fields", [{"is_free": True}, {"price_in": Decimal("0.000001")}], ids=["free", "priced"]
+)
+def test_a_free_or_priced_models_page_has_no_warning(admin_client, endpoint, fields):
+    model = make_model("m", "a", endpoint, **fields)
+
+    page = admin_client.get(reverse("admin:models_registry_model_change", args=[model.pk]))
+
+    assert 'id="unpriced-warning"' not in page.content.decode()
+
+
+def test_ticking_free_on_purpose_clears_the_flag(admin_client, endpoint):
+    model = make_model("local", "a", endpoint)
+    url = reverse("admin:models_registry_model_change", args=[model.pk])
+
+    admin_client.post(
+        url, form(model=model, name="local", price_in="0", price_out="0", is_free="on")
+    )
+
+    model.refresh_from_db()
+    assert model.is_free and not model.unpriced
+    assert 'id="unpriced-warning"' not in admin_client.get(url).content.decode()
+
+
 def test_a_fallback_loop_is_refused(admin_client, endpoint):
     first = make_model("a", "a", endpoint)
     second = make_model("b", "b", endpoint, fallback=first)

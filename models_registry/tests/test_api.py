@@ -497,3 +497,118 @@ def test_it_takes_each_unit_its_capability_measures(api, capability, unit):
 
     assert response.status_code == 201
     assert Model.objects.get().billing_unit == unit
+
+
+# ------------------------------------------------------------------- cache prices and limits
+
+
+def test_it_writes_and_reads_cache_prices_per_unit_and_token_and_concurrency_limits(api):
+    response = api.post(
+        "/api/v1/models/",
+        {
+            "name": "claude",
+            "price_in": "0.000003",
+            "price_out": "0.000015",
+            "price_cache_read": "0.0000003",
+            "price_cache_write": "0.00000375",
+            "tpm_limit": 400_000,
+            "tpd_limit": 20_000_000,
+            "max_concurrent": 16,
+            "max_output_tokens": 8192,
+        },
+    )
+
+    assert response.status_code == 201, response.json()
+    model = Model.objects.get(name="claude")
+    assert (model.price_cache_read, model.price_cache_write) == (
+        Decimal("0.0000003"),
+        Decimal("0.00000375"),
+    )
+    assert (model.tpm_limit, model.tpd_limit, model.max_concurrent, model.max_output_tokens) == (
+        400_000,
+        20_000_000,
+        16,
+        8192,
+    )
+    data = api.get(f"/api/v1/models/{model.pk}/").json()
+    # Per single unit with the column's ten decimals, as price_in is.
+    assert (data["price_in"], data["price_cache_read"], data["price_cache_write"]) == (
+        "0.0000030000",
+        "0.0000003000",
+        "0.0000037500",
+    )
+    assert (data["tpm_limit"], data["tpd_limit"]) == (400_000, 20_000_000)
+    assert (data["max_concurrent"], data["max_output_tokens"]) == (16, 8192)
+    assert (data["is_free"], data["unpriced"]) == (False, False)
+
+
+def test_cache_prices_and_limits_default_to_null_and_can_be_cleared(api, llama):
+    Model.objects.filter(pk=llama.pk).update(
+        price_cache_read=Decimal("0.1"), tpm_limit=10, max_concurrent=2, max_output_tokens=100
+    )
+    assert api.post("/api/v1/models/", {"name": "m"}).json()["price_cache_read"] is None
+
+    response = api.patch(
+        f"/api/v1/models/{llama.pk}/",
+        {"price_cache_read": None, "tpm_limit": None, "max_concurrent": None},
+        format="json",
+    )
+
+    assert response.status_code == 200
+    llama.refresh_from_db()
+    assert (llama.price_cache_read, llama.tpm_limit, llama.max_concurrent) == (None, None, None)
+    assert llama.max_output_tokens == 100  # not sent: kept
+
+
+@pytest.mark.parametrize(
+    ("fields", "unpriced"),
+    [
+        ({}, True),
+        ({"is_free": True}, False),
+        ({"price_out": "0.000001"}, False),
+        ({"billing_unit": "REQUEST", "price_out": "0.01"}, True),  # a request's is price_in
+        ({"billing_unit": "REQUEST", "price_in": "0.01"}, False),
+    ],
+)
+def test_each_model_says_whether_it_is_unpriced(api, fields, unpriced):
+    created = api.post("/api/v1/models/", {"name": "m", **fields}, format="json")
+
+    assert created.status_code == 201, created.json()
+    assert created.json()["unpriced"] is unpriced
+    listed = api.get("/api/v1/models/").json()["results"]
+    assert [m["unpriced"] for m in listed] == [unpriced]
+
+
+def test_unpriced_is_read_only_and_follows_the_prices(api, llama):
+    response = api.patch(f"/api/v1/models/{llama.pk}/", {"unpriced": False}, format="json")
+
+    assert response.status_code == 200
+    assert response.json()["unpriced"] is True  # what it is, not what was sent
+    marked = api.patch(f"/api/v1/models/{llama.pk}/", {"is_free": True}, format="json")
+    assert (marked.json()["is_free"], marked.json()["unpriced"]) == (True, False)
+    assert Model.objects.get(pk=llama.pk).is_free
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"price_cache_read": "-0.000001"}, "price_cache_read"),
+        ({"price_cache_write": "-1"}, "price_cache_write"),
+        ({"price_cache_read": "cheap"}, "price_cache_read"),
+        ({"price_cache_write": "0.00000000001"}, "price_cache_write"),  # 11 decimals
+        ({"price_cache_read": "12345678901"}, "price_cache_read"),  # 11 whole digits
+        ({"is_free": "perhaps"}, "is_free"),
+        ({"tpm_limit": 0}, "tpm_limit"),
+        ({"tpd_limit": -5}, "tpd_limit"),
+        ({"tpm_limit": "many"}, "tpm_limit"),
+        ({"max_concurrent": 0}, "max_concurrent"),
+        ({"max_concurrent": 1.5}, "max_concurrent"),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+    ],
+)
+def test_it_answers_bad_prices_and_limits_with_field_errors(api, body, field):
+    response = api.post("/api/v1/models/", {"name": "m", **body}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+    assert not Model.objects.exists()

@@ -9,7 +9,6 @@ when AETHERGATE_SCREENSHOTS_TO_DOCS=1.
 """
 
 import json
-import os
 import re
 import socket
 import urllib.error
@@ -188,20 +187,20 @@ def _walk(page, gateway, shots):
     # From the end of the Routing fieldset: the deployments, and what this process knows.
     page.evaluate("document.querySelector('#deployments-help').scrollIntoView()")
     page.evaluate("window.scrollBy(0, -110)")
-    _viewport_shot(page, shots, "deployments-model-1366x768.png")
+    e2e._viewport_shot(page, shots, "deployments-model-1366x768.png")
 
     # The endpoint's page: the same, for the deployments on it.
     e2e._open_change_page(page, e2e.ENDPOINTS, "gpu-b")
     assert [row[0] for row in _panel_rows(page)] == ["llama3 (llama3:8b)"]
     page.evaluate("document.querySelector('#deployments-now').scrollIntoView()")
-    _viewport_shot(page, shots, "deployments-endpoint-1366x768.png")
+    e2e._viewport_shot(page, shots, "deployments-endpoint-1366x768.png")
 
     # The list: each model's deployments in one column, within a laptop's width.
     e2e._assert_list_fits(page, e2e.MODELS)
     assert _served_by(page, "nomic-embed") == (
         "gpu-a/nomic-embed-text-v1.5,\ngpu-c/nomic-embed (drained)"
     )
-    _viewport_shot(page, shots, "deployments-list-1366x768.png")
+    e2e._viewport_shot(page, shots, "deployments-list-1366x768.png")
 
     # Deleting gpu-c would leave qwen2.5-coder with no deployment: the page says so.
     e2e._open_change_page(page, e2e.ENDPOINTS, "gpu-c")
@@ -211,12 +210,5 @@ def _walk(page, gateway, shots):
         "3 models lose a deployment, deleted with the endpoint: llama3, nomic-embed, qwen2.5-coder."
     )
     expect(notes).to_contain_text("1 model has no other deployment")
-    _viewport_shot(page, shots, "deployments-delete-endpoint-1366x768.png")
+    e2e._viewport_shot(page, shots, "deployments-delete-endpoint-1366x768.png")
     assert not re.search(r"Traceback|Internal Server Error", gateway.log_text())
-
-
-def _viewport_shot(page, shots, name):
-    """What a 1366x768 screen shows now (not the whole page), like e2e._shot otherwise."""
-    page.screenshot(path=shots / name)
-    if os.environ.get("AETHERGATE_SCREENSHOTS_TO_DOCS") == "1":
-        page.screenshot(path=e2e.DOCS_SCREENSHOTS / name)

@@ -77,6 +77,9 @@ def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
         "last_name": "",
         "organization": "Acme",
         "balance": "10.5",
+        "budget": None,
+        "budget_soft": None,
+        "budget_period": "month",
         "is_active": True,
         "is_staff": False,
         "is_superuser": False,
@@ -88,6 +91,8 @@ def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
         "kind": "openai",
         "rpm_limit": 100,
         "day_limit": 5000,
+        "tpm_limit": None,
+        "tpd_limit": None,
         "connect_timeout": 3.5,
         "first_byte_timeout": 120.0,
         "idle_timeout": 60.0,
@@ -105,8 +110,15 @@ def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
         "billing_unit": "TOKEN",
         "price_in": "0",
         "price_out": "0",
+        "price_cache_read": None,
+        "price_cache_write": None,
+        "is_free": False,
         "rpm_limit": 10,
         "day_limit": None,
+        "tpm_limit": None,
+        "tpd_limit": None,
+        "max_concurrent": None,
+        "max_output_tokens": None,
         "strategy": "least_busy",
         "is_active": True,
         "deployments": [
@@ -131,6 +143,10 @@ def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
         "is_active": True,
         "log_content": True,
         "rate_limit": "60/m,1000/d",
+        "max_concurrent": None,
+        "budget": None,
+        "budget_soft": None,
+        "budget_period": "month",
         "allowed_capabilities": ["TEXT", "EMBEDDING"],
         "allowed_models": ["gpt-4o", "llama3"],
         "expires_at": key.expires_at.isoformat(),
@@ -202,6 +218,77 @@ def test_without_secrets_the_round_trip_loses_only_credentials_and_passwords(dat
         'users[2] ("root"): created without a password (the backup has none): set one with '
         "`manage.py changepassword root`.",
     ]
+
+
+def set_limits_and_budgets() -> None:
+    """Every budget, token and concurrency limit, and cache price, set on `data`'s rows."""
+    User.objects.filter(username="alice").update(
+        budget=Decimal("50"), budget_soft=Decimal("40.25"), budget_period="week"
+    )
+    APIKey.objects.filter(name="ci").update(
+        rate_limit="60/m,1000/d,100000tok/m,2000000tok/d",
+        max_concurrent=4,
+        budget=Decimal("5.5"),
+        budget_soft=Decimal("0.000001"),
+        budget_period="none",
+    )
+    Endpoint.objects.filter(name="openai").update(tpm_limit=450_000, tpd_limit=10_000_000)
+    Model.objects.filter(name="gpt-4o").update(
+        price_cache_read=Decimal("0.00000125"),
+        price_cache_write=Decimal("0.000003125"),
+        tpm_limit=30_000,
+        tpd_limit=1_000_000,
+        max_concurrent=8,
+        max_output_tokens=2048,
+    )
+    Model.objects.filter(name="llama3").update(is_free=True, price_cache_read=Decimal(0))
+
+
+def test_every_limit_budget_and_cache_price_round_trips(data):
+    set_limits_and_budgets()
+    before = export(include_secrets=True)
+    wipe()
+
+    report = import_(before, grant_privileges=True)
+
+    assert counts(report)["models"] == (3, 0, 0)
+    assert without_time(export(include_secrets=True)) == without_time(before)
+    users = {u["username"]: u for u in before["users"]}
+    assert (users["alice"]["budget"], users["alice"]["budget_soft"]) == ("50", "40.25")
+    assert users["alice"]["budget_period"] == "week"
+    ci = next(k for k in before["api_keys"] if k["name"] == "ci")
+    assert (ci["max_concurrent"], ci["budget"], ci["budget_soft"], ci["budget_period"]) == (
+        4,
+        "5.5",
+        "0.000001",
+        "none",
+    )
+    models = {m["name"]: m for m in before["models"]}
+    assert (models["gpt-4o"]["price_cache_read"], models["gpt-4o"]["price_cache_write"]) == (
+        "0.00000125",
+        "0.000003125",
+    )
+    assert (models["llama3"]["is_free"], models["llama3"]["price_cache_read"]) == (True, "0")
+    # What the restored rows hold, as the proxy's snapshot reads them.
+    key = APIKey.objects.get(name="ci")
+    assert (key.rate_limit, key.max_concurrent, key.budget, key.budget_soft) == (
+        "60/m,1000/d,100000tok/m,2000000tok/d",
+        4,
+        Decimal("5.5"),
+        Decimal("0.000001"),
+    )
+    assert key.owner.budget_soft == Decimal("40.25")
+    openai = Endpoint.objects.get(name="openai")
+    assert (openai.tpm_limit, openai.tpd_limit) == (450_000, 10_000_000)
+    gpt = Model.objects.get(name="gpt-4o")
+    assert (gpt.tpm_limit, gpt.tpd_limit, gpt.max_concurrent, gpt.max_output_tokens) == (
+        30_000,
+        1_000_000,
+        8,
+        2048,
+    )
+    assert gpt.price_cache_write == Decimal("0.000003125")
+    assert not Model.objects.get(name="llama3").unpriced
 
 
 def test_a_second_import_changes_nothing_and_says_so(data, saves):
@@ -479,6 +566,26 @@ def test_one_invalid_row_rejects_the_whole_file_and_is_named(data):
         ("api_keys", 0, {"rate_limit": "lots"}, 'rate_limit: "lots" is not a rate'),
         ("endpoints", 0, {"day_limit": 0}, "day_limit: Ensure this value is greater than or"),
         ("endpoints", 1, {"kind": "triton"}, "kind: Value 'triton' is not a valid choice."),
+        ("endpoints", 1, {"tpm_limit": 0}, "tpm_limit: Ensure this value is greater than or"),
+        ("users", 0, {"budget": "-1"}, 'users[0] ("alice"): budget: Ensure this value is'),
+        (
+            "users",
+            0,
+            {"budget": "10", "budget_soft": "20"},
+            'users[0] ("alice"): budget_soft: The alert must be at or below the hard limit.',
+        ),
+        (
+            "api_keys",
+            0,
+            {"budget_period": "year"},
+            "budget_period: Value 'year' is not a valid choice.",
+        ),
+        ("api_keys", 0, {"rate_limit": "10tok/x"}, 'rate_limit: "10tok/x" is not a rate'),
+        ("api_keys", 0, {"max_concurrent": 0}, "max_concurrent: Ensure this value is greater"),
+        ("api_keys", 0, {"budget_soft": "lots"}, "budget_soft: “lots” value must be a decimal"),
+        ("models", 1, {"price_cache_read": "-0.1"}, 'models[1] ("gpt-4o"): price_cache_read:'),
+        ("models", 1, {"max_output_tokens": 0}, "max_output_tokens: Ensure this value is"),
+        ("models", 1, {"is_free": "maybe"}, "is_free: “maybe” value must be either True or"),
     ],
 )
 def test_a_bad_row_or_unknown_reference_is_named_and_nothing_changes(

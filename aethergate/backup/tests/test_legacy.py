@@ -204,6 +204,9 @@ def test_it_warns_about_what_it_changed_or_could_not_carry_over():
     assert report.warnings == [
         'endpoints[2] ("Local Ollama"): another endpoint has this name; '
         'imported as "Local Ollama (2)".',
+        'models[1] ("llama3-big"): priced 0 in the backup, so unpriced here (its requests '
+        "logged with their cost unknown) unless marked “free on purpose”: tick that if it "
+        "costs nothing, or set its prices.",
         'models[4] ("claude-sonnet"): "anthropic/claude-3-5-sonnet-20240620" is not served by '
         "an OpenAI-compatible API; imported inactive with upstream name "
         '"claude-3-5-sonnet-20240620": point it at an OpenAI-compatible endpoint (a proxy or '
@@ -222,6 +225,46 @@ def test_it_warns_about_what_it_changed_or_could_not_carry_over():
         "models": 6,
         "api_keys": 3,
     }
+
+
+@pytest.mark.django_db
+def test_the_earlier_versions_rows_carry_no_budget_token_or_concurrency_limit():
+    # Its backup has none (users: a balance; keys: a request rate; endpoints and models:
+    # requests per minute and day; models: an input and an output price): the defaults.
+    import_(legacy_backup())
+
+    for user in User.objects.all():
+        assert (user.budget, user.budget_soft, user.budget_period) == (None, None, "month")
+    for key in APIKey.objects.all():
+        assert (key.max_concurrent, key.budget, key.budget_soft) == (None, None, None)
+    for endpoint in Endpoint.objects.all():
+        assert (endpoint.tpm_limit, endpoint.tpd_limit) == (None, None)
+    for model in Model.objects.all():
+        assert (model.tpm_limit, model.tpd_limit, model.max_concurrent) == (None, None, None)
+        assert (model.max_output_tokens, model.price_cache_read, model.is_free) == (
+            None,
+            None,
+            False,
+        )
+
+
+@pytest.mark.django_db
+def test_a_model_priced_0_is_imported_unpriced_with_a_warning_and_free_once_ticked():
+    def unpriced() -> list[str]:
+        return sorted(m.name for m in Model.objects.all() if m.unpriced)
+
+    report = import_(legacy_backup())
+    assert unpriced() == ["llama3-big"]
+    Model.objects.filter(name="llama3-big").update(is_free=True)
+
+    again = import_(legacy_backup())
+
+    assert [w for w in report.warnings if "priced 0" in w] == [
+        w for w in again.warnings if "priced 0" in w
+    ]
+    assert len([w for w in report.warnings if "priced 0" in w]) == 1
+    assert again.tallies["models"].updated == 0  # free on purpose, as ticked: kept
+    assert unpriced() == []
 
 
 @pytest.mark.django_db
@@ -390,7 +433,7 @@ def test_import_backup_recognises_the_earlier_format_and_reports(write_file, cap
     assert "nothing was saved" in dry and "models     6 created" in dry
     assert "models     6 created, 0 updated, 0 unchanged" in first
     assert "API keys   0 created, 0 updated, 3 unchanged" in second
-    assert "Warnings (5):" in first
+    assert "Warnings (6):" in first
     assert UPSTREAM_CREDENTIAL not in out
     assert all(sha256(s) not in out for s in (ALICE_SECRET, BOB_SECRET, OLD_SECRET))
 

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from accounts.models import BudgetPeriod
 from accounts.services import find_user
 from aethergate.lib.commands import describe, found
 from keys import services
@@ -47,7 +48,27 @@ class Command(BaseCommand):
         parser.add_argument("--user", required=True, help="Username of the key's owner.")
         parser.add_argument("--name", required=True, help='What the key is for, e.g. "ci".')
         parser.add_argument(
-            "--rate-limit", default="", help='e.g. "60/m" or "60/m,1000/h,5000/d". Default: none.'
+            "--rate-limit",
+            default="",
+            help='Requests or tokens (input + output) per window, e.g. "60/m" or '
+            '"60/m,1000/d,100000tok/m". Default: none.',
+        )
+        parser.add_argument(
+            "--max-concurrent",
+            help="Requests in flight at once, across every gateway process. Default: unlimited.",
+        )
+        parser.add_argument(
+            "--budget", help="Spend allowed per period, refused beyond (402). Default: none."
+        )
+        parser.add_argument(
+            "--budget-soft",
+            help="Spend per period that sends one alert, at most --budget. Default: none.",
+        )
+        parser.add_argument(
+            "--budget-period",
+            choices=BudgetPeriod.values,
+            default=BudgetPeriod.MONTH,
+            help="When the budget starts again (none: one total). Default: month.",
         )
         parser.add_argument(
             "--capabilities",
@@ -75,6 +96,13 @@ class Command(BaseCommand):
             "allowed_capabilities": [c.upper() for c in split(options["capabilities"])],
             "allowed_models": models,
             "log_content": options["log_content"],
+            "budget_period": options["budget_period"],
+            # As typed: the model's validation reads them, and names a bad one.
+            **{
+                name: options[name].strip()
+                for name in ("max_concurrent", "budget", "budget_soft")
+                if options[name] is not None
+            },
         }
         if options["expires"]:
             fields["expires_at"] = parse_expiry(options["expires"])

@@ -3,15 +3,37 @@
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from accounts.models import BudgetPeriod
 from accounts.services import find_user
 from aethergate.lib.commands import found, table
+from aethergate.lib.money import format_money
 from keys.models import APIKey
 
-HEADERS = ("id", "prefix", "name", "owner", "state", "rate limit", "expires", "last used")
+HEADERS = (
+    "id",
+    "prefix",
+    "name",
+    "owner",
+    "state",
+    "rate limit",
+    "concurrent",
+    "budget",
+    "expires",
+    "last used",
+)
 
 
 def when(moment) -> str:
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def budget(key) -> str:
+    """The key's hard budget per period ("$25.00/week", "$25.00 total"), or "-"."""
+    if key.budget is None:
+        return "-"
+    if key.budget_period == BudgetPeriod.NONE:
+        return f"{format_money(key.budget)} total"
+    return f"{format_money(key.budget)}/{key.budget_period}"
 
 
 class Command(BaseCommand):
@@ -39,6 +61,8 @@ class Command(BaseCommand):
                 key.owner.username,
                 key.state(now=now),
                 key.rate_limit or "-",
+                key.max_concurrent or "-",
+                budget(key),
                 when(key.expires_at),
                 when(key.last_used_at),
             )

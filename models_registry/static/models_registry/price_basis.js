@@ -9,7 +9,7 @@ document.addEventListener("DOMContentLoaded", function () {
   }
   var words = JSON.parse(unit.dataset.priceBasis);
   unit.addEventListener("change", function () {
-    ["id_price_in", "id_price_out"].forEach(function (id) {
+    ["id_price_in", "id_price_out", "id_price_cache_read", "id_price_cache_write"].forEach(function (id) {
       var label = document.querySelector("label[for=" + id + "]");
       if (label && words[unit.value]) {
         label.textContent = label.textContent.replace(/\(per [^)]*\)/, "(per " + words[unit.value] + ")");
