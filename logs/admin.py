@@ -21,7 +21,7 @@ from endpoints.models import Endpoint
 from keys.admin import APIKeyAdmin
 from keys.models import looks_like_secret
 from logs.models import AuditEntry, RequestLog
-from logs.services import log_totals, usage_summary
+from logs.services import budget_spent, log_totals, usage_summary
 from models_registry.models import Model
 
 
@@ -337,12 +337,33 @@ def usage_panel(*, user_id=None, api_key_id=None) -> str:
     )
 
 
+def budget_line(field: str, owner) -> str:
+    """What `owner` (a User or APIKey with a budget) has spent in its budget's current period,
+    from the stored usage; "" without a budget."""
+    if owner is None or owner.pk is None or (owner.budget is None and owner.budget_soft is None):
+        return ""
+    start, end, spent = budget_spent(field, owner.pk, owner.budget_period)
+    parts = [f"{format_money(spent)} spent"]
+    if owner.budget is not None:
+        parts[0] += f" of {format_money(owner.budget)}"
+    if owner.budget_period != "none":
+        parts.append(f"since {date_format(timezone.localtime(start), 'Y-m-d H:i')}")
+    if end is not None:
+        parts.append(f"resets {date_format(timezone.localtime(end), 'Y-m-d H:i')}")
+    return "Budget: " + ", ".join(parts) + "."
+
+
 def _user_usage(model_admin, user):
-    return usage_panel(user_id=user.pk if user else None)
+    return _with_budget(usage_panel(user_id=user.pk if user else None), "user_id", user)
 
 
 def _key_usage(model_admin, key):
-    return usage_panel(api_key_id=key.pk if key else None)
+    return _with_budget(usage_panel(api_key_id=key.pk if key else None), "api_key_id", key)
+
+
+def _with_budget(panel, field: str, owner):
+    line = budget_line(field, owner)
+    return format_html('<p class="usage-budget">{}</p>{}', line, panel) if line else panel
 
 
 # Each user's and key's page gains a "Usage" block. Set from here, as keys/admin.py adds

@@ -230,6 +230,26 @@ def test_a_users_and_a_keys_page_show_their_spend_last_use_and_logs(admin_client
     assert logs.context["totals"]["requests"] == 2
 
 
+def test_a_budgeted_key_and_user_show_what_their_budget_period_has_spent(admin_client, traffic):
+    laptop, phone = traffic["laptop"], traffic["phone"]
+    phone.budget, phone.budget_period = Decimal("10"), "month"
+    phone.save()
+    laptop.owner.budget_soft, laptop.owner.budget_period = Decimal("1"), "day"
+    laptop.owner.save()
+
+    key_page = admin_client.get(f"/admin/keys/apikey/{phone.pk}/change/").content.decode()
+    user_page = admin_client.get(f"/admin/accounts/user/{laptop.owner_id}/change/")
+    plain = admin_client.get(f"/admin/keys/apikey/{laptop.pk}/change/").content.decode()
+
+    # November 2026 (UTC): $9 twenty days ago and $0.0000042 two days ago.
+    assert (
+        "Budget: $9.00 spent of $10.00, since 2026-11-01 00:00, resets 2026-12-01 00:00."
+        in key_page
+    )
+    assert "Budget: $1.23 spent, since 2026-11-30 00:00" in user_page.content.decode()
+    assert "usage-budget" not in plain  # a key without a budget says nothing of one
+
+
 def test_the_user_and_key_pages_cost_the_same_queries_for_few_rows_or_many(
     admin_client, traffic, django_assert_num_queries, django_assert_max_num_queries
 ):
