@@ -6,8 +6,8 @@ never make a record the database refuses.
 """
 
 import math
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from accounts.models import MONEY
 from proxy.snapshot import ModelInfo
@@ -45,8 +45,7 @@ def is_count(value) -> bool:
     return type(value) is int and 0 <= value <= MAX_COUNT
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
     """What one answer used, in the log's columns: `input` counts every input unit, cached
     tokens included, of which `cache_read` were read from and `cache_write` written to the
     upstream's prompt cache; `output` every output unit, of which `reasoning` were tokens
@@ -113,6 +112,9 @@ def _split(total: int, output: int, *, read, write, reasoning) -> Usage:
     return Usage(total, output, read, write, _part(reasoning, output))
 
 
+_PLAIN_USAGE = frozenset(("prompt_tokens", "completion_tokens", "total_tokens"))
+
+
 def from_upstream(usage, timings=None) -> Usage | None:
     """The usage of an OpenAI chat, completions or embeddings answer (or stream chunk);
     None if it has none or its totals are not sane.
@@ -140,6 +142,8 @@ def from_upstream(usage, timings=None) -> Usage | None:
     totals = _totals(usage, ("prompt_tokens", "completion_tokens"))
     if totals is None:
         return None
+    if timings is None and _PLAIN_USAGE.issuperset(usage):
+        return Usage(*totals)  # the three totals alone (most local servers): no components
     details = usage.get("prompt_tokens_details")
     return _split(
         *totals,

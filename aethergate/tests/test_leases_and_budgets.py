@@ -170,13 +170,26 @@ def test_a_reservation_counts_against_every_budget_or_none(make, loop):
 def test_redis_seeds_a_budget_once_then_counts_every_process(make, loop):
     first, second = make(Budgets), make(Budgets)
     hold = loop(first.reserve([wanted("1.00", "0.30")], D("0.20")))
-    # The second process read the database later; the counter is seeded already.
-    other = loop(second.reserve([wanted("1.00", "0.99")], D("0.20")))
+    # The second process read the database earlier: Redis's count stands.
+    other = loop(second.reserve([wanted("1.00", "0.10")], D("0.20")))
     assert isinstance(other, Hold)
 
     assert loop(first.settle(hold, D("0.15"))) == [D("0.45")]
     assert loop(second.settle(other, D("0.05"))) == [D("0.50")]
     assert loop(first.read("k1:0", D(0))) == (D("0.50"), D(0))
+
+
+@pytest.mark.parametrize("make", ["redis"], indirect=True)
+def test_a_budget_counter_is_raised_to_what_the_database_knows(make, loop):
+    budgets = make(Budgets)
+    hold = loop(budgets.reserve([wanted("1.00", "0.20")], D("0.10")))
+    loop(budgets.settle(hold, D("0.10")))  # Redis: 0.30
+
+    # Spend settled while Redis was unreachable reached the database: 0.80 in all.
+    refused = loop(budgets.reserve([wanted("1.00", "0.80")], D("0.25")))
+
+    assert isinstance(refused, Refusal) and refused.spent == D("0.80")
+    assert loop(budgets.read("k1:0", D(0)))[0] == D("0.80")
 
 
 @pytest.mark.parametrize("make", ["redis"], indirect=True)

@@ -579,6 +579,7 @@ def test_what_is_spent_while_redis_is_unreachable_still_counts_against_the_budge
     # Redis unreachable, not restarted: its counters are still there when it is back.
     make_model(price_in="0.001", price_out="0.001")  # words(47): 0.1, reserved exactly
     key, secret = make_key(budget=Decimal("0.5"), budget_period="day")
+    _, probe = make_key(name="probe", rate_limit="1000/m")
     with FaultProxy("127.0.0.1", redis_server.port) as cable:
         first, second = gateways.start(
             REDIS_URL=f"redis://127.0.0.1:{cable.port}/0", AETHERGATE_REDIS_RETRY_SECONDS=0.2
@@ -592,10 +593,16 @@ def test_what_is_spent_while_redis_is_unreachable_still_counts_against_the_budge
         assert httpx.get(f"{first.url}/health/ready").json()["rate_limits"] != "redis"
         cable.restore()
 
+        # A request of another key (limited, unbudgeted) finds Redis back, on each process.
+        def shared_again(url):
+            post(url, probe, words(1))
+            return httpx.get(f"{url}/health/ready").json()["rate_limits"] == "redis"
+
+        for process in (first, second):
+            wait_for(lambda url=process.url: shared_again(url), timeout=10, what="Redis back")
         # Shared again: 0.4 is spent, so one more fits in the 0.5, and no more, whichever
         # process asks.
         answers = [post(first.url, secret, words(47)) for _ in range(3)]
         answers.append(post(second.url, secret, words(47)))
-        assert httpx.get(f"{first.url}/health/ready").json()["rate_limits"] == "redis"
     assert sum(r.cost for r in chat_rows(8, key)) <= Decimal("0.5")
     assert [a.status_code for a in answers] == [200, 402, 402, 402]
