@@ -98,7 +98,7 @@ def output_cap(model: ModelInfo, payload: dict) -> int:
 
 async def take(runtime, key: KeyInfo, model: ModelInfo, held: Held, now: datetime) -> None:
     """Take the request's concurrency leases, then reserve its cost in its budgets;
-    429 or 402 (holding nothing more) when one is full."""
+    429 or 402 when one is full (what it took by then, `settle` gives back)."""
     wanted = []
     if key.max_concurrent:
         wanted.append((f"k{key.id}", key.max_concurrent))
