@@ -9,9 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import attrgetter
-from zoneinfo import ZoneInfo
 
-from django.conf import settings
 from django.db import IntegrityError, connections, models, transaction
 from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Coalesce
@@ -886,6 +884,5 @@ def budget_spent(field: str, owner_id: int, period: str, now: datetime | None = 
     """(start, end, spent) of the budget period holding `now` for one owner (`field`:
     "user_id" or "api_key_id"), from the stored usage: what the admin and the API show.
     Requests in flight and charges the log writer has not stored yet are not in it."""
-    zone = ZoneInfo(settings.AETHERGATE_BUDGET_TIME_ZONE)
-    start, end = periods.bounds(period, now or timezone.now(), zone)
+    start, end = periods.current(period, now or timezone.now())
     return start, end, spend_since(field, [owner_id], start).get(owner_id, Decimal(0))

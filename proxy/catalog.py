@@ -16,7 +16,6 @@ import logging
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
@@ -158,7 +157,6 @@ class Catalog:
     def _charges(self, records):
         """(ledger key, cost) of each charge these records made."""
         budgets = self.snapshot.budgets if self.snapshot else {}
-        zone = ZoneInfo(settings.AETHERGATE_BUDGET_TIME_ZONE) if budgets else None
         for record in records:
             if not (record.cost and record.user_id):
                 continue
@@ -166,7 +164,7 @@ class Catalog:
             for scope in (f"k{record.api_key_id}", f"u{record.user_id}"):
                 period = budgets.get(scope)
                 if period is not None:
-                    name = counter(scope, periods.bounds(period, record.created_at, zone)[0])
+                    name = counter(scope, periods.current(period, record.created_at)[0])
                     if name in self._unsettled:
                         yield name, record.cost
 

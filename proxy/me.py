@@ -6,7 +6,6 @@ key is the one that authenticated, so a key sees only its own and its owner's.
 """
 
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
@@ -31,8 +30,8 @@ def _money(amount) -> str | None:
     return None if amount is None else str(amount)
 
 
-async def _budget(runtime, budget: BudgetInfo, now: datetime, zone: ZoneInfo) -> dict:
-    start, end = periods.bounds(budget.period, now, zone)
+async def _budget(runtime, budget: BudgetInfo, now: datetime) -> dict:
+    start, end = periods.current(budget.period, now)
     seed = runtime.catalog.spent(budget.scope, start)
     spent, reserved = await runtime.budgets.read(counter(budget.scope, start), seed)
     return {
@@ -52,7 +51,6 @@ async def describe(
     runtime, op, ex: Exchange, scope: Scope, receive: Receive, responder: Responder
 ) -> None:
     key = ex.key
-    zone = ZoneInfo(settings.AETHERGATE_BUDGET_TIME_ZONE)
     concurrent = None
     if key.max_concurrent:
         in_use = await runtime.leases.in_use(f"k{key.id}")
@@ -69,7 +67,7 @@ async def describe(
             "tokens": [_rate(r) for r in key.rates if r.tokens],
             "concurrent": concurrent,
         },
-        "budgets": [await _budget(runtime, b, ex.created_at, zone) for b in key.budgets],
+        "budgets": [await _budget(runtime, b, ex.created_at) for b in key.budgets],
         "balance": _money(runtime.catalog.balance(key.user_id)),
         "currency": settings.AETHERGATE_CURRENCY_SYMBOL,
     }

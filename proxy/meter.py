@@ -14,7 +14,6 @@ pays for none of this.
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
@@ -108,8 +107,7 @@ async def take(runtime, key: KeyInfo, model: ModelInfo, held: Held, now: datetim
         await _lease(runtime, wanted, held)
     if not key.budgets:
         return
-    zone = ZoneInfo(settings.AETHERGATE_BUDGET_TIME_ZONE)
-    held.budgets = tuple((b, *periods.bounds(b.period, now, zone)) for b in key.budgets)
+    held.budgets = tuple((b, *periods.current(b.period, now)) for b in key.budgets)
     found = await runtime.budgets.reserve(
         [
             Wanted(

@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 from django.db.models import Count, Max
 
@@ -281,16 +280,14 @@ def load_balances() -> dict[int, Decimal]:
 def load_spent(budgets: dict[str, str]) -> dict[str, tuple[datetime, Decimal]]:
     """What each budget (scope -> period) has spent in its current period, from the
     usage the log writer has stored: one query per kind of owner and period start."""
-    from django.conf import settings
     from django.utils import timezone
 
     from logs.services import spend_since
 
-    zone = ZoneInfo(settings.AETHERGATE_BUDGET_TIME_ZONE)
     now = timezone.now()
     groups: dict[tuple[str, datetime], list[int]] = {}
     for scope, period in budgets.items():
-        start = periods.bounds(period, now, zone)[0]
+        start = periods.current(period, now)[0]
         groups.setdefault((scope[0], start), []).append(int(scope[1:]))
     found = {}
     for (kind, start), ids in groups.items():

@@ -8,6 +8,8 @@ that never ends. Times in and out are aware datetimes.
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from django.conf import settings
+
 # The start of the one period a budget without a period has.
 EVER = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -34,6 +36,12 @@ def bounds(period: str, now: datetime, zone: ZoneInfo) -> tuple[datetime, dateti
     else:
         raise ValueError(f"unknown budget period {period!r}")
     return _midnight(first, zone), _midnight(following, zone)
+
+
+def current(period: str, now: datetime) -> tuple[datetime, datetime | None]:
+    """`bounds` in the configured budget zone (AETHERGATE_BUDGET_TIME_ZONE): the one way
+    the proxy, the admin and the API find a budget's period."""
+    return bounds(period, now, ZoneInfo(settings.AETHERGATE_BUDGET_TIME_ZONE))
 
 
 def _midnight(day, zone: ZoneInfo) -> datetime:
