@@ -16,7 +16,6 @@ from django.conf import settings
 from django.utils import timezone
 
 from aethergate.lib import metrics
-from aethergate.lib.budgets import counter
 from logs.models import Outcome, RequestLog
 from logs.records import RequestRecord
 from proxy import usage
@@ -146,12 +145,7 @@ def account(runtime, ex: Exchange) -> None:
         runtime.faults.report(ex.request_id)
     if ex.key is None:
         return  # no key, no account to log it under
-    held = ex.held
-    runtime.catalog.charge(
-        ex.key.user_id,
-        cost,
-        [counter(b.scope, start) for b, start, _ in held.budgets] if held else (),
-    )
+    runtime.catalog.charge(ex.key.user_id, cost, ex.held.counters if ex.held else ())
     runtime.writer.submit(ex.record(elapsed, cost))
 
 

@@ -39,6 +39,7 @@ class Held:
     leases: list[Lease] = field(default_factory=list)  # the requested model's, its fallbacks'
     budget: Hold | None = None
     budgets: tuple[tuple[BudgetInfo, datetime, datetime | None], ...] = ()  # (…, start, end)
+    counters: tuple[str, ...] = ()  # theirs this period (aethergate.lib.budgets.counter)
 
 
 def needs_holding(key: KeyInfo, model: ModelInfo, models: dict[str, ModelInfo]) -> bool:
@@ -108,15 +109,11 @@ async def take(runtime, key: KeyInfo, model: ModelInfo, held: Held, now: datetim
     if not key.budgets:
         return
     held.budgets = tuple((b, *periods.current(b.period, now)) for b in key.budgets)
+    held.counters = tuple(counter(b.scope, start) for b, start, _ in held.budgets)
     found = await runtime.budgets.reserve(
         [
-            Wanted(
-                counter(b.scope, start),
-                b.limit,
-                runtime.catalog.spent(b.scope, start),
-                _keep_seconds(now, end),
-            )
-            for b, start, end in held.budgets
+            Wanted(name, b.limit, runtime.catalog.spent(b.scope, start), _keep_seconds(now, end))
+            for name, (b, start, end) in zip(held.counters, held.budgets, strict=True)
         ],
         held.cost,
     )
