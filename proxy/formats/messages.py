@@ -53,8 +53,9 @@ ERROR_TYPES = {
     529: "overloaded_error",
 }
 
-# What a tool result's image becomes: chat's tool messages carry text only.
-IMAGE_OMITTED = "[image omitted: not supported in tool results here]"
+# What a tool result's image (or other non-text block) becomes: chat's tool messages
+# carry text only, and refusing would make the whole conversation unusable.
+OMITTED = "[{} omitted: not supported in tool results here]"
 ERROR_PREFIX = "Error: "
 
 # count_tokens for a chat upstream: tokens per message for its role and framing,
@@ -194,8 +195,9 @@ def _image_url(block: dict, param: str) -> str:
 
 
 def _tool_result(block: dict) -> str:
-    """A tool result's text: its string, or its text blocks joined by newlines, each image
-    as a note; an error's prefixed "Error: " (chat's tool messages have no error flag)."""
+    """A tool result's text: its string, or its text blocks joined by newlines, each other
+    block (an image) as a note; an error's prefixed "Error: " (chat's tool messages have
+    no error flag)."""
     content = block.get("content")
     if content is None:
         text = ""
@@ -203,7 +205,8 @@ def _tool_result(block: dict) -> str:
         text = content
     else:
         text = "\n".join(
-            part["text"] if part.get("type") == "text" else IMAGE_OMITTED for part in content
+            part["text"] if part.get("type") == "text" else OMITTED.format(part.get("type"))
+            for part in content
         )
     return ERROR_PREFIX + text if block.get("is_error") else text
 
@@ -443,7 +446,7 @@ class MessagesStream:
         ]
 
     def feed(self, chunk: dict) -> list[dict]:
-        choices = chunk.get("choices")
+        choices = chunk.get("choices", [])  # none at all: a usage chunk, like `[]`
         if not isinstance(choices, list):
             raise ValueError("a chunk without choices")
         events = []

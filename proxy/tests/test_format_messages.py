@@ -227,7 +227,7 @@ def test_a_tool_results_images_are_replaced_by_a_note():
         {
             "role": "tool",
             "tool_call_id": "toolu_1",
-            "content": "screenshot:\n" + messages.IMAGE_OMITTED,
+            "content": "screenshot:\n" + messages.OMITTED.format("image"),
         },
         {"role": "tool", "tool_call_id": "toolu_2", "content": ""},
     ]
@@ -1128,3 +1128,25 @@ def test_it_estimates_input_tokens_from_what_is_sent():
 
     chars = 4 + 8 + 9 + 3 + 9 + 2 + 24
     assert messages.estimate_input_tokens(payload) == -(-chars // 4) + 3 * 4 + 2 * 1600
+
+
+def test_other_blocks_in_a_tool_result_are_noted_by_type():
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_1",
+        "content": [{"type": "tool_reference", "tool_name": "grep"}],
+    }
+
+    assert to_chat(request(messages=[{"role": "user", "content": [result]}]))["messages"] == [
+        {
+            "role": "tool",
+            "tool_call_id": "toolu_1",
+            "content": "[tool_reference omitted: not supported in tool results here]",
+        }
+    ]
+
+
+def test_a_chunk_without_choices_is_a_usage_chunk():
+    encoder = MessagesStream(BASE, message_id="msg_1", model="m", input_tokens=0)
+
+    assert encoder.feed({"id": "c", "usage": {"prompt_tokens": 1}}) == []
