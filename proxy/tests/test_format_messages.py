@@ -1150,3 +1150,30 @@ def test_a_chunk_without_choices_is_a_usage_chunk():
     encoder = MessagesStream(BASE, message_id="msg_1", model="m", input_tokens=0)
 
     assert encoder.feed({"id": "c", "usage": {"prompt_tokens": 1}}) == []
+
+
+def test_the_chat_body_meets_the_chat_schema_and_the_payload_is_left_as_it_came():
+    payload = request(
+        system="Be brief.",
+        messages=[
+            *TOOL_HISTORY,
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "And this?"},
+                    {"type": "image", "source": {"type": "url", "url": "https://x/a.png"}},
+                ],
+            },
+        ],
+        tools=[{"name": "ls", "description": "List.", "input_schema": SCHEMA}],
+        tool_choice={"type": "tool", "name": "ls", "disable_parallel_tool_use": True},
+        stop_sequences=["END"],
+        thinking={"type": "enabled", "budget_tokens": 5000},
+        metadata={"user_id": "u"},
+        stream=True,
+    )
+    kept = json.loads(json.dumps(payload))
+
+    validation.check_body(to_chat(payload), validation.CHAT)
+
+    assert payload == kept
