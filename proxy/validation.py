@@ -629,3 +629,90 @@ TRANSCRIPTION = Schema(
     },
 )
 TRANSLATION = Schema(required=("file", "model"), rules=_AUDIO)
+
+
+# ----------------------------------------------------------------- Anthropic Messages
+
+# The blocks of a Messages request as Anthropic's SDK types them (message_create_params):
+# the fields the gateway reads must be there with their types; a block type it does not
+# know is proxy.formats.messages' to refuse, with a message naming it.
+_IMAGE_SOURCE = by_type(
+    {
+        "base64": shape(("media_type", "data"), media_type=STRING, data=STRING),
+        "url": shape(("url",), url=STRING),
+    }
+)
+_TEXT_BLOCK = shape(("text",), text=STRING)
+_TOOL_RESULT_CONTENT = Rule(
+    ("string", "array"),
+    items=each(objects(by_type({"text": _TEXT_BLOCK, "image": shape(("source",), source=OBJECT)}))),
+)
+ANTHROPIC_BLOCK = by_type(
+    {
+        "text": _TEXT_BLOCK,
+        "image": shape(("source",), source=objects(_IMAGE_SOURCE)),
+        "tool_use": shape(("id", "name", "input"), id=STRING, name=STRING, input=OBJECT),
+        "tool_result": shape(
+            ("tool_use_id",),
+            tool_use_id=STRING,
+            content=_TOOL_RESULT_CONTENT,
+            is_error=BOOLEAN,
+        ),
+    }
+)
+_ANTHROPIC_MESSAGE = shape(
+    ("role", "content"),
+    role=Rule(("string",), shape=one_of(("user", "assistant"))),
+    content=Rule(("string", "array"), items=each(objects(ANTHROPIC_BLOCK))),
+)
+_ANTHROPIC_TOOL = shape(
+    ("name",),
+    name=STRING,
+    type=STRING,
+    description=STRING,
+    input_schema=OBJECT,
+)
+_ANTHROPIC_TOOL_CHOICE = by_type(
+    {
+        "auto": shape((), disable_parallel_tool_use=BOOLEAN),
+        "any": shape((), disable_parallel_tool_use=BOOLEAN),
+        "none": shape(),
+        "tool": shape(("name",), name=STRING, disable_parallel_tool_use=BOOLEAN),
+    },
+    closed=True,
+)
+_THINKING = by_type(
+    {
+        "enabled": shape(("budget_tokens",), budget_tokens=Rule(("integer",), minimum=1)),
+        "disabled": shape(),
+        "adaptive": shape(),
+    },
+    closed=True,
+)
+_UNIT = Rule(NUMBER, minimum=0, maximum=1)
+_MESSAGES_RULES = {
+    "messages": Rule(("array",), min_items=1, items=each(objects(_ANTHROPIC_MESSAGE))),
+    "system": Rule(("string", "array"), items=each(objects(by_type({"text": _TEXT_BLOCK})))),
+    "tools": Rule(("array",), items=each(objects(_ANTHROPIC_TOOL))),
+    "tool_choice": objects(_ANTHROPIC_TOOL_CHOICE),
+    "stop_sequences": Rule(("array",), items=_string),
+    "temperature": _UNIT,
+    "top_p": _UNIT,
+    "top_k": Rule(("integer",), minimum=0),
+    "metadata": objects(shape((), user_id=Rule(("string",), nullable=True))),
+    "thinking": objects(_THINKING),
+    "output_config": OBJECT,
+}
+
+# POST /v1/messages (Anthropic's MessageCreateParams).
+MESSAGES = Schema(
+    required=("model", "max_tokens", "messages"),
+    rules={
+        **_MESSAGES_RULES,
+        "max_tokens": Rule(("integer",), minimum=1),
+        "stream": BOOLEAN,
+    },
+)
+
+# POST /v1/messages/count_tokens (MessageCountTokensParams): no max_tokens, no stream.
+COUNT_TOKENS = Schema(required=("model", "messages"), rules=_MESSAGES_RULES)
