@@ -105,9 +105,14 @@ def to_chat(payload: dict, history: list[dict]) -> dict:
     if isinstance(instructions, str) and instructions:
         messages.append({"role": "system", "content": instructions})
     own = input_items(payload)
-    for index, item in enumerate([*history, *own]):
-        at = index - len(history)
-        _add_item(messages, item, f"input[{at}]" if at >= 0 else "previous_response_id")
+    for item in history:
+        try:
+            _add_item(messages, item, "previous_response_id")
+        except APIError as error:
+            error.param = "previous_response_id"  # the chain's item, not the request's
+            raise
+    for index, item in enumerate(own):
+        _add_item(messages, item, f"input[{index}]")
     _finish_assistants(messages)
     if not messages:
         raise bad_request(
@@ -521,7 +526,9 @@ class ResponsesStream:
         for choice in choices[:1]:  # one choice asked for: n is never sent
             if not isinstance(choice, dict):
                 raise ValueError("a choice that is not an object")
-            delta = choice.get("delta") or {}
+            delta = choice.get("delta")
+            if delta is None:
+                delta = {}
             if not isinstance(delta, dict):
                 raise ValueError("a delta that is not an object")
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")

@@ -180,6 +180,11 @@ class _State:
         if kind == "response.output_item.done":
             self._item_done(event, where)
             return
+        known = kind.startswith("response.content_part.") or kind.rsplit(".", 1)[0] in (
+            *TEXT_EVENTS,
+            "response.function_call_arguments",
+        )
+        assert known, f"{where}: an event type the gateway does not send"
         item = self._current(event, where)
         if kind.startswith("response.content_part."):
             self._part(event, item, where)
