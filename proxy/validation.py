@@ -716,3 +716,56 @@ MESSAGES = Schema(
 
 # POST /v1/messages/count_tokens (MessageCountTokensParams): no max_tokens, no stream.
 COUNT_TOKENS = Schema(required=("model", "messages"), rules=_MESSAGES_RULES)
+
+
+def _metadata(param: str, value: dict) -> None:
+    """The spec's Metadata: at most 16 pairs, keys of at most 64 characters, string values
+    of at most 512."""
+    if len(value) > 16:
+        raise bad_request(
+            f"Invalid '{param}': too many properties. Expected an object with at most 16 "
+            f"properties, but got an object with {len(value)} properties instead.",
+            code="object_above_max_properties",
+            param=param,
+        )
+    for name, item in value.items():
+        if len(name) > 64:
+            raise bad_request(
+                f"Invalid '{param}': a key longer than 64 characters.",
+                code="string_above_max_length",
+                param=param,
+            )
+        check(f"{param}.{name}", item, Rule(("string",), max_length=512))
+
+
+# POST /v1/responses (the spec's CreateResponse): what proxy.formats.responses reads.
+RESPONSES = Schema(
+    required=("model",),
+    rules={
+        "input": Rule(("string", "array"), items=each(OBJECT)),
+        "instructions": STRING,
+        "tools": Rule(("array",), items=each(objects(shape(("type",), type=STRING)))),
+        "tool_choice": Rule(("string", "object")),
+        "parallel_tool_calls": BOOLEAN,
+        "max_output_tokens": Rule(("integer",), minimum=16),
+        "max_tool_calls": Rule(("integer",), minimum=1),
+        "temperature": Rule(NUMBER, minimum=0, maximum=2),
+        "top_p": Rule(NUMBER, minimum=0, maximum=1),
+        "top_logprobs": Rule(("integer",), minimum=0, maximum=20),
+        "stream": BOOLEAN,
+        "stream_options": OBJECT,
+        "store": BOOLEAN,
+        "background": BOOLEAN,
+        "previous_response_id": STRING,
+        "conversation": Rule(("string", "object")),
+        "truncation": STRING,
+        "metadata": Rule(("object",), shape=_metadata),
+        "text": OBJECT,
+        "reasoning": OBJECT,
+        "include": Rule(("array",), items=_string),
+        "prompt_cache_key": STRING,
+        "safety_identifier": Rule(("string",), max_length=64),
+        "service_tier": STRING,
+        "user": STRING,
+    },
+)
