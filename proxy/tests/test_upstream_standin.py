@@ -1139,3 +1139,176 @@ def test_media_routes_refuse_a_non_uuid_request_id_and_a_wrong_key(upstream, rou
 
     assert wrong_key.status_code == 401
     assert (bad_id.status_code, bad_id.content) == (400, b"")
+
+
+# ------------------------------------------------------------------- chat tools and reasoning
+
+TOOLS = [
+    {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "other"}},
+]
+
+
+def chat_events(upstream, body: dict) -> list[dict]:
+    """The JSON chunks of a chat stream (its `[DONE]` left out)."""
+    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{upstream.base_url}/chat/completions", json=payload) as response:
+        return [json.loads(e) for e in sse_events(response) if e != "[DONE]"]
+
+
+def test_it_reads_the_tools_and_think_flags():
+    assert (parse_flags("echo").tools, parse_flags("echo").think) == (0, None)
+    assert parse_flags("echo+tools").tools == 1
+    assert parse_flags("echo+tools=3").tools == 3
+    assert parse_flags("echo+think").think == ""
+    assert parse_flags("echo+think=Let me see").think == "Let me see"
+
+
+def test_tools_answers_a_tool_call_to_the_first_tool_with_the_last_user_text(sdk):
+    answer = sdk.chat.completions.create(model="echo+tools", messages=HELLO, tools=TOOLS)
+
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert [c.model_dump() for c in choice.message.tool_calls] == [
+        {
+            "id": "call_0",
+            "type": "function",
+            "function": {"name": "search", "arguments": '{"query": "hi there"}'},
+        }
+    ]
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (5, 3)
+
+
+def test_tools_n_answers_n_calls_with_distinct_ids(sdk):
+    answer = sdk.chat.completions.create(model="echo+tools=3", messages=HELLO, tools=TOOLS)
+
+    calls = answer.choices[0].message.tool_calls
+    assert [c.id for c in calls] == ["call_0", "call_1", "call_2"]
+    assert {c.function.name for c in calls} == {"search"}
+
+
+def test_tools_answers_text_without_tools_in_the_request(sdk):
+    answer = sdk.chat.completions.create(model="echo+tools", messages=HELLO)
+
+    assert answer.choices[0].message.content == "Hello from upstream: hi there"
+    assert answer.choices[0].message.tool_calls is None
+    assert answer.choices[0].finish_reason == "stop"
+
+
+def test_it_answers_a_tool_result_with_text_built_from_it(sdk):
+    messages = [
+        *HELLO,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_0",
+                    "type": "function",
+                    "function": {"name": "search", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "content": "sunny today"},
+    ]
+
+    answer = sdk.chat.completions.create(model="echo+tools", messages=messages, tools=TOOLS)
+
+    assert answer.choices[0].message.content == "Hello from upstream: tool said sunny today"
+    assert answer.choices[0].finish_reason == "stop"
+    assert chat_answer(messages)[0] == "Hello from upstream: tool said sunny today"
+
+
+def test_tools_streams_the_call_as_openai_does(upstream):
+    events = chat_events(upstream, {"model": "echo+tools=2", "messages": HELLO, "tools": TOOLS})
+
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert deltas == [
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_0",
+                    "type": "function",
+                    "function": {"name": "search", "arguments": ""},
+                }
+            ],
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"query'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '": "hi '}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": 'there"}'}}]},
+        {
+            "tool_calls": [
+                {
+                    "index": 1,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "search", "arguments": ""},
+                }
+            ]
+        },
+        {"tool_calls": [{"index": 1, "function": {"arguments": '{"query'}}]},
+        {"tool_calls": [{"index": 1, "function": {"arguments": '": "hi '}}]},
+        {"tool_calls": [{"index": 1, "function": {"arguments": 'there"}'}}]},
+        {},
+    ]
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert events[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_tools_streams_calls_the_sdk_accumulates(sdk):
+    with sdk.chat.completions.stream(model="echo+tools", messages=HELLO, tools=TOOLS) as stream:
+        final = stream.get_final_completion()
+
+    call = final.choices[0].message.tool_calls[0]
+    assert (call.id, call.function.name) == ("call_0", "search")
+    assert json.loads(call.function.arguments) == {"query": "hi there"}
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_think_answers_reasoning_first_and_counts_it(upstream):
+    body = {"model": "echo+think", "messages": HELLO}
+    answer = httpx.post(f"{upstream.base_url}/chat/completions", json=body).json()
+
+    assert answer["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Hello from upstream: hi there",
+        "reasoning_content": "Thinking about: hi there",
+    }
+    assert answer["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 5 + 4,
+        "total_tokens": 14,
+        "completion_tokens_details": {"reasoning_tokens": 4},
+    }
+
+
+def test_think_streams_reasoning_deltas_before_the_content(upstream):
+    events = chat_events(upstream, {"model": "echo+think=Let me see+chunks=2", "messages": HELLO})
+
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert deltas == [
+        {"role": "assistant", "reasoning_content": "Let"},
+        {"reasoning_content": " me"},
+        {"reasoning_content": " see"},
+        {"content": "Hello"},
+        {"content": " from"},
+        {},
+    ]
+    assert events[-1]["usage"]["completion_tokens"] == 2 + 3
+    assert events[-1]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 3}
+
+
+def test_think_with_vllm_names_the_field_reasoning_and_combines_with_tools(upstream):
+    body = {"model": "echo+think+vllm+tools", "messages": HELLO, "tools": TOOLS}
+    message = httpx.post(f"{upstream.base_url}/chat/completions", json=body).json()["choices"][0][
+        "message"
+    ]
+    deltas = [e["choices"][0]["delta"] for e in chat_events(upstream, body) if e["choices"]]
+
+    assert message["reasoning"] == "Thinking about: hi there"
+    assert message["tool_calls"][0]["id"] == "call_0"
+    assert deltas[0] == {"role": "assistant", "reasoning": "Thinking"}
+    assert "tool_calls" in deltas[4]

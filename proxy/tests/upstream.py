@@ -57,6 +57,10 @@ SPEECH_CONTENT_TYPES = {
     "pcm": "audio/pcm",
 }
 SPEECH_MAX_INPUT = 4096
+# Tool calls (`tools`) and reasoning (`think`).
+TOOL_RESULT_PREFIX = "tool said "  # the text after a tool result: PREFIX + this + its content
+THINKING_PREFIX = "Thinking about: "  # the reasoning `think` gives: this + the last user text
+TOOL_ARGUMENT_PIECES = 3  # a streamed tool call's arguments arrive in this many deltas
 
 _TRUE_FLAGS = {"nousage", "silent", "malformed", "nodone", "noduration", "vllm"}
 _FLOAT_FLAGS = {"slow", "gap"}
@@ -82,7 +86,9 @@ class Flags:
     malformed: bool = False
     nodone: bool = False
     noduration: bool = False
-    vllm: bool = False  # transcripts as vLLM sends them (streams of chat-shaped chunks)
+    # Transcripts as vLLM sends them (streams of chat-shaped chunks); chat reasoning as
+    # `reasoning`, as newer vLLM names it.
+    vllm: bool = False
     slow: float = 0.0
     gap: float = 0.0
     chunks: int = DEFAULT_CHUNKS
@@ -93,6 +99,8 @@ class Flags:
     cached: int | None = None
     cachewrite: int | None = None
     reasoning: int | None = None
+    tools: int = 0  # tool calls to answer when the request offers tools (`tools` alone: 1)
+    think: str | None = None  # reasoning to answer first ("": THINKING_PREFIX + last user text)
 
 
 def parse_flags(model: str) -> Flags:
@@ -110,6 +118,10 @@ def parse_flags(model: str) -> Flags:
                 setattr(flags, name, max(0, int(value)))
             elif sep and name == "usage" and value.lower() in ABSURD_USAGE:
                 flags.usage = value.lower()
+            elif name == "tools":
+                flags.tools = max(0, int(value)) if sep else 1
+            elif name == "think":
+                flags.think = value
         except ValueError:
             continue
     flags.chunks = max(1, flags.chunks)
@@ -138,16 +150,66 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def chat_answer(messages: Any) -> tuple[str, int, int]:
-    """`(text, prompt_tokens, completion_tokens)` of the non-stream answer to `messages`."""
-    messages = messages if isinstance(messages, list) else []
-    contents = [content_text(m.get("content")) for m in messages if isinstance(m, dict)]
+def last_user_text(messages: Any) -> str:
+    """The text of the last `user` message of a chat `messages` list ("" if none)."""
     last_user = ""
-    for message in messages:
+    for message in messages if isinstance(messages, list) else []:
         if isinstance(message, dict) and message.get("role") == "user":
             last_user = content_text(message.get("content"))
-    text = PREFIX + last_user
+    return last_user
+
+
+def chat_answer(messages: Any) -> tuple[str, int, int]:
+    """`(text, prompt_tokens, completion_tokens)` of the non-stream answer to `messages`.
+
+    The text is PREFIX + the last user text, or, when the last message is a `tool` one,
+    PREFIX + TOOL_RESULT_PREFIX + its text (whatever the flags).
+    """
+    messages = messages if isinstance(messages, list) else []
+    contents = [content_text(m.get("content")) for m in messages if isinstance(m, dict)]
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    if last.get("role") == "tool":
+        text = PREFIX + TOOL_RESULT_PREFIX + content_text(last.get("content"))
+    else:
+        text = PREFIX + last_user_text(messages)
     return text, sum(_words(c) for c in contents) + 3, _words(text)
+
+
+def tool_arguments(query: str) -> str:
+    """The JSON arguments (or, parsed, the Anthropic `input`) of every tool call answered."""
+    return json.dumps({"query": query})
+
+
+def first_tool_name(tools: Any) -> str | None:
+    """The name of the first tool a request offers: a chat `{"type": "function", "function":
+    {"name"}}` or an Anthropic `{"name"}`; None when it offers none."""
+    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
+        return None
+    function = tools[0].get("function")
+    name = function.get("name") if isinstance(function, dict) else tools[0].get("name")
+    return name if isinstance(name, str) else ""
+
+
+def chat_tool_calls(body: dict, count: int) -> list[dict]:
+    """The `count` tool calls (`call_0`, `call_1`, ...) to the first tool that answer a chat
+    request offering `tools` whose last message is not a `tool` one; else none."""
+    name, messages = first_tool_name(body.get("tools")), body.get("messages")
+    if not count or name is None or not isinstance(messages, list) or not messages:
+        return []
+    if isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return []
+    arguments = tool_arguments(last_user_text(messages))
+    return [
+        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+        for i in range(count)
+    ]
+
+
+def reasoning_text(think: str | None, messages: Any) -> str | None:
+    """The reasoning `think` (or `think=TEXT`) answers first; None without the flag."""
+    if think is None:
+        return None
+    return think or THINKING_PREFIX + last_user_text(messages)
 
 
 def prompt_text(prompt: Any) -> str:
@@ -246,8 +308,9 @@ def speech_audio(text: str, speed: float = 1.0) -> bytes:
     return media.wav_bytes(speech_seconds(text, speed), rate=SPEECH_RATE)
 
 
-def split_bytes(data: bytes, pieces: int) -> list[bytes]:
-    """`data` in `pieces` consecutive parts of near-equal length (fewer if it is shorter)."""
+def split_bytes(data: Any, pieces: int) -> list[Any]:
+    """`data` (bytes or text) in `pieces` consecutive parts of near-equal length (fewer if
+    it is shorter)."""
     count = max(1, min(pieces, len(data)))
     bounds = [len(data) * i // count for i in range(count + 1)]
     return [data[bounds[i] : bounds[i + 1]] for i in range(count)]
@@ -412,6 +475,20 @@ class Upstream:
                         size); `cachewrite=N` written to it (`.cache_write_tokens`),
                         `reasoning=N` output tokens spent reasoning
                         (`completion_tokens_details.reasoning_tokens`)
+        echo+tools      a chat request with `tools` whose last message is not a `tool` one
+                        is answered with a tool call to the first tool (`tools=3`: three),
+                        ids `call_0`, `call_1`..., arguments `{"query": "<last user
+                        text>"}`, finish_reason `tool_calls`, content null; streamed as
+                        OpenAI does (a delta with index, id, type, name and arguments "",
+                        then the arguments in TOOL_ARGUMENT_PIECES deltas). Completion
+                        tokens: the words of the arguments. (After a `tool` message any
+                        chat answer is PREFIX + "tool said " + its content, flag or not.)
+        echo+think      chat answers reason first: `message.reasoning_content` is
+                        "Thinking about: <last user text>" (`think=TEXT`: TEXT), streamed
+                        as one `reasoning_content` delta per word before the content (or
+                        tool call) deltas; its words count as completion tokens and as
+                        `completion_tokens_details.reasoning_tokens` (unless `reasoning=N`
+                        says otherwise); with `vllm` the field is `reasoning` instead
 
     Answers are deterministic; `chat_answer`, `completion_answer`, `stream_text` and
     `embedding_vector` compute them. The text is "Hello from upstream: " followed by the last
@@ -766,9 +843,23 @@ class Upstream:
 
     async def _chat_answer(self, request, record, body: dict, flags: Flags):
         model = body.get("model", "")
-        text, prompt_tokens, completion_tokens = chat_answer(body.get("messages"))
+        messages = body.get("messages")
+        text, prompt_tokens, completion_tokens = chat_answer(messages)
+        calls = chat_tool_calls(body, flags.tools)
+        reasoning = reasoning_text(flags.think, messages)
+        # vLLM (newer) and OpenRouter name it `reasoning`; DeepSeek and older vLLM as here.
+        reasoning_key = "reasoning" if flags.vllm else "reasoning_content"
+        thought = None if reasoning is None else _words(reasoning)
+        if calls:
+            completion_tokens = sum(_words(c["function"]["arguments"]) for c in calls)
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        finish_reason = "tool_calls" if calls else "stop"
         if not request_streams(record):
+            message: dict[str, Any] = {"role": "assistant", "content": None if calls else text}
+            if reasoning is not None:
+                message[reasoning_key] = reasoning
+            if calls:
+                message["tool_calls"] = calls
             answer = {
                 "id": ident,
                 "object": "chat.completion",
@@ -777,14 +868,16 @@ class Upstream:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
+                        "message": message,
+                        "finish_reason": finish_reason,
                         "logprobs": None,
                     }
                 ],
             }
             if not flags.nousage:
-                answer["usage"] = _usage(prompt_tokens, completion_tokens, flags)
+                answer["usage"] = _usage(
+                    prompt_tokens, completion_tokens + (thought or 0), flags, thought
+                )
             return web.json_response(answer)
         with_usage = wants_usage(record) and not flags.nousage
 
@@ -800,24 +893,26 @@ class Upstream:
                 event["usage"] = None  # as OpenAI: null on every chunk but the usage one
             return {**event, **extra}
 
+        deltas: list[dict] = []
+        if reasoning is not None:
+            pieces = stream_deltas(reasoning, max(1, thought or 0))
+            deltas += [{reasoning_key: piece} for piece in pieces]
+        if calls:
+            deltas += _tool_call_deltas(calls)
+        else:
+            completion_tokens = flags.chunks
+            deltas += [{"content": delta} for delta in stream_deltas(text, flags.chunks)]
+        deltas[0] = {"role": "assistant", **deltas[0]}
         events = [
-            chunk(
-                [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": delta}
-                        if i == 0
-                        else {"content": delta},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ]
-            )
-            for i, delta in enumerate(stream_deltas(text, flags.chunks))
+            chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+            for delta in deltas
         ]
-        events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]))
+        events.append(
+            chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}])
+        )
         if with_usage:
-            events.append(chunk([], usage=_usage(prompt_tokens, flags.chunks, flags)))
+            usage = _usage(prompt_tokens, completion_tokens + (thought or 0), flags, thought)
+            events.append(chunk([], usage=usage))
         return await self._stream(request, flags, events)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -1192,7 +1287,26 @@ def wants_usage(record: Received) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _usage(prompt_tokens: int, completion_tokens: int, flags: Flags) -> dict:
+def _tool_call_deltas(calls: list[dict]) -> list[dict]:
+    """The chat deltas that stream `calls` as OpenAI does: for each, one with its index, id,
+    type, name and empty arguments, then its arguments in TOOL_ARGUMENT_PIECES deltas."""
+    deltas = []
+    for index, call in enumerate(calls):
+        name, arguments = call["function"]["name"], call["function"]["arguments"]
+        opening = {"index": index, "id": call["id"], "type": "function"}
+        deltas.append({"tool_calls": [{**opening, "function": {"name": name, "arguments": ""}}]})
+        deltas += [
+            {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            for piece in split_bytes(arguments, TOOL_ARGUMENT_PIECES)
+        ]
+    return deltas
+
+
+def _usage(
+    prompt_tokens: int, completion_tokens: int, flags: Flags, reasoning: int | None = None
+) -> dict:
+    """Chat and completions usage; `reasoning` tokens (part of the completion ones) are
+    reported unless the `reasoning=N` flag says otherwise."""
     if flags.usage:
         value = ABSURD_USAGE[flags.usage]
         return {"prompt_tokens": value, "completion_tokens": value, "total_tokens": value}
@@ -1204,8 +1318,9 @@ def _usage(prompt_tokens: int, completion_tokens: int, flags: Flags) -> dict:
     prompt = {"cached_tokens": flags.cached, "cache_write_tokens": flags.cachewrite}
     if any(n is not None for n in prompt.values()):
         usage["prompt_tokens_details"] = {k: n for k, n in prompt.items() if n is not None}
-    if flags.reasoning is not None:
-        usage["completion_tokens_details"] = {"reasoning_tokens": flags.reasoning}
+    reasoning = flags.reasoning if flags.reasoning is not None else reasoning
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return usage
 
 
