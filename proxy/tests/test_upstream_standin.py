@@ -10,6 +10,7 @@ import time
 import wave
 import zlib
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -1312,3 +1313,296 @@ def test_think_with_vllm_names_the_field_reasoning_and_combines_with_tools(upstr
     assert message["tool_calls"][0]["id"] == "call_0"
     assert deltas[0] == {"role": "assistant", "reasoning": "Thinking"}
     assert "tool_calls" in deltas[4]
+
+
+# --------------------------------------------------------------------------- Anthropic Messages
+
+ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-x", "anthropic-version": "2023-06-01"}
+
+
+@pytest.fixture
+def claude(upstream):
+    root = upstream.base_url.removesuffix("/v1")
+    client = anthropic.Anthropic(base_url=root, api_key="sk-ant-x", max_retries=0, timeout=10)
+    yield client
+    client.close()
+
+
+def post_messages(upstream, body: dict, headers=ANTHROPIC_HEADERS, path="/messages"):
+    return httpx.post(f"{upstream.base_url}{path}", json=body, headers=headers)
+
+
+def named_events(response: httpx.Response, into: list | None = None) -> list[tuple[str, dict]]:
+    """The `(event, data)` pairs of a stream with `event:` lines (appended to `into` as they
+    arrive, for a stream that breaks)."""
+    pairs, name = [] if into is None else into, None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            pairs.append((name, json.loads(line[6:])))
+            name = None
+    return pairs
+
+
+def test_it_answers_a_message_as_anthropic_does(claude, upstream):
+    answer = claude.messages.create(model="echo", max_tokens=100, messages=HELLO)
+
+    assert answer.id.startswith("msg_")
+    assert answer.model_dump(exclude={"id"}, exclude_none=True) == {
+        "type": "message",
+        "role": "assistant",
+        "model": "echo",
+        "content": [{"type": "text", "text": "Hello from upstream: hi there"}],
+        "stop_reason": "end_turn",
+        "usage": {
+            "input_tokens": 5,
+            "output_tokens": 5,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+    record = upstream.received[0]
+    assert record.path == "/v1/messages"
+    assert record.headers["authorization"] == "Bearer sk-ant-x"  # how the SDK sends its key
+    assert record.headers["anthropic-version"]
+
+
+def test_it_records_the_anthropic_headers_as_they_arrived(upstream):
+    headers = {**ANTHROPIC_HEADERS, "anthropic-beta": "a-2025,b-2026"}
+    post_messages(upstream, {"model": "echo", "max_tokens": 5, "messages": HELLO}, headers)
+
+    record = upstream.received[0]
+    assert record.headers["x-api-key"] == "sk-ant-x"
+    assert record.headers["anthropic-version"] == "2023-06-01"
+    assert record.headers["anthropic-beta"] == "a-2025,b-2026"
+    assert "authorization" not in record.headers
+
+
+def test_it_joins_text_blocks_and_counts_the_system(upstream):
+    body = {
+        "model": "echo",
+        "max_tokens": 100,
+        "system": [{"type": "text", "text": "be brief"}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "look"}, {"type": "text", "text": "here"}],
+            }
+        ],
+    }
+    answer = post_messages(upstream, body).json()
+
+    assert answer["content"] == [{"type": "text", "text": "Hello from upstream: look here"}]
+    assert answer["usage"]["input_tokens"] == 2 + 2 + 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "kind"),
+    [
+        ({"anthropic-version": "2023-06-01"}, 401, "authentication_error"),
+        ({"x-api-key": "k"}, 400, "invalid_request_error"),
+    ],
+)
+def test_it_refuses_a_message_without_its_headers(upstream, headers, status, kind):
+    response = post_messages(
+        upstream, {"model": "echo", "max_tokens": 5, "messages": HELLO}, headers
+    )
+
+    assert response.status_code == status
+    assert response.json()["type"] == "error"
+    assert response.json()["error"]["type"] == kind
+    assert len(upstream.received) == 1
+
+
+def test_it_checks_the_key_when_one_is_required(upstream):
+    upstream.require_api_key = "sk-ant-x"
+    body = {"model": "echo", "max_tokens": 5, "messages": HELLO}
+
+    wrong = post_messages(upstream, body, {**ANTHROPIC_HEADERS, "x-api-key": "other"})
+
+    assert (wrong.status_code, post_messages(upstream, body).status_code) == (401, 200)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"max_tokens": 5, "messages": HELLO},
+        {"model": "echo", "messages": HELLO},
+        {"model": "echo", "max_tokens": 5},
+        {"model": "echo", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]},
+    ],
+)
+def test_it_refuses_a_message_request_without_a_required_field(upstream, body):
+    response = post_messages(upstream, body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_it_stops_at_max_tokens_words(claude):
+    answer = claude.messages.create(model="echo", max_tokens=2, messages=HELLO)
+
+    assert answer.content[0].text == "Hello from"
+    assert answer.stop_reason == "max_tokens"
+    assert answer.usage.output_tokens == 2
+
+
+def test_it_reports_the_cache_flags_apart_from_input_tokens(claude):
+    answer = claude.messages.create(
+        model="echo+cached=2+cachewrite=1", max_tokens=9, messages=HELLO
+    )
+
+    usage = answer.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens) == (2, 2)
+    assert usage.cache_creation_input_tokens == 1
+
+
+ANTHROPIC_TOOLS = [{"name": "search", "input_schema": {"type": "object"}}]
+
+
+def test_tools_answers_tool_use_then_text_from_the_tool_result(claude):
+    first = claude.messages.create(
+        model="echo+tools=2", max_tokens=50, messages=HELLO, tools=ANTHROPIC_TOOLS
+    )
+    history = [
+        *HELLO,
+        {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_0", "content": "sunny"}],
+        },
+    ]
+    second = claude.messages.create(
+        model="echo+tools", max_tokens=50, messages=history, tools=ANTHROPIC_TOOLS
+    )
+
+    assert first.stop_reason == "tool_use"
+    assert [(b.type, b.id, b.name, b.input) for b in first.content] == [
+        ("tool_use", f"toolu_{i}", "search", {"query": "hi there"}) for i in range(2)
+    ]
+    assert second.content[0].text == "Hello from upstream: tool said sunny"
+    assert second.stop_reason == "end_turn"
+
+
+def test_it_thinks_first_when_thinking_is_enabled(claude):
+    answer = claude.messages.create(
+        model="echo",
+        max_tokens=2000,
+        messages=HELLO,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    )
+
+    thinking, text = answer.content
+    assert (thinking.type, thinking.thinking) == ("thinking", "Thinking about: hi there")
+    assert thinking.signature
+    assert text.text == "Hello from upstream: hi there"
+    assert answer.usage.output_tokens == 4 + 5
+
+
+def test_it_streams_the_exact_anthropic_event_sequence(upstream):
+    body = {"model": "echo+cached=1", "max_tokens": 100, "messages": HELLO, "stream": True}
+    with httpx.stream(
+        "POST", f"{upstream.base_url}/messages", json=body, headers=ANTHROPIC_HEADERS
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = named_events(response)
+
+    assert all(name == data["type"] for name, data in events)
+    data = [d for _, d in events]
+    start = data[0]["message"]
+    assert start["id"].startswith("msg_")
+    assert (start["content"], start["stop_reason"]) == ([], None)
+    assert start["usage"] == {
+        "input_tokens": 4,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 1,
+        "output_tokens": 1,
+    }
+    assert data[1:] == [
+        {"type": "ping"},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}
+            for t in ["Hello", " from", " upstream:", " hi", " there"]
+        ),
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {
+                "input_tokens": 4,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 1,
+                "output_tokens": 5,
+            },
+        },
+        {"type": "message_stop"},
+    ]
+
+
+def test_it_streams_thinking_and_tool_use_that_the_sdk_accumulates(claude):
+    with claude.messages.stream(
+        model="echo+tools",
+        max_tokens=2000,
+        messages=HELLO,
+        tools=ANTHROPIC_TOOLS,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+
+    thinking, call = final.content
+    assert thinking.thinking == "Thinking about: hi there"
+    assert thinking.signature
+    assert (call.id, call.name, call.input) == ("toolu_0", "search", {"query": "hi there"})
+    assert final.stop_reason == "tool_use"
+    assert "signature" in kinds
+    assert kinds.count("input_json") == 3
+
+
+def test_fail_answers_an_anthropic_error_the_sdk_raises(claude):
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        claude.messages.create(model="fail=429", max_tokens=5, messages=HELLO)
+
+    assert caught.value.status_code == 429
+    assert caught.value.body["error"]["type"] == "rate_limit_error"
+    assert "10.0.0.7" in caught.value.body["error"]["message"]
+    assert caught.value.response.headers["retry-after"] == "1"
+
+
+def test_nodone_ends_a_message_stream_without_message_stop(upstream):
+    body = {"model": "echo+nodone", "max_tokens": 100, "messages": HELLO, "stream": True}
+    with httpx.stream(
+        "POST", f"{upstream.base_url}/messages", json=body, headers=ANTHROPIC_HEADERS
+    ) as response:
+        names = [name for name, _ in named_events(response)]
+
+    assert names[-1] == "message_delta"
+
+
+def test_reset_cuts_a_message_stream(upstream):
+    body = {"model": "echo+reset=3", "max_tokens": 100, "messages": HELLO, "stream": True}
+    events: list = []
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.stream(
+            "POST", f"{upstream.base_url}/messages", json=body, headers=ANTHROPIC_HEADERS
+        ) as response,
+    ):
+        named_events(response, events)
+
+    names = [name for name, _ in events]
+
+    assert names == ["message_start", "ping", "content_block_start"]
+
+
+def test_it_counts_message_tokens(claude, upstream):
+    counted = claude.messages.count_tokens(model="echo", messages=HELLO, system="be brief")
+
+    assert counted.input_tokens == 2 + 2 + 3
+    assert upstream.received[0].path == "/v1/messages/count_tokens"
+    assert (
+        post_messages(upstream, {"messages": HELLO}, path="/messages/count_tokens").status_code
+        == 400
+    )

@@ -61,6 +61,17 @@ SPEECH_MAX_INPUT = 4096
 TOOL_RESULT_PREFIX = "tool said "  # the text after a tool result: PREFIX + this + its content
 THINKING_PREFIX = "Thinking about: "  # the reasoning `think` gives: this + the last user text
 TOOL_ARGUMENT_PIECES = 3  # a streamed tool call's arguments arrive in this many deltas
+# Anthropic Messages: the error `type` of each status (docs.claude.com/en/api/errors).
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
 
 _TRUE_FLAGS = {"nousage", "silent", "malformed", "nodone", "noduration", "vllm"}
 _FLOAT_FLAGS = {"slow", "gap"}
@@ -340,6 +351,150 @@ def _missing(param: str) -> web.Response:
     )
 
 
+# --------------------------------------------------------------------------- Anthropic Messages
+
+
+def anthropic_error(status: int, message: str) -> web.Response:
+    """An error in Anthropic's shape; its `type` by status (`api_error` for the others)."""
+    kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.json_response(body, status=status)
+
+
+def anthropic_invalid(message: str) -> web.Response:
+    return anthropic_error(400, message)
+
+
+def anthropic_error_body(code: int) -> dict:
+    """The Anthropic-shaped error `fail=CODE` answers on /v1/messages, with internals."""
+    kind = ANTHROPIC_ERROR_TYPES.get(code, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": ERROR_TEMPLATE.format(code=code)}}
+
+
+def anthropic_refusal(record: Received, api_key: str | None) -> web.Response | None:
+    """Anthropic's refusal of a request's headers: 401 without a key, in `x-api-key` or
+    `Authorization: Bearer` (the SDK since 2.x sends its API key so), or with another than
+    `api_key` when one is required; 400 without `anthropic-version`."""
+    bearer = record.headers.get("authorization", "")
+    key = record.headers.get("x-api-key") or bearer.removeprefix("Bearer ").strip()
+    if not key:
+        return anthropic_error(401, "x-api-key header is required")
+    if api_key is not None and key != api_key:
+        return anthropic_error(401, "invalid x-api-key")
+    if not record.headers.get("anthropic-version"):
+        return anthropic_invalid("anthropic-version: header is required")
+    return None
+
+
+def _tool_results(message: Any) -> list[str]:
+    """The texts of the `tool_result` blocks of a Messages turn."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return []
+    return [
+        content_text(block.get("content"))
+        for block in content
+        if isinstance(block, dict) and block.get("type") == "tool_result"
+    ]
+
+
+def messages_answer(body: dict) -> tuple[str, int]:
+    """`(text, input_tokens)` of a Messages request: PREFIX + the last user text (its text
+    blocks joined by spaces), or after a turn of tool results PREFIX + TOOL_RESULT_PREFIX +
+    their texts; the words of `system`, every text and every tool result, plus 3."""
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    results = _tool_results(messages[-1]) if messages else []
+    if results:
+        text = PREFIX + TOOL_RESULT_PREFIX + " ".join(results)
+    else:
+        text = PREFIX + last_user_text(messages)
+    words = _words(content_text(body.get("system")))
+    for message in messages:
+        if isinstance(message, dict):
+            words += _words(content_text(message.get("content")))
+            words += sum(_words(r) for r in _tool_results(message))
+    return text, words + 3
+
+
+def thinking_signature(thinking: str) -> str:
+    """The (deterministic, opaque) signature of a thinking block."""
+    return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
+
+
+def word_pieces(text: str) -> list[str]:
+    """The deltas that stream `text` exactly: its words (spaces kept), or two halves of a
+    single word."""
+    words = _words(text)
+    return stream_deltas(text, words) if words > 1 else split_bytes(text, 2)
+
+
+def messages_content(body: dict, flags: Flags) -> tuple[list[dict], str, int]:
+    """`(content, stop_reason, output_tokens)` of the answer to a Messages request.
+
+    A thinking block first when the request's `thinking` is enabled (or adaptive); then
+    `tools=N` tool_use blocks (`toolu_0`...) to the first tool when the request has `tools`
+    and its last turn holds no tool result, or the text, cut to `max_tokens` words
+    (stop_reason `max_tokens`).
+    """
+    text, _ = messages_answer(body)
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    query = last_user_text(messages)
+    content: list[dict] = []
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
+        thought = reasoning_text(flags.think or "", messages) or ""
+        content.append(
+            {"type": "thinking", "thinking": thought, "signature": thinking_signature(thought)}
+        )
+    name = first_tool_name(body.get("tools"))
+    if flags.tools and name is not None and not (messages and _tool_results(messages[-1])):
+        calls = [
+            {"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": {"query": query}}
+            for i in range(flags.tools)
+        ]
+        tokens = sum(_words(tool_arguments(query)) for _ in calls)
+        return content + calls, "tool_use", tokens + sum(_words(b["thinking"]) for b in content)
+    limit = body.get("max_tokens")
+    words, stop_reason = text.split(), "end_turn"
+    if isinstance(limit, int) and len(words) > limit:
+        text, stop_reason = " ".join(words[:limit]), "max_tokens"
+    content.append({"type": "text", "text": text})
+    return (
+        content,
+        stop_reason,
+        sum(_words(b.get("thinking") or b.get("text", "")) for b in content),
+    )
+
+
+def messages_usage(input_tokens: int, output_tokens: int, flags: Flags) -> dict:
+    """A Message's `usage`: `cached=N` and `cachewrite=N` are read from and written to the
+    cache, and so left out of `input_tokens` (Anthropic's counts are apart)."""
+    read, write = flags.cached or 0, flags.cachewrite or 0
+    usage = {
+        "input_tokens": max(0, input_tokens - read - write),
+        "cache_creation_input_tokens": write,
+        "cache_read_input_tokens": read,
+        "output_tokens": output_tokens,
+    }
+    return {k: _count(v, flags) for k, v in usage.items()}
+
+
+def _messages_missing(body: dict, *, count_tokens: bool = False) -> web.Response | None:
+    """Anthropic's 400 for a Messages request without what it requires."""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return anthropic_invalid("model: Field required")
+    limit = body.get("max_tokens")
+    if not count_tokens and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        return anthropic_invalid("max_tokens: Field required (an integer of at least 1)")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return anthropic_invalid("messages: Field required")
+    for i, message in enumerate(messages):
+        if message.get("role") not in ("user", "assistant"):
+            return anthropic_invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+    return None
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -443,6 +598,19 @@ class Upstream:
     /v1/images/generations and /v1/audio/speech (JSON), POST /v1/audio/transcriptions and
     /v1/audio/translations (multipart/form-data), GET /v1/models, and GET /files/<name>.png
     (the images answered as URLs); any other path is an OpenAI-shaped 404.
+
+    POST /v1/messages and /v1/messages/count_tokens answer as Anthropic's API: a key
+    (`x-api-key`, or `Authorization: Bearer` as the SDK sends it; `require_api_key` checks
+    it) and `anthropic-version` are required before anything else (401
+    `authentication_error`, 400 `invalid_request_error`, in Anthropic's error shape), then
+    `model`, `max_tokens` (not for count_tokens) and `messages`. A Message is
+    `messages_content` with `messages_usage` (words + 3 in, `cached`/`cachewrite` apart
+    from `input_tokens`); `thinking` enabled puts a signed thinking block first; `tools`
+    answers tool_use blocks (`toolu_0`...); the text stops at `max_tokens` words. Streams
+    have `event:` lines: message_start, ping, each block's start, deltas (one per word;
+    tool input in TOOL_ARGUMENT_PIECES) and stop, message_delta (cumulative usage),
+    message_stop (not with `noDone`). `fail`, `slow`, `gap`, `silent`, `reset`,
+    `malformed`, `nousage` and `usage=KIND` act as on chat, `fail` in Anthropic's shape.
 
     What it does is chosen by the model name in the request body (the gateway sends the
     upstream name; a form's `model` field for the uploads), so one server serves every test
@@ -645,6 +813,8 @@ class Upstream:
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_post("/v1/audio/translations", self._translations)
         app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_get("/files/{name}", self._file)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         # Cancelling handlers when the client disconnects is what lets a record tell, at
@@ -723,7 +893,14 @@ class Upstream:
         )
 
     async def _handle(
-        self, request: web.Request, answer, *, flagged=True, form=False, streams=None
+        self,
+        request: web.Request,
+        answer,
+        *,
+        flagged=True,
+        form=False,
+        streams=None,
+        anthropic=False,
     ) -> web.StreamResponse:
         """Record `request`, run `answer(request, record, body, flags)`, note how it ended.
 
@@ -731,14 +908,19 @@ class Upstream:
         JSON object, or with `form` a multipart form with `file` and `model` (then `body` is
         `record.form`); otherwise `answer` gets an empty body and no flags. `streams(record)`
         tells whether the answer streams (by default: the body's `stream` is true), which
-        `reset` needs to know.
+        `reset` needs to know. With `anthropic`, the request is refused and failed as
+        Anthropic's API does: its headers checked first (`anthropic_refusal`), its errors in
+        Anthropic's shape.
         """
         record = await self._record(request, form=form)
         # A form's model is read later: such a request counts under "" (the name of none).
         counted, transport = str(record.model or "").partition("+")[0], request.transport
         self._started(counted, transport)
         try:
-            response = self._unauthorized(record) or _bad_request_id(record)
+            if anthropic:
+                response = anthropic_refusal(record, self.require_api_key)
+            else:
+                response = self._unauthorized(record) or _bad_request_id(record)
             if response is None and form:
                 response = await self._read_form(request, record)
             if form:
@@ -747,10 +929,12 @@ class Upstream:
                 body = record.json if isinstance(record.json, dict) else {}
             flags = parse_flags(record.model or "") if flagged else Flags()
             if response is None and flagged and not form and not isinstance(record.json, dict):
-                response = invalid_request("body must be a JSON object")
+                refuse = anthropic_invalid if anthropic else invalid_request
+                response = refuse("body must be a JSON object")
             if response is None and flagged:
                 streaming = (streams or request_streams)(record)
-                response = await self._before_answer(request, flags, streaming)
+                failed = anthropic_error_body if anthropic else error_body
+                response = await self._before_answer(request, flags, streaming, failed)
             if response is None:
                 response = await answer(request, record, body, flags)
             if not response.prepared:
@@ -778,9 +962,10 @@ class Upstream:
             record.closed_at = time.monotonic()
 
     async def _before_answer(
-        self, request, flags: Flags, streaming: bool
+        self, request, flags: Flags, streaming: bool, failed=error_body
     ) -> web.StreamResponse | None:
-        """Apply the flags that act before an answer starts; a response if they end it."""
+        """Apply the flags that act before an answer starts; a response if they end it
+        (`fail=CODE`: the body `failed(CODE)` makes)."""
         if flags.silent:
             await asyncio.sleep(SILENT_CAP_SECONDS)
             self._abort(request)
@@ -788,7 +973,7 @@ class Upstream:
             await asyncio.sleep(flags.slow)
         if flags.fail is not None:
             headers = {"Retry-After": "1"} if flags.fail == 429 else None
-            return web.json_response(error_body(flags.fail), status=flags.fail, headers=headers)
+            return web.json_response(failed(flags.fail), status=flags.fail, headers=headers)
         if flags.malformed:
             return web.Response(body=b'{"not json', content_type="application/json")
         if flags.reset is not None and not streaming:
@@ -803,12 +988,19 @@ class Upstream:
         raise _Aborted
 
     async def _stream(
-        self, request, flags: Flags, events: list[dict], *, done: bool = True
+        self, request, flags: Flags, events: list[dict], *, done: bool = True, named=False
     ) -> web.StreamResponse:
         """Send `events` as SSE `data:` lines (cut short by `reset`), then `[DONE]` when
         `done` (the chat and completions streams have it, the audio ones do not) unless
-        `noDone`."""
-        pieces = [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
+        `noDone`. With `named` each has an `event: <its type>` line first (Anthropic's and
+        the Responses streams)."""
+        pieces = [
+            (f"event: {event['type']}\n".encode() if named else b"")
+            + b"data: "
+            + json.dumps(event).encode()
+            + b"\n\n"
+            for event in events
+        ]
         return await self._send(
             request,
             flags,
@@ -1176,6 +1368,57 @@ class Upstream:
         events.append(done)
         return await self._stream(request, flags, events, done=False)
 
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._messages_answer, anthropic=True)
+
+    async def _messages_answer(self, request, record, body: dict, flags: Flags):
+        """A Message (`messages_content`, `messages_usage`), or its event stream."""
+        refused = _messages_missing(body)
+        if refused is not None:
+            return refused
+        content, stop_reason, output_tokens = messages_content(body, flags)
+        _, input_tokens = messages_answer(body)
+        usage = messages_usage(input_tokens, output_tokens, flags)
+        headers = {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
+        message = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+        }
+        if not request_streams(record):
+            if not flags.nousage:
+                message["usage"] = usage
+            return web.json_response(message, headers=headers)
+        started = {**message, "content": [], "stop_reason": None}
+        if not flags.nousage:
+            started["usage"] = {**usage, "output_tokens": _count(1, flags)}
+        events: list[dict] = [{"type": "message_start", "message": started}, {"type": "ping"}]
+        for index, block in enumerate(content):
+            events += _block_events(index, block)
+        delta: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+        }
+        if not flags.nousage:
+            delta["usage"] = usage  # cumulative, the input side restated (as the API now does)
+        events.append(delta)
+        if not flags.nodone:
+            events.append({"type": "message_stop"})
+        return await self._stream(request, flags, events, done=False, named=True)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        async def answer(request, record, body, flags):
+            refused = _messages_missing(body, count_tokens=True)
+            if refused is not None:
+                return refused
+            return web.json_response({"input_tokens": _count(messages_answer(body)[1], flags)})
+
+        return await self._handle(request, answer, anthropic=True, streams=_never_streams)
+
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, self._not_found_answer, flagged=False)
 
@@ -1285,6 +1528,29 @@ def wants_usage(record: Received) -> bool:
     """Whether the recorded stream request asked for a final usage chunk."""
     options = record.json.get("stream_options") if isinstance(record.json, dict) else None
     return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _block_events(index: int, block: dict) -> list[dict]:
+    """The content_block_start, deltas and content_block_stop events of one Message block."""
+    kind = block["type"]
+    if kind == "thinking":
+        opening = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas = [{"type": "thinking_delta", "thinking": p} for p in word_pieces(block["thinking"])]
+        deltas.append({"type": "signature_delta", "signature": block["signature"]})
+    elif kind == "tool_use":
+        opening = {**block, "input": {}}
+        deltas = [
+            {"type": "input_json_delta", "partial_json": p}
+            for p in split_bytes(json.dumps(block["input"]), TOOL_ARGUMENT_PIECES)
+        ]
+    else:
+        opening = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": p} for p in word_pieces(block["text"])]
+    return [
+        {"type": "content_block_start", "index": index, "content_block": opening},
+        *({"type": "content_block_delta", "index": index, "delta": d} for d in deltas),
+        {"type": "content_block_stop", "index": index},
+    ]
 
 
 def _tool_call_deltas(calls: list[dict]) -> list[dict]:
