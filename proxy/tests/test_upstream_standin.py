@@ -1606,3 +1606,111 @@ def test_it_counts_message_tokens(claude, upstream):
         post_messages(upstream, {"messages": HELLO}, path="/messages/count_tokens").status_code
         == 400
     )
+
+
+# --------------------------------------------------------------------------- Responses
+
+RESPONSE_TOOLS = [{"type": "function", "name": "search", "parameters": {"type": "object"}}]
+
+
+def test_it_answers_a_response_as_openai_does(sdk, upstream):
+    answer = sdk.responses.create(model="echo+cached=1", input="hi there", instructions="be brief")
+
+    assert answer.id.startswith("resp_")
+    assert (answer.object, answer.status, answer.model) == (
+        "response",
+        "completed",
+        "echo+cached=1",
+    )
+    assert answer.output_text == "Hello from upstream: hi there"
+    assert answer.output[0].type == "message"
+    assert answer.usage.model_dump(exclude_none=True) == {
+        "input_tokens": 2 + 2 + 3,
+        "input_tokens_details": {"cached_tokens": 1, "cache_write_tokens": 0},
+        "output_tokens": 5,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 12,
+    }
+    assert upstream.received[0].path == "/v1/responses"
+
+
+def test_it_answers_the_last_user_item_and_a_function_call_output(sdk):
+    items = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "look"},
+                {"type": "input_text", "text": "here"},
+            ],
+        },
+    ]
+    after_tool = [
+        *items,
+        {"type": "function_call", "call_id": "call_0", "name": "search", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_0", "output": "sunny"},
+    ]
+
+    assert sdk.responses.create(model="echo", input=items).output_text == (
+        "Hello from upstream: look here"
+    )
+    assert sdk.responses.create(
+        model="echo+tools", input=after_tool, tools=RESPONSE_TOOLS
+    ).output_text == ("Hello from upstream: tool said sunny")
+
+
+def test_tools_answers_function_call_items(sdk):
+    answer = sdk.responses.create(model="echo+tools=2", input="hi there", tools=RESPONSE_TOOLS)
+
+    assert [(i.type, i.id, i.call_id, i.name, i.arguments) for i in answer.output] == [
+        ("function_call", f"fc_{i}", f"call_{i}", "search", '{"query": "hi there"}')
+        for i in range(2)
+    ]
+
+
+def test_it_streams_a_response_as_the_full_event_sequence(upstream):
+    body = {"model": "echo", "input": "hi", "stream": True}
+    with httpx.stream("POST", f"{upstream.base_url}/responses", json=body) as response:
+        events = named_events(response)
+
+    assert all(name == data["type"] for name, data in events)
+    assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
+    assert [name for name, _ in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * 4,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert "".join(d["delta"] for n, d in events if n == "response.output_text.delta") == (
+        "Hello from upstream: hi"
+    )
+    assert events[-1][1]["response"]["usage"]["output_tokens"] == 4
+
+
+def test_it_streams_function_calls_the_sdk_accumulates(sdk):
+    with sdk.responses.stream(model="echo+tools", input="hi there", tools=RESPONSE_TOOLS) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+
+    call = final.output[0]
+    assert (call.type, call.call_id, json.loads(call.arguments)) == (
+        "function_call",
+        "call_0",
+        {"query": "hi there"},
+    )
+    assert kinds.count("response.function_call_arguments.delta") == 3
+
+
+def test_fail_and_nodone_act_on_responses(sdk, upstream):
+    with pytest.raises(openai.InternalServerError):
+        sdk.responses.create(model="fail=500", input="hi")
+    body = {"model": "echo+nodone", "input": "hi", "stream": True}
+    with httpx.stream("POST", f"{upstream.base_url}/responses", json=body) as response:
+        names = [name for name, _ in named_events(response)]
+
+    assert names[-1] == "response.output_item.done"
+    assert httpx.post(f"{upstream.base_url}/responses", json={"model": "echo"}).status_code == 400

@@ -495,6 +495,128 @@ def _messages_missing(body: dict, *, count_tokens: bool = False) -> web.Response
     return None
 
 
+# --------------------------------------------------------------------------- Responses
+
+
+def _input_items(value: Any) -> list[dict]:
+    """A Responses `input` as items: a string is one user message."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    return [i for i in value if isinstance(i, dict)] if isinstance(value, list) else []
+
+
+def responses_answer(body: dict) -> tuple[str, int]:
+    """`(text, input_tokens)` of a Responses request: PREFIX + the last user message's text
+    (`input_text` parts joined by spaces), or after a `function_call_output` item PREFIX +
+    TOOL_RESULT_PREFIX + its output; the words of `instructions`, of every message and
+    output, plus 3."""
+    items = _input_items(body.get("input"))
+    messages = [i for i in items if i.get("type", "message") == "message"]
+    last = items[-1] if items else {}
+    if last.get("type") == "function_call_output":
+        text = PREFIX + TOOL_RESULT_PREFIX + content_text(last.get("output"))
+    else:
+        text = PREFIX + last_user_text(messages)
+    words = _words(content_text(body.get("instructions")))
+    words += sum(_words(content_text(i.get("content") or i.get("output"))) for i in items)
+    return text, words + 3
+
+
+def responses_output(body: dict, flags: Flags) -> list[dict]:
+    """The output items of the answer to a Responses request: `tools=N` function calls
+    (`fc_0`/`call_0`...) to the first tool when it has `tools` and its last item is no
+    `function_call_output`, else one message `msg_0` with the text."""
+    text, _ = responses_answer(body)
+    items = _input_items(body.get("input"))
+    name = first_tool_name(body.get("tools"))
+    if (
+        flags.tools
+        and name is not None
+        and items
+        and items[-1].get("type") != ("function_call_output")
+    ):
+        query = last_user_text([i for i in items if i.get("type", "message") == "message"])
+        return [
+            {
+                "type": "function_call",
+                "id": f"fc_{i}",
+                "call_id": f"call_{i}",
+                "name": name,
+                "arguments": tool_arguments(query),
+                "status": "completed",
+            }
+            for i in range(flags.tools)
+        ]
+    part = {"type": "output_text", "text": text, "annotations": []}
+    return [
+        {
+            "type": "message",
+            "id": "msg_0",
+            "status": "completed",
+            "role": "assistant",
+            "content": [part],
+        }
+    ]
+
+
+def responses_usage(input_tokens: int, output_tokens: int, flags: Flags) -> dict:
+    """A Response's `usage`, with the `cached`, `cachewrite` and `reasoning` flags' details."""
+    return {
+        "input_tokens": _count(input_tokens, flags),
+        "input_tokens_details": {
+            "cached_tokens": _count(flags.cached or 0, flags),
+            "cache_write_tokens": _count(flags.cachewrite or 0, flags),
+        },
+        "output_tokens": _count(output_tokens, flags),
+        "output_tokens_details": {"reasoning_tokens": _count(flags.reasoning or 0, flags)},
+        "total_tokens": _count(input_tokens + output_tokens, flags),
+    }
+
+
+def _item_events(index: int, item: dict) -> list[dict]:
+    """The events that stream one output item, from output_item.added to .done (without
+    sequence numbers)."""
+    if item["type"] == "function_call":
+        pieces = split_bytes(item["arguments"], TOOL_ARGUMENT_PIECES)
+        where = {"item_id": item["id"], "output_index": index}
+        return [
+            {
+                "type": "response.output_item.added",
+                "output_index": index,
+                "item": {**item, "arguments": "", "status": "in_progress"},
+            },
+            *(
+                {"type": "response.function_call_arguments.delta", **where, "delta": p}
+                for p in pieces
+            ),
+            {
+                "type": "response.function_call_arguments.done",
+                **where,
+                "name": item["name"],
+                "arguments": item["arguments"],
+            },
+            {"type": "response.output_item.done", "output_index": index, "item": item},
+        ]
+    part = item["content"][0]
+    where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+    empty = {**part, "text": ""}
+    return [
+        {
+            "type": "response.output_item.added",
+            "output_index": index,
+            "item": {**item, "status": "in_progress", "content": []},
+        },
+        {"type": "response.content_part.added", **where, "part": empty},
+        *(
+            {"type": "response.output_text.delta", **where, "delta": p, "logprobs": []}
+            for p in word_pieces(part["text"])
+        ),
+        {"type": "response.output_text.done", **where, "text": part["text"], "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": part},
+        {"type": "response.output_item.done", "output_index": index, "item": item},
+    ]
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -611,6 +733,13 @@ class Upstream:
     tool input in TOOL_ARGUMENT_PIECES) and stop, message_delta (cumulative usage),
     message_stop (not with `noDone`). `fail`, `slow`, `gap`, `silent`, `reset`,
     `malformed`, `nousage` and `usage=KIND` act as on chat, `fail` in Anthropic's shape.
+
+    POST /v1/responses answers as OpenAI's Responses API: a Response (`resp_` id) whose
+    output is `responses_output` (a message with PREFIX + the last user text of `input`,
+    or `tools=N` function_call items) and whose usage is `responses_usage`; a stream is
+    the full named event sequence with `sequence_number`s from 0 (text deltas one per
+    word, arguments in TOOL_ARGUMENT_PIECES), ending in response.completed (not with
+    `noDone`). The chat flags act on it as on chat, `fail` in OpenAI's shape.
 
     What it does is chosen by the model name in the request body (the gateway sends the
     upstream name; a form's `model` field for the uploads), so one server serves every test
@@ -815,6 +944,7 @@ class Upstream:
         app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_post("/v1/messages", self._messages)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/files/{name}", self._file)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         # Cancelling handlers when the client disconnects is what lets a record tell, at
@@ -1418,6 +1548,60 @@ class Upstream:
             return web.json_response({"input_tokens": _count(messages_answer(body)[1], flags)})
 
         return await self._handle(request, answer, anthropic=True, streams=_never_streams)
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._responses_answer)
+
+    async def _responses_answer(self, request, record, body: dict, flags: Flags):
+        """A Response (`responses_output`, `responses_usage`), or its event stream."""
+        if not isinstance(body.get("model"), str):
+            return _missing("model")
+        if not isinstance(body.get("input"), str | list):
+            return _missing("input")
+        output = responses_output(body, flags)
+        _, input_tokens = responses_answer(body)
+        output_tokens = sum(
+            _words(i["arguments"] if i["type"] == "function_call" else i["content"][0]["text"])
+            for i in output
+        )
+        response: dict[str, Any] = {
+            "id": f"resp_{uuid.uuid4().hex[:24]}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "metadata": body.get("metadata") or {},
+            "model": body["model"],
+            "output": output,
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": body.get("previous_response_id"),
+            "store": body.get("store", True),
+            "temperature": body.get("temperature", 1.0),
+            "text": body.get("text") or {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": body.get("top_p", 1.0),
+            "truncation": "disabled",
+            "usage": None,
+        }
+        if not flags.nousage:
+            response["usage"] = responses_usage(input_tokens, output_tokens, flags)
+        if not request_streams(record):
+            return web.json_response(response)
+        opened = {**response, "status": "in_progress", "output": [], "usage": None}
+        events = [
+            {"type": "response.created", "response": opened},
+            {"type": "response.in_progress", "response": opened},
+        ]
+        for index, item in enumerate(output):
+            events += _item_events(index, item)
+        if not flags.nodone:
+            events.append({"type": "response.completed", "response": response})
+        numbered = [{**event, "sequence_number": n} for n, event in enumerate(events)]
+        return await self._stream(request, flags, numbered, done=False, named=True)
 
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, self._not_found_answer, flagged=False)
