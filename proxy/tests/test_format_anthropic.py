@@ -420,6 +420,10 @@ START = {
 }
 
 
+def block_delta(index: int, delta: dict) -> dict:
+    return {"type": "content_block_delta", "index": index, "delta": delta}
+
+
 def chunk(delta: dict, finish=None) -> dict:
     return {
         "id": "msg_s",
@@ -443,12 +447,8 @@ def test_it_streams_text_as_the_docs_example_does():
         START,
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         {"type": "ping"},
-        {
-            "type": "content_block_delta",
-            "index": 0,
-            "delta": {"type": "text_delta", "text": "Hello"},
-        },
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "!"}},
+        block_delta(0, {"type": "text_delta", "text": "Hello"}),
+        block_delta(0, {"type": "text_delta", "text": "!"}),
         {"type": "content_block_stop", "index": 0},
         {
             "type": "message_delta",
@@ -490,23 +490,11 @@ def test_it_streams_thinking_and_tool_use_with_cumulative_usage():
             "index": 0,
             "content_block": {"type": "thinking", "thinking": "", "signature": ""},
         },
-        {
-            "type": "content_block_delta",
-            "index": 0,
-            "delta": {"type": "thinking_delta", "thinking": "Let me think"},
-        },
-        {
-            "type": "content_block_delta",
-            "index": 0,
-            "delta": {"type": "signature_delta", "signature": "EqQ"},
-        },
+        block_delta(0, {"type": "thinking_delta", "thinking": "Let me think"}),
+        block_delta(0, {"type": "signature_delta", "signature": "EqQ"}),
         {"type": "content_block_stop", "index": 0},
         {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
-        {
-            "type": "content_block_delta",
-            "index": 1,
-            "delta": {"type": "text_delta", "text": "Okay"},
-        },
+        block_delta(1, {"type": "text_delta", "text": "Okay"}),
         {"type": "content_block_stop", "index": 1},
         {
             "type": "content_block_start",
@@ -518,11 +506,7 @@ def test_it_streams_thinking_and_tool_use_with_cumulative_usage():
                 "input": {},
             },
         },
-        {
-            "type": "content_block_delta",
-            "index": 2,
-            "delta": {"type": "input_json_delta", "partial_json": ""},
-        },
+        block_delta(2, {"type": "input_json_delta", "partial_json": ""}),
         {
             "type": "content_block_delta",
             "index": 2,
