@@ -10,6 +10,7 @@ import time
 import wave
 import zlib
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -1139,3 +1140,577 @@ def test_media_routes_refuse_a_non_uuid_request_id_and_a_wrong_key(upstream, rou
 
     assert wrong_key.status_code == 401
     assert (bad_id.status_code, bad_id.content) == (400, b"")
+
+
+# ------------------------------------------------------------------- chat tools and reasoning
+
+TOOLS = [
+    {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "other"}},
+]
+
+
+def chat_events(upstream, body: dict) -> list[dict]:
+    """The JSON chunks of a chat stream (its `[DONE]` left out)."""
+    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{upstream.base_url}/chat/completions", json=payload) as response:
+        return [json.loads(e) for e in sse_events(response) if e != "[DONE]"]
+
+
+def test_it_reads_the_tools_and_think_flags():
+    assert (parse_flags("echo").tools, parse_flags("echo").think) == (0, None)
+    assert parse_flags("echo+tools").tools == 1
+    assert parse_flags("echo+tools=3").tools == 3
+    assert parse_flags("echo+think").think == ""
+    assert parse_flags("echo+think=Let me see").think == "Let me see"
+
+
+def test_tools_answers_a_tool_call_to_the_first_tool_with_the_last_user_text(sdk):
+    answer = sdk.chat.completions.create(model="echo+tools", messages=HELLO, tools=TOOLS)
+
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert [c.model_dump() for c in choice.message.tool_calls] == [
+        {
+            "id": "call_0",
+            "type": "function",
+            "function": {"name": "search", "arguments": '{"query": "hi there"}'},
+        }
+    ]
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (5, 3)
+
+
+def test_tools_n_answers_n_calls_with_distinct_ids(sdk):
+    answer = sdk.chat.completions.create(model="echo+tools=3", messages=HELLO, tools=TOOLS)
+
+    calls = answer.choices[0].message.tool_calls
+    assert [c.id for c in calls] == ["call_0", "call_1", "call_2"]
+    assert {c.function.name for c in calls} == {"search"}
+
+
+def test_tools_answers_text_without_tools_in_the_request(sdk):
+    answer = sdk.chat.completions.create(model="echo+tools", messages=HELLO)
+
+    assert answer.choices[0].message.content == "Hello from upstream: hi there"
+    assert answer.choices[0].message.tool_calls is None
+    assert answer.choices[0].finish_reason == "stop"
+
+
+def test_it_answers_a_tool_result_with_text_built_from_it(sdk):
+    messages = [
+        *HELLO,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_0",
+                    "type": "function",
+                    "function": {"name": "search", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "content": "sunny today"},
+    ]
+
+    answer = sdk.chat.completions.create(model="echo+tools", messages=messages, tools=TOOLS)
+
+    assert answer.choices[0].message.content == "Hello from upstream: tool said sunny today"
+    assert answer.choices[0].finish_reason == "stop"
+    assert chat_answer(messages)[0] == "Hello from upstream: tool said sunny today"
+
+
+def test_tools_streams_the_call_as_openai_does(upstream):
+    events = chat_events(upstream, {"model": "echo+tools=2", "messages": HELLO, "tools": TOOLS})
+
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert deltas == [
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_0",
+                    "type": "function",
+                    "function": {"name": "search", "arguments": ""},
+                }
+            ],
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"query'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '": "hi '}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": 'there"}'}}]},
+        {
+            "tool_calls": [
+                {
+                    "index": 1,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "search", "arguments": ""},
+                }
+            ]
+        },
+        {"tool_calls": [{"index": 1, "function": {"arguments": '{"query'}}]},
+        {"tool_calls": [{"index": 1, "function": {"arguments": '": "hi '}}]},
+        {"tool_calls": [{"index": 1, "function": {"arguments": 'there"}'}}]},
+        {},
+    ]
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert events[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_tools_streams_calls_the_sdk_accumulates(sdk):
+    with sdk.chat.completions.stream(model="echo+tools", messages=HELLO, tools=TOOLS) as stream:
+        final = stream.get_final_completion()
+
+    call = final.choices[0].message.tool_calls[0]
+    assert (call.id, call.function.name) == ("call_0", "search")
+    assert json.loads(call.function.arguments) == {"query": "hi there"}
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_think_answers_reasoning_first_and_counts_it(upstream):
+    body = {"model": "echo+think", "messages": HELLO}
+    answer = httpx.post(f"{upstream.base_url}/chat/completions", json=body).json()
+
+    assert answer["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Hello from upstream: hi there",
+        "reasoning_content": "Thinking about: hi there",
+    }
+    assert answer["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 5 + 4,
+        "total_tokens": 14,
+        "completion_tokens_details": {"reasoning_tokens": 4},
+    }
+
+
+def test_think_streams_reasoning_deltas_before_the_content(upstream):
+    events = chat_events(upstream, {"model": "echo+think=Let me see+chunks=2", "messages": HELLO})
+
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert deltas == [
+        {"role": "assistant", "reasoning_content": "Let"},
+        {"reasoning_content": " me"},
+        {"reasoning_content": " see"},
+        {"content": "Hello"},
+        {"content": " from"},
+        {},
+    ]
+    assert events[-1]["usage"]["completion_tokens"] == 2 + 3
+    assert events[-1]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 3}
+
+
+def test_think_with_vllm_names_the_field_reasoning_and_combines_with_tools(upstream):
+    body = {"model": "echo+think+vllm+tools", "messages": HELLO, "tools": TOOLS}
+    message = httpx.post(f"{upstream.base_url}/chat/completions", json=body).json()["choices"][0][
+        "message"
+    ]
+    deltas = [e["choices"][0]["delta"] for e in chat_events(upstream, body) if e["choices"]]
+
+    assert message["reasoning"] == "Thinking about: hi there"
+    assert message["tool_calls"][0]["id"] == "call_0"
+    assert deltas[0] == {"role": "assistant", "reasoning": "Thinking"}
+    assert "tool_calls" in deltas[4]
+
+
+# --------------------------------------------------------------------------- Anthropic Messages
+
+ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-x", "anthropic-version": "2023-06-01"}
+
+
+@pytest.fixture
+def claude(upstream):
+    root = upstream.base_url.removesuffix("/v1")
+    client = anthropic.Anthropic(base_url=root, api_key="sk-ant-x", max_retries=0, timeout=10)
+    yield client
+    client.close()
+
+
+def post_messages(upstream, body: dict, headers=ANTHROPIC_HEADERS, path="/messages"):
+    return httpx.post(f"{upstream.base_url}{path}", json=body, headers=headers)
+
+
+def named_events(response: httpx.Response, into: list | None = None) -> list[tuple[str, dict]]:
+    """The `(event, data)` pairs of a stream with `event:` lines (appended to `into` as they
+    arrive, for a stream that breaks)."""
+    pairs, name = [] if into is None else into, None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            pairs.append((name, json.loads(line[6:])))
+            name = None
+    return pairs
+
+
+def test_it_answers_a_message_as_anthropic_does(claude, upstream):
+    answer = claude.messages.create(model="echo", max_tokens=100, messages=HELLO)
+
+    assert answer.id.startswith("msg_")
+    assert answer.model_dump(exclude={"id"}, exclude_none=True) == {
+        "type": "message",
+        "role": "assistant",
+        "model": "echo",
+        "content": [{"type": "text", "text": "Hello from upstream: hi there"}],
+        "stop_reason": "end_turn",
+        "usage": {
+            "input_tokens": 5,
+            "output_tokens": 5,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+    record = upstream.received[0]
+    assert record.path == "/v1/messages"
+    assert record.headers["authorization"] == "Bearer sk-ant-x"  # how the SDK sends its key
+    assert record.headers["anthropic-version"]
+
+
+def test_it_records_the_anthropic_headers_as_they_arrived(upstream):
+    headers = {**ANTHROPIC_HEADERS, "anthropic-beta": "a-2025,b-2026"}
+    post_messages(upstream, {"model": "echo", "max_tokens": 5, "messages": HELLO}, headers)
+
+    record = upstream.received[0]
+    assert record.headers["x-api-key"] == "sk-ant-x"
+    assert record.headers["anthropic-version"] == "2023-06-01"
+    assert record.headers["anthropic-beta"] == "a-2025,b-2026"
+    assert "authorization" not in record.headers
+
+
+def test_it_joins_text_blocks_and_counts_the_system(upstream):
+    body = {
+        "model": "echo",
+        "max_tokens": 100,
+        "system": [{"type": "text", "text": "be brief"}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "look"}, {"type": "text", "text": "here"}],
+            }
+        ],
+    }
+    answer = post_messages(upstream, body).json()
+
+    assert answer["content"] == [{"type": "text", "text": "Hello from upstream: look here"}]
+    assert answer["usage"]["input_tokens"] == 2 + 2 + 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "kind"),
+    [
+        ({"anthropic-version": "2023-06-01"}, 401, "authentication_error"),
+        ({"x-api-key": "k"}, 400, "invalid_request_error"),
+    ],
+)
+def test_it_refuses_a_message_without_its_headers(upstream, headers, status, kind):
+    response = post_messages(
+        upstream, {"model": "echo", "max_tokens": 5, "messages": HELLO}, headers
+    )
+
+    assert response.status_code == status
+    assert response.json()["type"] == "error"
+    assert response.json()["error"]["type"] == kind
+    assert len(upstream.received) == 1
+
+
+def test_it_checks_the_key_when_one_is_required(upstream):
+    upstream.require_api_key = "sk-ant-x"
+    body = {"model": "echo", "max_tokens": 5, "messages": HELLO}
+
+    wrong = post_messages(upstream, body, {**ANTHROPIC_HEADERS, "x-api-key": "other"})
+
+    assert (wrong.status_code, post_messages(upstream, body).status_code) == (401, 200)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"max_tokens": 5, "messages": HELLO},
+        {"model": "echo", "messages": HELLO},
+        {"model": "echo", "max_tokens": 5},
+        {"model": "echo", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]},
+    ],
+)
+def test_it_refuses_a_message_request_without_a_required_field(upstream, body):
+    response = post_messages(upstream, body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_it_stops_at_max_tokens_words(claude):
+    answer = claude.messages.create(model="echo", max_tokens=2, messages=HELLO)
+
+    assert answer.content[0].text == "Hello from"
+    assert answer.stop_reason == "max_tokens"
+    assert answer.usage.output_tokens == 2
+
+
+def test_it_reports_the_cache_flags_apart_from_input_tokens(claude):
+    answer = claude.messages.create(
+        model="echo+cached=2+cachewrite=1", max_tokens=9, messages=HELLO
+    )
+
+    usage = answer.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens) == (2, 2)
+    assert usage.cache_creation_input_tokens == 1
+
+
+ANTHROPIC_TOOLS = [{"name": "search", "input_schema": {"type": "object"}}]
+
+
+def test_tools_answers_tool_use_then_text_from_the_tool_result(claude):
+    first = claude.messages.create(
+        model="echo+tools=2", max_tokens=50, messages=HELLO, tools=ANTHROPIC_TOOLS
+    )
+    history = [
+        *HELLO,
+        {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_0", "content": "sunny"}],
+        },
+    ]
+    second = claude.messages.create(
+        model="echo+tools", max_tokens=50, messages=history, tools=ANTHROPIC_TOOLS
+    )
+
+    assert first.stop_reason == "tool_use"
+    assert [(b.type, b.id, b.name, b.input) for b in first.content] == [
+        ("tool_use", f"toolu_{i}", "search", {"query": "hi there"}) for i in range(2)
+    ]
+    assert second.content[0].text == "Hello from upstream: tool said sunny"
+    assert second.stop_reason == "end_turn"
+
+
+def test_it_thinks_first_when_thinking_is_enabled(claude):
+    answer = claude.messages.create(
+        model="echo",
+        max_tokens=2000,
+        messages=HELLO,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    )
+
+    thinking, text = answer.content
+    assert (thinking.type, thinking.thinking) == ("thinking", "Thinking about: hi there")
+    assert thinking.signature
+    assert text.text == "Hello from upstream: hi there"
+    assert answer.usage.output_tokens == 4 + 5
+
+
+def test_it_streams_the_exact_anthropic_event_sequence(upstream):
+    body = {"model": "echo+cached=1", "max_tokens": 100, "messages": HELLO, "stream": True}
+    with httpx.stream(
+        "POST", f"{upstream.base_url}/messages", json=body, headers=ANTHROPIC_HEADERS
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = named_events(response)
+
+    assert all(name == data["type"] for name, data in events)
+    data = [d for _, d in events]
+    start = data[0]["message"]
+    assert start["id"].startswith("msg_")
+    assert (start["content"], start["stop_reason"]) == ([], None)
+    assert start["usage"] == {
+        "input_tokens": 4,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 1,
+        "output_tokens": 1,
+    }
+    assert data[1:] == [
+        {"type": "ping"},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}
+            for t in ["Hello", " from", " upstream:", " hi", " there"]
+        ),
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {
+                "input_tokens": 4,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 1,
+                "output_tokens": 5,
+            },
+        },
+        {"type": "message_stop"},
+    ]
+
+
+def test_it_streams_thinking_and_tool_use_that_the_sdk_accumulates(claude):
+    with claude.messages.stream(
+        model="echo+tools",
+        max_tokens=2000,
+        messages=HELLO,
+        tools=ANTHROPIC_TOOLS,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+
+    thinking, call = final.content
+    assert thinking.thinking == "Thinking about: hi there"
+    assert thinking.signature
+    assert (call.id, call.name, call.input) == ("toolu_0", "search", {"query": "hi there"})
+    assert final.stop_reason == "tool_use"
+    assert "signature" in kinds
+    assert kinds.count("input_json") == 3
+
+
+def test_fail_answers_an_anthropic_error_the_sdk_raises(claude):
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        claude.messages.create(model="fail=429", max_tokens=5, messages=HELLO)
+
+    assert caught.value.status_code == 429
+    assert caught.value.body["error"]["type"] == "rate_limit_error"
+    assert "10.0.0.7" in caught.value.body["error"]["message"]
+    assert caught.value.response.headers["retry-after"] == "1"
+
+
+def test_nodone_ends_a_message_stream_without_message_stop(upstream):
+    body = {"model": "echo+nodone", "max_tokens": 100, "messages": HELLO, "stream": True}
+    with httpx.stream(
+        "POST", f"{upstream.base_url}/messages", json=body, headers=ANTHROPIC_HEADERS
+    ) as response:
+        names = [name for name, _ in named_events(response)]
+
+    assert names[-1] == "message_delta"
+
+
+def test_reset_cuts_a_message_stream(upstream):
+    body = {"model": "echo+reset=3", "max_tokens": 100, "messages": HELLO, "stream": True}
+    events: list = []
+    with (
+        pytest.raises(httpx.HTTPError),
+        httpx.stream(
+            "POST", f"{upstream.base_url}/messages", json=body, headers=ANTHROPIC_HEADERS
+        ) as response,
+    ):
+        named_events(response, events)
+
+    names = [name for name, _ in events]
+
+    assert names == ["message_start", "ping", "content_block_start"]
+
+
+def test_it_counts_message_tokens(claude, upstream):
+    counted = claude.messages.count_tokens(model="echo", messages=HELLO, system="be brief")
+
+    assert counted.input_tokens == 2 + 2 + 3
+    assert upstream.received[0].path == "/v1/messages/count_tokens"
+    assert (
+        post_messages(upstream, {"messages": HELLO}, path="/messages/count_tokens").status_code
+        == 400
+    )
+
+
+# --------------------------------------------------------------------------- Responses
+
+RESPONSE_TOOLS = [{"type": "function", "name": "search", "parameters": {"type": "object"}}]
+
+
+def test_it_answers_a_response_as_openai_does(sdk, upstream):
+    answer = sdk.responses.create(model="echo+cached=1", input="hi there", instructions="be brief")
+
+    assert answer.id.startswith("resp_")
+    assert (answer.object, answer.status, answer.model) == (
+        "response",
+        "completed",
+        "echo+cached=1",
+    )
+    assert answer.output_text == "Hello from upstream: hi there"
+    assert answer.output[0].type == "message"
+    assert answer.usage.model_dump(exclude_none=True) == {
+        "input_tokens": 2 + 2 + 3,
+        "input_tokens_details": {"cached_tokens": 1, "cache_write_tokens": 0},
+        "output_tokens": 5,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 12,
+    }
+    assert upstream.received[0].path == "/v1/responses"
+
+
+def test_it_answers_the_last_user_item_and_a_function_call_output(sdk):
+    items = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "look"},
+                {"type": "input_text", "text": "here"},
+            ],
+        },
+    ]
+    after_tool = [
+        *items,
+        {"type": "function_call", "call_id": "call_0", "name": "search", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_0", "output": "sunny"},
+    ]
+
+    assert sdk.responses.create(model="echo", input=items).output_text == (
+        "Hello from upstream: look here"
+    )
+    assert sdk.responses.create(
+        model="echo+tools", input=after_tool, tools=RESPONSE_TOOLS
+    ).output_text == ("Hello from upstream: tool said sunny")
+
+
+def test_tools_answers_function_call_items(sdk):
+    answer = sdk.responses.create(model="echo+tools=2", input="hi there", tools=RESPONSE_TOOLS)
+
+    assert [(i.type, i.id, i.call_id, i.name, i.arguments) for i in answer.output] == [
+        ("function_call", f"fc_{i}", f"call_{i}", "search", '{"query": "hi there"}')
+        for i in range(2)
+    ]
+
+
+def test_it_streams_a_response_as_the_full_event_sequence(upstream):
+    body = {"model": "echo", "input": "hi", "stream": True}
+    with httpx.stream("POST", f"{upstream.base_url}/responses", json=body) as response:
+        events = named_events(response)
+
+    assert all(name == data["type"] for name, data in events)
+    assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
+    assert [name for name, _ in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * 4,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert "".join(d["delta"] for n, d in events if n == "response.output_text.delta") == (
+        "Hello from upstream: hi"
+    )
+    assert events[-1][1]["response"]["usage"]["output_tokens"] == 4
+
+
+def test_it_streams_function_calls_the_sdk_accumulates(sdk):
+    with sdk.responses.stream(model="echo+tools", input="hi there", tools=RESPONSE_TOOLS) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+
+    call = final.output[0]
+    assert (call.type, call.call_id, json.loads(call.arguments)) == (
+        "function_call",
+        "call_0",
+        {"query": "hi there"},
+    )
+    assert kinds.count("response.function_call_arguments.delta") == 3
+
+
+def test_fail_and_nodone_act_on_responses(sdk, upstream):
+    with pytest.raises(openai.InternalServerError):
+        sdk.responses.create(model="fail=500", input="hi")
+    body = {"model": "echo+nodone", "input": "hi", "stream": True}
+    with httpx.stream("POST", f"{upstream.base_url}/responses", json=body) as response:
+        names = [name for name, _ in named_events(response)]
+
+    assert names[-1] == "response.output_item.done"
+    assert httpx.post(f"{upstream.base_url}/responses", json={"model": "echo"}).status_code == 400

@@ -57,6 +57,21 @@ SPEECH_CONTENT_TYPES = {
     "pcm": "audio/pcm",
 }
 SPEECH_MAX_INPUT = 4096
+# Tool calls (`tools`) and reasoning (`think`).
+TOOL_RESULT_PREFIX = "tool said "  # the text after a tool result: PREFIX + this + its content
+THINKING_PREFIX = "Thinking about: "  # the reasoning `think` gives: this + the last user text
+TOOL_ARGUMENT_PIECES = 3  # a streamed tool call's arguments arrive in this many deltas
+# Anthropic Messages: the error `type` of each status (docs.claude.com/en/api/errors).
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
 
 _TRUE_FLAGS = {"nousage", "silent", "malformed", "nodone", "noduration", "vllm"}
 _FLOAT_FLAGS = {"slow", "gap"}
@@ -82,7 +97,9 @@ class Flags:
     malformed: bool = False
     nodone: bool = False
     noduration: bool = False
-    vllm: bool = False  # transcripts as vLLM sends them (streams of chat-shaped chunks)
+    # Transcripts as vLLM sends them (streams of chat-shaped chunks); chat reasoning as
+    # `reasoning`, as newer vLLM names it.
+    vllm: bool = False
     slow: float = 0.0
     gap: float = 0.0
     chunks: int = DEFAULT_CHUNKS
@@ -93,6 +110,8 @@ class Flags:
     cached: int | None = None
     cachewrite: int | None = None
     reasoning: int | None = None
+    tools: int = 0  # tool calls to answer when the request offers tools (`tools` alone: 1)
+    think: str | None = None  # reasoning to answer first ("": THINKING_PREFIX + last user text)
 
 
 def parse_flags(model: str) -> Flags:
@@ -110,6 +129,10 @@ def parse_flags(model: str) -> Flags:
                 setattr(flags, name, max(0, int(value)))
             elif sep and name == "usage" and value.lower() in ABSURD_USAGE:
                 flags.usage = value.lower()
+            elif name == "tools":
+                flags.tools = max(0, int(value)) if sep else 1
+            elif name == "think":
+                flags.think = value
         except ValueError:
             continue
     flags.chunks = max(1, flags.chunks)
@@ -138,16 +161,66 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def chat_answer(messages: Any) -> tuple[str, int, int]:
-    """`(text, prompt_tokens, completion_tokens)` of the non-stream answer to `messages`."""
-    messages = messages if isinstance(messages, list) else []
-    contents = [content_text(m.get("content")) for m in messages if isinstance(m, dict)]
+def last_user_text(messages: Any) -> str:
+    """The text of the last `user` message of a chat `messages` list ("" if none)."""
     last_user = ""
-    for message in messages:
+    for message in messages if isinstance(messages, list) else []:
         if isinstance(message, dict) and message.get("role") == "user":
             last_user = content_text(message.get("content"))
-    text = PREFIX + last_user
+    return last_user
+
+
+def chat_answer(messages: Any) -> tuple[str, int, int]:
+    """`(text, prompt_tokens, completion_tokens)` of the non-stream answer to `messages`.
+
+    The text is PREFIX + the last user text, or, when the last message is a `tool` one,
+    PREFIX + TOOL_RESULT_PREFIX + its text (whatever the flags).
+    """
+    messages = messages if isinstance(messages, list) else []
+    contents = [content_text(m.get("content")) for m in messages if isinstance(m, dict)]
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    if last.get("role") == "tool":
+        text = PREFIX + TOOL_RESULT_PREFIX + content_text(last.get("content"))
+    else:
+        text = PREFIX + last_user_text(messages)
     return text, sum(_words(c) for c in contents) + 3, _words(text)
+
+
+def tool_arguments(query: str) -> str:
+    """The JSON arguments (or, parsed, the Anthropic `input`) of every tool call answered."""
+    return json.dumps({"query": query})
+
+
+def first_tool_name(tools: Any) -> str | None:
+    """The name of the first tool a request offers: a chat `{"type": "function", "function":
+    {"name"}}` or an Anthropic `{"name"}`; None when it offers none."""
+    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
+        return None
+    function = tools[0].get("function")
+    name = function.get("name") if isinstance(function, dict) else tools[0].get("name")
+    return name if isinstance(name, str) else ""
+
+
+def chat_tool_calls(body: dict, count: int) -> list[dict]:
+    """The `count` tool calls (`call_0`, `call_1`, ...) to the first tool that answer a chat
+    request offering `tools` whose last message is not a `tool` one; else none."""
+    name, messages = first_tool_name(body.get("tools")), body.get("messages")
+    if not count or name is None or not isinstance(messages, list) or not messages:
+        return []
+    if isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return []
+    arguments = tool_arguments(last_user_text(messages))
+    return [
+        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+        for i in range(count)
+    ]
+
+
+def reasoning_text(think: str | None, messages: Any) -> str | None:
+    """The reasoning `think` (or `think=TEXT`) answers first; None without the flag."""
+    if think is None:
+        return None
+    return think or THINKING_PREFIX + last_user_text(messages)
 
 
 def prompt_text(prompt: Any) -> str:
@@ -246,8 +319,9 @@ def speech_audio(text: str, speed: float = 1.0) -> bytes:
     return media.wav_bytes(speech_seconds(text, speed), rate=SPEECH_RATE)
 
 
-def split_bytes(data: bytes, pieces: int) -> list[bytes]:
-    """`data` in `pieces` consecutive parts of near-equal length (fewer if it is shorter)."""
+def split_bytes(data: Any, pieces: int) -> list[Any]:
+    """`data` (bytes or text) in `pieces` consecutive parts of near-equal length (fewer if
+    it is shorter)."""
     count = max(1, min(pieces, len(data)))
     bounds = [len(data) * i // count for i in range(count + 1)]
     return [data[bounds[i] : bounds[i + 1]] for i in range(count)]
@@ -275,6 +349,272 @@ def _missing(param: str) -> web.Response:
     return invalid_request(
         f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
     )
+
+
+# --------------------------------------------------------------------------- Anthropic Messages
+
+
+def anthropic_error(status: int, message: str) -> web.Response:
+    """An error in Anthropic's shape; its `type` by status (`api_error` for the others)."""
+    kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.json_response(body, status=status)
+
+
+def anthropic_invalid(message: str) -> web.Response:
+    return anthropic_error(400, message)
+
+
+def anthropic_error_body(code: int) -> dict:
+    """The Anthropic-shaped error `fail=CODE` answers on /v1/messages, with internals."""
+    kind = ANTHROPIC_ERROR_TYPES.get(code, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": ERROR_TEMPLATE.format(code=code)}}
+
+
+def anthropic_refusal(record: Received, api_key: str | None) -> web.Response | None:
+    """Anthropic's refusal of a request's headers: 401 without a key, in `x-api-key` or
+    `Authorization: Bearer` (the SDK since 2.x sends its API key so), or with another than
+    `api_key` when one is required; 400 without `anthropic-version`."""
+    bearer = record.headers.get("authorization", "")
+    key = record.headers.get("x-api-key") or bearer.removeprefix("Bearer ").strip()
+    if not key:
+        return anthropic_error(401, "x-api-key header is required")
+    if api_key is not None and key != api_key:
+        return anthropic_error(401, "invalid x-api-key")
+    if not record.headers.get("anthropic-version"):
+        return anthropic_invalid("anthropic-version: header is required")
+    return None
+
+
+def _tool_results(message: Any) -> list[str]:
+    """The texts of the `tool_result` blocks of a Messages turn."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return []
+    return [
+        content_text(block.get("content"))
+        for block in content
+        if isinstance(block, dict) and block.get("type") == "tool_result"
+    ]
+
+
+def messages_answer(body: dict) -> tuple[str, int]:
+    """`(text, input_tokens)` of a Messages request: PREFIX + the last user text (its text
+    blocks joined by spaces), or after a turn of tool results PREFIX + TOOL_RESULT_PREFIX +
+    their texts; the words of `system`, every text and every tool result, plus 3."""
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    results = _tool_results(messages[-1]) if messages else []
+    if results:
+        text = PREFIX + TOOL_RESULT_PREFIX + " ".join(results)
+    else:
+        text = PREFIX + last_user_text(messages)
+    words = _words(content_text(body.get("system")))
+    for message in messages:
+        if isinstance(message, dict):
+            words += _words(content_text(message.get("content")))
+            words += sum(_words(r) for r in _tool_results(message))
+    return text, words + 3
+
+
+def thinking_signature(thinking: str) -> str:
+    """The (deterministic, opaque) signature of a thinking block."""
+    return base64.b64encode(hashlib.sha256(thinking.encode()).digest()).decode()
+
+
+def word_pieces(text: str) -> list[str]:
+    """The deltas that stream `text` exactly: its words (spaces kept), or two halves of a
+    single word."""
+    words = _words(text)
+    return stream_deltas(text, words) if words > 1 else split_bytes(text, 2)
+
+
+def messages_content(body: dict, flags: Flags) -> tuple[list[dict], str, int]:
+    """`(content, stop_reason, output_tokens)` of the answer to a Messages request.
+
+    A thinking block first when the request's `thinking` is enabled (or adaptive); then
+    `tools=N` tool_use blocks (`toolu_0`...) to the first tool when the request has `tools`
+    and its last turn holds no tool result, or the text, cut to `max_tokens` words
+    (stop_reason `max_tokens`).
+    """
+    text, _ = messages_answer(body)
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    query = last_user_text(messages)
+    content: list[dict] = []
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
+        thought = reasoning_text(flags.think or "", messages) or ""
+        content.append(
+            {"type": "thinking", "thinking": thought, "signature": thinking_signature(thought)}
+        )
+    name = first_tool_name(body.get("tools"))
+    if flags.tools and name is not None and not (messages and _tool_results(messages[-1])):
+        calls = [
+            {"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": {"query": query}}
+            for i in range(flags.tools)
+        ]
+        tokens = sum(_words(tool_arguments(query)) for _ in calls)
+        return content + calls, "tool_use", tokens + sum(_words(b["thinking"]) for b in content)
+    limit = body.get("max_tokens")
+    words, stop_reason = text.split(), "end_turn"
+    if isinstance(limit, int) and len(words) > limit:
+        text, stop_reason = " ".join(words[:limit]), "max_tokens"
+    content.append({"type": "text", "text": text})
+    return (
+        content,
+        stop_reason,
+        sum(_words(b.get("thinking") or b.get("text", "")) for b in content),
+    )
+
+
+def messages_usage(input_tokens: int, output_tokens: int, flags: Flags) -> dict:
+    """A Message's `usage`: `cached=N` and `cachewrite=N` are read from and written to the
+    cache, and so left out of `input_tokens` (Anthropic's counts are apart)."""
+    read, write = flags.cached or 0, flags.cachewrite or 0
+    usage = {
+        "input_tokens": max(0, input_tokens - read - write),
+        "cache_creation_input_tokens": write,
+        "cache_read_input_tokens": read,
+        "output_tokens": output_tokens,
+    }
+    return {k: _count(v, flags) for k, v in usage.items()}
+
+
+def _messages_missing(body: dict, *, count_tokens: bool = False) -> web.Response | None:
+    """Anthropic's 400 for a Messages request without what it requires."""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return anthropic_invalid("model: Field required")
+    limit = body.get("max_tokens")
+    if not count_tokens and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        return anthropic_invalid("max_tokens: Field required (an integer of at least 1)")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return anthropic_invalid("messages: Field required")
+    for i, message in enumerate(messages):
+        if message.get("role") not in ("user", "assistant"):
+            return anthropic_invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+    return None
+
+
+# --------------------------------------------------------------------------- Responses
+
+
+def _input_items(value: Any) -> list[dict]:
+    """A Responses `input` as items: a string is one user message."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    return [i for i in value if isinstance(i, dict)] if isinstance(value, list) else []
+
+
+def responses_answer(body: dict) -> tuple[str, int]:
+    """`(text, input_tokens)` of a Responses request: PREFIX + the last user message's text
+    (`input_text` parts joined by spaces), or after a `function_call_output` item PREFIX +
+    TOOL_RESULT_PREFIX + its output; the words of `instructions`, of every message and
+    output, plus 3."""
+    items = _input_items(body.get("input"))
+    messages = [i for i in items if i.get("type", "message") == "message"]
+    last = items[-1] if items else {}
+    if last.get("type") == "function_call_output":
+        text = PREFIX + TOOL_RESULT_PREFIX + content_text(last.get("output"))
+    else:
+        text = PREFIX + last_user_text(messages)
+    words = _words(content_text(body.get("instructions")))
+    words += sum(_words(content_text(i.get("content") or i.get("output"))) for i in items)
+    return text, words + 3
+
+
+def responses_output(body: dict, flags: Flags) -> list[dict]:
+    """The output items of the answer to a Responses request: `tools=N` function calls
+    (`fc_0`/`call_0`...) to the first tool when it has `tools` and its last item is no
+    `function_call_output`, else one message `msg_0` with the text."""
+    text, _ = responses_answer(body)
+    items = _input_items(body.get("input"))
+    name = first_tool_name(body.get("tools"))
+    if (
+        flags.tools
+        and name is not None
+        and items
+        and items[-1].get("type") != ("function_call_output")
+    ):
+        query = last_user_text([i for i in items if i.get("type", "message") == "message"])
+        return [
+            {
+                "type": "function_call",
+                "id": f"fc_{i}",
+                "call_id": f"call_{i}",
+                "name": name,
+                "arguments": tool_arguments(query),
+                "status": "completed",
+            }
+            for i in range(flags.tools)
+        ]
+    part = {"type": "output_text", "text": text, "annotations": []}
+    return [
+        {
+            "type": "message",
+            "id": "msg_0",
+            "status": "completed",
+            "role": "assistant",
+            "content": [part],
+        }
+    ]
+
+
+def responses_usage(input_tokens: int, output_tokens: int, flags: Flags) -> dict:
+    """A Response's `usage`, with the `cached`, `cachewrite` and `reasoning` flags' details."""
+    return {
+        "input_tokens": _count(input_tokens, flags),
+        "input_tokens_details": {
+            "cached_tokens": _count(flags.cached or 0, flags),
+            "cache_write_tokens": _count(flags.cachewrite or 0, flags),
+        },
+        "output_tokens": _count(output_tokens, flags),
+        "output_tokens_details": {"reasoning_tokens": _count(flags.reasoning or 0, flags)},
+        "total_tokens": _count(input_tokens + output_tokens, flags),
+    }
+
+
+def _item_events(index: int, item: dict) -> list[dict]:
+    """The events that stream one output item, from output_item.added to .done (without
+    sequence numbers)."""
+    if item["type"] == "function_call":
+        pieces = split_bytes(item["arguments"], TOOL_ARGUMENT_PIECES)
+        where = {"item_id": item["id"], "output_index": index}
+        return [
+            {
+                "type": "response.output_item.added",
+                "output_index": index,
+                "item": {**item, "arguments": "", "status": "in_progress"},
+            },
+            *(
+                {"type": "response.function_call_arguments.delta", **where, "delta": p}
+                for p in pieces
+            ),
+            {
+                "type": "response.function_call_arguments.done",
+                **where,
+                "name": item["name"],
+                "arguments": item["arguments"],
+            },
+            {"type": "response.output_item.done", "output_index": index, "item": item},
+        ]
+    part = item["content"][0]
+    where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+    empty = {**part, "text": ""}
+    return [
+        {
+            "type": "response.output_item.added",
+            "output_index": index,
+            "item": {**item, "status": "in_progress", "content": []},
+        },
+        {"type": "response.content_part.added", **where, "part": empty},
+        *(
+            {"type": "response.output_text.delta", **where, "delta": p, "logprobs": []}
+            for p in word_pieces(part["text"])
+        ),
+        {"type": "response.output_text.done", **where, "text": part["text"], "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": part},
+        {"type": "response.output_item.done", "output_index": index, "item": item},
+    ]
 
 
 # --------------------------------------------------------------------------- records
@@ -381,6 +721,26 @@ class Upstream:
     /v1/audio/translations (multipart/form-data), GET /v1/models, and GET /files/<name>.png
     (the images answered as URLs); any other path is an OpenAI-shaped 404.
 
+    POST /v1/messages and /v1/messages/count_tokens answer as Anthropic's API: a key
+    (`x-api-key`, or `Authorization: Bearer` as the SDK sends it; `require_api_key` checks
+    it) and `anthropic-version` are required before anything else (401
+    `authentication_error`, 400 `invalid_request_error`, in Anthropic's error shape), then
+    `model`, `max_tokens` (not for count_tokens) and `messages`. A Message is
+    `messages_content` with `messages_usage` (words + 3 in, `cached`/`cachewrite` apart
+    from `input_tokens`); `thinking` enabled puts a signed thinking block first; `tools`
+    answers tool_use blocks (`toolu_0`...); the text stops at `max_tokens` words. Streams
+    have `event:` lines: message_start, ping, each block's start, deltas (one per word;
+    tool input in TOOL_ARGUMENT_PIECES) and stop, message_delta (cumulative usage),
+    message_stop (not with `noDone`). `fail`, `slow`, `gap`, `silent`, `reset`,
+    `malformed`, `nousage` and `usage=KIND` act as on chat, `fail` in Anthropic's shape.
+
+    POST /v1/responses answers as OpenAI's Responses API: a Response (`resp_` id) whose
+    output is `responses_output` (a message with PREFIX + the last user text of `input`,
+    or `tools=N` function_call items) and whose usage is `responses_usage`; a stream is
+    the full named event sequence with `sequence_number`s from 0 (text deltas one per
+    word, arguments in TOOL_ARGUMENT_PIECES), ending in response.completed (not with
+    `noDone`). The chat flags act on it as on chat, `fail` in OpenAI's shape.
+
     What it does is chosen by the model name in the request body (the gateway sends the
     upstream name; a form's `model` field for the uploads), so one server serves every test
     at once. A name is a base name followed by optional `+flag` parts; parts that are not
@@ -412,6 +772,20 @@ class Upstream:
                         size); `cachewrite=N` written to it (`.cache_write_tokens`),
                         `reasoning=N` output tokens spent reasoning
                         (`completion_tokens_details.reasoning_tokens`)
+        echo+tools      a chat request with `tools` whose last message is not a `tool` one
+                        is answered with a tool call to the first tool (`tools=3`: three),
+                        ids `call_0`, `call_1`..., arguments `{"query": "<last user
+                        text>"}`, finish_reason `tool_calls`, content null; streamed as
+                        OpenAI does (a delta with index, id, type, name and arguments "",
+                        then the arguments in TOOL_ARGUMENT_PIECES deltas). Completion
+                        tokens: the words of the arguments. (After a `tool` message any
+                        chat answer is PREFIX + "tool said " + its content, flag or not.)
+        echo+think      chat answers reason first: `message.reasoning_content` is
+                        "Thinking about: <last user text>" (`think=TEXT`: TEXT), streamed
+                        as one `reasoning_content` delta per word before the content (or
+                        tool call) deltas; its words count as completion tokens and as
+                        `completion_tokens_details.reasoning_tokens` (unless `reasoning=N`
+                        says otherwise); with `vllm` the field is `reasoning` instead
 
     Answers are deterministic; `chat_answer`, `completion_answer`, `stream_text` and
     `embedding_vector` compute them. The text is "Hello from upstream: " followed by the last
@@ -568,6 +942,9 @@ class Upstream:
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_post("/v1/audio/translations", self._translations)
         app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/files/{name}", self._file)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         # Cancelling handlers when the client disconnects is what lets a record tell, at
@@ -646,7 +1023,14 @@ class Upstream:
         )
 
     async def _handle(
-        self, request: web.Request, answer, *, flagged=True, form=False, streams=None
+        self,
+        request: web.Request,
+        answer,
+        *,
+        flagged=True,
+        form=False,
+        streams=None,
+        anthropic=False,
     ) -> web.StreamResponse:
         """Record `request`, run `answer(request, record, body, flags)`, note how it ended.
 
@@ -654,14 +1038,19 @@ class Upstream:
         JSON object, or with `form` a multipart form with `file` and `model` (then `body` is
         `record.form`); otherwise `answer` gets an empty body and no flags. `streams(record)`
         tells whether the answer streams (by default: the body's `stream` is true), which
-        `reset` needs to know.
+        `reset` needs to know. With `anthropic`, the request is refused and failed as
+        Anthropic's API does: its headers checked first (`anthropic_refusal`), its errors in
+        Anthropic's shape.
         """
         record = await self._record(request, form=form)
         # A form's model is read later: such a request counts under "" (the name of none).
         counted, transport = str(record.model or "").partition("+")[0], request.transport
         self._started(counted, transport)
         try:
-            response = self._unauthorized(record) or _bad_request_id(record)
+            if anthropic:
+                response = anthropic_refusal(record, self.require_api_key)
+            else:
+                response = self._unauthorized(record) or _bad_request_id(record)
             if response is None and form:
                 response = await self._read_form(request, record)
             if form:
@@ -670,10 +1059,12 @@ class Upstream:
                 body = record.json if isinstance(record.json, dict) else {}
             flags = parse_flags(record.model or "") if flagged else Flags()
             if response is None and flagged and not form and not isinstance(record.json, dict):
-                response = invalid_request("body must be a JSON object")
+                refuse = anthropic_invalid if anthropic else invalid_request
+                response = refuse("body must be a JSON object")
             if response is None and flagged:
                 streaming = (streams or request_streams)(record)
-                response = await self._before_answer(request, flags, streaming)
+                failed = anthropic_error_body if anthropic else error_body
+                response = await self._before_answer(request, flags, streaming, failed)
             if response is None:
                 response = await answer(request, record, body, flags)
             if not response.prepared:
@@ -701,9 +1092,10 @@ class Upstream:
             record.closed_at = time.monotonic()
 
     async def _before_answer(
-        self, request, flags: Flags, streaming: bool
+        self, request, flags: Flags, streaming: bool, failed=error_body
     ) -> web.StreamResponse | None:
-        """Apply the flags that act before an answer starts; a response if they end it."""
+        """Apply the flags that act before an answer starts; a response if they end it
+        (`fail=CODE`: the body `failed(CODE)` makes)."""
         if flags.silent:
             await asyncio.sleep(SILENT_CAP_SECONDS)
             self._abort(request)
@@ -711,7 +1103,7 @@ class Upstream:
             await asyncio.sleep(flags.slow)
         if flags.fail is not None:
             headers = {"Retry-After": "1"} if flags.fail == 429 else None
-            return web.json_response(error_body(flags.fail), status=flags.fail, headers=headers)
+            return web.json_response(failed(flags.fail), status=flags.fail, headers=headers)
         if flags.malformed:
             return web.Response(body=b'{"not json', content_type="application/json")
         if flags.reset is not None and not streaming:
@@ -726,12 +1118,19 @@ class Upstream:
         raise _Aborted
 
     async def _stream(
-        self, request, flags: Flags, events: list[dict], *, done: bool = True
+        self, request, flags: Flags, events: list[dict], *, done: bool = True, named=False
     ) -> web.StreamResponse:
         """Send `events` as SSE `data:` lines (cut short by `reset`), then `[DONE]` when
         `done` (the chat and completions streams have it, the audio ones do not) unless
-        `noDone`."""
-        pieces = [b"data: " + json.dumps(event).encode() + b"\n\n" for event in events]
+        `noDone`. With `named` each has an `event: <its type>` line first (Anthropic's and
+        the Responses streams)."""
+        pieces = [
+            (f"event: {event['type']}\n".encode() if named else b"")
+            + b"data: "
+            + json.dumps(event).encode()
+            + b"\n\n"
+            for event in events
+        ]
         return await self._send(
             request,
             flags,
@@ -766,9 +1165,23 @@ class Upstream:
 
     async def _chat_answer(self, request, record, body: dict, flags: Flags):
         model = body.get("model", "")
-        text, prompt_tokens, completion_tokens = chat_answer(body.get("messages"))
+        messages = body.get("messages")
+        text, prompt_tokens, completion_tokens = chat_answer(messages)
+        calls = chat_tool_calls(body, flags.tools)
+        reasoning = reasoning_text(flags.think, messages)
+        # vLLM (newer) and OpenRouter name it `reasoning`; DeepSeek and older vLLM as here.
+        reasoning_key = "reasoning" if flags.vllm else "reasoning_content"
+        thought = None if reasoning is None else _words(reasoning)
+        if calls:
+            completion_tokens = sum(_words(c["function"]["arguments"]) for c in calls)
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        finish_reason = "tool_calls" if calls else "stop"
         if not request_streams(record):
+            message: dict[str, Any] = {"role": "assistant", "content": None if calls else text}
+            if reasoning is not None:
+                message[reasoning_key] = reasoning
+            if calls:
+                message["tool_calls"] = calls
             answer = {
                 "id": ident,
                 "object": "chat.completion",
@@ -777,14 +1190,16 @@ class Upstream:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
+                        "message": message,
+                        "finish_reason": finish_reason,
                         "logprobs": None,
                     }
                 ],
             }
             if not flags.nousage:
-                answer["usage"] = _usage(prompt_tokens, completion_tokens, flags)
+                answer["usage"] = _usage(
+                    prompt_tokens, completion_tokens + (thought or 0), flags, thought
+                )
             return web.json_response(answer)
         with_usage = wants_usage(record) and not flags.nousage
 
@@ -800,24 +1215,26 @@ class Upstream:
                 event["usage"] = None  # as OpenAI: null on every chunk but the usage one
             return {**event, **extra}
 
+        deltas: list[dict] = []
+        if reasoning is not None:
+            pieces = stream_deltas(reasoning, max(1, thought or 0))
+            deltas += [{reasoning_key: piece} for piece in pieces]
+        if calls:
+            deltas += _tool_call_deltas(calls)
+        else:
+            completion_tokens = flags.chunks
+            deltas += [{"content": delta} for delta in stream_deltas(text, flags.chunks)]
+        deltas[0] = {"role": "assistant", **deltas[0]}
         events = [
-            chunk(
-                [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": delta}
-                        if i == 0
-                        else {"content": delta},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ]
-            )
-            for i, delta in enumerate(stream_deltas(text, flags.chunks))
+            chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+            for delta in deltas
         ]
-        events.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]))
+        events.append(
+            chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}])
+        )
         if with_usage:
-            events.append(chunk([], usage=_usage(prompt_tokens, flags.chunks, flags)))
+            usage = _usage(prompt_tokens, completion_tokens + (thought or 0), flags, thought)
+            events.append(chunk([], usage=usage))
         return await self._stream(request, flags, events)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -1081,6 +1498,111 @@ class Upstream:
         events.append(done)
         return await self._stream(request, flags, events, done=False)
 
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._messages_answer, anthropic=True)
+
+    async def _messages_answer(self, request, record, body: dict, flags: Flags):
+        """A Message (`messages_content`, `messages_usage`), or its event stream."""
+        refused = _messages_missing(body)
+        if refused is not None:
+            return refused
+        content, stop_reason, output_tokens = messages_content(body, flags)
+        _, input_tokens = messages_answer(body)
+        usage = messages_usage(input_tokens, output_tokens, flags)
+        headers = {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
+        message = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+        }
+        if not request_streams(record):
+            if not flags.nousage:
+                message["usage"] = usage
+            return web.json_response(message, headers=headers)
+        started = {**message, "content": [], "stop_reason": None}
+        if not flags.nousage:
+            started["usage"] = {**usage, "output_tokens": _count(1, flags)}
+        events: list[dict] = [{"type": "message_start", "message": started}, {"type": "ping"}]
+        for index, block in enumerate(content):
+            events += _block_events(index, block)
+        delta: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+        }
+        if not flags.nousage:
+            delta["usage"] = usage  # cumulative, the input side restated (as the API now does)
+        events.append(delta)
+        if not flags.nodone:
+            events.append({"type": "message_stop"})
+        return await self._stream(request, flags, events, done=False, named=True)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        async def answer(request, record, body, flags):
+            refused = _messages_missing(body, count_tokens=True)
+            if refused is not None:
+                return refused
+            return web.json_response({"input_tokens": _count(messages_answer(body)[1], flags)})
+
+        return await self._handle(request, answer, anthropic=True, streams=_never_streams)
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, self._responses_answer)
+
+    async def _responses_answer(self, request, record, body: dict, flags: Flags):
+        """A Response (`responses_output`, `responses_usage`), or its event stream."""
+        if not isinstance(body.get("model"), str):
+            return _missing("model")
+        if not isinstance(body.get("input"), str | list):
+            return _missing("input")
+        output = responses_output(body, flags)
+        _, input_tokens = responses_answer(body)
+        output_tokens = sum(
+            _words(i["arguments"] if i["type"] == "function_call" else i["content"][0]["text"])
+            for i in output
+        )
+        response: dict[str, Any] = {
+            "id": f"resp_{uuid.uuid4().hex[:24]}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "metadata": body.get("metadata") or {},
+            "model": body["model"],
+            "output": output,
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": body.get("previous_response_id"),
+            "store": body.get("store", True),
+            "temperature": body.get("temperature", 1.0),
+            "text": body.get("text") or {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": body.get("top_p", 1.0),
+            "truncation": "disabled",
+            "usage": None,
+        }
+        if not flags.nousage:
+            response["usage"] = responses_usage(input_tokens, output_tokens, flags)
+        if not request_streams(record):
+            return web.json_response(response)
+        opened = {**response, "status": "in_progress", "output": [], "usage": None}
+        events = [
+            {"type": "response.created", "response": opened},
+            {"type": "response.in_progress", "response": opened},
+        ]
+        for index, item in enumerate(output):
+            events += _item_events(index, item)
+        if not flags.nodone:
+            events.append({"type": "response.completed", "response": response})
+        numbered = [{**event, "sequence_number": n} for n, event in enumerate(events)]
+        return await self._stream(request, flags, numbered, done=False, named=True)
+
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, self._not_found_answer, flagged=False)
 
@@ -1192,7 +1714,49 @@ def wants_usage(record: Received) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _usage(prompt_tokens: int, completion_tokens: int, flags: Flags) -> dict:
+def _block_events(index: int, block: dict) -> list[dict]:
+    """The content_block_start, deltas and content_block_stop events of one Message block."""
+    kind = block["type"]
+    if kind == "thinking":
+        opening = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas = [{"type": "thinking_delta", "thinking": p} for p in word_pieces(block["thinking"])]
+        deltas.append({"type": "signature_delta", "signature": block["signature"]})
+    elif kind == "tool_use":
+        opening = {**block, "input": {}}
+        deltas = [
+            {"type": "input_json_delta", "partial_json": p}
+            for p in split_bytes(json.dumps(block["input"]), TOOL_ARGUMENT_PIECES)
+        ]
+    else:
+        opening = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": p} for p in word_pieces(block["text"])]
+    return [
+        {"type": "content_block_start", "index": index, "content_block": opening},
+        *({"type": "content_block_delta", "index": index, "delta": d} for d in deltas),
+        {"type": "content_block_stop", "index": index},
+    ]
+
+
+def _tool_call_deltas(calls: list[dict]) -> list[dict]:
+    """The chat deltas that stream `calls` as OpenAI does: for each, one with its index, id,
+    type, name and empty arguments, then its arguments in TOOL_ARGUMENT_PIECES deltas."""
+    deltas = []
+    for index, call in enumerate(calls):
+        name, arguments = call["function"]["name"], call["function"]["arguments"]
+        opening = {"index": index, "id": call["id"], "type": "function"}
+        deltas.append({"tool_calls": [{**opening, "function": {"name": name, "arguments": ""}}]})
+        deltas += [
+            {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            for piece in split_bytes(arguments, TOOL_ARGUMENT_PIECES)
+        ]
+    return deltas
+
+
+def _usage(
+    prompt_tokens: int, completion_tokens: int, flags: Flags, reasoning: int | None = None
+) -> dict:
+    """Chat and completions usage; `reasoning` tokens (part of the completion ones) are
+    reported unless the `reasoning=N` flag says otherwise."""
     if flags.usage:
         value = ABSURD_USAGE[flags.usage]
         return {"prompt_tokens": value, "completion_tokens": value, "total_tokens": value}
@@ -1204,8 +1768,9 @@ def _usage(prompt_tokens: int, completion_tokens: int, flags: Flags) -> dict:
     prompt = {"cached_tokens": flags.cached, "cache_write_tokens": flags.cachewrite}
     if any(n is not None for n in prompt.values()):
         usage["prompt_tokens_details"] = {k: n for k, n in prompt.items() if n is not None}
-    if flags.reasoning is not None:
-        usage["completion_tokens_details"] = {"reasoning_tokens": flags.reasoning}
+    reasoning = flags.reasoning if flags.reasoning is not None else reasoning
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return usage
 
 
