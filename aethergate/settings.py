@@ -316,6 +316,11 @@ AETHERGATE_LOG_BUFFER_MAX_BYTES = env.int(
 # /health/ready answers 503 once records have waited this long with no batch
 # stored (nor a refused record set aside): a writer that cannot make progress.
 AETHERGATE_LOG_STALL_SECONDS = env.float("AETHERGATE_LOG_STALL_SECONDS", default=60.0)
+# Days a stored Responses API response (`store`, default true) is kept before
+# `manage.py prune_responses` deletes it; 30, as OpenAI keeps them. 0: kept forever.
+AETHERGATE_RESPONSES_RETENTION_DAYS = env.int("AETHERGATE_RESPONSES_RETENTION_DAYS", default=30)
+if AETHERGATE_RESPONSES_RETENTION_DAYS < 0:
+    sys.exit("AetherGate: AETHERGATE_RESPONSES_RETENTION_DAYS must be 0 (forever) or more.")
 
 # Operations --------------------------------------------------------------------
 # /metrics (Prometheus) is off unless a token is set; scrapers send it as a bearer token.

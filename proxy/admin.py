@@ -1,12 +1,14 @@
 """The admin pages that need the proxy: the endpoint page's "Test connection" (GET
-{base_url}/models) and "Import models", and the "Deployments now" panel of the model and
-endpoint pages, which shows what this process's router knows of each deployment.
+{base_url}/models) and "Import models", the "Deployments now" panel of the model and
+endpoint pages, which shows what this process's router knows of each deployment, and the
+read-only list of stored responses (the proxy's own model).
 
 Here because only the proxy, at the top of the layers, may use the upstream client
 (proxy.upstream), the running Runtime and the model catalog; the endpoints and
 models_registry apps know none of them.
 """
 
+import json
 import math
 import os
 import time
@@ -23,16 +25,19 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
+from django.utils.html import format_html
 from django.views.decorators.http import require_http_methods
 
 from aethergate.lib.admin import count
 from endpoints.admin import EndpointAdmin as BaseEndpointAdmin
 from endpoints.models import Endpoint
+from logs.admin import ModelFilter
 from models_registry import services as catalog
 from models_registry.admin import ModelAdmin as BaseModelAdmin
 from models_registry.models import Deployment, Model
 from proxy import upstream
 from proxy.health import CLOSED, HALF_OPEN, OPEN, BreakerPolicy
+from proxy.models import StoredResponse
 from proxy.runtime import Runtime
 from proxy.snapshot import EndpointInfo
 
@@ -309,3 +314,73 @@ admin.site.unregister(Endpoint)
 admin.site.register(Endpoint, EndpointAdmin)
 admin.site.unregister(Model)
 admin.site.register(Model, ModelAdmin)
+
+
+# --------------------------------------------------------------------------- stored responses
+
+CONTENT_NOT_SHOWN = (
+    "Not shown: the key did not log content when this response was stored (metadata only)."
+)
+
+
+def shown_json(value) -> str:
+    """`value` as indented JSON in a <pre>, escaped."""
+    return format_html(
+        '<pre style="white-space: pre-wrap">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False),
+    )
+
+
+@admin.register(StoredResponse)
+class StoredResponseAdmin(admin.ModelAdmin):
+    """Stored responses, read-only: they are written by `/v1/responses` only, deleted here,
+    by `DELETE /v1/responses/{id}` or by retention (`prune_responses`). Their input and
+    output are shown only if the key logged content when the response was made."""
+
+    list_display = (
+        "id",
+        "owner",
+        "api_key",
+        "model",
+        "status",
+        "created_at",
+        "input_size",
+        "output_size",
+    )
+    list_select_related = ("owner", "api_key")
+    list_filter = (ModelFilter, "status")
+    search_fields = ("^id",)
+    search_help_text = "Response id (or its beginning)."
+    date_hierarchy = "created_at"
+    # Counting a large table on every page view is what makes admins slow.
+    show_full_result_count = False
+    list_per_page = 100
+    fieldsets = (
+        (None, {"fields": ("id", "owner", "api_key", "model", "status", "created_at",
+                           "previous_id", "log_content", "input_size", "output_size")}),
+        ("Content", {"fields": ("input_shown", "output_shown")}),
+    )  # fmt: skip
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="input items")
+    def input_size(self, obj):
+        return len(obj.input_items)
+
+    @admin.display(description="output items")
+    def output_size(self, obj):
+        return len(obj.response.get("output") or [])
+
+    @admin.display(description="input items")
+    def input_shown(self, obj):
+        return shown_json(obj.input_items) if obj.log_content else CONTENT_NOT_SHOWN
+
+    @admin.display(description="output")
+    def output_shown(self, obj):
+        return (
+            shown_json(obj.response.get("output") or []) if obj.log_content else CONTENT_NOT_SHOWN
+        )
