@@ -17,7 +17,7 @@ from django.db import OperationalError
 from django.db.models import Q
 
 # The apps whose models staff manage in the admin and the API.
-GATEWAY_APPS = ("accounts", "keys", "endpoints", "models_registry", "logs")
+GATEWAY_APPS = ("accounts", "keys", "endpoints", "models_registry", "logs", "proxy")
 VIEW = ("view",)
 CHANGE = ("view", "add", "change", "delete")
 ROOT_PASSWORD = "pw-root-123"

@@ -26,6 +26,7 @@ from accounts.models import Lockout, User
 from aethergate.testing import CHANGE, VIEW, make_staff, make_world
 from keys import services as key_services
 from logs.models import AuditEntry
+from proxy.models import StoredResponse
 
 pytestmark = pytest.mark.django_db
 
@@ -149,9 +150,10 @@ MATRIX = {
         Call("get", "/admin/r/{ct}/{user}/", ADMIN_NOT_FOUND)
     ],
     # In registration order: proxy.admin registers the endpoint and model admins last.
-    "admin/^(?P<app_label>accounts|auth|keys|logs|endpoints|models_registry)/$": [
+    "admin/^(?P<app_label>accounts|auth|keys|logs|endpoints|models_registry|proxy)/$": [
         Call("get", "/admin/keys/", admin(404, 200, 200, 200)),
         Call("get", "/admin/auth/", admin(404, 404, 404, 200)),
+        Call("get", "/admin/proxy/", admin(404, 200, 200, 200)),
     ],
     "admin/(?P<url>.*)$": [Call("get", "/admin/no-such-page/", ADMIN_NOT_FOUND)],
     # Groups: permissions of the auth app, which the staff personas do not hold.
@@ -215,6 +217,15 @@ MATRIX = {
     "admin/accounts/lockout/<path:object_id>/change/": [
         Call("get", "/admin/accounts/lockout/{lockout}/change/", ADMIN_READ),
         Call("post", "/admin/accounts/lockout/{lockout}/change/", admin(403, 403, 302, 302), {}),
+    ],
+    # Stored responses (proxy/admin.py): written by /v1/responses only, never added or
+    # changed here; deleting one is a delete.
+    **model_admin("proxy/storedresponse", "stored", write=ADMIN_NOBODY),
+    "admin/proxy/storedresponse/<path:object_id>/delete/": [
+        Call("get", "/admin/proxy/storedresponse/{stored}/delete/", ADMIN_ADD),
+        Call(
+            "post", "/admin/proxy/storedresponse/{stored}/delete/", ADMIN_DELETED, {"post": "yes"}
+        ),
     ],
     # The request logs' CSV export and the usage dashboard (logs/admin.py, logs/dashboard.py):
     # who may view request logs.
@@ -344,12 +355,16 @@ def world(settings):
     lockout = Lockout.objects.create(
         key="user:alice", surface="admin", failures=5, locked_at=now, until=now + timedelta(hours=1)
     )
+    stored = StoredResponse.objects.create(
+        id="resp_matrix", owner=world["user"], model="llama3", created_at=now, status="completed"
+    )
     ids = {name: obj.pk for name, obj in world.items()}
     ids.update(
         token=token.pk,
         group=group.pk,
         ct=ContentType.objects.get_for_model(User).pk,
         lockout=lockout.pk,
+        stored=stored.pk,
         audit=AuditEntry.objects.latest("id").pk,  # the world's own making was recorded
     )
     return ids
