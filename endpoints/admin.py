@@ -68,16 +68,17 @@ class EndpointAdmin(GatewayAdmin):
         "name",
         "base_url",
         "kind",
+        "native_responses",
         "credential",
         "is_active",
     )
     list_editable = ("is_active",)
-    list_filter = ("kind", "is_active")
+    list_filter = ("kind", "native_responses", "is_active")
     radio_fields = {"kind": admin.VERTICAL}
     search_fields = ("name", "base_url")
     readonly_fields = ("credential_status", "created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("name", "base_url", "kind", "is_active")}),
+        (None, {"fields": ("name", "base_url", "kind", "native_responses", "is_active")}),
         ("Credential", {"fields": ("credential_status", "new_api_key", "clear_api_key")}),
         (
             "Limits",
