@@ -68,7 +68,7 @@ class EndpointAdmin(GatewayAdmin):
         "name",
         "base_url",
         "kind",
-        "native_responses",
+        "responses",
         "credential",
         "is_active",
     )
@@ -101,6 +101,11 @@ class EndpointAdmin(GatewayAdmin):
         ("Health check", {"fields": ("health_path",)}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
+
+    # The field's own label is too wide for the list at 1366 px (the browser test).
+    @admin.display(boolean=True, description="Responses API", ordering="native_responses")
+    def responses(self, obj):
+        return obj.native_responses
 
     @admin.display(boolean=True, description="credential")
     def credential(self, obj):

@@ -127,7 +127,7 @@ def test_it_saves_an_anthropic_endpoint_and_one_serving_the_responses_api(admin_
     }
     listed = admin_client.get(reverse("admin:endpoints_endpoint_changelist")).content.decode()
     assert '<td class="field-kind">Anthropic (Messages API)</td>' in listed
-    assert re.search(r'<td class="field-native_responses"><img [^>]*alt="True"', listed)
+    assert re.search(r'<td class="field-responses"><img [^>]*alt="True"', listed)
     change = admin_client.get(
         reverse("admin:endpoints_endpoint_change", args=[Endpoint.objects.get(name="openai").pk])
     ).content.decode()
