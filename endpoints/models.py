@@ -94,7 +94,7 @@ class UpstreamURLField(models.CharField):
 
 
 class Endpoint(models.Model):
-    """An OpenAI-compatible upstream server (Ollama, vLLM, llama.cpp, OpenAI, …).
+    """An upstream server: OpenAI-compatible (Ollama, vLLM, llama.cpp, OpenAI, …) or Anthropic.
 
     The upstream credential is encrypted at rest and never displayed: admin
     and API only set, replace or clear it (`set_api_key`).
@@ -111,6 +111,8 @@ class Endpoint(models.Model):
         LLAMA_CPP = "llama_cpp", "llama.cpp server (llama-server)"
         LLAMA_CPP_PYTHON = "llama_cpp_python", "llama-cpp-python server"
         LMSTUDIO = "lmstudio", "LM Studio"
+        # Not OpenAI-compatible: it speaks Anthropic's Messages API (POST {base_url}/messages).
+        ANTHROPIC = "anthropic", "Anthropic (Messages API)"
 
     # The fields the management API and the backup carry, in their order;
     # each adds its own around them (aethergate/tests/test_field_lists.py).
@@ -118,6 +120,7 @@ class Endpoint(models.Model):
         "name",
         "base_url",
         "kind",
+        "native_responses",
         "rpm_limit",
         "day_limit",
         "tpm_limit",
@@ -134,7 +137,8 @@ class Endpoint(models.Model):
     base_url = UpstreamURLField(
         "base URL",
         max_length=500,
-        help_text="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1",
+        help_text="The API's base URL, e.g. http://127.0.0.1:11434/v1 (OpenAI-compatible) or "
+        "https://api.anthropic.com/v1 (Anthropic)",
     )
     kind = models.CharField(
         max_length=20,
@@ -142,7 +146,16 @@ class Endpoint(models.Model):
         default=Kind.GENERIC,
         help_text="The server software behind the URL: it selects the adjustments the gateway "
         'makes to requests and answers for that server. The default, "OpenAI-compatible '
-        '(other)" (generic), is safe for any OpenAI-compatible server.',
+        '(other)" (generic), is safe for any OpenAI-compatible server. "Anthropic" is a '
+        "server of Anthropic's Messages API ({base URL}/messages), not OpenAI-compatible.",
+    )
+    native_responses = models.BooleanField(
+        "serves the Responses API",
+        default=False,
+        help_text="The server also serves OpenAI's Responses API at {base URL}/responses "
+        "(OpenAI does; vLLM and llama.cpp's llama-server have one too, of varying "
+        "completeness): /v1/responses is passed through to it instead of translated onto "
+        "chat completions. Not for kind Anthropic.",
     )
     # Only the Fernet token is stored; it is decrypted where a request needs it.
     api_key_encrypted = models.TextField(blank=True, default="", editable=False)
@@ -217,6 +230,17 @@ class Endpoint(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        # One rule for the admin, the API and the backup: all validate with full_clean().
+        if self.native_responses and self.kind == self.Kind.ANTHROPIC:
+            raise ValidationError(
+                {
+                    "native_responses": "An Anthropic server does not serve OpenAI's Responses "
+                    "API: /v1/responses is translated onto its Messages API."
+                },
+                code="responses_on_anthropic",
+            )
 
     @property
     def has_credential(self) -> bool:

@@ -104,6 +104,7 @@ class EndpointInfo:
     name: str
     base_url: str
     kind: str  # Endpoint.Kind: which server software, for per-server adjustments
+    native_responses: bool  # it serves OpenAI's Responses API: /v1/responses passes through
     api_key: str
     usable: bool
     rates: tuple[Rate, ...]
@@ -128,6 +129,7 @@ class EndpointInfo:
             name=endpoint.name,
             base_url=endpoint.base_url.rstrip("/"),
             kind=endpoint.kind,
+            native_responses=endpoint.native_responses,
             api_key=credential,
             usable=usable,
             rates=_rates(endpoint),

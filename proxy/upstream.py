@@ -1,7 +1,9 @@
 """The only outbound HTTP in AetherGate: a pooled aiohttp client and its policy.
 
 Only what the gateway configures reaches the upstream: the endpoint's URL and
-credential, a JSON body or a form the gateway wrote, the request id. No client header is forwarded.
+credential, a JSON body or a form the gateway wrote, the request id, and, to an
+Anthropic server, the Anthropic headers the gateway chose to pass on (checked
+against an allow-list here). No other client header is forwarded.
 aiohttp was chosen over httpx by measurement: about 2-3x less CPU per
 proxied request on this hot path (see README, "Why aiohttp"). Every address
 dialled passes the address policy (`aethergate.lib.addresses`) first.
@@ -22,6 +24,18 @@ from django.conf import settings
 
 from aethergate.lib import addresses
 from proxy.snapshot import EndpointInfo
+
+# Endpoint.Kind.ANTHROPIC, not imported: the proxy reads the catalog through its snapshot.
+ANTHROPIC = "anthropic"
+# The Messages API version the gateway's own requests are written for: the one whose
+# fields (temperature, top_p, …) proxy.formats.anthropic sends.
+ANTHROPIC_VERSION = "2023-06-01"
+# The only request headers a caller may add (`post(headers=…)`): Anthropic's version and
+# beta flags, passed on from a Messages client. Anything else could let a client set
+# the credential, the host or the framing of the gateway's request.
+ANTHROPIC_HEADERS = frozenset({"anthropic-version", "anthropic-beta"})
+# Printable ASCII only (no CR or LF: no header injection), and short.
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,1000}")
 
 
 class AddressRefused(aiohttp.ClientConnectionError):
@@ -105,9 +119,16 @@ class Client:
         stream: bool,
         request_id: str,
         accept: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """POST `body` (JSON, or a form) to `endpoint` + `path`; returns once response
         headers arrived.
+
+        The credential goes as the endpoint's kind wants it: `x-api-key` (and an
+        `anthropic-version`) to an Anthropic server, `Authorization: Bearer` to the
+        others. `headers` are extra headers the gateway chose, sent to an Anthropic
+        server only: of them, just `anthropic-version` and `anthropic-beta` with a
+        printable-ASCII value of at most 1000 characters; the rest are dropped.
 
         Raises aiohttp.ClientError on connection failure (AddressRefused when
         the address policy refuses the host); the caller bounds the wait for
@@ -115,7 +136,7 @@ class Client:
         """
         # aiohttp dials an IP address in the URL without asking the resolver.
         _check_host(_host(endpoint.base_url))
-        headers = {
+        sent = {
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if stream else accept,
             "User-Agent": "AetherGate",
@@ -124,15 +145,17 @@ class Client:
         data = body
         if type(body) is not bytes:
             # A form goes as it is read from its spool, with its length announced.
-            headers["Content-Type"] = body.content_type
-            headers["Content-Length"] = str(body.length)
+            sent["Content-Type"] = body.content_type
+            sent["Content-Length"] = str(body.length)
             data = body.chunks()
-        if endpoint.api_key:
-            headers["Authorization"] = f"Bearer {endpoint.api_key}"
+        if endpoint.kind == ANTHROPIC:
+            _anthropic_credential(sent, endpoint, headers)
+        elif endpoint.api_key:
+            sent["Authorization"] = f"Bearer {endpoint.api_key}"
         return await self._session.post(
             endpoint.base_url + path,
             data=data,
-            headers=headers,
+            headers=sent,
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(
                 total=endpoint.total_timeout, sock_connect=endpoint.connect_timeout
@@ -160,8 +183,8 @@ class Client:
             return False
 
     async def list_models(self, endpoint: EndpointInfo, *, seconds: float) -> list[str]:
-        """The model ids `endpoint` lists at GET {base_url}/models (OpenAI's listModels),
-        waiting at most `seconds` in all.
+        """The model ids `endpoint` lists at GET {base_url}/models (OpenAI's listModels;
+        Anthropic's has the same `data[].id`), waiting at most `seconds` in all.
 
         A GET only: it never runs (or pays for) a completion. Raises ModelListFailed,
         whose message is for staff and names no credential.
@@ -172,7 +195,7 @@ class Client:
         try:
             _check_host(_host(endpoint.base_url))
             async with self._session.get(
-                endpoint.base_url + "/models",
+                endpoint.base_url + _models_path(endpoint),
                 headers=_get_headers(endpoint),
                 allow_redirects=False,
                 timeout=wait,
@@ -195,11 +218,32 @@ class Client:
         return _model_ids(status, body, endpoint)
 
 
+def _anthropic_credential(
+    sent: dict[str, str], endpoint: EndpointInfo, extra: dict[str, str] | None
+) -> None:
+    """Add to `sent` what an Anthropic server wants: the credential as `x-api-key` (never
+    `Authorization`), the allowed ones of `extra`, and `anthropic-version` if none."""
+    if endpoint.api_key:
+        sent["x-api-key"] = endpoint.api_key
+    sent["anthropic-version"] = ANTHROPIC_VERSION
+    for name, value in (extra or {}).items():
+        key = name.lower()  # header names are case-insensitive
+        if key in ANTHROPIC_HEADERS and isinstance(value, str) and _HEADER_VALUE.fullmatch(value):
+            sent[key] = value
+
+
 def _get_headers(endpoint: EndpointInfo) -> dict[str, str]:
     headers = {"Accept": "application/json", "User-Agent": "AetherGate"}
-    if endpoint.api_key:
+    if endpoint.kind == ANTHROPIC:
+        _anthropic_credential(headers, endpoint, None)
+    elif endpoint.api_key:
         headers["Authorization"] = f"Bearer {endpoint.api_key}"
     return headers
+
+
+def _models_path(endpoint: EndpointInfo) -> str:
+    # Anthropic's list is paged, 20 models by default; 1000 is its largest page.
+    return "/models?limit=1000" if endpoint.kind == ANTHROPIC else "/models"
 
 
 # An upstream's model list is small; this bounds what an admin page reads.

@@ -100,7 +100,12 @@ def _register(ids: dict, old_id, value, where: str) -> None:
 
 OLLAMA = {"ollama", "ollama_chat"}
 OPENAI_COMPATIBLE = {"openai", "hosted_vllm"}
+ANTHROPIC = "anthropic"
+# The LiteLLM providers whose models this gateway serves (the others are imported inactive).
+SERVED = OLLAMA | OPENAI_COMPATIBLE | {ANTHROPIC}
 OPENAI_HOST = "api.openai.com"
+ANTHROPIC_HOST = "api.anthropic.com"
+ANTHROPIC_BASE_URL = "https://api.anthropic.com/v1"
 
 
 def _legacy_kind(providers: set[str], base_url) -> str | None:
@@ -108,7 +113,9 @@ def _legacy_kind(providers: set[str], base_url) -> str | None:
 
     Only a sure sign gives a server's kind; without one, None: the endpoint is
     created generic (which suits every OpenAI-compatible server), and one
-    imported before keeps the kind staff may have chosen since.
+    imported before keeps the kind staff may have chosen since. Anthropic's models
+    are served only by an endpoint of theirs alone, at Anthropic's address or at
+    none (LiteLLM's default for them).
     """
     if providers and providers <= OLLAMA:
         return Endpoint.Kind.OLLAMA
@@ -118,7 +125,36 @@ def _legacy_kind(providers: set[str], base_url) -> str | None:
         host = None
     if providers == {"openai"} and host == OPENAI_HOST:
         return Endpoint.Kind.OPENAI
+    if providers == {ANTHROPIC} and (host == ANTHROPIC_HOST or base_url in (None, "")):
+        return Endpoint.Kind.ANTHROPIC
     return None
+
+
+def _litellm_parts(litellm: str) -> tuple[str, str]:
+    """A LiteLLM model name's provider and upstream model name."""
+    provider, _, upstream = litellm.strip().partition("/")
+    if not upstream:  # A bare name: LiteLLM sends it to OpenAI.
+        return "openai", provider
+    return provider, upstream
+
+
+def _anthropic_endpoints(items: list[tuple[int, dict]], endpoint_rows: dict) -> set[int]:
+    """The endpoint rows (by identity) that become kind Anthropic: those whose served
+    models are all `anthropic/…`, at Anthropic's address or at none."""
+    providers: dict[int, set[str]] = {}
+    for _, item in items:
+        litellm, endpoint_id = item.get("litellm_name"), item.get("endpoint_id")
+        row = endpoint_rows.get(endpoint_id) if isinstance(endpoint_id, str | int) else None
+        if isinstance(litellm, str) and row is not None:
+            provider, _ = _litellm_parts(litellm)
+            if provider in SERVED:
+                providers.setdefault(id(row), set()).add(provider)
+    return {
+        id(row)
+        for row in endpoint_rows.values()
+        if _legacy_kind(providers.get(id(row), set()), row.get("base_url"))
+        == Endpoint.Kind.ANTHROPIC
+    }
 
 
 def translate(data: dict) -> tuple[dict, list[str]]:
@@ -159,15 +195,16 @@ def translate(data: dict) -> tuple[dict, list[str]]:
     # Per endpoint row (by identity: its name may be anything until checked), the
     # providers of the models it serves after the import.
     providers: dict[int, set[str]] = {}
-    for index, item in _entries(data, "models"):
+    model_items = _entries(data, "models")
+    anthropic_endpoints = _anthropic_endpoints(model_items, endpoint_rows)
+    for index, item in model_items:
         name = item.get("id")
         where = f'models[{index}] ("{name}")'
         litellm = item.get("litellm_name")
         if not isinstance(litellm, str) or not litellm.strip():
             raise BackupError(f"{where}: litellm_name is missing or not a text.")
-        provider, _, upstream = litellm.strip().partition("/")
-        if not upstream:  # A bare name: LiteLLM sends it to OpenAI.
-            provider, upstream = "openai", provider
+        provider, upstream = _litellm_parts(litellm)
+        served = provider in OLLAMA | OPENAI_COMPATIBLE
         row = {
             "name": name,
             **_copy(item, {"capability": "capability", "billing_unit": "billing_unit"}),
@@ -205,14 +242,23 @@ def translate(data: dict) -> tuple[dict, list[str]]:
         elif endpoint_id not in endpoint_rows:
             raise BackupError(f"{where}: endpoint_id: no endpoint with id {endpoint_id!r}.")
         else:
-            endpoint_name = endpoint_rows[endpoint_id]["name"]
-            row["deployments"] = [{"endpoint": endpoint_name, "upstream_name": upstream}]
+            endpoint = endpoint_rows[endpoint_id]
+            row["deployments"] = [{"endpoint": endpoint["name"], "upstream_name": upstream}]
             if provider in OLLAMA:
-                ollama_endpoints.append(endpoint_rows[endpoint_id])
-            if provider in OLLAMA | OPENAI_COMPATIBLE:
+                ollama_endpoints.append(endpoint)
+            served = served or (provider == ANTHROPIC and id(endpoint) in anthropic_endpoints)
+            if served:
                 # The others are imported inactive: they say nothing of this server.
-                providers.setdefault(id(endpoint_rows[endpoint_id]), set()).add(provider)
-        if provider not in OLLAMA | OPENAI_COMPATIBLE:
+                providers.setdefault(id(endpoint), set()).add(provider)
+        if not served and provider == ANTHROPIC:
+            row["is_active"] = False
+            warnings.append(
+                f'{where}: "{litellm}" needs an endpoint of kind Anthropic, which its endpoint '
+                "cannot be (it also serves other providers' models, or is not at Anthropic's "
+                f'address); imported inactive with upstream name "{upstream}": deploy it on an '
+                "Anthropic endpoint, then activate it."
+            )
+        elif not served:
             row["is_active"] = False
             warnings.append(
                 f'{where}: "{litellm}" is not served by an OpenAI-compatible API; imported '
@@ -225,6 +271,14 @@ def translate(data: dict) -> tuple[dict, list[str]]:
         kind = _legacy_kind(providers.get(id(row), set()), row.get("base_url"))
         if kind:
             row["kind"] = kind
+        url = row.get("base_url")
+        if kind == Endpoint.Kind.ANTHROPIC and url != ANTHROPIC_BASE_URL:
+            # LiteLLM took Anthropic's bare host (or nothing) and added /v1/messages itself.
+            row["base_url"] = ANTHROPIC_BASE_URL
+            warnings.append(
+                f'endpoint "{row["name"]}": base URL {url or "(none)"} → {ANTHROPIC_BASE_URL} '
+                "(Anthropic's Messages API)."
+            )
 
     for row in ollama_endpoints:
         url = row.get("base_url")

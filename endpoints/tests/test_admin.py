@@ -110,6 +110,45 @@ def test_it_refuses_a_kind_that_is_not_a_choice(admin_client):
     assert not Endpoint.objects.exists()
 
 
+def test_it_saves_an_anthropic_endpoint_and_one_serving_the_responses_api(admin_client):
+    add = reverse("admin:endpoints_endpoint_add")
+    admin_client.post(
+        add, form(name="claude", base_url="https://api.anthropic.com/v1", kind="anthropic")
+    )
+    admin_client.post(add, form(name="openai", kind="openai", native_responses="on"))
+
+    assert dict(Endpoint.objects.values_list("name", "kind")) == {
+        "claude": "anthropic",
+        "openai": "openai",
+    }
+    assert dict(Endpoint.objects.values_list("name", "native_responses")) == {
+        "claude": False,
+        "openai": True,
+    }
+    listed = admin_client.get(reverse("admin:endpoints_endpoint_changelist")).content.decode()
+    assert '<td class="field-kind">Anthropic (Messages API)</td>' in listed
+    assert re.search(r'<td class="field-responses"><img [^>]*alt="True"', listed)
+    change = admin_client.get(
+        reverse("admin:endpoints_endpoint_change", args=[Endpoint.objects.get(name="openai").pk])
+    ).content.decode()
+    assert re.search(r'<input type="checkbox" name="native_responses"[^>]*checked', change)
+
+
+def test_it_refuses_the_responses_api_on_an_anthropic_endpoint(admin_client):
+    response = admin_client.post(
+        reverse("admin:endpoints_endpoint_add"), form(kind="anthropic", native_responses="on")
+    )
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {
+        "native_responses": [
+            "An Anthropic server does not serve OpenAI's Responses API: /v1/responses is "
+            "translated onto its Messages API."
+        ]
+    }
+    assert not Endpoint.objects.exists()
+
+
 def test_it_refuses_a_bad_url_or_limit_without_echoing_the_credential(admin_client):
     response = admin_client.post(
         reverse("admin:endpoints_endpoint_add"),

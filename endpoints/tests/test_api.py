@@ -92,6 +92,51 @@ def test_a_kind_that_is_not_a_choice_is_a_field_error(api, endpoint):
     assert list(Endpoint.objects.values_list("name", "kind")) == [("openai", "generic")]
 
 
+def test_it_creates_an_anthropic_endpoint_and_turns_on_the_responses_api_of_another(api, endpoint):
+    created = api.post(
+        "/api/v1/endpoints/",
+        {"name": "claude", "base_url": "https://api.anthropic.com/v1", "kind": "anthropic"},
+    )
+    changed = api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"native_responses": True})
+
+    assert (created.status_code, created.json()["kind"]) == (201, "anthropic")
+    assert created.json()["native_responses"] is False
+    assert (changed.status_code, changed.json()["native_responses"]) == (200, True)
+    assert dict(Endpoint.objects.values_list("name", "native_responses")) == {
+        "claude": False,
+        "openai": True,
+    }
+
+
+NO_RESPONSES_ON_ANTHROPIC = {
+    "native_responses": [
+        "An Anthropic server does not serve OpenAI's Responses API: /v1/responses is "
+        "translated onto its Messages API."
+    ]
+}
+
+
+def test_the_responses_api_on_an_anthropic_endpoint_is_a_field_error(api, endpoint):
+    created = api.post(
+        "/api/v1/endpoints/",
+        {
+            "name": "claude",
+            "base_url": "https://api.anthropic.com/v1",
+            "kind": "anthropic",
+            "native_responses": True,
+        },
+    )
+    Endpoint.objects.filter(pk=endpoint.pk).update(native_responses=True)
+    # The rule holds on the row as it would be saved, not only on the fields sent.
+    changed = api.patch(f"/api/v1/endpoints/{endpoint.pk}/", {"kind": "anthropic"})
+
+    assert (created.status_code, created.json()) == (400, NO_RESPONSES_ON_ANTHROPIC)
+    assert (changed.status_code, changed.json()) == (400, NO_RESPONSES_ON_ANTHROPIC)
+    assert list(Endpoint.objects.values_list("name", "kind", "native_responses")) == [
+        ("openai", "generic", True)
+    ]
+
+
 def test_the_schema_describes_the_kind_as_an_enum_of_every_choice(api):
     schema = api.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
 

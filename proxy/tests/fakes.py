@@ -51,6 +51,7 @@ def endpoint_info(**fields) -> EndpointInfo:
         "name": "stand-in",
         "base_url": "http://upstream.test/v1",
         "kind": "generic",
+        "native_responses": False,
         "api_key": "sk-upstream-secret",
         "usable": True,
         "rates": (),

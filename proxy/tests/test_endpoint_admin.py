@@ -54,6 +54,28 @@ def test_it_lists_the_upstreams_models_with_one_get_and_the_credential(
     assert endpoint.api_key_encrypted not in html
 
 
+def test_it_lists_an_anthropic_servers_models_with_its_credential_as_x_api_key(
+    admin_client, upstream, make_endpoint
+):
+    upstream.model_ids = ["claude-opus-4-1", "claude-haiku-4-5"]
+    endpoint = make_endpoint(kind=Endpoint.Kind.ANTHROPIC)
+
+    response = admin_client.get(page_of(endpoint))
+
+    assert [name for name, _ in response.context["listed"]] == [
+        "claude-opus-4-1",
+        "claude-haiku-4-5",
+    ]
+    (got,) = upstream.received
+    assert (got.method, got.path) == ("GET", "/v1/models")
+    assert (got.headers["x-api-key"], got.headers["anthropic-version"]) == (
+        UPSTREAM_API_KEY,
+        "2023-06-01",
+    )
+    assert "authorization" not in got.headers
+    assert UPSTREAM_API_KEY not in response.content.decode()
+
+
 def test_it_marks_models_already_in_the_catalog(admin_client, upstream, make_endpoint):
     upstream.model_ids = ["llama3:8b", "qwen2:7b"]
     endpoint = make_endpoint()

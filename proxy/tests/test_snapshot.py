@@ -16,6 +16,18 @@ def test_each_served_endpoint_record_carries_its_kind(db):
     assert [d.endpoint.kind for d in models["any"].deployments] == ["generic"]
 
 
+def test_each_served_endpoint_record_says_whether_it_serves_the_responses_api(db):
+    make_model("gpt", endpoint=make_endpoint("openai", kind="openai", native_responses=True))
+    make_model("claude", endpoint=make_endpoint("claude", kind=Endpoint.Kind.ANTHROPIC))
+
+    models = load_snapshot().models
+
+    assert [d.endpoint.native_responses for d in models["gpt"].deployments] == [True]
+    assert [
+        (d.endpoint.kind, d.endpoint.native_responses) for d in models["claude"].deployments
+    ] == [("anthropic", False)]
+
+
 def test_a_deployment_whose_endpoint_came_active_between_two_reads_waits_for_the_next(
     db, monkeypatch
 ):

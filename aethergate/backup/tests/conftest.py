@@ -45,6 +45,7 @@ def data():
         name="openai",
         base_url="https://api.openai.com/v1",
         kind=Endpoint.Kind.OPENAI,
+        native_responses=True,
         rpm_limit=100,
         day_limit=5000,
         connect_timeout=3.5,

@@ -11,6 +11,7 @@ ALICE_SECRET = "sk-AbCdE8f7f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1"
 BOB_SECRET = "sk-ZyXwV0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8"
 OLD_SECRET = "sk-QqQqQ1111222233334444555566667777888899990000aaaa"
 UPSTREAM_CREDENTIAL = "sk-legacy-openai-upstream-credential"
+ANTHROPIC_CREDENTIAL = "sk-ant-legacy-anthropic-upstream-credential"
 ALICE_ID = "6f1c2b9e-3d4a-4c5b-8e7f-0a1b2c3d4e5f"
 BOB_ID = "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"
 
@@ -52,6 +53,16 @@ def legacy_backup() -> dict:
                     "rpm_limit": None,
                     "day_limit": 10000,
                     "is_active": False,
+                },
+                {
+                    # LiteLLM's address for Anthropic: it adds /v1/messages itself.
+                    "id": 4,
+                    "name": "Anthropic",
+                    "base_url": "https://api.anthropic.com",
+                    "api_key": ANTHROPIC_CREDENTIAL,
+                    "rpm_limit": 50,
+                    "day_limit": None,
+                    "is_active": True,
                 },
             ],
             "models": [
@@ -116,7 +127,7 @@ def legacy_backup() -> dict:
                     "price_out": 1.5e-05,
                     "is_active": True,
                     "fallback_model_id": "gpt-4o",
-                    "endpoint_id": 2,
+                    "endpoint_id": 4,
                     "rpm_limit": None,
                     "day_limit": None,
                 },

@@ -89,6 +89,7 @@ def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
         "name": "openai",
         "base_url": "https://api.openai.com/v1",
         "kind": "openai",
+        "native_responses": True,
         "rpm_limit": 100,
         "day_limit": 5000,
         "tpm_limit": None,
@@ -103,6 +104,7 @@ def test_it_exports_every_kind_sorted_by_natural_key_without_secrets(data):
     }
     assert document["endpoints"][0]["has_credential"] is False
     assert document["endpoints"][0]["kind"] == "generic"
+    assert document["endpoints"][0]["native_responses"] is False
     assert document["endpoints"][0]["health_path"] == ""
     assert document["models"][2] == {
         "name": "llama3",
@@ -197,7 +199,8 @@ def test_it_round_trips_through_an_empty_database(data):
         digest(s) for s in data.values()
     }
     assert User.objects.get(username="root").check_password(ROOT_PASSWORD)
-    assert Endpoint.objects.get(name="openai").api_key == CREDENTIAL
+    openai = Endpoint.objects.get(name="openai")
+    assert (openai.api_key, openai.native_responses) == (CREDENTIAL, True)
 
 
 def test_without_secrets_the_round_trip_loses_only_credentials_and_passwords(data):
@@ -566,6 +569,12 @@ def test_one_invalid_row_rejects_the_whole_file_and_is_named(data):
         ("api_keys", 0, {"rate_limit": "lots"}, 'rate_limit: "lots" is not a rate'),
         ("endpoints", 0, {"day_limit": 0}, "day_limit: Ensure this value is greater than or"),
         ("endpoints", 1, {"kind": "triton"}, "kind: Value 'triton' is not a valid choice."),
+        (
+            "endpoints",
+            1,
+            {"kind": "anthropic"},  # and native_responses, as exported
+            'endpoints[1] ("openai"): native_responses: An Anthropic server does not serve',
+        ),
         ("endpoints", 1, {"tpm_limit": 0}, "tpm_limit: Ensure this value is greater than or"),
         ("users", 0, {"budget": "-1"}, 'users[0] ("alice"): budget: Ensure this value is'),
         (

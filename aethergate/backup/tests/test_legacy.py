@@ -18,6 +18,7 @@ from accounts.models import User
 from aethergate import backup
 from aethergate.backup.tests.legacy_sample import (
     ALICE_SECRET,
+    ANTHROPIC_CREDENTIAL,
     BOB_SECRET,
     OLD_SECRET,
     UPSTREAM_CREDENTIAL,
@@ -54,21 +55,25 @@ def write_file(tmp_path):
 
 
 @pytest.mark.django_db
-def test_it_maps_endpoints_renaming_duplicates_and_fixing_ollama_urls():
+def test_it_maps_endpoints_renaming_duplicates_and_fixing_ollama_and_anthropic_urls():
     import_(legacy_backup())
 
     endpoints = {e.name: e for e in Endpoint.objects.all()}
-    assert set(endpoints) == {"Local Ollama", "OpenAI", "Local Ollama (2)"}
-    local, openai, second = (
+    assert set(endpoints) == {"Local Ollama", "OpenAI", "Local Ollama (2)", "Anthropic"}
+    local, openai, second, anthropic = (
         endpoints["Local Ollama"],
         endpoints["OpenAI"],
         endpoints["Local Ollama (2)"],
+        endpoints["Anthropic"],
     )
     assert local.base_url == "http://localhost:11434/v1"
     assert second.base_url == "http://10.0.0.5:11434/v1"
     assert openai.base_url == "https://api.openai.com/v1"
+    assert anthropic.base_url == "https://api.anthropic.com/v1"
     assert openai.api_key == UPSTREAM_CREDENTIAL
     assert UPSTREAM_CREDENTIAL not in openai.api_key_encrypted
+    assert (anthropic.api_key, anthropic.rpm_limit) == (ANTHROPIC_CREDENTIAL, 50)
+    assert ANTHROPIC_CREDENTIAL not in anthropic.api_key_encrypted
     assert not local.has_credential
     assert (local.rpm_limit, local.day_limit) == (None, None)  # 0 meant "none"
     assert (openai.rpm_limit, openai.day_limit) == (500, None)  # and so did -1
@@ -79,11 +84,11 @@ def test_it_maps_endpoints_renaming_duplicates_and_fixing_ollama_urls():
 def test_it_gives_each_endpoint_the_kind_its_models_litellm_names_show():
     import_(legacy_backup())
 
-    # OpenAI's also carried an anthropic/ model: imported inactive, it says nothing of the server.
     assert dict(Endpoint.objects.values_list("name", "kind")) == {
         "Local Ollama": "ollama",
         "Local Ollama (2)": "ollama",
         "OpenAI": "openai",
+        "Anthropic": "anthropic",
     }
 
 
@@ -103,6 +108,12 @@ def one_endpoint(base_url: str, litellm_names: list[str]) -> dict:
     [
         ("http://10.0.0.5:11434", ["ollama/llama3", "ollama_chat/qwen3"], "ollama"),
         ("http://10.0.0.5:11434", ["ollama/llama3", "anthropic/claude-3-5-haiku"], "ollama"),
+        ("https://api.anthropic.com", ["anthropic/claude-3-5-haiku"], "anthropic"),
+        ("https://api.anthropic.com/v1/", ["anthropic/claude-3-5-haiku"], "anthropic"),
+        (None, ["anthropic/claude-3-5-haiku", "anthropic/claude-3-opus"], "anthropic"),
+        ("", ["anthropic/claude-3-5-haiku", "gemini/gemini-1.5-pro"], "anthropic"),
+        ("https://api.anthropic.com/v1", ["anthropic/claude-3-5-haiku", "openai/x"], "generic"),
+        ("https://openrouter.ai/api/v1", ["anthropic/claude-3-5-haiku"], "generic"),
         ("http://10.0.0.5:11434/v1", ["ollama/llama3", "openai/llama3"], "generic"),
         ("https://api.openai.com/v1", ["openai/gpt-4o", "gpt-4o-mini"], "openai"),
         ("https://api.openai.com/v1", ["openai/gpt-4o", "hosted_vllm/qwen3"], "generic"),
@@ -111,10 +122,49 @@ def one_endpoint(base_url: str, litellm_names: list[str]) -> dict:
         ("https://api.openai.com/v1", [], "generic"),
     ],
 )
-def test_an_endpoints_kind_is_ollama_or_openai_only_on_a_sure_sign(base_url, litellm_names, kind):
+def test_an_endpoints_kind_is_ollama_openai_or_anthropic_only_on_a_sure_sign(
+    base_url, litellm_names, kind
+):
     import_(one_endpoint(base_url, litellm_names))
 
     assert Endpoint.objects.get().kind == kind
+
+
+@pytest.mark.django_db
+def test_anthropic_models_are_served_on_an_endpoint_of_theirs_alone_and_inactive_elsewhere():
+    endpoints = [
+        {"id": 1, "name": "Claude", "base_url": None, "api_key": ANTHROPIC_CREDENTIAL},
+        {"id": 2, "name": "Mixed", "base_url": "https://api.anthropic.com", "api_key": "sk-x"},
+    ]
+    models = [
+        {"id": "haiku", "litellm_name": "anthropic/claude-3-5-haiku", "endpoint_id": 1},
+        {"id": "sonnet", "litellm_name": "anthropic/claude-3-5-sonnet", "endpoint_id": 2},
+        {"id": "gpt", "litellm_name": "openai/gpt-4o", "endpoint_id": 2},
+    ]
+
+    report = import_({"version": 1, "data": {"endpoints": endpoints, "models": models}})
+
+    claude, mixed = Endpoint.objects.order_by("name")
+    assert (claude.kind, claude.base_url, claude.api_key) == (
+        "anthropic",
+        "https://api.anthropic.com/v1",
+        ANTHROPIC_CREDENTIAL,
+    )
+    assert (mixed.kind, mixed.base_url) == ("generic", "https://api.anthropic.com")
+    served = {m.name: (served_by(m), m.is_active) for m in Model.objects.all()}
+    assert served == {
+        "haiku": ([("Claude", "claude-3-5-haiku", 1, 0)], True),
+        "sonnet": ([("Mixed", "claude-3-5-sonnet", 1, 0)], False),
+        "gpt": ([("Mixed", "gpt-4o", 1, 0)], True),
+    }
+    assert [w for w in report.warnings if "priced 0" not in w] == [
+        'models[1] ("sonnet"): "anthropic/claude-3-5-sonnet" needs an endpoint of kind '
+        "Anthropic, which its endpoint cannot be (it also serves other providers' models, or is "
+        'not at Anthropic\'s address); imported inactive with upstream name "claude-3-5-sonnet": '
+        "deploy it on an Anthropic endpoint, then activate it.",
+        'endpoint "Claude": base URL (none) → https://api.anthropic.com/v1 '
+        "(Anthropic's Messages API).",
+    ]
 
 
 @pytest.mark.django_db
@@ -140,7 +190,7 @@ def test_it_maps_litellm_names_prices_limits_and_fallbacks():
         "llama3-big": ([("Local Ollama (2)", "llama3:70b", 1, 0)], True),
         "gpt-4o": ([("OpenAI", "gpt-4o", 1, 0)], True),
         "gpt-4o-mini": ([("OpenAI", "gpt-4o-mini", 1, 0)], True),
-        "claude-sonnet": ([("OpenAI", "claude-3-5-sonnet-20240620", 1, 0)], False),
+        "claude-sonnet": ([("Anthropic", "claude-3-5-sonnet-20240620", 1, 0)], True),
         "embed": ([], True),  # no endpoint: no deployment
     }
     llama = models["llama3"]
@@ -207,13 +257,11 @@ def test_it_warns_about_what_it_changed_or_could_not_carry_over():
         'models[1] ("llama3-big"): priced 0 in the backup, so unpriced here (its requests '
         "logged with their cost unknown) unless marked “free on purpose”: tick that if it "
         "costs nothing, or set its prices.",
-        'models[4] ("claude-sonnet"): "anthropic/claude-3-5-sonnet-20240620" is not served by '
-        "an OpenAI-compatible API; imported inactive with upstream name "
-        '"claude-3-5-sonnet-20240620": point it at an OpenAI-compatible endpoint (a proxy or '
-        "the provider's compatibility URL), then activate it.",
         'models[5] ("embed"): has no endpoint (the earlier version used its default Ollama '
         'URL); imported without a deployment: add one (upstream name "BAAI/bge-m3") on its '
         "endpoint before using it.",
+        'endpoint "Anthropic": base URL https://api.anthropic.com → https://api.anthropic.com/v1 '
+        "(Anthropic's Messages API).",
         'endpoint "Local Ollama": base URL http://localhost:11434 → http://localhost:11434/v1 '
         "(Ollama's OpenAI-compatible API).",
         'endpoint "Local Ollama (2)": base URL http://10.0.0.5:11434/ → '
@@ -221,7 +269,7 @@ def test_it_warns_about_what_it_changed_or_could_not_carry_over():
     ]
     assert {kind: t.created for kind, t in report.tallies.items()} == {
         "users": 2,
-        "endpoints": 3,
+        "endpoints": 4,
         "models": 6,
         "api_keys": 3,
     }
@@ -316,7 +364,7 @@ def test_importing_it_again_changes_nothing():
         "models": (0, 0),
         "api_keys": (0, 0),
     }
-    assert sum(t.unchanged for t in report.tallies.values()) == 14
+    assert sum(t.unchanged for t in report.tallies.values()) == 15
     writes = [
         q["sql"] for q in queries if q["sql"].split()[0].upper() in ("INSERT", "UPDATE", "DELETE")
     ]
@@ -339,7 +387,7 @@ def test_a_changed_legacy_file_updates_rows_in_place():
     assert (report.tallies["users"].updated, report.tallies["endpoints"].updated) == (1, 1)
     assert User.objects.get(username="alice").balance == Decimal("42.25")
     assert Endpoint.objects.get(name="OpenAI").api_key == "sk-new-credential"
-    assert Endpoint.objects.count() == 3
+    assert Endpoint.objects.count() == 4
 
 
 @pytest.mark.django_db
