@@ -97,7 +97,10 @@ class Client:
                 limit=0,
                 limit_per_host=max_connections,
                 ttl_dns_cache=300,
-                keepalive_timeout=30,
+                # Below the 5 s after which uvicorn (llama-cpp-python, vLLM) and
+                # llama.cpp's server drop an idle connection: reusing one as it is
+                # closed fails the request (ClientOSError) with nothing to retry.
+                keepalive_timeout=4,
                 resolver=self._resolver,
             ),
             # Timeouts are applied per request from the endpoint's settings.
