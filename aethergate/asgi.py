@@ -38,6 +38,11 @@ def make_application():
         path = scope.get("path", "")
         if scope["type"] == "lifespan" or path == "/v1" or path.startswith("/v1/"):
             await proxy(scope, receive, send)
+        elif path == "/" and scope.get("method") == "HEAD":
+            # Claude Code checks that its ANTHROPIC_BASE_URL answers with HEAD /:
+            # a plain 200, not the browser's redirect to the admin.
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
         elif path in ops.PATHS and scope["type"] == "http":
             await ops.app(scope, receive, send, proxy.runtime)
         else:

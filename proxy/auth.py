@@ -13,11 +13,27 @@ from proxy.asgi_io import Scope, client_address, headers_named
 from proxy.snapshot import KeyInfo, Snapshot
 
 
-def presented_secret(authorization: list[bytes]) -> str:
-    """The secret `authorization` (every Authorization header sent) presents as a bearer.
+def presented_secret(authorization: list[bytes], api_key: list[bytes] = ()) -> str:
+    """The secret `authorization` (every Authorization header sent) presents as a bearer,
+    else the one in `api_key` (every `x-api-key` header: how the Anthropic SDKs send it).
 
-    400 for two headers; 401 for a missing or malformed one.
+    400 for two headers of a kind, or two different keys; 401 for a missing or malformed one.
     """
+    if api_key:
+        if len(api_key) > 1 or len(authorization) > 1:
+            raise errors.bad_request(
+                "The request has more than one x-api-key header.", code="duplicate_authorization"
+            )
+        secret = api_key[0].decode("latin-1").strip()
+        if not secret:
+            raise errors.invalid_key()
+        if authorization and presented_secret(authorization) != secret:
+            # Which of two keys a request means is not for the gateway to guess.
+            raise errors.bad_request(
+                "The request's Authorization and x-api-key headers carry different keys.",
+                code="duplicate_authorization",
+            )
+        return secret
     if len(authorization) > 1:
         # Servers and proxies disagree on which of two would count.
         raise errors.bad_request(
@@ -62,7 +78,9 @@ async def authenticate(runtime, scope: Scope, *, now: datetime) -> KeyInfo:
     if wait:
         raise errors.too_many_invalid_keys(wait)
     try:
-        secret = presented_secret(headers_named(scope, b"authorization"))
+        secret = presented_secret(
+            headers_named(scope, b"authorization"), headers_named(scope, b"x-api-key")
+        )
         try:
             snapshot = await runtime.catalog.get()
         except RuntimeError:  # no snapshot was ever read: the database was down from the start
