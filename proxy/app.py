@@ -72,6 +72,7 @@ class App:
         runtime.active += 1
         try:
             op = routes.resolve(scope["method"], scope["path"])
+            responder.error_body, responder.error_event = op.error_body, op.error_event
             ex.key = await auth.authenticate(runtime, scope, now=ex.created_at)
             await op.handler(runtime, op, ex, scope, receive, responder)
         except APIError as error:

@@ -3,7 +3,7 @@
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from proxy.errors import APIError, ClientGone, too_large
+from proxy.errors import APIError, ClientGone, data_event, too_large
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,12 +73,23 @@ class Responder:
     goes out is not taken for a client leaving early).
     """
 
-    __slots__ = ("finished", "request_id", "send", "started", "streaming")
+    __slots__ = (
+        "error_body",
+        "error_event",
+        "finished",
+        "request_id",
+        "send",
+        "started",
+        "streaming",
+    )
 
     def __init__(self, send: Send, request_id: str):
         self.send = send
         self.request_id = request_id
         self.started = self.finished = self.streaming = False
+        # How an error is written on this request's API (the operation's, once it is known).
+        self.error_body = APIError.body
+        self.error_event = data_event
 
     def _headers(self, content_type: bytes, extra: dict[str, str]) -> list:
         headers = [(b"content-type", content_type), (b"x-request-id", self.request_id.encode())]
@@ -124,6 +135,6 @@ class Responder:
         fake [DONE]); a started JSON answer can take nothing more.
         """
         if not self.started:
-            await self.json(error.status, error.body(), error.headers)
+            await self.json(error.status, self.error_body(error), error.headers)
         elif self.streaming and not self.finished:
-            await self.end(b"data: " + error.body() + b"\n\n")
+            await self.end(self.error_event(error))

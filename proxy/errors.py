@@ -48,6 +48,11 @@ class APIError(Exception):
         ).encode()
 
 
+def data_event(error: APIError) -> bytes:
+    """`error` as the SSE event that ends a started OpenAI stream."""
+    return b"data: " + error.body() + b"\n\n"
+
+
 class Retryable(Exception):
     """An attempt failed before any byte reached the client: another candidate may be tried."""
 
@@ -68,7 +73,7 @@ def invalid_key() -> APIError:
     return APIError(
         401,
         "Incorrect API key provided. Pass a key issued by this gateway as "
-        "'Authorization: Bearer <key>'.",
+        "'Authorization: Bearer <key>' (or, on the Anthropic API, 'x-api-key: <key>').",
         code="invalid_api_key",
         outcome=Outcome.UNAUTHENTICATED,
     )
