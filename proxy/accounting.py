@@ -65,6 +65,7 @@ class Exchange:
     error: str = ""
     attempts: list[dict] = field(default_factory=list)
     held: object = None  # a proxy.meter.Held: what it reserved, given back at its end
+    bridge: object = None  # a proxy.bridges bridge: an agent API's translation state
 
     def failed(self, status: int, outcome: Outcome, error: str = "") -> None:
         self.status, self.outcome, self.error = status, outcome, error

@@ -75,6 +75,9 @@ DIALECTS = {
             faults_as_500=True,
         ),
         Dialect("lmstudio", several_choices=False, json_object=False),
+        # Not OpenAI-compatible: its requests are made by proxy.formats.anthropic, which
+        # refuses what it cannot translate; only the answer-side flags apply to it.
+        Dialect("anthropic"),
     )
 }
 GENERIC = DIALECTS["generic"]

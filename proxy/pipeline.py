@@ -11,7 +11,7 @@ import random
 from django.conf import settings
 
 from logs.models import Outcome
-from proxy import admission, errors, forms, forwarding, meter, routing
+from proxy import admission, bridges, errors, forms, forwarding, meter, routing
 from proxy.accounting import Exchange
 from proxy.asgi_io import Receive, Responder, Scope, read_body, sends_json, wait_for_disconnect
 from proxy.codec import dumps, loads_client
@@ -64,11 +64,15 @@ async def _infer(
     snapshot = runtime.catalog.snapshot
     ex.model = model = admission.find_model(snapshot, name)
     admission.admit(ex.key, model, op.capability)
+    counted = payload  # what the request's tokens are estimated from
+    if op.bridge is not None:  # an agent API: translated once, here
+        ex.bridge = await op.bridge(runtime, ex, payload, scope)
+        counted = ex.bridge.chat
     # Held from here to the end of the request, whatever ends it (meter.settle).
     held = None
     if meter.needs_holding(ex.key, model, snapshot.models):
         ex.held = held = meter.Held()
-        held.tokens, held.cost = meter.reserve(model, payload)
+        held.tokens, held.cost = meter.reserve(model, counted)
     decision = await admission.limit(runtime.limiter, ex.key, model, held.tokens if held else 0)
     if held is not None:
         if decision.held:
@@ -194,7 +198,18 @@ async def call_upstream(
     # correlates both logs; the client's own id never goes upstream.
     record["upstream_request_id"] = upstream_id = request_uuid()
     ex.model, ex.deployment = model, deployment
-    body = op.prepare(payload, model, deployment, ex.stream)
+    bridge = ex.bridge
+    if bridge is None and endpoint.kind == bridges.ANTHROPIC:
+        ex.bridge = bridge = bridges.bridge_for(op, endpoint)
+    if bridge is None:
+        path, body, extra, relay = (
+            op.upstream_path,
+            op.prepare(payload, model, deployment, ex.stream),
+            None,
+            op.relay,
+        )
+    else:
+        path, body, extra, relay = bridge.prepare(op, payload, model, deployment, ex.stream)
     loop = asyncio.get_running_loop()
     sent = loop.time()
     deadline = sent + endpoint.first_byte_timeout
@@ -202,11 +217,12 @@ async def call_upstream(
         async with asyncio.timeout_at(deadline):
             response = await runtime.upstream.post(
                 endpoint,
-                op.upstream_path,
+                path,
                 body,
                 stream=ex.stream,
                 request_id=upstream_id,
                 accept=op.accept,
+                headers=extra,
             )
     except forwarding.CONNECTION_ERRORS as exc:
         raise forwarding.connection_failure(exc, endpoint, ex.model_name) from None
@@ -217,4 +233,4 @@ async def call_upstream(
             raise await forwarding.failure(
                 response, endpoint, ex.model_name, log_content=ex.key.log_content
             )
-        await op.relay(ex, op, payload, response, deadline, responder, headers)
+        await relay(ex, op, payload, response, deadline, responder, headers)

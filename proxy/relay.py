@@ -28,12 +28,24 @@ MALFORMED = (ValueError, TypeError, AttributeError, struct.error, aiohttp.Client
 
 
 async def relay_json(
-    ex: Exchange, op, payload: dict, response, deadline: float, responder: Responder, headers
+    ex: Exchange,
+    op,
+    payload: dict,
+    response,
+    deadline: float,
+    responder: Responder,
+    headers,
+    decode=None,
 ) -> None:
-    """Read the whole answer by `deadline` (loop time), check and finish it, then send it."""
+    """Read the whole answer by `deadline` (loop time), check and finish it, then send it.
+
+    `decode(data)`, if given, makes the upstream's answer the operation's format first.
+    """
     try:
         async with asyncio.timeout_at(deadline):
             data = loads(await upstream.read_body(response))
+        if decode is not None:
+            data = decode(data)
         if op.answer_items:
             items = data.get(op.answer_items)
             if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
@@ -72,12 +84,23 @@ async def keep_alive(responder: Responder, headers) -> None:
 
 
 async def relay_stream(
-    ex: Exchange, op, payload: dict, response, deadline: float, responder: Responder, headers
+    ex: Exchange,
+    op,
+    payload: dict,
+    response,
+    deadline: float,
+    responder: Responder,
+    headers,
+    events=None,
 ) -> None:
-    """Relay each chunk as it comes, with the public model name; usage only if asked for."""
+    """Relay each chunk as it comes, with the public model name; usage only if asked for.
+
+    `events`, if given, are the chunks' payloads made from the upstream's own format.
+    """
     options = payload.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-    events = upstream_events(ex, response, deadline)
+    if events is None:
+        events = upstream_events(ex, response, deadline)
     done = finished = usage_sent = False
     counted = None
     last = None
@@ -144,7 +167,7 @@ async def relay_stream(
             )
     except Exception as exc:  # a broken stream or a chunk not shaped like OpenAI's
         error = broken(ex, exc, responder)
-        await responder.end(b"data: " + error.body() + b"\n\n")
+        await responder.end(errors.data_event(error))
     else:
         if not responder.started:
             await responder.start_stream(headers)
@@ -262,7 +285,7 @@ async def relay_events(
             raise UpstreamStreamError("the upstream ended the stream before its done event")
     except Exception as exc:
         error = broken(ex, exc, responder)
-        await responder.end(b"data: " + error.body() + b"\n\n")
+        await responder.end(errors.data_event(error))
     else:
         await responder.end()
     finally:

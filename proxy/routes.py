@@ -7,8 +7,8 @@ in `proxy.formats`.
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy import errors, listing, me, pipeline, relay, validation
-from proxy.formats import openai
+from proxy import bridges, counting, errors, listing, me, pipeline, relay, retrieval, validation
+from proxy.formats import messages, openai
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,9 @@ class Operation:
     for its usage (returning the text a log keeps), `finish(data, payload,
     ex)` to make a JSON answer the spec's shape in place before it is sent,
     and, for streams, `chunk_shaper(ex)`, the function that does the same to
-    each chunk and says whether it finishes a choice.
+    each chunk and says whether it finishes a choice. An agent API names its
+    `bridge(runtime, ex, payload, scope)`, which translates it (proxy.bridges),
+    and how its errors are written (`error_body`, `error_event`).
     """
 
     method: str
@@ -42,6 +44,9 @@ class Operation:
     upstream_path: str = ""  # default: `path` without its /v1
     schema: validation.Schema | None = None  # what its body must be
     accept: str = "application/json"  # what the upstream is asked to answer in
+    bridge: Callable | None = None
+    error_body: Callable = errors.APIError.body
+    error_event: Callable = errors.data_event
 
     def __post_init__(self):
         if not self.upstream_path:
@@ -122,10 +127,43 @@ OPERATIONS = (
             ("/v1/audio/translations", validation.TRANSLATION, False),
         )
     ),
+    Operation(
+        "POST",
+        "/v1/responses",
+        pipeline.infer,
+        capability="TEXT",
+        streams=True,
+        schema=validation.RESPONSES,
+        bridge=bridges.responses_bridge,
+    ),
+    Operation(
+        "POST",
+        "/v1/messages",
+        pipeline.infer,
+        capability="TEXT",
+        streams=True,
+        schema=validation.MESSAGES,
+        bridge=bridges.messages_bridge,
+        error_body=messages.error_body,
+        error_event=bridges.anthropic_error_event,
+    ),
+    Operation(
+        "POST",
+        "/v1/messages/count_tokens",
+        counting.count_tokens,
+        capability="TEXT",
+        schema=validation.COUNT_TOKENS,
+        error_body=messages.error_body,
+    ),
     Operation("GET", "/v1/models", listing.list_models),
     Operation("GET", "/v1/me", me.describe),
 )
 RETRIEVE_MODEL = Operation("GET", listing.PREFIX + "{model}", listing.retrieve_model)
+# /v1/responses/{id} and /v1/responses/{id}/input_items
+STORED = (
+    Operation("GET", retrieval.PREFIX + "{id}", retrieval.retrieve),
+    Operation("DELETE", retrieval.PREFIX + "{id}", retrieval.delete),
+)
 
 _BY_ROUTE = {(op.method, op.path): op for op in OPERATIONS}
 _METHODS: dict[str, list[str]] = {}
@@ -147,6 +185,13 @@ def resolve(method: str, path: str) -> Operation:
         if method == "GET":
             return RETRIEVE_MODEL
         raise errors.method_not_allowed(method, path, [RETRIEVE_MODEL.method])
+    if path.startswith(retrieval.PREFIX) and "/" not in path[len(retrieval.PREFIX) :].removesuffix(
+        retrieval.ITEMS
+    ):
+        for op in STORED:
+            if op.method == method:
+                return op
+        raise errors.method_not_allowed(method, path, [op.method for op in STORED])
     if path in _METHODS:
         raise errors.method_not_allowed(method, path, _METHODS[path])
     raise errors.unknown_url(method, path)

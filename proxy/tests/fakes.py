@@ -338,6 +338,7 @@ class Call:
     stream: bool
     request_id: str
     cancelled: bool = False  # the gateway gave up before the response headers came
+    headers: dict | None = None  # the extra headers the gateway chose (Anthropic's)
 
 
 class FakeUpstream:
@@ -359,8 +360,10 @@ class FakeUpstream:
         self.checks.append((endpoint.name, path))
         return endpoint.name not in self.unhealthy
 
-    async def post(self, endpoint, path, body, *, stream, request_id, accept="application/json"):
-        call = Call(endpoint, path, json.loads(body), stream, request_id)
+    async def post(
+        self, endpoint, path, body, *, stream, request_id, accept="application/json", headers=None
+    ):
+        call = Call(endpoint, path, json.loads(body), stream, request_id, headers=headers)
         self.calls.append(call)
         answer = self.script.get(endpoint.name, self.default)
         if callable(answer) and not isinstance(answer, FakeResponse):

@@ -11,7 +11,16 @@ from proxy.formats import openai
 from proxy.tests import fakes
 from proxy.tests.fakes import HELLO, endpoint_info, model_info
 
-KINDS = ["openai", "generic", "vllm", "ollama", "llama_cpp", "llama_cpp_python", "lmstudio"]
+KINDS = [
+    "openai",
+    "generic",
+    "vllm",
+    "ollama",
+    "llama_cpp",
+    "llama_cpp_python",
+    "lmstudio",
+    "anthropic",
+]
 
 
 def sent(kind: str, stream: bool = False, **fields) -> dict:
