@@ -10,6 +10,7 @@ import pytest
 
 from aethergate import testing
 from proxy.tests.upstream import Upstream
+from proxy.tests.wire import Recording
 
 GATEWAY_START_SECONDS = 10.0
 GATEWAY_STOP_SECONDS = 10.0
@@ -220,3 +221,10 @@ def async_client_for(gateway):
         )
 
     return make
+
+
+@pytest.fixture
+def wire():
+    """A `Recording` of answers: pass `http_client=wire.client()` (or `wire.client(httpx2)`,
+    for the anthropic SDK) to an SDK, then check what it was sent (proxy/tests/wire.py)."""
+    return Recording()

@@ -60,14 +60,19 @@ ACCESS_LINE = re.compile(r'"(GET|POST) (/v1/[a-z/]+) HTTP/1\.1" (\d{3})')
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def secret(transactional_db, llama_server):
-    """The key of a consumer, and the three models on an endpoint at the real server."""
+def serve(llama_server) -> str:
+    """The three models on an endpoint at the real server, and a consumer's key to them."""
     endpoint = testing.make_endpoint("llama-cpp-python", llama_server.v1, kind="llama_cpp_python")
     testing.make_model(CHAT, CHAT_MODEL, endpoint, capability=Capability.TEXT)
     testing.make_model(EMBED, EMBED_MODEL, endpoint, capability=Capability.EMBEDDING)
     testing.make_model(TOOLS, TOOLS_MODEL, endpoint, capability=Capability.TEXT)
     return testing.make_key(testing.make_user())[1]
+
+
+@pytest.fixture
+def secret(transactional_db, llama_server):
+    """The key of a consumer, and the three models on an endpoint at the real server."""
+    return serve(llama_server)
 
 
 @pytest.fixture
