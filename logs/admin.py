@@ -70,6 +70,29 @@ class EndpointFilter(NameFilter):
     registry = Endpoint
 
 
+class SurfaceFilter(admin.SimpleListFilter):
+    """Which API a request used, told by its path (`/v1/responses/{id}` is the Responses API)."""
+
+    title = "API"
+    parameter_name = "surface"
+    PATHS = {
+        "chat": ("Chat completions", "/v1/chat/completions"),
+        "completions": ("Completions", "/v1/completions"),
+        "embeddings": ("Embeddings", "/v1/embeddings"),
+        "responses": ("Responses", "/v1/responses"),
+        "messages": ("Anthropic Messages", "/v1/messages"),
+        "images": ("Images", "/v1/images/"),
+        "audio": ("Audio", "/v1/audio/"),
+    }
+
+    def lookups(self, request, model_admin):
+        return [(name, label) for name, (label, _) in self.PATHS.items()]
+
+    def queryset(self, request, queryset):
+        found = self.PATHS.get(self.value())
+        return queryset if found is None else queryset.filter(path__startswith=found[1])
+
+
 # The list filters the dashboard's links set (`log_list_query`), by parameter.
 USER, KEY, OUTCOME = "user__id__exact", "api_key__id__exact", "outcome__exact"
 SINCE, UNTIL = "created_at__gte", "created_at__lt"
@@ -177,6 +200,7 @@ class RequestLogAdmin(SecretSearchAdmin, ReadOnlyAdmin):
         ("api_key", admin.RelatedFieldListFilter),
         ModelFilter,
         EndpointFilter,
+        SurfaceFilter,
         "stream",
         "usage_estimated",
         "cost_unknown",

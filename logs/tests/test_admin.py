@@ -70,6 +70,29 @@ def test_logs_filter_by_outcome_and_model(admin_client, log):
     assert len(by_day.context["cl"].result_list) == 2
 
 
+def test_logs_filter_by_the_api_a_request_used(admin_client):
+    for request_id, path in (
+        ("req-chat", "/v1/chat/completions"),
+        ("req-responses", "/v1/responses"),
+        ("req-retrieve", "/v1/responses/resp_123"),
+        ("req-messages", "/v1/messages"),
+        ("req-count", "/v1/messages/count_tokens"),
+    ):
+        RequestLog.objects.create(
+            created_at=timezone.now(), request_id=request_id, path=path, status=200, outcome="ok"
+        )
+    changelist = reverse("admin:logs_requestlog_changelist")
+
+    def listed(surface):
+        page = admin_client.get(changelist, {"surface": surface})
+        return sorted(r.request_id for r in page.context["cl"].result_list)
+
+    assert listed("responses") == ["req-responses", "req-retrieve"]
+    assert listed("messages") == ["req-count", "req-messages"]
+    assert listed("chat") == ["req-chat"]
+    assert listed("embeddings") == []
+
+
 def test_a_whole_key_in_the_log_search_is_not_looked_up_or_echoed(admin_client, log):
     secret = "ag-12345678" + "x" * 35  # the key this log's prefix belongs to
     changelist = reverse("admin:logs_requestlog_changelist")
