@@ -193,18 +193,8 @@ async def responses_bridge(runtime, ex: Exchange, payload: dict, scope: Scope) -
                 param="previous_response_id",
             ) from None
         except DatabaseError:
-            raise stored_unavailable() from None
+            raise errors.store_unavailable() from None
     return ResponsesBridge(payload, history, ex)
-
-
-def stored_unavailable() -> errors.APIError:
-    return errors.APIError(
-        503,
-        "Stored responses cannot be read right now; retry shortly.",
-        type="api_error",
-        code="service_unavailable",
-        headers={"retry-after": "5"},
-    )
 
 
 # --------------------------------------------------------------------------- Messages
@@ -340,27 +330,38 @@ async def relay_translated(
 async def relay_translated_json(ex, payload, response, deadline, responder, headers) -> None:
     """A whole chat (or Anthropic) answer, checked, counted and sent in the client's API."""
     bridge = ex.bridge
-    try:
-        async with asyncio.timeout_at(deadline):
-            data = loads(await upstream.read_body(response))
+
+    def read(data):
         if bridge.upstream == ANTHROPIC:
             data = anthropic.to_chat(data)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise ValueError("not a chat answer")
         text = openai.answer_text(data)
-        used, estimated = usage.count(usage.from_upstream(data.get("usage")), bridge.chat, text)
-        answer = bridge.answer(data, ex, used)
+        used = usage.count(usage.from_upstream(data.get("usage")), bridge.chat, text)
+        return bridge.answer(data, ex, used[0]), text, used
+
+    await relay_whole(ex, response, deadline, responder, headers, read)
+
+
+async def relay_whole(ex, response, deadline, responder, headers, read) -> None:
+    """Read the whole answer by `deadline`, made the client's by `read(data)` -> (answer,
+    text, (usage, estimated)), which raises ValueError for one not shaped as it must be;
+    count it, store it if the bridge does, and send it."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            data = loads(await upstream.read_body(response))
+        answer, text, used = read(data)
     except TimeoutError:
         raise Retryable("timeout", errors.upstream_timeout(ex.model_name)) from None
     except relay.MALFORMED:
         ex.set_usage(usage.NOTHING)
         raise Retryable("invalid response", errors.invalid_response(ex.model_name)) from None
-    ex.set_usage(used, estimated)
+    ex.set_usage(*used)
     if ex.key.log_content:
         ex.completion.append(text)
     ex.ttft = time.perf_counter() - ex.started
-    await bridge.completed(ex, answer)
+    await ex.bridge.completed(ex, answer)
     await responder.json(200, dumps(answer), headers)
 
 
@@ -380,11 +381,7 @@ async def relay_translated_stream(ex, payload, response, deadline, responder, he
             if event == b"[DONE]":
                 done = True
                 break
-            chunk = loads(event)
-            if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
-                raise UpstreamStreamError("invalid chunk")
-            if "error" in chunk:
-                raise UpstreamStreamError("the upstream reported an error")
+            chunk = relay.chat_chunk(event)
             reported = usage.from_upstream(chunk.get("usage"), chunk.get("timings"))
             if reported is not None:
                 counted = reported
@@ -437,25 +434,19 @@ async def relay_native_responses(
     if ex.stream:
         await relay_native_stream(ex, response, deadline, responder, headers, ResponsesPass(ex))
         return
-    bridge = ex.bridge
-    try:
-        async with asyncio.timeout_at(deadline):
-            data = loads(await upstream.read_body(response))
+
+    def read(data):
         if data.get("object") != "response" or not isinstance(data.get("output"), list):
             raise ValueError("not a Response")
         bridge_response(ex, data)
         text = responses_text(data["output"])
-    except TimeoutError:
-        raise Retryable("timeout", errors.upstream_timeout(ex.model_name)) from None
-    except relay.MALFORMED:
-        ex.set_usage(usage.NOTHING)
-        raise Retryable("invalid response", errors.invalid_response(ex.model_name)) from None
-    ex.set_usage(*usage.count(usage.from_responses(data.get("usage")), bridge.chat, text))
-    if ex.key.log_content:
-        ex.completion.append(text)
-    ex.ttft = time.perf_counter() - ex.started
-    await bridge.completed(ex, data)
-    await responder.json(200, dumps(data), headers)
+        return (
+            data,
+            text,
+            usage.count(usage.from_responses(data.get("usage")), ex.bridge.chat, text),
+        )
+
+    await relay_whole(ex, response, deadline, responder, headers, read)
 
 
 def bridge_response(ex: Exchange, data: dict) -> None:
@@ -485,10 +476,8 @@ async def relay_native_messages(
     if ex.stream:
         await relay_native_stream(ex, response, deadline, responder, headers, MessagesPass(ex))
         return
-    bridge = ex.bridge
-    try:
-        async with asyncio.timeout_at(deadline):
-            data = loads(await upstream.read_body(response))
+
+    def read(data):
         if data.get("type") != "message" or not isinstance(data.get("content"), list):
             raise ValueError("not a Message")
         data["model"] = ex.model_name
@@ -497,16 +486,9 @@ async def relay_native_messages(
             for b in data["content"]
             if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
         )
-    except TimeoutError:
-        raise Retryable("timeout", errors.upstream_timeout(ex.model_name)) from None
-    except relay.MALFORMED:
-        ex.set_usage(usage.NOTHING)
-        raise Retryable("invalid response", errors.invalid_response(ex.model_name)) from None
-    ex.set_usage(*usage.count(usage.from_messages(data.get("usage")), bridge.chat, text))
-    if ex.key.log_content:
-        ex.completion.append(text)
-    ex.ttft = time.perf_counter() - ex.started
-    await responder.json(200, dumps(data), headers)
+        return data, text, usage.count(usage.from_messages(data.get("usage")), ex.bridge.chat, text)
+
+    await relay_whole(ex, response, deadline, responder, headers, read)
 
 
 class ResponsesPass:

@@ -103,6 +103,18 @@ def too_many_invalid_keys(wait: float) -> APIError:
     )
 
 
+def store_unavailable() -> APIError:
+    # The database behind stored responses is down: the request may well succeed later.
+    return APIError(
+        503,
+        "Stored responses cannot be read right now; retry shortly.",
+        type="api_error",
+        code="service_unavailable",
+        outcome=Outcome.UNAVAILABLE,
+        headers={"retry-after": "5"},
+    )
+
+
 def overloaded() -> APIError:
     return APIError(
         503,

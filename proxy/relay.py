@@ -76,6 +76,16 @@ def upstream_events(ex: Exchange, response, deadline: float):
     )
 
 
+def chat_chunk(event: bytes) -> dict:
+    """An upstream's SSE payload as a chat chunk; UpstreamStreamError if it is not one."""
+    chunk = loads(event)
+    if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
+        raise UpstreamStreamError("invalid chunk")
+    if "error" in chunk:
+        raise UpstreamStreamError("the upstream reported an error")
+    return chunk
+
+
 async def keep_alive(responder: Responder, headers) -> None:
     """An SSE comment while the upstream is silent, starting the stream if need be."""
     if not responder.started:
@@ -114,11 +124,7 @@ async def relay_stream(
             if event == b"[DONE]":
                 done = True
                 break
-            chunk = loads(event)
-            if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
-                raise UpstreamStreamError("invalid chunk")
-            if "error" in chunk:
-                raise UpstreamStreamError("the upstream reported an error")
+            chunk = chat_chunk(event)
             # The usage (and llama.cpp's timings) comes in the last chunk with choices,
             # or in one of its own without them (`stream_options.include_usage`).
             reported = usage.from_upstream(chunk.get("usage"), chunk.get("timings"))

@@ -45,13 +45,7 @@ async def _call(function, **arguments):
     except stored.NotFound:
         raise not_found(arguments["response_id"]) from None
     except DatabaseError:
-        raise errors.APIError(
-            503,
-            "Stored responses cannot be read right now; retry shortly.",
-            type="api_error",
-            code="service_unavailable",
-            headers={"retry-after": "5"},
-        ) from None
+        raise errors.store_unavailable() from None
 
 
 async def retrieve(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anthropic
 import httpx
+import httpx2
 import openai
 import pytest
 
@@ -35,6 +36,7 @@ TOOL = {
     "description": "Look something up.",
     "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
 }
+HI = [{"role": "user", "content": "hi"}]
 ANTHROPIC_TOOL = {
     "name": "lookup",
     "description": "Look something up.",
@@ -623,3 +625,97 @@ def test_it_bills_what_reached_a_client_that_left_mid_stream_and_closes_the_upst
     assert row.usage_estimated and row.cost == cost(row)
     user.refresh_from_db()
     assert user.balance == Decimal("10") - row.cost
+
+
+# --------------------------------------------------------------------------- failures and more
+
+
+def test_it_passes_a_whole_message_with_thinking_and_tools_through_to_anthropic(
+    claude, on_anthropic, make_key, upstream, wire
+):
+    on_anthropic("claude-echo+tools")
+    _, secret = make_key()
+
+    message = claude(secret, http_client=wire.client(httpx2)).messages.create(
+        model="agent",
+        max_tokens=200,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        tools=[ANTHROPIC_TOOL],
+        messages=[{"role": "user", "content": "weather in Paris"}],
+    )
+
+    sent = wire.json()
+    messages_checker.check_message(sent, given=frozenset({"toolu_0"}))
+    assert [b["type"] for b in sent["content"]] == ["thinking", "tool_use"]
+    assert sent["content"][0]["signature"]  # Anthropic's own, passed on as it came
+    assert message.model == "agent" and message.stop_reason == "tool_use"
+    assert upstream.received[0].json["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+
+
+def test_it_streams_a_response_from_an_anthropic_upstream(
+    gateway, on_anthropic, make_key, upstream
+):
+    on_anthropic()
+    user = make_user(username="prepaid", balance=Decimal("10"))
+    _, secret = make_key(owner=user)
+
+    events = streamed(gateway, secret, "/v1/responses", {"model": "agent", "input": "hi there"})
+
+    final = check_responses_stream(events)
+    assert final["output"][0]["content"][0]["text"] == PREFIX + "hi there"
+    assert upstream.received[0].path == "/v1/messages"
+    (row,) = wait_for_logs(1)
+    assert (row.input_units, row.output_units) == (
+        final["usage"]["input_tokens"],
+        final["usage"]["output_tokens"],
+    )
+    assert_charged(user, [row])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "terminal"),
+    [
+        ("/v1/responses", {"input": "hi there"}, "response.failed"),
+        ("/v1/messages", {"max_tokens": 100, "messages": HI}, "error"),
+    ],
+)
+def test_it_ends_a_stream_the_upstream_broke_with_the_apis_failure_event(
+    gateway, priced, make_key, path, body, terminal
+):
+    priced("echo+reset=4")
+    _, secret = make_key()
+
+    events = streamed(gateway, secret, path, {"model": "agent", **body})
+
+    name, last = events[-1]
+    assert name == terminal == last["type"]
+    if path == "/v1/responses":
+        assert check_responses_stream(events)["status"] == "failed"
+        assert last["response"]["error"]["code"] == "upstream_error"
+    else:
+        assert messages_checker.check_stream(events)["error"]["type"] == "api_error"
+    (row,) = wait_for_logs(1)
+    assert (row.status, row.outcome) == (502, "upstream_error")
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/messages"])
+def test_it_answers_an_upstream_that_failed_before_answering_in_the_apis_error_shape(
+    gateway, priced, make_key, path
+):
+    priced("echo+fail=503")
+    _, secret = make_key()
+    body = {"input": "hi"} if path == "/v1/responses" else {"max_tokens": 9, "messages": HI}
+
+    answer = httpx.post(
+        gateway.base_url + path,
+        json={"model": "agent", **body},
+        headers={"authorization": f"Bearer {secret}"},
+        timeout=CLIENT_TIMEOUT_SECONDS,
+    )
+
+    assert answer.status_code == 502
+    error = answer.json()
+    if path == "/v1/messages":
+        assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    else:
+        assert error["error"]["code"] == "upstream_error"
