@@ -78,9 +78,22 @@ class Translated:
 
     chat: dict
     upstream: str = "chat"
+    refused: errors.APIError | None = None
+
+    def translate(self, make) -> None:
+        """`chat = make()`; what it refuses is refused only where the request is translated:
+        a server of the client's own API takes it as it is (Claude Code's web search tool
+        on Anthropic, say). Meanwhile the client's body stands in for the chat body where
+        only its text is read (the token estimates)."""
+        try:
+            self.chat = make()
+        except errors.APIError as refused:
+            self.chat, self.refused = self.payload, refused
 
     def wire(self, model: ModelInfo, deployment: DeploymentInfo, stream: bool) -> Wire:
         """The chat body sent as `deployment`'s server speaks it."""
+        if self.refused is not None:
+            raise self.refused
         if deployment.endpoint.kind == ANTHROPIC:
             self.upstream = ANTHROPIC
             return Wire(
@@ -117,7 +130,7 @@ class ResponsesBridge(Translated):
         self.payload = payload
         self.history = history
         self.items = responses.input_items(payload)
-        self.chat = responses.to_chat(payload, history)
+        self.translate(lambda: responses.to_chat(payload, history))
         self.response_id = new_id("resp_")
         self.created_at = int(ex.created_at.timestamp())
         self.store = payload.get("store") is not False
@@ -211,7 +224,7 @@ class MessagesBridge(Translated):
 
     def __init__(self, payload: dict, scope: Scope):
         self.payload = payload
-        self.chat = messages.to_chat(payload)
+        self.translate(lambda: messages.to_chat(payload))
         self.message_id = new_id("msg_")
         self.forwarded = self.forwarded_headers(scope)
 

@@ -719,3 +719,49 @@ def test_it_answers_an_upstream_that_failed_before_answering_in_the_apis_error_s
         assert error["type"] == "error" and error["error"]["type"] == "api_error"
     else:
         assert error["error"]["code"] == "upstream_error"
+
+
+def test_it_passes_what_only_the_clients_own_api_can_do_to_a_server_of_that_api(
+    gateway, make_endpoint, make_key, upstream
+):
+    from aethergate.testing import make_model
+
+    web_search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+    make_model(
+        name="claude",
+        upstream_name="claude-echo",
+        endpoint=make_endpoint(name="anthropic", kind="anthropic"),
+    )
+    make_model(
+        name="gpt",
+        upstream_name="echo",
+        endpoint=make_endpoint(name="native", native_responses=True),
+    )
+    make_model(name="local", upstream_name="echo", endpoint=make_endpoint(name="local"))
+    _, secret = make_key()
+
+    def post(path, body):
+        return httpx.post(
+            gateway.base_url + path,
+            json=body,
+            headers={"authorization": f"Bearer {secret}", "anthropic-version": "2023-06-01"},
+            timeout=CLIENT_TIMEOUT_SECONDS,
+        )
+
+    message = {"max_tokens": 50, "messages": HI, "tools": [web_search]}
+    response = {"input": "hi", "tools": [{"type": "web_search"}]}
+    served = [
+        post("/v1/messages", {"model": "claude", **message}),
+        post("/v1/responses", {"model": "gpt", **response}),
+    ]
+    refused = [
+        post("/v1/messages", {"model": "local", **message}),
+        post("/v1/responses", {"model": "local", **response}),
+    ]
+
+    assert [a.status_code for a in served] == [200, 200]
+    assert [r.json["tools"] for r in upstream.received] == [[web_search], [{"type": "web_search"}]]
+    assert [a.status_code for a in refused] == [400, 400]
+    assert refused[0].json()["error"]["type"] == "invalid_request_error"
+    assert refused[1].json()["error"]["code"] == "unsupported_parameter"
+    assert len(upstream.received) == 2  # the refused ones never went upstream
