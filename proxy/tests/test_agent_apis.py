@@ -10,7 +10,6 @@ llama.cpp server are in test_real_llamacpp_agents.py.
 
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import anthropic
 import httpx
@@ -24,11 +23,10 @@ from proxy.models import StoredResponse
 from proxy.tests import messages_checker, responses_checker
 from proxy.tests.conftest import CLIENT_TIMEOUT_SECONDS, UPSTREAM_API_KEY
 from proxy.tests.upstream import PREFIX
-from proxy.tests.wire import sse
+from proxy.tests.wire import replay, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FIXTURES = Path(__file__).parent / "fixtures"
 PRICE_IN, PRICE_OUT = Decimal("0.001"), Decimal("0.002")
 TOOL = {
     "type": "function",
@@ -542,24 +540,11 @@ def test_it_counts_tokens_with_an_anthropic_upstream(claude, on_anthropic, make_
 # --------------------------------------------------------------------------- recorded shapes
 
 
-def replay(gateway, name: str, secret: str) -> tuple[httpx.Response, list]:
-    recorded = json.loads((FIXTURES / name).read_text())
-    headers = {**recorded["headers"], "authorization": f"Bearer {secret}"}
-    with httpx.stream(
-        "POST",
-        gateway.base_url + recorded["path"],
-        json=recorded["body"],
-        headers=headers,
-        timeout=CLIENT_TIMEOUT_SECONDS,
-    ) as answer:
-        return answer, sse(answer)
-
-
 def test_it_serves_a_codex_shaped_request(gateway, priced, make_key, upstream):
     priced("echo+tools")
     _, secret = make_key()
 
-    answer, events = replay(gateway, "codex_responses.json", secret)
+    answer, events = replay(gateway.base_url, "codex_responses.json", secret)
 
     assert answer.status_code == 200
     completed = responses_checker.check_stream([data for _, data in events])
@@ -573,7 +558,7 @@ def test_it_serves_a_claude_code_shaped_request(gateway, priced, make_key, upstr
     priced("echo+tools")
     _, secret = make_key()
 
-    answer, events = replay(gateway, "claude_code_messages.json", secret)
+    answer, events = replay(gateway.base_url, "claude_code_messages.json", secret)
 
     assert answer.status_code == 200
     message = messages_checker.check_stream(events, given=frozenset({"call_0"}))

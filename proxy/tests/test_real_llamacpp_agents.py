@@ -27,6 +27,7 @@ from proxy.tests.test_real_llamacpp import (
     serve,
     upstream_chat,
 )
+from proxy.tests.wire import replay
 
 pytestmark = pytest.mark.llama
 
@@ -214,3 +215,36 @@ def test_it_estimates_count_tokens_for_the_server(claude):
     counted = claude.messages.count_tokens(model=CHAT, messages=HELLO)
 
     assert counted.input_tokens > 0
+
+
+def test_it_serves_a_codex_and_a_claude_code_shaped_request_from_the_server(gateway, secret):
+    # On the chat model: the tools model's function-calling prompt of Codex's tools is past
+    # the tiny model's 512-token context (it then ends its stream empty: a 502 here).
+    codex, events = replay(
+        gateway.base_url, "codex_responses.json", secret, model=CHAT, max_output_tokens=32
+    )
+    claude_code, messages_events = replay(
+        gateway.base_url, "claude_code_messages.json", secret, model=CHAT, max_tokens=32
+    )
+
+    assert codex.status_code == 200
+    assert all(name == data["type"] for name, data in events)
+    assert responses_checker.check_stream([data for _, data in events])["status"] in (
+        "completed",
+        "incomplete",
+    )
+    assert claude_code.status_code == 200
+    assert messages_checker.check_stream(messages_events)["stop_reason"] in (
+        "end_turn",
+        "max_tokens",
+        "tool_use",
+    )
+
+
+def test_it_deletes_a_stored_response(sdk):
+    created = sdk.responses.create(model=CHAT, input="hi there", max_output_tokens=16)
+
+    sdk.responses.delete(created.id)
+
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(created.id)

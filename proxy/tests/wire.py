@@ -7,8 +7,12 @@ sent.
 """
 
 import json
+from pathlib import Path
 
 import httpx
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPLAY_TIMEOUT_SECONDS = 30
 
 
 class Recording:
@@ -75,3 +79,18 @@ def sse_lines(lines) -> list[tuple[str, dict]]:
             events.append((name, json.loads(line[5:])))
             name = ""
     return events
+
+
+def replay(base_url: str, name: str, secret: str, **fields) -> tuple[httpx.Response, list]:
+    """POST the request recorded in fixtures/`name` (path, headers, body; `fields` replace
+    the body's) to the gateway at `base_url` with `secret`: (answer, its events)."""
+    recorded = json.loads((FIXTURES / name).read_text())
+    headers = {**recorded["headers"], "authorization": f"Bearer {secret}"}
+    with httpx.stream(
+        "POST",
+        base_url + recorded["path"],
+        json={**recorded["body"], **fields},
+        headers=headers,
+        timeout=REPLAY_TIMEOUT_SECONDS,
+    ) as answer:
+        return answer, sse(answer)
