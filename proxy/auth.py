@@ -13,27 +13,11 @@ from proxy.asgi_io import Scope, client_address, headers_named
 from proxy.snapshot import KeyInfo, Snapshot
 
 
-def presented_secret(authorization: list[bytes], api_key: list[bytes] = ()) -> str:
-    """The secret `authorization` (every Authorization header sent) presents as a bearer,
-    else the one in `api_key` (every `x-api-key` header: how the Anthropic SDKs send it).
+def presented_secret(authorization: list[bytes]) -> str:
+    """The secret `authorization` (every Authorization header sent) presents as a bearer.
 
-    400 for two headers of a kind, or two different keys; 401 for a missing or malformed one.
+    400 for two headers; 401 for a missing or malformed one.
     """
-    if api_key:
-        if len(api_key) > 1 or len(authorization) > 1:
-            raise errors.bad_request(
-                "The request has more than one x-api-key header.", code="duplicate_authorization"
-            )
-        secret = api_key[0].decode("latin-1").strip()
-        if not secret:
-            raise errors.invalid_key()
-        if authorization and presented_secret(authorization) != secret:
-            # Which of two keys a request means is not for the gateway to guess.
-            raise errors.bad_request(
-                "The request's Authorization and x-api-key headers carry different keys.",
-                code="duplicate_authorization",
-            )
-        return secret
     if len(authorization) > 1:
         # Servers and proxies disagree on which of two would count.
         raise errors.bad_request(
@@ -46,6 +30,23 @@ def presented_secret(authorization: list[bytes], api_key: list[bytes] = ()) -> s
     if scheme.lower() != "bearer" or not secret:
         raise errors.invalid_key()
     return secret
+
+
+def presented_secrets(authorization: list[bytes], api_key: list[bytes]) -> list[str]:
+    """The secrets a request presents: its bearer, and its `x-api-key` (as the Anthropic
+    SDKs send a key; Claude Code sends both when both its variables are set, the other
+    often a real Anthropic key). 400 for two headers of a kind; 401 when neither
+    presents one."""
+    if len(api_key) > 1:
+        raise errors.bad_request(
+            "The request has more than one x-api-key header.", code="duplicate_authorization"
+        )
+    found = [api_key[0].decode("latin-1").strip()] if api_key else []
+    if authorization or not found:
+        found.insert(0, presented_secret(authorization))
+    if not all(found):
+        raise errors.invalid_key()
+    return found
 
 
 def identify(secret: str, snapshot: Snapshot, *, now: datetime, available: bool = True) -> KeyInfo:
@@ -78,13 +79,16 @@ async def authenticate(runtime, scope: Scope, *, now: datetime) -> KeyInfo:
     if wait:
         raise errors.too_many_invalid_keys(wait)
     try:
-        secret = presented_secret(
+        found = presented_secrets(
             headers_named(scope, b"authorization"), headers_named(scope, b"x-api-key")
         )
         try:
             snapshot = await runtime.catalog.get()
         except RuntimeError:  # no snapshot was ever read: the database was down from the start
             raise errors.cannot_verify_keys() from None
+        secret = found[0]
+        if len(found) > 1:  # of two secrets, the one this gateway issued is the caller's key
+            secret = next((s for s in found if digest(s) in snapshot.keys), found[-1])
         return identify(secret, snapshot, now=now, available=runtime.catalog.available)
     except errors.APIError as error:
         if error.code == "invalid_api_key":

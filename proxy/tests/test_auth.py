@@ -87,6 +87,45 @@ def test_it_refuses_a_request_with_two_authorization_headers():
     assert rt.upstream.calls == []
 
 
+def test_it_takes_the_key_from_x_api_key_as_the_anthropic_sdks_send_it():
+    rt = fakes.runtime()
+
+    answer = call(rt, "GET", "/v1/models", secret=None, headers=[(b"x-api-key", SECRET.encode())])
+
+    assert answer.status == 200
+    assert [r.api_key_id for r in rt.writer.records] == [fakes.key_info().id]
+
+
+@pytest.mark.parametrize("order", ["bearer first", "x-api-key first"])
+def test_of_a_bearer_and_an_x_api_key_the_one_this_gateway_issued_counts(order):
+    # Claude Code sends both when both ANTHROPIC_AUTH_TOKEN and ANTHROPIC_API_KEY are set.
+    rt = fakes.runtime()
+    other = b"sk-ant-api03-a-real-anthropic-key"
+    if order == "bearer first":
+        headers = [(b"authorization", b"Bearer " + SECRET.encode()), (b"x-api-key", other)]
+    else:
+        headers = [(b"authorization", b"Bearer " + other), (b"x-api-key", SECRET.encode())]
+
+    answer = call(rt, "GET", "/v1/models", secret=None, headers=headers)
+
+    assert answer.status == 200
+    assert other.decode() not in answer.body.decode()
+
+
+def test_it_answers_401_when_neither_of_two_keys_is_one_it_issued_and_400_for_two_x_api_keys():
+    rt = fakes.runtime()
+    both = [(b"authorization", b"Bearer sk-one-unknown"), (b"x-api-key", b"sk-two-unknown")]
+    twice = [(b"x-api-key", SECRET.encode()), (b"x-api-key", b"sk-other")]
+    empty = [(b"x-api-key", b"  ")]
+
+    error_of(call(rt, "GET", "/v1/models", secret=None, headers=both), 401, "invalid_api_key")
+    error_of(call(rt, "GET", "/v1/models", secret=None, headers=empty), 401, "invalid_api_key")
+    error_of(
+        call(rt, "GET", "/v1/models", secret=None, headers=twice), 400, "duplicate_authorization"
+    )
+    assert rt.writer.records == []
+
+
 def keys_in_every_state() -> dict:
     now = timezone.now()
     return {
