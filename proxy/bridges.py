@@ -32,7 +32,7 @@ from proxy.streaming import KEEPALIVE, UpstreamStreamError
 
 log = logging.getLogger(__name__)
 
-ANTHROPIC = "anthropic"  # Endpoint.Kind.ANTHROPIC: the server speaks Anthropic's Messages API
+ANTHROPIC = upstream.ANTHROPIC  # the endpoint kind whose server speaks Anthropic's Messages API
 # The Anthropic headers a Messages client's request carries on to an Anthropic upstream.
 FORWARDED = (b"anthropic-version", b"anthropic-beta")
 
