@@ -38,12 +38,15 @@ FORWARDED = (b"anthropic-version", b"anthropic-beta")
 
 
 class Wire(NamedTuple):
-    """One attempt's upstream call: path (after the base URL), body, extra headers, relay."""
+    """One attempt's upstream call: path (after the base URL), body, extra headers, relay;
+    `verbatim`: the request is in the upstream's own API, whose refusals are passed on
+    with their status and words (forwarding.rejection)."""
 
     path: str
     body: bytes
     headers: dict[str, str] | None
     relay: object
+    verbatim: bool = False
 
 
 def encode(events: list[dict]) -> bytes:
@@ -141,7 +144,7 @@ class ResponsesBridge(Translated):
             body = {**payload, "model": deployment.upstream_name, "store": False}
             body.pop("previous_response_id", None)
             body["input"] = [*replayable(self.history), *self.items]
-            return Wire("/responses", dumps(body), None, relay_native_responses)
+            return Wire("/responses", dumps(body), None, relay_native_responses, verbatim=True)
         return self.wire(model, deployment, stream)
 
     def encoder(self, ex: Exchange):
@@ -241,7 +244,7 @@ class MessagesBridge(Translated):
     def prepare(self, op, payload, model, deployment, stream) -> Wire:
         if deployment.endpoint.kind == ANTHROPIC:
             body = dumps({**payload, "model": deployment.upstream_name})
-            return Wire("/messages", body, self.forwarded, relay_native_messages)
+            return Wire("/messages", body, self.forwarded, relay_native_messages, verbatim=True)
         return self.wire(model, deployment, stream)
 
     def encoder(self, ex: Exchange):

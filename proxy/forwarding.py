@@ -228,12 +228,15 @@ def status_failure(status: int, model_name: str) -> Exception | None:
     return None
 
 
-async def failure(response, endpoint: EndpointInfo, model_name: str, *, log_content: bool):
+async def failure(
+    response, endpoint: EndpointInfo, model_name: str, *, log_content: bool, verbatim=False
+):
     """What a non-2xx upstream response means, reading its body only for a rejection.
 
     A server whose dialect answers malformed requests with 500 (llama.cpp) is
     taken at its word when its 500 carries an error message: a rejection,
     neither retried nor a reason to fall back. A bare 500 is still a failure.
+    `verbatim`: a rejection keeps the upstream's status and words (`rejection`).
     """
     status = response.status
     found = status_failure(status, model_name)
@@ -249,7 +252,7 @@ async def failure(response, endpoint: EndpointInfo, model_name: str, *, log_cont
         body = None
     if suspect and not has_message(body):
         return found
-    return rejection(status, body, endpoint, log_content=log_content)
+    return rejection(status, body, endpoint, log_content=log_content, verbatim=verbatim)
 
 
 def has_message(body: bytes | None) -> bool:
@@ -261,19 +264,25 @@ def has_message(body: bytes | None) -> bool:
     return isinstance(error, dict) and isinstance(error.get("message"), str)
 
 
-def rejection(status: int, body: bytes | None, endpoint: EndpointInfo, *, log_content: bool):
+def rejection(
+    status: int, body: bytes | None, endpoint: EndpointInfo, *, log_content: bool, verbatim=False
+):
     """The 400 for an upstream that rejected the request, with its (scrubbed) reason.
 
     Upstreams quote the prompt in their messages ("Your prompt was flagged:
     ..."): the client may see it, the log only when the key logs content.
+    `verbatim` (a request passed through in the upstream's own API: Messages to
+    Anthropic) keeps the upstream's 4xx status and its words unprefixed, as
+    Claude Code's recovery matches on them ("prompt is too long").
     """
     detail, code = upstream_reason(status, body)
     logged = f"The upstream rejected the request (HTTP {status}"
     logged += f", code {str(code)[:100]})." if code else ")."
     too_long = code == "context_length_exceeded" or _CONTEXT_OVERFLOW.search(detail)
+    reason = upstream.scrub(detail, endpoint)
     return APIError(
-        400,
-        f"The upstream rejected the request: {upstream.scrub(detail, endpoint)}",
+        status if verbatim and 400 <= status < 500 else 400,
+        reason if verbatim else f"The upstream rejected the request: {reason}",
         code="context_length_exceeded" if too_long else "upstream_rejected",
         outcome=Outcome.INVALID_REQUEST,
         log_message=None if log_content else logged,

@@ -202,14 +202,12 @@ async def call_upstream(
     if bridge is None and endpoint.kind == bridges.ANTHROPIC:
         ex.bridge = bridge = bridges.bridge_for(op, endpoint)
     if bridge is None:
-        path, body, extra, relay = (
-            op.upstream_path,
-            op.prepare(payload, model, deployment, ex.stream),
-            None,
-            op.relay,
-        )
+        path, relay, extra, verbatim = op.upstream_path, op.relay, None, False
+        body = op.prepare(payload, model, deployment, ex.stream)
     else:
-        path, body, extra, relay = bridge.prepare(op, payload, model, deployment, ex.stream)
+        path, body, extra, relay, verbatim = bridge.prepare(
+            op, payload, model, deployment, ex.stream
+        )
     loop = asyncio.get_running_loop()
     sent = loop.time()
     deadline = sent + endpoint.first_byte_timeout
@@ -231,6 +229,6 @@ async def call_upstream(
         record["ttfb"] = round(loop.time() - sent, 4)  # seconds to the answer's headers
         if not 200 <= response.status < 300:
             raise await forwarding.failure(
-                response, endpoint, ex.model_name, log_content=ex.key.log_content
+                response, endpoint, ex.model_name, log_content=ex.key.log_content, verbatim=verbatim
             )
         await relay(ex, op, payload, response, deadline, responder, headers)

@@ -20,7 +20,7 @@ import pytest
 from aethergate.testing import make_user, wait_for_logs
 from logs.models import RequestLog
 from proxy.models import StoredResponse
-from proxy.tests import messages_checker, responses_checker
+from proxy.tests import fakes, messages_checker, responses_checker
 from proxy.tests.conftest import CLIENT_TIMEOUT_SECONDS, UPSTREAM_API_KEY
 from proxy.tests.upstream import PREFIX
 from proxy.tests.wire import replay, sse
@@ -750,3 +750,23 @@ def test_it_passes_what_only_the_clients_own_api_can_do_to_a_server_of_that_api(
     assert refused[0].json()["error"]["type"] == "invalid_request_error"
     assert refused[1].json()["error"]["code"] == "unsupported_parameter"
     assert len(upstream.received) == 2  # the refused ones never went upstream
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(400, "invalid_request_error"), (404, "not_found_error")]
+)
+def test_it_passes_an_anthropic_refusal_on_with_its_status_and_words(
+    gateway, claude, on_anthropic, make_key, status, kind
+):
+    on_anthropic(f"claude-echo+fail={status}")
+    _, secret = make_key()
+
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        claude(secret).messages.create(model="agent", max_tokens=10, messages=HI)
+
+    assert refused.value.status_code == status
+    error = refused.value.body["error"]
+    assert error["type"] == kind
+    # The upstream's words, with what it must not show (its host, its key) taken out.
+    assert error["message"].startswith(f"upstream says {status}")
+    fakes.assert_no_internals(error["message"])
