@@ -18,7 +18,6 @@ import openai
 import pytest
 
 from aethergate.testing import make_user, wait_for_logs
-from logs.models import RequestLog
 from proxy.models import StoredResponse
 from proxy.tests import fakes, messages_checker, responses_checker
 from proxy.tests.conftest import CLIENT_TIMEOUT_SECONDS, UPSTREAM_API_KEY
@@ -35,6 +34,10 @@ TOOL = {
     "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
 }
 HI = [{"role": "user", "content": "hi"}]
+CODEX_INSTRUCTIONS = (
+    "You are Codex, based on GPT-5. You are running as a coding agent in the Codex CLI on a "
+    "user's computer."
+)
 ANTHROPIC_TOOL = {
     "name": "lookup",
     "description": "Look something up.",
@@ -550,8 +553,15 @@ def test_it_serves_a_codex_shaped_request(gateway, priced, make_key, upstream):
     completed = responses_checker.check_stream([data for _, data in events])
     assert all(name == data["type"] for name, data in events)
     assert completed["status"] == "completed"
-    assert [i["type"] for i in completed["output"]] == ["function_call"]
-    assert RequestLog.objects.count() <= 1 and not StoredResponse.objects.exists()  # store: false
+    (call,) = completed["output"]
+    assert (call["type"], call["name"]) == ("function_call", "shell")  # Codex's first tool
+    sent = upstream.received[0].json
+    assert sent["messages"][0] == {"role": "system", "content": CODEX_INSTRUCTIONS}
+    assert [t["function"]["name"] for t in sent["tools"]] == ["shell", "update_plan"]
+    assert sent["parallel_tool_calls"] is False and sent["reasoning_effort"] == "medium"
+    (row,) = wait_for_logs(1)
+    assert (row.path, row.status, row.stream) == ("/v1/responses", 200, True)
+    assert not StoredResponse.objects.exists()  # Codex sends store: false
 
 
 def test_it_serves_a_claude_code_shaped_request(gateway, priced, make_key, upstream):
@@ -563,8 +573,14 @@ def test_it_serves_a_claude_code_shaped_request(gateway, priced, make_key, upstr
     assert answer.status_code == 200
     message = messages_checker.check_stream(events, given=frozenset({"call_0"}))
     assert message["stop_reason"] == "tool_use"
-    system = upstream.received[0].json["messages"][0]
+    sent = upstream.received[0].json
+    system = sent["messages"][0]
     assert system["role"] == "system" and "x-anthropic-billing-header" not in system["content"]
+    assert system["content"].startswith("You are Claude Code, Anthropic's official CLI")
+    assert [t["function"]["name"] for t in sent["tools"]] == ["Bash", "Read"]
+    # thinking with a 31999-token budget, approximated; the session's id is its user.
+    assert (sent["reasoning_effort"], sent["max_tokens"]) == ("high", 32000)
+    assert sent["user"].startswith("user_2f4c_account__session_")
 
 
 # --------------------------------------------------------------------------- disconnects
