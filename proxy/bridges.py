@@ -549,6 +549,10 @@ class ResponsesPass:
     async def ending(self) -> None:
         await self.ex.bridge.completed(self.ex, self.final)
 
+    def used(self, text: str) -> tuple[usage.Usage, bool]:
+        """(usage, estimated) of what the stream relayed, its text `text`."""
+        return usage.count(self.counted, self.ex.bridge.chat, text)
+
     def fail(self, error: errors.APIError) -> list[dict]:
         return [
             {
@@ -567,6 +571,7 @@ class MessagesPass(ResponsesPass):
     def __init__(self, ex: Exchange):
         super().__init__(ex)
         self.usage = {}
+        self.delta_seen = False  # message_delta, which carries the output's count
 
     def see(self, event: dict) -> bool:
         kind = event.get("type")
@@ -581,6 +586,7 @@ class MessagesPass(ResponsesPass):
             if isinstance(delta, dict) and isinstance(delta.get("text"), str):
                 return self.text(delta["text"])
         elif kind == "message_delta":
+            self.delta_seen = True
             self.merge(event.get("usage"))
         elif kind == "message_stop":
             return True
@@ -597,6 +603,15 @@ class MessagesPass(ResponsesPass):
     async def ending(self) -> None:
         pass
 
+    def used(self, text: str) -> tuple[usage.Usage, bool]:
+        counted = self.counted
+        if counted is None or self.delta_seen:
+            return super().used(text)
+        # Cut before message_delta: the input as the upstream counted it (message_start),
+        # the output estimated from what was relayed.
+        output = max(counted.output, usage.estimate_tokens(text))
+        return counted._replace(output=output), True
+
     def fail(self, error: errors.APIError) -> list[dict]:
         return [messages.error_event(error)]
 
@@ -605,7 +620,6 @@ async def relay_native_stream(ex, response, deadline, responder, headers, seen) 
     """The upstream's events relayed as they come, each read by `seen` (a ResponsesPass
     or MessagesPass), written with its `event:` line; the stream must reach its end."""
     events = relay.upstream_events(ex, response, deadline)
-    bridge = ex.bridge
     ended = False
     try:
         async for event in events:
@@ -635,6 +649,6 @@ async def relay_native_stream(ex, response, deadline, responder, headers, seen) 
     finally:
         await events.aclose()
         if responder.started:
-            ex.set_usage(*usage.count(seen.counted, bridge.chat, "".join(ex.completion)))
+            ex.set_usage(*seen.used("".join(ex.completion)))
         if not ex.key.log_content:
             ex.completion.clear()

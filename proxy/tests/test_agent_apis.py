@@ -586,17 +586,36 @@ def test_it_serves_a_claude_code_shaped_request(gateway, priced, make_key, upstr
 # --------------------------------------------------------------------------- disconnects
 
 
+RESPONSE = ("/v1/responses", {"input": "hi there, how are you today?"})
+MESSAGE = ("/v1/messages", {"max_tokens": 100, "messages": HI})
+
+
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("path", "body", "kind"),
     [
-        ("/v1/responses", {"input": "hi there"}),
-        ("/v1/messages", {"max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}),
+        (*RESPONSE, "generic"),
+        (*RESPONSE, "anthropic"),
+        (*RESPONSE, "native responses"),
+        (*MESSAGE, "generic"),
+        (*MESSAGE, "anthropic"),
     ],
 )
 def test_it_bills_what_reached_a_client_that_left_mid_stream_and_closes_the_upstream(
-    gateway, priced, make_key, upstream, path, body
+    gateway, make_endpoint, make_key, upstream, path, body, kind
 ):
-    priced("echo+gap=0.3+chunks=20")
+    from aethergate.testing import make_model
+
+    endpoint = make_endpoint(
+        kind="generic" if kind == "native responses" else kind,
+        native_responses=kind == "native responses",
+    )
+    make_model(
+        name="agent",
+        upstream_name="echo+gap=0.3+chunks=20",
+        endpoint=endpoint,
+        price_in=PRICE_IN,
+        price_out=PRICE_OUT,
+    )
     user = make_user(username="prepaid", balance=Decimal("10"))
     _, secret = make_key(owner=user)
 
