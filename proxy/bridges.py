@@ -353,32 +353,37 @@ async def relay_translated_json(ex, payload, response, deadline, responder, head
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise ValueError("not a chat answer")
-        text = openai.answer_text(data)
-        used = usage.count(usage.from_upstream(data.get("usage")), bridge.chat, text)
-        return bridge.answer(data, ex, used[0]), text, used
+        return data, openai.answer_text(data), usage.from_upstream(data.get("usage"))
 
-    await relay_whole(ex, response, deadline, responder, headers, read)
+    def answer(chat, used):
+        return bridge.answer(chat, ex, used)
+
+    await relay_whole(ex, response, deadline, responder, headers, read, answer)
 
 
-async def relay_whole(ex, response, deadline, responder, headers, read) -> None:
-    """Read the whole answer by `deadline`, made the client's by `read(data)` -> (answer,
-    text, (usage, estimated)), which raises ValueError for one not shaped as it must be;
-    count it, store it if the bridge does, and send it."""
+async def relay_whole(ex, response, deadline, responder, headers, read, answer=None) -> None:
+    """Read the whole answer by `deadline`: `read(data)` -> (data, its text, the usage it
+    reports or None) raises ValueError for one not shaped as it must be; count it as chat
+    is counted, make it the client's (`answer(data, usage)`, when it is translated), store
+    it if the bridge does, and send it."""
     try:
         async with asyncio.timeout_at(deadline):
             data = loads(await upstream.read_body(response))
-        answer, text, used = read(data)
+        data, text, counted = read(data)
+        used, estimated = usage.count(counted, ex.bridge.chat, text)
+        if answer is not None:
+            data = answer(data, used)
     except TimeoutError:
         raise Retryable("timeout", errors.upstream_timeout(ex.model_name)) from None
     except relay.MALFORMED:
         ex.set_usage(usage.NOTHING)
         raise Retryable("invalid response", errors.invalid_response(ex.model_name)) from None
-    ex.set_usage(*used)
+    ex.set_usage(used, estimated)
     if ex.key.log_content:
         ex.completion.append(text)
     ex.ttft = time.perf_counter() - ex.started
-    await ex.bridge.completed(ex, answer)
-    await responder.json(200, dumps(answer), headers)
+    await ex.bridge.completed(ex, data)
+    await responder.json(200, dumps(data), headers)
 
 
 async def relay_translated_stream(ex, payload, response, deadline, responder, headers) -> None:
@@ -455,12 +460,7 @@ async def relay_native_responses(
         if data.get("object") != "response" or not isinstance(data.get("output"), list):
             raise ValueError("not a Response")
         bridge_response(ex, data)
-        text = responses_text(data["output"])
-        return (
-            data,
-            text,
-            usage.count(usage.from_responses(data.get("usage")), ex.bridge.chat, text),
-        )
+        return data, responses_text(data["output"]), usage.from_responses(data.get("usage"))
 
     await relay_whole(ex, response, deadline, responder, headers, read)
 
@@ -502,7 +502,7 @@ async def relay_native_messages(
             for b in data["content"]
             if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
         )
-        return data, text, usage.count(usage.from_messages(data.get("usage")), ex.bridge.chat, text)
+        return data, text, usage.from_messages(data.get("usage"))
 
     await relay_whole(ex, response, deadline, responder, headers, read)
 
